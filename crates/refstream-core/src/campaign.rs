@@ -1,0 +1,107 @@
+//! Campaigns: what a referral pays and when. A deposit qualifies when it is in the campaign's
+//! currency, at least the threshold, and occurs within the window after the referee registered.
+//! The decision uses event times only, so replaying history gives the same answer.
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::money::{Currency, Money};
+
+/// Who receives a reward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Referrer,
+    Referee,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Referrer => "REFERRER",
+            Self::Referee => "REFEREE",
+        }
+    }
+}
+
+/// One reward a campaign pays per referral.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewardSpec {
+    /// Unique per referral with the referral id: the key of exactly-once.
+    pub reward_type: String,
+    pub role: Role,
+    pub amount: Money,
+}
+
+/// A referral campaign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Campaign {
+    pub id: String,
+    pub rewards: Vec<RewardSpec>,
+    /// The smallest deposit that qualifies, in `currency`.
+    pub min_deposit: Decimal,
+    pub currency: Currency,
+    /// How long after registration a deposit still qualifies.
+    pub window: Duration,
+}
+
+/// Whether a deposit qualifies, and if not, why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qualification {
+    Qualifies,
+    BelowThreshold,
+    WrongCurrency,
+    OutsideWindow,
+}
+
+impl Campaign {
+    /// The campaign the seeds describe: 10.00 USD to the referrer for a first deposit of at
+    /// least 20.00 USD within 30 days of registration.
+    pub fn default_referrer_bonus() -> Self {
+        Self {
+            id: "default".into(),
+            rewards: vec![RewardSpec {
+                reward_type: "referrer_bonus".into(),
+                role: Role::Referrer,
+                amount: Money::new(Decimal::new(1000, 2), Currency::USD),
+            }],
+            min_deposit: Decimal::new(2000, 2),
+            currency: Currency::USD,
+            window: Duration::days(30),
+        }
+    }
+
+    pub fn qualifies(&self, deposit: &Money, deposited_at: DateTime<Utc>, registered_at: DateTime<Utc>) -> Qualification {
+        if deposit.currency != self.currency {
+            Qualification::WrongCurrency
+        } else if deposit.amount < self.min_deposit {
+            Qualification::BelowThreshold
+        } else if deposited_at > registered_at + self.window {
+            Qualification::OutsideWindow
+        } else {
+            Qualification::Qualifies
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd(s: &str) -> Money {
+        Money::new(s.parse().unwrap(), Currency::USD)
+    }
+
+    #[test]
+    fn default_campaign_rules() {
+        let c = Campaign::default_referrer_bonus();
+        let reg = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        assert_eq!(c.qualifies(&usd("20.00"), reg + Duration::days(1), reg), Qualification::Qualifies);
+        assert_eq!(c.qualifies(&usd("19.9999"), reg, reg), Qualification::BelowThreshold);
+        assert_eq!(c.qualifies(&usd("50"), reg + Duration::days(30), reg), Qualification::Qualifies);
+        assert_eq!(c.qualifies(&usd("50"), reg + Duration::days(30) + Duration::milliseconds(1), reg), Qualification::OutsideWindow);
+        let eur = Money::new("50".parse().unwrap(), Currency::parse("EUR").unwrap());
+        assert_eq!(c.qualifies(&eur, reg, reg), Qualification::WrongCurrency);
+    }
+}

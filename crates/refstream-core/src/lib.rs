@@ -1,0 +1,17 @@
+//! refstream's pure domain: identifiers, money, referral codes, the referral lifecycle,
+//! campaigns and fraud rules. Nothing here performs I/O, so every rule is unit-testable and
+//! deterministic: the same inputs always give the same decision.
+
+pub mod campaign;
+pub mod code;
+pub mod events;
+pub mod fraud;
+pub mod ids;
+pub mod lifecycle;
+pub mod money;
+pub mod validate;
+
+pub use campaign::{Campaign, Qualification};
+pub use ids::{DerivedId, UserId};
+pub use lifecycle::ReferralStatus;
+pub use money::{Currency, Money};
