@@ -223,6 +223,18 @@ pub struct RewardReversed {
     pub reversed_at: DateTime<Utc>,
 }
 
+/// A reviewer's verdict on a held referral.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewDecided {
+    pub event_id: Uuid,
+    pub referral_id: Uuid,
+    pub referee_id: UserId,
+    pub approve: bool,
+    pub reviewer: String,
+    pub reason: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,2 +1,0 @@
-//! Fraud scoring. Placeholder for the minimal rule of the foundation: a referrer equal to the
-//! referee is rejected.

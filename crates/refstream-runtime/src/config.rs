@@ -1,0 +1,359 @@
+//! Configuration: embedded defaults, then an optional file, then `REFSTREAM__…` environment
+//! variables (`__` separates sections). [`Settings::load`] returns every problem as an error
+//! that names the setting, so a bad value stops a binary at start instead of at first use.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use refstream_core::campaign::{Campaign, RewardSpec, Role};
+use refstream_core::{Currency, Money};
+use rust_decimal::Decimal;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::codec::EventKind;
+
+const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// A setting that is missing or malformed, by its name.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error in `{setting}` (env REFSTREAM__{env}): {reason}")]
+pub struct ConfigError {
+    pub setting: String,
+    env: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(setting: &str, reason: impl Into<String>) -> Self {
+        Self { setting: setting.to_owned(), env: setting.replace('.', "__").to_uppercase(), reason: reason.into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    pub metrics: MetricsSettings,
+    pub telemetry: TelemetrySettings,
+    pub campaign: CampaignSettings,
+    pub fraud: FraudSettings,
+    pub relay: RelaySettings,
+    pub shutdown: ShutdownSettings,
+    pub avro: AvroSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group_prefix: String,
+    pub batch_max_records: usize,
+    pub batch_linger_ms: u64,
+    pub session_timeout_ms: u32,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Topics {
+    pub user_registered: String,
+    pub deposit_completed: String,
+    pub deposit_reversed: String,
+    pub referral_attributed: String,
+    pub referral_scored: String,
+    pub review_decided: String,
+    pub reward_granted: String,
+    pub reward_reversed: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+impl Topics {
+    /// Every topic refstream reads or writes, dead-letter topics included.
+    pub fn all(&self) -> Vec<String> {
+        let main = [
+            &self.user_registered,
+            &self.deposit_completed,
+            &self.deposit_reversed,
+            &self.referral_attributed,
+            &self.referral_scored,
+            &self.review_decided,
+            &self.reward_granted,
+            &self.reward_reversed,
+        ];
+        let mut all: Vec<String> = main.iter().map(|t| t.to_string()).collect();
+        all.extend(main.iter().map(|t| dead_letter_topic(t)));
+        all
+    }
+}
+
+/// The dead-letter topic of `topic`.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub format: String,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CampaignSettings {
+    pub id: String,
+    pub currency: String,
+    pub referrer_reward: String,
+    pub referee_reward: String,
+    pub min_deposit: String,
+    pub window_days: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FraudSettings {
+    pub review_at: u8,
+    pub reject_at: u8,
+    pub ring_min_size: u32,
+    pub velocity_window_hours: i64,
+    pub velocity_per_referrer: u32,
+    pub velocity_per_device: u32,
+    pub velocity_per_ip: u32,
+    pub disposable_domains_file: String,
+    pub hash_key: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RelaySettings {
+    pub batch_size: i64,
+    pub idle_poll_ms: u64,
+    pub shard: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShutdownSettings {
+    pub deadline_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AvroSettings {
+    #[serde(default)]
+    pub confluent_schema_ids: HashMap<String, String>,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (or the file named by `REFSTREAM_CONFIG`), then the
+    /// environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, vars)
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (tests).
+    pub fn load_from(file: Option<&Path>, vars: Vec<(String, String)>) -> Result<Self, ConfigError> {
+        let env_file = vars.iter().find(|(k, _)| k == "REFSTREAM_CONFIG").map(|(_, v)| v.clone());
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = file.map(Path::to_path_buf).or(env_file.map(Into::into)) {
+            if !path.exists() {
+                return Err(ConfigError::new("config file", format!("{} does not exist", path.display())));
+            }
+            builder = builder.add_source(File::from(path));
+        }
+        let env: HashMap<String, String> = vars.into_iter().filter(|(k, _)| k.starts_with("REFSTREAM__")).collect();
+        builder = builder.add_source(
+            Environment::with_prefix("REFSTREAM").prefix_separator("__").separator("__").source(Some(env)),
+        );
+        let cfg = builder.build().map_err(|e| ConfigError::new(&setting_of(&e), e.to_string()))?;
+        let mut settings: Settings = cfg.try_deserialize().map_err(|e| ConfigError::new(&setting_of(&e), e.to_string()))?;
+        // librdkafka names use dots; an environment variable can only carry underscores.
+        settings.kafka.options = settings.kafka.options.into_iter().map(|(k, v)| (k.replace('_', "."), v)).collect();
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.database_options()?;
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(ConfigError::new("kafka.brokers", "is empty"));
+        }
+        if self.kafka.batch_max_records == 0 {
+            return Err(ConfigError::new("kafka.batch_max_records", "must be at least 1"));
+        }
+        if !self.metrics.listen.is_empty() {
+            self.metrics_addr(0)?;
+        }
+        if !matches!(self.telemetry.format.as_str(), "text" | "json") {
+            return Err(ConfigError::new("telemetry.format", format!("`{}` is neither text nor json", self.telemetry.format)));
+        }
+        if self.topics.partitions < 1 {
+            return Err(ConfigError::new("topics.partitions", "must be at least 1"));
+        }
+        self.campaign()?;
+        if self.fraud.review_at > self.fraud.reject_at || self.fraud.reject_at > 100 {
+            return Err(ConfigError::new("fraud.review_at", "must satisfy review_at <= reject_at <= 100"));
+        }
+        if self.fraud.hash_key.expose_secret().len() < 16 {
+            return Err(ConfigError::new("fraud.hash_key", "must be at least 16 characters"));
+        }
+        self.confluent_ids()?;
+        Ok(())
+    }
+
+    /// Connection options for Postgres.
+    pub fn database_options(&self) -> Result<PgConnectOptions, ConfigError> {
+        let url = self.database.url.expose_secret();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::new("database.url", "must start with postgres:// or postgresql://"));
+        }
+        PgConnectOptions::from_str(url)
+            .map_err(|e| ConfigError::new("database.url", format!("not a Postgres URL: {e}")))
+    }
+
+    /// The metrics address, or `127.0.0.1:<default_port>` when unset.
+    pub fn metrics_addr(&self, default_port: u16) -> Result<SocketAddr, ConfigError> {
+        if self.metrics.listen.is_empty() {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], default_port)));
+        }
+        self.metrics
+            .listen
+            .parse()
+            .map_err(|e| ConfigError::new("metrics.listen", format!("`{}` is not host:port: {e}", self.metrics.listen)))
+    }
+
+    /// The campaign the reward engine pays.
+    pub fn campaign(&self) -> Result<Campaign, ConfigError> {
+        let c = &self.campaign;
+        let currency = Currency::parse(&c.currency).map_err(|e| ConfigError::new("campaign.currency", e.reason))?;
+        let amount = |name: &str, raw: &str| -> Result<Decimal, ConfigError> {
+            let d = Decimal::from_str(raw.trim()).map_err(|e| ConfigError::new(name, format!("`{raw}` is not a decimal: {e}")))?;
+            Money::positive("amount", d, currency).map_err(|e| ConfigError::new(name, e.reason))?;
+            Ok(d)
+        };
+        let mut rewards = vec![RewardSpec {
+            reward_type: "referrer_bonus".into(),
+            role: Role::Referrer,
+            amount: Money::new(amount("campaign.referrer_reward", &c.referrer_reward)?, currency),
+        }];
+        if !c.referee_reward.trim().is_empty() {
+            rewards.push(RewardSpec {
+                reward_type: "referee_bonus".into(),
+                role: Role::Referee,
+                amount: Money::new(amount("campaign.referee_reward", &c.referee_reward)?, currency),
+            });
+        }
+        if c.window_days < 1 {
+            return Err(ConfigError::new("campaign.window_days", "must be at least 1"));
+        }
+        if c.id.trim().is_empty() {
+            return Err(ConfigError::new("campaign.id", "is empty"));
+        }
+        Ok(Campaign {
+            id: c.id.clone(),
+            rewards,
+            min_deposit: amount("campaign.min_deposit", &c.min_deposit)?,
+            currency,
+            window: chrono::Duration::days(c.window_days),
+        })
+    }
+
+    /// The Confluent schema ids this deployment accepts.
+    pub fn confluent_ids(&self) -> Result<HashMap<u32, EventKind>, ConfigError> {
+        self.avro
+            .confluent_schema_ids
+            .iter()
+            .map(|(id, name)| {
+                let setting = format!("avro.confluent_schema_ids.{id}");
+                let id = id.parse::<u32>().map_err(|e| ConfigError::new(&setting, format!("not a schema id: {e}")))?;
+                let kind = EventKind::parse(name).ok_or_else(|| ConfigError::new(&setting, format!("`{name}` is not a refstream record")))?;
+                Ok((id, kind))
+            })
+            .collect()
+    }
+
+    pub fn shutdown_deadline(&self) -> Duration {
+        Duration::from_secs(self.shutdown.deadline_secs)
+    }
+
+    /// The consumer group of `worker`.
+    pub fn group_id(&self, worker: &str) -> String {
+        format!("{}.{worker}", self.kafka.group_prefix)
+    }
+}
+
+/// The setting a `config` error is about, when it says.
+fn setting_of(e: &config::ConfigError) -> String {
+    let text = e.to_string();
+    text.split("for key `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| "configuration".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load() {
+        let s = Settings::load_from(None, vec![]).unwrap();
+        assert_eq!(s.topics.user_registered, "user-registered");
+        let c = s.campaign().unwrap();
+        assert_eq!(c.rewards[0].amount.to_string(), "10.00 USD");
+        assert_eq!(c.min_deposit, Decimal::new(20, 0));
+    }
+
+    #[test]
+    fn the_three_contract_variables_override() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("REFSTREAM__DATABASE__URL", "postgres://u:p@db:5433/x"),
+                ("REFSTREAM__KAFKA__BROKERS", "k1:9092,k2:9092"),
+                ("REFSTREAM__METRICS__LISTEN", "0.0.0.0:9400"),
+                ("REFSTREAM__KAFKA__OPTIONS__FETCH_MAX_BYTES", "1048576"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database_options().unwrap().get_port(), 5433);
+        assert_eq!(s.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(s.metrics_addr(1).unwrap().port(), 9400);
+        assert_eq!(s.kafka.options.get("fetch.max.bytes").map(String::as_str), Some("1048576"));
+    }
+
+    #[test]
+    fn bad_settings_name_the_setting() {
+        for (var, value, setting) in [
+            ("REFSTREAM__METRICS__LISTEN", "nonsense", "metrics.listen"),
+            ("REFSTREAM__DATABASE__URL", "mysql://x", "database.url"),
+            ("REFSTREAM__CAMPAIGN__REFERRER_REWARD", "ten", "campaign.referrer_reward"),
+            ("REFSTREAM__CAMPAIGN__CURRENCY", "XXQ", "campaign.currency"),
+            ("REFSTREAM__TELEMETRY__FORMAT", "xml", "telemetry.format"),
+            ("REFSTREAM__KAFKA__BATCH_MAX_RECORDS", "many", "kafka.batch_max_records"),
+        ] {
+            let err = Settings::load_from(None, env(&[(var, value)])).err().unwrap_or_else(|| panic!("{var} accepted"));
+            assert_eq!(err.setting, setting, "{var}: {err}");
+            assert!(err.to_string().contains(setting));
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! The consumer runtime every worker runs (DESIGN §4). It guarantees:
+//! - records of one partition are applied in offset order, a batch per partition in ONE
+//!   Postgres transaction, together with its dead letters and outbox rows;
+//! - an event id is applied at most once per worker (`processed_events`), so redelivery after
+//!   a crash, a rebalance or a replay is a no-op;
+//! - an offset is stored only after the transaction that covers it committed, never past an
+//!   unprocessed record; stored offsets are committed on an interval, on revoke and at shutdown;
+//! - a transient failure (database or broker) rewinds the partition to its first unprocessed
+//!   record and retries with backoff, the process stays up and `/healthz` says not ready;
+//! - a record the database refuses for what it is (not for being unreachable) is isolated by
+//!   retrying the batch record by record, and becomes a dead letter: the partition keeps flowing.
+//!
+//! Workers supply only the decoding of a record and the effects of a batch ([`Worker`]).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::db::is_transient;
+use crate::dead_letter::{self, DeadLetter};
+use crate::http::Health;
+use crate::metrics;
+
+/// A record as received, before decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+}
+
+/// Why a record will not be applied: becomes a dead letter.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub label: &'static str,
+    pub reason: String,
+}
+
+impl From<crate::codec::DecodeError> for Rejection {
+    fn from(e: crate::codec::DecodeError) -> Self {
+        Self { label: e.label(), reason: e.to_string() }
+    }
+}
+
+/// The transaction a batch is applied in, and what the worker asks of the runtime.
+pub struct Batch<'c> {
+    pub conn: &'c mut PgConnection,
+    rejected: Vec<(usize, Rejection)>,
+}
+
+impl Batch<'_> {
+    /// Turns the event at `index` (of the slice given to [`Worker::apply`]) into a dead letter,
+    /// committed with the batch.
+    pub fn reject(&mut self, index: usize, rejection: Rejection) {
+        self.rejected.push((index, rejection));
+    }
+}
+
+/// A stream-processing worker: how to read a record, and what a batch of events does.
+pub trait Worker: Send + Sync + 'static {
+    type Event: Send + Sync;
+
+    /// Name of the worker: its consumer group suffix, its dedupe namespace, its metrics label.
+    fn name(&self) -> &'static str;
+    /// Topics it consumes.
+    fn topics(&self) -> Vec<String>;
+    /// Decodes and validates one record. No I/O.
+    fn decode(&self, record: &Inbound<'_>, now: DateTime<Utc>) -> Result<Self::Event, Rejection>;
+    /// The event's id, the dedupe key.
+    fn event_id(&self, event: &Self::Event) -> Uuid;
+    /// Applies fresh events, in partition order, inside `batch`'s transaction.
+    fn apply(&self, batch: &mut Batch<'_>, events: &[Self::Event]) -> impl Future<Output = sqlx::Result<()>> + Send;
+}
+
+/// What applying a partition's records ended in.
+enum Applied {
+    Committed,
+    /// Transient failure: nothing committed, retry later.
+    Retry(String),
+}
+
+struct Context {
+    worker: &'static str,
+}
+
+impl ClientContext for Context {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    metrics::LAG.with_label_values(&[self.worker, topic, &p.to_string()]).set(part.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Offsets stored so far cover committed work only: hand them to the next owner.
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => tracing::info!(partitions = tpl.count(), "revoked: offsets committed"),
+                Err(e) => tracing::debug!(error = %e, "revoked: nothing to commit"),
+            }
+        }
+    }
+}
+
+/// Builds the client configuration shared by consumers and producers.
+pub fn client_config(settings: &Settings) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &settings.kafka.brokers);
+    for (k, v) in &settings.kafka.options {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// Runs `worker` until `stop` is cancelled, then drains: the batch in hand finishes, offsets
+/// are committed, the consumer closes.
+pub async fn run<W: Worker>(worker: Arc<W>, settings: &Settings, pool: PgPool, health: Health, stop: CancellationToken) -> anyhow::Result<()> {
+    let name = worker.name();
+    let mut cfg = client_config(settings);
+    cfg.set("group.id", settings.group_id(name))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", settings.kafka.session_timeout_ms.to_string())
+        .set("statistics.interval.ms", "5000");
+    for (k, v) in &settings.kafka.options {
+        cfg.set(k, v);
+    }
+    let consumer: StreamConsumer<Context> = cfg
+        .create_with_context(Context { worker: name })
+        .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer (kafka.brokers / kafka.options): {e}"))?;
+    let topics = worker.topics();
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    tracing::info!(worker = name, topics = ?topics, "consuming");
+    health.ready();
+
+    let max = settings.kafka.batch_max_records;
+    let linger = Duration::from_millis(settings.kafka.batch_linger_ms);
+    let mut backoff = Backoff::new();
+    loop {
+        let batch = tokio::select! {
+            () = stop.cancelled() => break,
+            batch = next_batch(&consumer, max, linger) => batch,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka error while polling");
+                health.not_ready(format!("kafka: {e}"));
+                if backoff.wait(&stop).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let mut failed: Option<String> = None;
+        for (topic, partition, records) in by_partition(batch) {
+            if failed.is_some() {
+                rewind(&consumer, &topic, partition, records[0].offset());
+                continue;
+            }
+            match apply_partition(&*worker, &pool, &records).await {
+                Applied::Committed => {
+                    let last = records[records.len() - 1].offset();
+                    store_offset(&consumer, &topic, partition, last + 1);
+                    metrics::BATCH_SIZE.with_label_values(&[name]).observe(records.len() as f64);
+                }
+                Applied::Retry(why) => {
+                    rewind(&consumer, &topic, partition, records[0].offset());
+                    failed = Some(why);
+                }
+            }
+        }
+        match failed {
+            None => {
+                metrics::BATCH_LATENCY.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+                if backoff.reset() {
+                    tracing::info!(worker = name, "recovered");
+                }
+                health.ready();
+            }
+            Some(why) => {
+                metrics::RETRIES.with_label_values(&[name]).inc();
+                tracing::warn!(worker = name, reason = %why, retry_in_ms = backoff.current().as_millis() as u64, "batch not applied: retrying");
+                health.not_ready(why);
+                if backoff.wait(&stop).await {
+                    break;
+                }
+            }
+        }
+    }
+
+    tracing::info!(worker = name, "draining: committing offsets");
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %e, "final commit: nothing to commit");
+    }
+    consumer.unsubscribe();
+    // Closing the consumer may block in librdkafka; the shutdown deadline bounds it.
+    tokio::task::spawn_blocking(move || drop(consumer)).await.ok();
+    tracing::info!(worker = name, "stopped");
+    Ok(())
+}
+
+/// Waits for one record, then takes what else arrives within `linger`, up to `max`.
+async fn next_batch(consumer: &StreamConsumer<Context>, max: usize, linger: Duration) -> rdkafka::error::KafkaResult<Vec<OwnedMessage>> {
+    let first = consumer.recv().await?.detach();
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => batch.push(m.detach()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Kafka error inside a batch");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(batch)
+}
+
+/// Groups records by partition, keeping each partition's order.
+fn by_partition(batch: Vec<OwnedMessage>) -> Vec<(String, i32, Vec<OwnedMessage>)> {
+    let mut groups: Vec<(String, i32, Vec<OwnedMessage>)> = Vec::new();
+    let mut index: HashMap<(String, i32), usize> = HashMap::new();
+    for m in batch {
+        let key = (m.topic().to_owned(), m.partition());
+        let i = *index.entry(key.clone()).or_insert_with(|| {
+            groups.push((key.0, key.1, Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].2.push(m);
+    }
+    groups
+}
+
+fn store_offset(consumer: &StreamConsumer<Context>, topic: &str, partition: i32, next: i64) {
+    let mut tpl = TopicPartitionList::new();
+    if tpl.add_partition_offset(topic, partition, Offset::Offset(next)).is_ok() {
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            // The partition was revoked meanwhile: its next owner redelivers, dedupe skips.
+            tracing::debug!(topic, partition, error = %e, "offset not stored");
+        }
+    }
+}
+
+/// Moves the partition back to `offset`, its first unprocessed record.
+fn rewind(consumer: &StreamConsumer<Context>, topic: &str, partition: i32, offset: i64) {
+    if let Err(e) = consumer.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
+        tracing::debug!(topic, partition, offset, error = %e, "rewind failed (partition revoked?)");
+    }
+}
+
+fn inbound(m: &OwnedMessage) -> Inbound<'_> {
+    Inbound { topic: m.topic(), partition: m.partition(), offset: m.offset(), key: m.key(), payload: m.payload().unwrap_or_default() }
+}
+
+/// Applies one partition's records in one transaction; when the database refuses the batch
+/// for what it contains, applies them one by one and dead-letters the one it refuses.
+async fn apply_partition<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMessage]) -> Applied {
+    match apply_records(worker, pool, records, None).await {
+        Ok(()) => Applied::Committed,
+        Err(e) if is_transient(&e) => Applied::Retry(format!("database: {e}")),
+        Err(e) => {
+            tracing::warn!(error = %e, records = records.len(), "batch refused: isolating the record");
+            for (i, record) in records.iter().enumerate() {
+                let one = std::slice::from_ref(record);
+                match apply_records(worker, pool, one, None).await {
+                    Ok(()) => {}
+                    Err(e) if is_transient(&e) => return Applied::Retry(format!("database: {e}")),
+                    Err(e) => {
+                        let why = Rejection { label: "refused", reason: format!("database refused the record: {e}") };
+                        if let Err(e) = apply_records(worker, pool, one, Some(why)).await {
+                            return Applied::Retry(format!("database: {e}"));
+                        }
+                        tracing::warn!(offset = records[i].offset(), "record dead-lettered after the database refused it");
+                    }
+                }
+            }
+            Applied::Committed
+        }
+    }
+}
+
+/// One transaction: dedupe, apply, dead letters. `force` dead-letters every record instead.
+async fn apply_records<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMessage], force: Option<Rejection>) -> sqlx::Result<()> {
+    let name = worker.name();
+    let now = Utc::now();
+    let mut decoded = Vec::with_capacity(records.len());
+    let mut rejections: Vec<(usize, Rejection)> = Vec::new();
+    for (i, m) in records.iter().enumerate() {
+        metrics::CONSUMED.with_label_values(&[name, m.topic()]).inc();
+        match (&force, worker.decode(&inbound(m), now)) {
+            (Some(why), _) => rejections.push((i, why.clone())),
+            (None, Ok(event)) => decoded.push((i, event)),
+            (None, Err(why)) => rejections.push((i, why)),
+        }
+    }
+
+    let mut tx = pool.begin().await?;
+    let ids: Vec<Uuid> = decoded.iter().map(|(_, e)| worker.event_id(e)).collect();
+    let fresh: HashSet<Uuid> = sqlx::query_scalar(
+        "INSERT INTO processed_events (consumer, event_id) SELECT $1, e FROM unnest($2::uuid[]) AS e \
+         ON CONFLICT DO NOTHING RETURNING event_id",
+    )
+    .bind(name)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let mut seen = HashSet::new();
+    let mut positions = Vec::new();
+    let mut events = Vec::new();
+    let mut duplicates = Vec::new();
+    for (i, event) in decoded {
+        let id = worker.event_id(&event);
+        if fresh.contains(&id) && seen.insert(id) {
+            positions.push(i);
+            events.push(event);
+        } else {
+            duplicates.push(i);
+        }
+    }
+
+    let mut batch = Batch { conn: &mut *tx, rejected: Vec::new() };
+    worker.apply(&mut batch, &events).await?;
+    let applied_rejections = batch.rejected;
+    rejections.extend(applied_rejections.into_iter().map(|(j, r)| (positions[j], r)));
+
+    let mut lettered = Vec::new();
+    for (i, why) in &rejections {
+        let m = &records[*i];
+        let letter = DeadLetter {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            label: why.label,
+            reason: why.reason.clone(),
+        };
+        if dead_letter::record(&mut tx, name, 0, &letter).await? {
+            lettered.push((m.topic().to_owned(), why.label, why.reason.clone(), m.offset()));
+        }
+    }
+    tx.commit().await?;
+
+    for i in &duplicates {
+        metrics::DEDUPLICATED.with_label_values(&[name, records[*i].topic()]).inc();
+    }
+    for i in &positions {
+        metrics::APPLIED.with_label_values(&[name, records[*i].topic()]).inc();
+    }
+    for (topic, label, reason, offset) in lettered {
+        metrics::DEAD_LETTERED.with_label_values(&[name, &topic, label]).inc();
+        tracing::warn!(worker = name, topic, offset, reason, "dead letter");
+    }
+    Ok(())
+}
+
+/// Exponential backoff from 100 ms to 5 s.
+struct Backoff {
+    current: Duration,
+    failing: bool,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { current: Duration::from_millis(100), failing: false }
+    }
+
+    fn current(&self) -> Duration {
+        self.current
+    }
+
+    /// Sleeps the current backoff and doubles it; true when `stop` was cancelled meanwhile.
+    async fn wait(&mut self, stop: &CancellationToken) -> bool {
+        self.failing = true;
+        let d = self.current;
+        self.current = (self.current * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            () = stop.cancelled() => true,
+            () = tokio::time::sleep(d) => false,
+        }
+    }
+
+    /// Back to the shortest wait; true when it had been failing.
+    fn reset(&mut self) -> bool {
+        self.current = Duration::from_millis(100);
+        std::mem::replace(&mut self.failing, false)
+    }
+}

@@ -1,0 +1,68 @@
+//! The transactional outbox, writer side. Rows are inserted in the caller's transaction, so an
+//! event exists exactly when the effect it announces committed. Before inserting, the
+//! transaction takes an advisory lock per message key (in ascending lock order, so writers
+//! cannot deadlock each other): two transactions that announce events for one key therefore
+//! commit in the order of their outbox ids, and the relay, reading in id order, publishes each
+//! key's events in commit order.
+
+use serde_json::Value as Json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::codec::{encode, AvroRecord};
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub event_id: Uuid,
+    pub headers: Json,
+}
+
+impl OutboxMessage {
+    /// An Avro record for `topic`, keyed by `key`.
+    pub fn record<T: AvroRecord>(topic: &str, key: &str, record: &T) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            key: key.to_owned(),
+            payload: encode(record),
+            event_id: record.event_id(),
+            headers: Json::Object(Default::default()),
+        }
+    }
+}
+
+/// Inserts `messages` into the outbox of `shard`, in order, inside the caller's transaction.
+pub async fn enqueue(conn: &mut PgConnection, shard: i32, messages: &[OutboxMessage]) -> sqlx::Result<()> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = messages.iter().map(|m| m.key.as_str()).collect();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(h) FROM \
+         (SELECT DISTINCT hashtextextended(k, 1299) AS h FROM unnest($1::text[]) AS k) AS locks ORDER BY h",
+    )
+    .bind(&keys)
+    .execute(&mut *conn)
+    .await?;
+    let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.event_id).collect();
+    let headers: Vec<Json> = messages.iter().map(|m| m.headers.clone()).collect();
+    sqlx::query(
+        "INSERT INTO outbox (shard, topic, key, payload, event_id, headers) \
+         SELECT $1, t, k, p, e, h FROM unnest($2::text[], $3::text[], $4::bytea[], $5::uuid[], $6::jsonb[]) \
+         WITH ORDINALITY AS m(t, k, p, e, h, n) ORDER BY n",
+    )
+    .bind(shard)
+    .bind(&topics)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&ids)
+    .bind(&headers)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
