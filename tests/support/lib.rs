@@ -1,1 +1,283 @@
-//! stub
+//! Test support: a fresh Postgres database per test (migrated), the devbroker and the real
+//! binaries as child processes, and Kafka helpers to produce and read records. Nothing here
+//! mocks the database or the broker: they are the real servers over real connections.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+/// Where cargo put the workspace binaries (the test executable lives in `<dir>/deps`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent().and_then(|deps| deps.parent()).expect("target dir").to_path_buf()
+}
+
+/// A real binary of the workspace; fails clearly when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} is not built: run `cargo build --workspace --bins` (make test does)", path.display());
+    path
+}
+
+/// The admin URL of the test Postgres (`make test` sets it).
+pub fn admin_url() -> String {
+    std::env::var("REFSTREAM_TEST_DATABASE_URL")
+        .expect("REFSTREAM_TEST_DATABASE_URL is not set: run the tests through `make test`, which starts Postgres")
+}
+
+/// A fresh, migrated database for one test, dropped at the end.
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let admin = admin_url();
+        let name = format!("t_{}", Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin).await.expect("connect to the test Postgres");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).expect("url with a database");
+        let url = format!("{base}/{name}");
+        let pool = PgPoolOptions::new().max_connections(5).connect(&url).await.expect("connect to the test database");
+        refstream_runtime::db::migrate(&pool).await.expect("migrations");
+        Self { url, pool, name }
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = admin_url();
+        // Best effort: a leftover database only costs disk in a throwaway cluster.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let mut conn = PgConnection::connect(&admin).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await.ok()
+            })
+        });
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits up to `deadline` for the process to exit; returns its status.
+    pub fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let started = Instant::now();
+        while started.elapsed() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.terminate(Duration::from_secs(5));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("refstream-test-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Starts a process of the workspace with `env`, its output in a log file.
+pub fn spawn(name: &str, args: &[&str], env: &[(String, String)]) -> Proc {
+    let log = scratch_dir().join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let mut cmd = Command::new(bin(name));
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+    Proc { name: name.to_owned(), child, log }
+}
+
+/// The devbroker, with its bootstrap address.
+pub struct Broker {
+    pub bootstrap: String,
+    pub proc: Proc,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        let file = scratch_dir().join("broker.addr");
+        let proc = spawn("devbroker", &["--bootstrap-file", file.to_str().expect("utf-8 path")], &[]);
+        let started = Instant::now();
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(&file) {
+                if !addr.trim().is_empty() {
+                    return Self { bootstrap: addr.trim().to_owned(), proc };
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "devbroker did not write its address: {}", proc.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The environment a worker gets: only the three contract variables (and a short session
+/// timeout, since the mock cluster's rebalances wait for it).
+pub fn worker_env(db_url: &str, bootstrap: &str, metrics_port: u16) -> Vec<(String, String)> {
+    vec![
+        ("REFSTREAM__DATABASE__URL".into(), db_url.into()),
+        ("REFSTREAM__KAFKA__BROKERS".into(), bootstrap.into()),
+        ("REFSTREAM__METRICS__LISTEN".into(), format!("127.0.0.1:{metrics_port}")),
+        ("REFSTREAM__KAFKA__SESSION_TIMEOUT_MS".into(), "6000".into()),
+        ("RUST_LOG".into(), "info".into()),
+    ]
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The four workers, each its own process.
+pub struct Fleet {
+    pub procs: Vec<Proc>,
+    pub ports: Vec<u16>,
+}
+
+pub const WORKERS: [&str; 4] = ["attribution", "fraud-scorer", "reward-engine", "outbox-relay"];
+
+impl Fleet {
+    pub fn start(db_url: &str, bootstrap: &str) -> Self {
+        let mut procs = Vec::new();
+        let mut ports = Vec::new();
+        for w in WORKERS {
+            let port = free_port();
+            procs.push(spawn(w, &[], &worker_env(db_url, bootstrap, port)));
+            ports.push(port);
+        }
+        let fleet = Self { procs, ports };
+        fleet.wait_ready(Duration::from_secs(60));
+        fleet
+    }
+
+    pub fn wait_ready(&self, deadline: Duration) {
+        let started = Instant::now();
+        for (p, port) in self.procs.iter().zip(&self.ports) {
+            while !healthy(*port) {
+                assert!(started.elapsed() < deadline, "{} not ready: {}", p.name, p.log_text());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// True when `/healthz` on `port` answers 200.
+pub fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
+}
+
+/// A producer to the test broker.
+pub fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new().set("bootstrap.servers", bootstrap).set("enable.idempotence", "true").create().expect("producer")
+}
+
+pub async fn produce(p: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
+    p.send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(20)).await.expect("produce");
+}
+
+/// Reads every record of `topic` from offset zero on every partition, until `want` records
+/// arrived or `timeout` passed.
+pub fn read_topic(bootstrap: &str, topic: &str, want: usize, timeout: Duration) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions = md.topics()[0].partitions().len();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning).expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let started = Instant::now();
+    let mut out = Vec::new();
+    while out.len() < want && started.elapsed() < timeout {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push(m.detach());
+        }
+    }
+    // Whatever else is already there (a duplicate would show here).
+    let grace = Instant::now();
+    while grace.elapsed() < Duration::from_millis(1500) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+/// The header value of `name`, as text.
+pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    let h = m.headers()?;
+    h.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Polls `probe` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !probe().await {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

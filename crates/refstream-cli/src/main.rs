@@ -1,1 +1,97 @@
-fn main() {}
+//! `refstream`: the operator's command line — migrate, create topics, show codes, drive the
+//! demo workload, print the summary, inspect and re-drive dead letters.
+
+mod demo;
+mod dlq;
+mod summary;
+mod topics;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use refstream_runtime::Settings;
+
+#[derive(Parser)]
+#[command(name = "refstream", about = "Operate a refstream deployment")]
+struct Cli {
+    /// A configuration file layered over the defaults (environment variables still win).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the database migrations.
+    Migrate,
+    /// Manage Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        action: topics::Action,
+    },
+    /// Show a user's referral code.
+    Code { user_id: String },
+    /// Produce the demo workload through a running fleet and print the summary.
+    Demo(demo::Args),
+    /// Print what the fleet has done: users, referrals, rewards, money.
+    Summary,
+    /// Inspect and re-drive dead letters.
+    Dlq {
+        #[command(subcommand)]
+        action: dlq::Action,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("refstream: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    refstream_runtime::telemetry::init(&settings.telemetry);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("refstream: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("refstream: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Topics { action } => return topics::run(action, &settings).await,
+        Command::Demo(args) => return demo::run(args, &settings).await,
+        _ => {}
+    }
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_with(settings.database_options()?).await?;
+    match command {
+        Command::Migrate => {
+            refstream_runtime::db::migrate(&pool).await?;
+            println!("migrations applied");
+        }
+        Command::Code { user_id } => {
+            let code: Option<String> = sqlx::query_scalar("SELECT code FROM referral_codes WHERE user_id = $1").bind(&user_id).fetch_optional(&pool).await?;
+            match code {
+                Some(c) => println!("{c}"),
+                None => anyhow::bail!("no referral code for user {user_id} (not registered yet?)"),
+            }
+        }
+        Command::Summary => summary::print(&pool).await?,
+        Command::Dlq { action } => dlq::run(action, &settings, &pool).await?,
+        Command::Topics { .. } | Command::Demo(_) => unreachable!("handled above"),
+    }
+    Ok(())
+}

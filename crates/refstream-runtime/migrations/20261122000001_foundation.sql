@@ -42,6 +42,8 @@ CREATE TABLE referrals (
     referee_registered_at timestamptz NOT NULL,
     status                text NOT NULL DEFAULT 'pending'
         CHECK (status IN ('pending', 'held', 'eligible', 'rewarded', 'rejected', 'expired', 'reversed')),
+    -- A reviewer approved it: signals seen later (a shared card) no longer hold it.
+    cleared_by_review     boolean NOT NULL DEFAULT false,
     created_at            timestamptz NOT NULL DEFAULT now(),
     updated_at            timestamptz NOT NULL DEFAULT now(),
     CHECK (referrer_id <> referee_id)

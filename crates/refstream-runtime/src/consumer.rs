@@ -86,7 +86,8 @@ pub trait Worker: Send + Sync + 'static {
 }
 
 /// What applying a partition's records ended in.
-enum Applied {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
     Committed,
     /// Transient failure: nothing committed, retry later.
     Retry(String),
@@ -279,7 +280,7 @@ fn inbound(m: &OwnedMessage) -> Inbound<'_> {
 
 /// Applies one partition's records in one transaction; when the database refuses the batch
 /// for what it contains, applies them one by one and dead-letters the one it refuses.
-async fn apply_partition<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMessage]) -> Applied {
+pub async fn apply_partition<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMessage]) -> Applied {
     match apply_records(worker, pool, records, None).await {
         Ok(()) => Applied::Committed,
         Err(e) if is_transient(&e) => Applied::Retry(format!("database: {e}")),

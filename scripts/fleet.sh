@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Starts or stops the local stack: a throwaway Postgres (scripts/pg.sh), the devbroker and the
+# four workers as separate processes. State lives in .local/ (git-ignored).
+#   scripts/fleet.sh up     start everything, write .local/fleet.env
+#   scripts/fleet.sh down   stop everything this script started
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${CARGO_TARGET_DIR:-target}/debug
+LOCAL=.local
+mkdir -p "$LOCAL/logs"
+
+up() {
+  scripts/pg.sh start >/dev/null
+  # shellcheck disable=SC1091
+  source "$LOCAL/pg.env"
+  rm -f "$LOCAL/broker.addr"
+  "$BIN/devbroker" --bootstrap-file "$LOCAL/broker.addr" >"$LOCAL/logs/devbroker.log" 2>&1 &
+  echo $! >"$LOCAL/devbroker.pid"
+  for _ in $(seq 1 100); do [ -s "$LOCAL/broker.addr" ] && break; sleep 0.1; done
+  [ -s "$LOCAL/broker.addr" ] || { echo "devbroker did not start: see $LOCAL/logs/devbroker.log" >&2; exit 1; }
+  cat >"$LOCAL/fleet.env" <<ENV
+export REFSTREAM__DATABASE__URL=$REFSTREAM__DATABASE__URL
+export REFSTREAM__KAFKA__BROKERS=$(cat "$LOCAL/broker.addr")
+export REFSTREAM__KAFKA__SESSION_TIMEOUT_MS=6000
+ENV
+  # shellcheck disable=SC1091
+  source "$LOCAL/fleet.env"
+  "$BIN/refstream" migrate >/dev/null
+  port=9101
+  for w in attribution fraud-scorer reward-engine outbox-relay; do
+    REFSTREAM__METRICS__LISTEN=127.0.0.1:$port "$BIN/$w" >"$LOCAL/logs/$w.log" 2>&1 &
+    echo $! >"$LOCAL/$w.pid"
+    port=$((port + 1))
+  done
+  for w in attribution fraud-scorer reward-engine outbox-relay; do
+    port=$((9101 + $(echo "attribution fraud-scorer reward-engine outbox-relay" | tr ' ' '\n' | grep -n "^$w$" | cut -d: -f1) - 1))
+    for _ in $(seq 1 150); do
+      curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+      kill -0 "$(cat "$LOCAL/$w.pid")" 2>/dev/null || { echo "$w exited: see $LOCAL/logs/$w.log" >&2; tail -5 "$LOCAL/logs/$w.log" >&2; exit 1; }
+      sleep 0.2
+    done
+  done
+  echo "fleet up: broker $(cat "$LOCAL/broker.addr"), logs in $LOCAL/logs/"
+}
+
+down() {
+  for w in attribution fraud-scorer reward-engine outbox-relay devbroker; do
+    if [ -f "$LOCAL/$w.pid" ]; then
+      kill -TERM "$(cat "$LOCAL/$w.pid")" 2>/dev/null || true
+    fi
+  done
+  for w in attribution fraud-scorer reward-engine outbox-relay devbroker; do
+    if [ -f "$LOCAL/$w.pid" ]; then
+      pid=$(cat "$LOCAL/$w.pid")
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+      rm -f "$LOCAL/$w.pid"
+    fi
+  done
+  scripts/pg.sh stop >/dev/null 2>&1 || true
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac

@@ -1,0 +1,311 @@
+//! Integration tests of the workers' effects against a real Postgres (a fresh database per
+//! test): records go through the same runtime path as in production — decode, validate,
+//! dedupe, apply, dead-letter, commit — only Kafka is left out.
+
+use chrono::{DateTime, Duration, Utc};
+use rdkafka::message::{OwnedMessage, Timestamp};
+use refstream_core::events::{
+    DepositCompleted, DepositReversed, ReferralScored, ReversalReason, ReviewDecided, UserRegistered,
+};
+use refstream_core::lifecycle::Decision;
+use refstream_core::{Currency, DerivedId, Money, UserId};
+use refstream_e2e::TestDb;
+use refstream_runtime::codec::{encode, AvroRecord};
+use refstream_runtime::consumer::{apply_partition, Applied, Worker};
+use refstream_runtime::Settings;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+struct Harness {
+    db: TestDb,
+    settings: Settings,
+    offset: i64,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        Self { db: TestDb::new().await, settings: Settings::load_from(None, vec![]).unwrap(), offset: 0 }
+    }
+
+    fn message(&mut self, topic: &str, key: &str, payload: Vec<u8>) -> OwnedMessage {
+        self.offset += 1;
+        OwnedMessage::new(Some(payload), Some(key.as_bytes().to_vec()), topic.to_owned(), Timestamp::NotAvailable, 0, self.offset, None)
+    }
+
+    async fn feed<W: Worker>(&mut self, worker: &W, topic: &str, records: Vec<(String, Vec<u8>)>) {
+        let msgs: Vec<OwnedMessage> = records.into_iter().map(|(k, p)| self.message(topic, &k, p)).collect();
+        assert_eq!(apply_partition(worker, &self.db.pool, &msgs).await, Applied::Committed);
+    }
+
+    async fn register(&mut self, user: &str, code: Option<&str>, device: &str) {
+        let e = UserRegistered {
+            event_id: Uuid::new_v4(),
+            user_id: UserId::parse(user).unwrap(),
+            occurred_at: t0(),
+            referral_code: code.map(str::to_owned),
+            click_id: None,
+            platform: "web".into(),
+            device_id: Some(device.into()),
+            ip: Some("203.0.113.9".parse().unwrap()),
+            email: Some(format!("{user}@example.com")),
+            country: None,
+        };
+        let w = attribution::Attribution::new(&self.settings).unwrap();
+        let topic = self.settings.topics.user_registered.clone();
+        self.feed(&w, &topic, vec![(user.into(), encode(&e))]).await;
+    }
+
+    async fn code_of(&self, user: &str) -> String {
+        sqlx::query_scalar("SELECT code FROM referral_codes WHERE user_id = $1").bind(user).fetch_one(&self.db.pool).await.unwrap()
+    }
+
+    fn engine(&self) -> reward_engine::RewardEngine {
+        reward_engine::RewardEngine::new(&self.settings).unwrap()
+    }
+
+    async fn score(&mut self, referee: &str, referrer: &str, decision: Decision) {
+        let referee_id = UserId::parse(referee).unwrap();
+        let s = ReferralScored {
+            event_id: Uuid::new_v4(),
+            referral_id: DerivedId::referral(&referee_id),
+            referrer_id: UserId::parse(referrer).unwrap(),
+            referee_id,
+            score: 0,
+            decision,
+            reasons: vec![],
+            rule_version: "test".into(),
+            occurred_at: t0(),
+        };
+        let (w, topic) = (self.engine(), self.settings.topics.referral_scored.clone());
+        self.feed(&w, &topic, vec![(referee.into(), encode(&s))]).await;
+    }
+
+    async fn deposit_event(&mut self, d: &DepositCompleted, copies: usize) {
+        let (w, topic) = (self.engine(), self.settings.topics.deposit_completed.clone());
+        let bytes = encode(d);
+        self.feed(&w, &topic, (0..copies).map(|_| (d.user_id.to_string(), bytes.clone())).collect()).await;
+    }
+
+    async fn deposit(&mut self, user: &str, id: &str, amount: &str) {
+        self.deposit_event(&deposit(user, id, amount, t0() + Duration::days(1), "card-1"), 1).await;
+    }
+
+    async fn balance(&self, account: &str) -> Decimal {
+        sqlx::query_scalar("SELECT COALESCE((SELECT balance FROM balances WHERE account = $1 AND currency = 'USD'), 0)")
+            .bind(account)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn status_of(&self, referee: &str) -> String {
+        sqlx::query_scalar("SELECT status FROM referrals WHERE referee_id = $1").bind(referee).fetch_one(&self.db.pool).await.unwrap()
+    }
+
+    async fn assert_books_balance(&self) {
+        let imbalance = self.db.scalar_i64("SELECT count(*) FROM (SELECT currency FROM ledger_entries GROUP BY currency HAVING sum(amount) <> 0) x").await;
+        assert_eq!(imbalance, 0, "ledger must sum to zero per currency");
+        let drift = self
+            .db
+            .scalar_i64(
+                "SELECT count(*) FROM balances b LEFT JOIN (SELECT account, currency, sum(amount) s FROM ledger_entries GROUP BY 1, 2) l \
+                 USING (account, currency) WHERE b.balance <> COALESCE(l.s, 0)",
+            )
+            .await;
+        assert_eq!(drift, 0, "every balance equals the sum of its entries");
+    }
+
+    /// Referrer `r` and referee `e` (registered with r's code, on different devices).
+    async fn referral(&mut self, r: &str, e: &str) {
+        self.register(r, None, &format!("dev-{r}")).await;
+        let code = self.code_of(r).await;
+        self.register(e, Some(&code), &format!("dev-{e}")).await;
+        assert_eq!(self.status_of(e).await, "pending");
+    }
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc::now() - Duration::days(2)
+}
+
+fn deposit(user: &str, id: &str, amount: &str, at: DateTime<Utc>, card: &str) -> DepositCompleted {
+    DepositCompleted {
+        event_id: Uuid::new_v4(),
+        deposit_id: id.into(),
+        user_id: UserId::parse(user).unwrap(),
+        amount: Money::new(amount.parse().unwrap(), Currency::USD),
+        payment_fingerprint: Some(card.into()),
+        occurred_at: at,
+    }
+}
+
+fn usd(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn score_then_deposit_pays_once_and_books_balance() {
+    let mut h = Harness::new().await;
+    h.referral("r1", "e1").await;
+    h.score("e1", "r1", Decision::Approve).await;
+    assert_eq!(h.status_of("e1").await, "eligible");
+    let d = deposit("e1", "d1", "25.00", t0() + Duration::days(1), "card-e1");
+    h.deposit_event(&d, 3).await; // the same event delivered three times
+    h.deposit_event(&DepositCompleted { event_id: Uuid::new_v4(), ..d.clone() }, 1).await; // same deposit, new event id
+    h.deposit("e1", "d2", "80.00").await; // a second qualifying deposit
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 1);
+    assert_eq!(h.balance("user:r1").await, usd("10"));
+    assert_eq!(h.balance("campaign:default").await, usd("-10"));
+    assert_eq!(h.status_of("e1").await, "rewarded");
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM outbox WHERE topic = 'reward-granted' AND key = 'r1'").await, 1);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM processed_events WHERE consumer = 'reward-engine'").await, 4);
+    h.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn deposit_before_score_pays_when_approved() {
+    let mut h = Harness::new().await;
+    h.referral("r2", "e2").await;
+    h.deposit("e2", "d1", "20.00").await;
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 0, "pending referrals are not paid");
+    h.score("e2", "r2", Decision::Approve).await;
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 1);
+    assert_eq!(h.balance("user:r2").await, usd("10"));
+    h.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn deposits_that_do_not_qualify_pay_nothing() {
+    let mut h = Harness::new().await;
+    h.referral("r3", "e3").await;
+    h.score("e3", "r3", Decision::Approve).await;
+    h.deposit("e3", "small", "19.99").await;
+    h.deposit_event(&deposit("e3", "late", "50", t0() + Duration::days(31), "c"), 1).await;
+    let mut eur = deposit("e3", "eur", "50", t0() + Duration::days(1), "c");
+    eur.amount.currency = Currency::parse("EUR").unwrap();
+    h.deposit_event(&eur, 1).await;
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 0);
+    assert_eq!(h.status_of("e3").await, "eligible");
+    h.deposit("e3", "ok", "20.00").await;
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards WHERE qualifying_deposit_id = 'ok'").await, 1);
+}
+
+#[tokio::test]
+async fn rejected_referrals_are_never_paid() {
+    let mut h = Harness::new().await;
+    h.referral("r4", "e4").await;
+    h.score("e4", "r4", Decision::Reject).await;
+    h.deposit("e4", "d1", "100").await;
+    h.score("e4", "r4", Decision::Approve).await; // a late contrary score cannot revive it
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 0);
+    assert_eq!(h.status_of("e4").await, "rejected");
+}
+
+#[tokio::test]
+async fn refund_reverses_with_compensating_entries() {
+    let mut h = Harness::new().await;
+    h.referral("r5", "e5").await;
+    h.score("e5", "r5", Decision::Approve).await;
+    h.deposit("e5", "d1", "30").await;
+    assert_eq!(h.balance("user:r5").await, usd("10"));
+    let rev = DepositReversed { event_id: Uuid::new_v4(), deposit_id: "d1".into(), user_id: UserId::parse("e5").unwrap(), reason: ReversalReason::Chargeback, occurred_at: t0() + Duration::days(2) };
+    let (w, topic) = (h.engine(), h.settings.topics.deposit_reversed.clone());
+    h.feed(&w, &topic, vec![("e5".into(), encode(&rev)), ("e5".into(), encode(&rev))]).await;
+    assert_eq!(h.balance("user:r5").await, usd("0"));
+    assert_eq!(h.status_of("e5").await, "reversed");
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM ledger_entries").await, 4, "two entries to grant, two to reverse");
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM outbox WHERE topic = 'reward-reversed'").await, 1);
+    h.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn a_reversal_before_its_deposit_keeps_the_deposit_from_qualifying() {
+    let mut h = Harness::new().await;
+    h.referral("r6", "e6").await;
+    h.score("e6", "r6", Decision::Approve).await;
+    let rev = DepositReversed { event_id: Uuid::new_v4(), deposit_id: "d1".into(), user_id: UserId::parse("e6").unwrap(), reason: ReversalReason::Refund, occurred_at: t0() + Duration::days(2) };
+    let (w, topic) = (h.engine(), h.settings.topics.deposit_reversed.clone());
+    h.feed(&w, &topic, vec![("e6".into(), encode(&rev))]).await;
+    h.deposit("e6", "d1", "30").await;
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 0);
+}
+
+#[tokio::test]
+async fn a_card_shared_with_the_referrer_sends_the_referral_to_review() {
+    let mut h = Harness::new().await;
+    h.referral("r7", "e7").await;
+    h.deposit_event(&deposit("r7", "rd", "50", t0(), "shared-card"), 1).await;
+    h.score("e7", "r7", Decision::Approve).await;
+    h.deposit_event(&deposit("e7", "d1", "50", t0() + Duration::days(1), "shared-card"), 1).await;
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 0);
+    assert_eq!(h.status_of("e7").await, "held");
+    // A reviewer approves: the recorded deposit pays at once.
+    let review = ReviewDecided {
+        event_id: Uuid::new_v4(),
+        referral_id: DerivedId::referral(&UserId::parse("e7").unwrap()),
+        referee_id: UserId::parse("e7").unwrap(),
+        approve: true,
+        reviewer: "ana".into(),
+        reason: "family card, verified".into(),
+        occurred_at: t0(),
+    };
+    let (w, topic) = (h.engine(), h.settings.topics.review_decided.clone());
+    h.feed(&w, &topic, vec![("e7".into(), encode(&review))]).await;
+    assert_eq!(h.status_of("e7").await, "rewarded");
+    assert_eq!(h.balance("user:r7").await, usd("10"));
+}
+
+#[tokio::test]
+async fn attribution_refuses_unknown_codes_and_second_attributions() {
+    let mut h = Harness::new().await;
+    h.referral("r8", "e8").await;
+    h.register("stray", Some("ZZZZ9999"), "dev-s").await;
+    // The same referee registering again (new event id) is not referred twice.
+    let code = h.code_of("r8").await;
+    h.register("e8", Some(&code), "dev-e8").await;
+    h.register("r9", None, "dev-r9").await;
+    let code9 = h.code_of("r9").await;
+    h.register("e8", Some(&code9), "dev-e8").await;
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM referrals").await, 1);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM referral_codes").await, 4, "one code per user: r8, e8, stray, r9");
+    let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM referral_codes").fetch_all(&h.db.pool).await.unwrap();
+    assert!(codes.iter().all(|c| refstream_core::code::normalize(c).as_deref() == Some(c.as_str())));
+}
+
+#[tokio::test]
+async fn bad_records_become_dead_letters_and_the_partition_flows_on() {
+    let mut h = Harness::new().await;
+    h.referral("r10", "e10").await;
+    h.score("e10", "r10", Decision::Approve).await;
+    let w = h.engine();
+    let topic = h.settings.topics.deposit_completed.clone();
+    let good = deposit("e10", "d1", "25", t0() + Duration::days(1), "c");
+    let mut negative = encode(&deposit("e10", "neg", "1", t0(), "c"));
+    // Flip the amount's sign byte is fiddly; write a zero amount instead via a valid record.
+    negative.truncate(negative.len() - 3);
+    h.feed(&w, &topic, vec![("e10".into(), b"not avro".to_vec()), ("e10".into(), negative), ("e10".into(), encode(&good))]).await;
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM dead_letters").await, 2);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM outbox WHERE topic = 'deposit-completed.dlq'").await, 2);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 1, "the good record after the bad ones was applied");
+    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM dead_letters ORDER BY \"offset\"").fetch_all(&h.db.pool).await.unwrap();
+    assert!(reasons[0].contains("unknown framing"), "{reasons:?}");
+    assert!(reasons[1].contains("malformed") || reasons[1].contains("truncated"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn event_ids_are_deterministic_for_derived_records() {
+    let referee = UserId::parse("x").unwrap();
+    let id = DerivedId::referral(&referee);
+    let scored = ReferralScored {
+        event_id: DerivedId::event("referral-scored", id),
+        referral_id: id,
+        referrer_id: UserId::parse("y").unwrap(),
+        referee_id: referee,
+        score: 0,
+        decision: Decision::Approve,
+        reasons: vec![],
+        rule_version: "v".into(),
+        occurred_at: t0(),
+    };
+    assert_eq!(scored.event_id(), DerivedId::event("referral-scored", DerivedId::referral(&UserId::parse("x").unwrap())));
+}

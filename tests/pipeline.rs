@@ -1,0 +1,93 @@
+//! End to end: the devbroker, a real Postgres and the four binaries as processes, configured
+//! only through the three contract variables. Avro records in, `reward-granted` records out.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use refstream_core::events::{DepositCompleted, RewardGranted, UserRegistered};
+use refstream_core::{Currency, Money, UserId};
+use refstream_e2e::{eventually, header, produce, producer, read_topic, Broker, Fleet, TestDb};
+use refstream_runtime::codec::{encode, Decoder};
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+fn registered(user: &str, code: Option<&str>) -> UserRegistered {
+    UserRegistered {
+        event_id: Uuid::new_v4(),
+        user_id: UserId::parse(user).unwrap(),
+        occurred_at: Utc::now(),
+        referral_code: code.map(str::to_owned),
+        click_id: None,
+        platform: "ios".into(),
+        device_id: Some(format!("device-{user}")),
+        ip: Some(format!("198.51.100.{}", user.len()).parse().unwrap()),
+        email: Some(format!("{user}@example.org")),
+        country: Some("PT".into()),
+    }
+}
+
+fn deposit(user: &str, id: &str, amount: &str) -> DepositCompleted {
+    DepositCompleted {
+        event_id: Uuid::new_v4(),
+        deposit_id: id.into(),
+        user_id: UserId::parse(user).unwrap(),
+        amount: Money::new(amount.parse().unwrap(), Currency::USD),
+        payment_fingerprint: Some(format!("card-{id}")),
+        occurred_at: Utc::now(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_qualifying_deposit_pays_the_referrer_once() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let fleet = Fleet::start(&db.url, &broker.bootstrap);
+    let p = producer(&broker.bootstrap);
+
+    produce(&p, "user-registered", "alice", &encode(&registered("alice", None))).await;
+    let pool = db.pool.clone();
+    eventually(Duration::from_secs(60), "alice's referral code", || {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM referral_codes WHERE user_id = 'alice'").fetch_one(&pool).await.unwrap() == 1 }
+    })
+    .await;
+    let code: String = sqlx::query_scalar("SELECT code FROM referral_codes WHERE user_id = 'alice'").fetch_one(&db.pool).await.unwrap();
+
+    produce(&p, "user-registered", "bob", &encode(&registered("bob", Some(&code)))).await;
+    produce(&p, "user-registered", "carol", &encode(&registered("carol", Some(&code)))).await;
+    produce(&p, "user-registered", "mallory", &encode(&registered("mallory", Some("QQQQ7777")))).await;
+    let pool = db.pool.clone();
+    eventually(Duration::from_secs(60), "bob and carol scored", || {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM referrals WHERE status = 'eligible'").fetch_one(&pool).await.unwrap() == 2 }
+    })
+    .await;
+
+    // Bob: the same DepositCompleted three times, then a second qualifying deposit.
+    let first = encode(&deposit("bob", "bob-1", "25.00"));
+    for _ in 0..3 {
+        produce(&p, "deposit-completed", "bob", &first).await;
+    }
+    produce(&p, "deposit-completed", "bob", &encode(&deposit("bob", "bob-2", "30.00"))).await;
+    // Carol: below the threshold.
+    produce(&p, "deposit-completed", "carol", &encode(&deposit("carol", "carol-1", "19.99"))).await;
+
+    let records = read_topic(&broker.bootstrap, "reward-granted", 1, Duration::from_secs(60));
+    assert_eq!(records.len(), 1, "exactly one RewardGranted");
+    let m = &records[0];
+    let granted: RewardGranted = Decoder::default().decode(rdkafka::Message::payload(m).unwrap(), Utc::now()).unwrap();
+    assert_eq!(granted.user_id.as_str(), "alice");
+    assert_eq!(granted.amount, Money::new(Decimal::new(1000, 2), Currency::USD));
+    assert_eq!(granted.qualifying_deposit_id, "bob-1");
+    assert_eq!(rdkafka::Message::key(m), Some(&b"alice"[..]));
+    assert_eq!(header(m, "event_id"), Some(granted.event_id.to_string()));
+
+    let balance: Decimal = sqlx::query_scalar("SELECT balance FROM balances WHERE account = 'user:alice'").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(balance, Decimal::new(10, 0));
+    let ledger: Decimal = sqlx::query_scalar("SELECT sum(amount) FROM ledger_entries").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(ledger, Decimal::ZERO);
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM rewards").await, 1);
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM referrals WHERE referee_id = 'mallory'").await, 0);
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM deposits").await, 3);
+    drop(fleet);
+}

@@ -1,0 +1,44 @@
+//! Process-level behaviour of the binaries: a bad setting stops a worker at start with a
+//! message naming it; SIGTERM drains, commits and exits within the deadline.
+
+use std::time::{Duration, Instant};
+
+use refstream_e2e::{free_port, healthy, spawn, worker_env, Broker, TestDb, WORKERS};
+
+#[test]
+fn a_bad_setting_stops_every_binary_naming_the_setting() {
+    for w in WORKERS {
+        let env = vec![("REFSTREAM__METRICS__LISTEN".to_owned(), "not-an-address".to_owned())];
+        let mut p = spawn(w, &[], &env);
+        let status = p.child.wait().unwrap();
+        assert_eq!(status.code(), Some(2), "{w}: {}", p.log_text());
+        assert!(p.log_text().contains("metrics.listen"), "{w}: {}", p.log_text());
+        assert!(p.log_text().contains("REFSTREAM__METRICS__LISTEN"), "{w}: {}", p.log_text());
+    }
+    let env = vec![("REFSTREAM__CAMPAIGN__MIN_DEPOSIT".to_owned(), "twenty".to_owned())];
+    let mut p = spawn("reward-engine", &[], &env);
+    assert_eq!(p.child.wait().unwrap().code(), Some(2));
+    assert!(p.log_text().contains("campaign.min_deposit"), "{}", p.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_and_exits_within_the_deadline() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    for w in WORKERS {
+        let port = free_port();
+        let mut p = spawn(w, &[], &worker_env(&db.url, &broker.bootstrap, port));
+        let started = Instant::now();
+        while !healthy(port) {
+            assert!(started.elapsed() < Duration::from_secs(60), "{w} never became ready: {}", p.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Let the consumer join its group, so shutdown has partitions to revoke.
+        std::thread::sleep(Duration::from_secs(2));
+        let began = Instant::now();
+        let status = p.terminate(Duration::from_secs(15)).unwrap_or_else(|| panic!("{w} did not exit within 15 s of SIGTERM: {}", p.log_text()));
+        assert!(status.success(), "{w} exited with {status}: {}", p.log_text());
+        assert!(p.log_text().contains("exited cleanly"), "{w}: {}", p.log_text());
+        eprintln!("{w}: exited {:?} after SIGTERM", began.elapsed());
+    }
+}
