@@ -7,6 +7,7 @@
 //!   row's key, so per-key order on the topic is the outbox's id order;
 //! - on any delivery failure rolls back: the rows stay and are sent again (at-least-once on the
 //!   wire, every record carrying its deterministic `event_id` header for downstream dedupe).
+//!
 //! It wakes on `LISTEN refstream_outbox`, and polls every `relay.idle_poll_ms` as a fallback.
 
 use std::time::Duration;

@@ -179,7 +179,7 @@ pub async fn run(args: Args, settings: &Settings) -> anyhow::Result<()> {
         d.register(&format!("demo-{}-stray-{i}", d.run), Some("ZZZZ9999".into())).await?;
     }
     // One refund of a paid referral's deposit.
-    if let Some(u) = wave.iter().nth(5) {
+    if let Some(u) = wave.get(5) {
         wait_quiet(&pool, deposits_expected, timeout).await?;
         let r = DepositReversed {
             event_id: Uuid::new_v4(),

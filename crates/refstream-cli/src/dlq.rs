@@ -21,10 +21,13 @@ pub enum Action {
     Replay { id: i64 },
 }
 
+/// id, consumer, topic, partition, offset, reason, replayed at.
+type LetterRow = (i64, String, String, i32, i64, String, Option<chrono::DateTime<chrono::Utc>>);
+
 pub async fn run(action: Action, settings: &Settings, pool: &PgPool) -> anyhow::Result<()> {
     match action {
         Action::List { limit } => {
-            let rows: Vec<(i64, String, String, i32, i64, String, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+            let rows: Vec<LetterRow> = sqlx::query_as(
                 "SELECT id, consumer, topic, partition, \"offset\", reason, replayed_at FROM dead_letters ORDER BY id DESC LIMIT $1",
             )
             .bind(limit)

@@ -346,7 +346,7 @@ async fn apply_records<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMes
         }
     }
 
-    let mut batch = Batch { conn: &mut *tx, rejected: Vec::new() };
+    let mut batch = Batch { conn: &mut tx, rejected: Vec::new() };
     worker.apply(&mut batch, &events).await?;
     let applied_rejections = batch.rejected;
     rejections.extend(applied_rejections.into_iter().map(|(j, r)| (positions[j], r)));

@@ -8,6 +8,7 @@
 //! - a payment instrument the referrer also used, first seen at deposit time, sends the
 //!   referral back to review instead of paying;
 //! - a reversed qualifying deposit takes the reward back with compensating ledger entries.
+//!
 //! Every status change is a guarded update recorded in `referral_transitions`.
 
 mod ledger;
