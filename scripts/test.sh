@@ -9,4 +9,6 @@ scripts/pg.sh start
 source .local/pg.env
 export REFSTREAM_TEST_DATABASE_URL="$DATABASE_URL"
 cargo build --workspace --bins
+# docker-compose.yml cannot run here (no Docker engine): at least check that it parses.
+python3 -c 'import yaml; d = yaml.safe_load(open("docker-compose.yml")); assert {"kafka", "postgres", "attribution", "fraud-scorer", "reward-engine", "outbox-relay"} <= set(d["services"]), d["services"].keys()'
 cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}"
