@@ -31,8 +31,18 @@ pub async fn run(action: Action, settings: &Settings) -> anyhow::Result<()> {
             let t = &settings.topics;
             let topics: Vec<NewTopic<'_>> =
                 names.iter().map(|n| NewTopic::new(n, t.partitions, TopicReplication::Fixed(t.replication_factor))).collect();
-            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-            for result in admin.create_topics(&topics, &opts).await? {
+            let opts = AdminOptions::new()
+                .operation_timeout(Some(Duration::from_secs(30)))
+                .request_timeout(Some(Duration::from_secs(30)));
+            let results = tokio::time::timeout(Duration::from_secs(45), admin.create_topics(&topics, &opts))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no answer from {} within 45 s to CreateTopics (librdkafka's mock cluster does not implement it: the devbroker creates its topics itself)",
+                        settings.kafka.brokers
+                    )
+                })??;
+            for result in results {
                 match result {
                     Ok(name) => println!("created {name} ({} partitions)", t.partitions),
                     Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => println!("exists  {name}"),
