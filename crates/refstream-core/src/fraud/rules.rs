@@ -220,17 +220,7 @@ fn describe_window(window: Duration) -> String {
 mod tests {
     use super::*;
 
-    /// A referral with nothing suspicious about it.
-    fn clean() -> Evidence {
-        Evidence {
-            referrer_id: "referrer".into(),
-            referee_id: "referee".into(),
-            referrals_by_referrer_in_window: 1,
-            registrations_from_device_in_window: 1,
-            registrations_from_ip_in_window: 1,
-            ..Evidence::default()
-        }
-    }
+    use crate::fraud::tests::clean;
 
     fn fires(rule: RuleFn, e: &Evidence) -> Option<Signal> {
         rule(e, &FraudPolicy::default())

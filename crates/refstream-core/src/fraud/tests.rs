@@ -7,7 +7,7 @@ use super::*;
 use crate::lifecycle::{on_score, ReferralStatus};
 
 /// A referral with nothing suspicious about it.
-fn clean() -> Evidence {
+pub(crate) fn clean() -> Evidence {
     Evidence {
         referrer_id: "referrer".into(),
         referee_id: "referee".into(),
