@@ -56,9 +56,10 @@ pub async fn run(settings: &Settings, pool: PgPool, health: Health, stop: Cancel
     let shard = settings.relay.shard;
     let idle = Duration::from_millis(settings.relay.idle_poll_ms);
     let batch = settings.relay.batch_size;
+    let pause = Duration::from_millis(settings.relay.fault_pause_before_delete_ms);
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
-        match lead(&pool, &producer, shard, batch, idle, &health, &stop).await {
+        match lead(&pool, &producer, Claim { shard, batch, pause }, idle, &health, &stop).await {
             Ok(()) => break,
             Err(e) => {
                 health.not_ready(format!("{e:#}"));
@@ -76,8 +77,17 @@ pub async fn run(settings: &Settings, pool: PgPool, health: Health, stop: Cancel
     Ok(())
 }
 
-/// Waits to become the active relay of `shard`, then relays until `stop` or an error.
-async fn lead(pool: &PgPool, producer: &FutureProducer, shard: i32, batch: i64, idle: Duration, health: &Health, stop: &CancellationToken) -> anyhow::Result<()> {
+/// What one claim takes: the shard, at most `batch` rows, and the test-only pause before delete.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    shard: i32,
+    batch: i64,
+    pause: Duration,
+}
+
+/// Waits to become the active relay of `claim.shard`, then relays until `stop` or an error.
+async fn lead(pool: &PgPool, producer: &FutureProducer, claim: Claim, idle: Duration, health: &Health, stop: &CancellationToken) -> anyhow::Result<()> {
+    let shard = claim.shard;
     let mut conn = pool.acquire().await?;
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen("refstream_outbox").await?;
@@ -95,28 +105,26 @@ async fn lead(pool: &PgPool, producer: &FutureProducer, shard: i32, batch: i64, 
         }
     }
     tracing::info!(shard, "active relay for this shard");
-    let result = relay_loop(&mut conn, &mut listener, producer, shard, batch, idle, health, stop).await;
+    let result = relay_loop(&mut conn, &mut listener, producer, claim, idle, health, stop).await;
     let _ = sqlx::query("SELECT pg_advisory_unlock($1, $2)").bind(LOCK_CLASS).bind(shard).execute(&mut *conn).await;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn relay_loop(
     conn: &mut PoolConnection<Postgres>,
     listener: &mut PgListener,
     producer: &FutureProducer,
-    shard: i32,
-    batch: i64,
+    claim: Claim,
     idle: Duration,
     health: &Health,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut last_gauge = std::time::Instant::now() - Duration::from_secs(60);
     while !stop.is_cancelled() {
-        let sent = relay_batch(conn, producer, shard, batch).await?;
+        let sent = relay_batch(conn, producer, claim).await?;
         health.ready();
         if last_gauge.elapsed() >= Duration::from_secs(2) {
-            record_backlog(conn, shard).await?;
+            record_backlog(conn, claim.shard).await?;
             last_gauge = std::time::Instant::now();
         }
         if sent == 0 {
@@ -131,13 +139,13 @@ async fn relay_loop(
 }
 
 /// One claim → produce → delete transaction; returns how many rows it published.
-async fn relay_batch(conn: &mut PoolConnection<Postgres>, producer: &FutureProducer, shard: i32, batch: i64) -> anyhow::Result<usize> {
+async fn relay_batch(conn: &mut PoolConnection<Postgres>, producer: &FutureProducer, claim: Claim) -> anyhow::Result<usize> {
     let mut tx = sqlx::Connection::begin(&mut **conn).await?;
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, topic, key, payload, event_id, headers FROM outbox WHERE shard = $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
     )
-    .bind(shard)
-    .bind(batch)
+    .bind(claim.shard)
+    .bind(claim.batch)
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
@@ -175,6 +183,9 @@ async fn relay_batch(conn: &mut PoolConnection<Postgres>, producer: &FutureProdu
     if let Some(why) = failed {
         tx.rollback().await?;
         anyhow::bail!(why);
+    }
+    if !claim.pause.is_zero() {
+        tokio::time::sleep(claim.pause).await;
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;

@@ -45,6 +45,7 @@ pub struct Settings {
     pub campaign: CampaignSettings,
     pub fraud: FraudSettings,
     pub relay: RelaySettings,
+    pub deposits: DepositSettings,
     pub shutdown: ShutdownSettings,
     pub avro: AvroSettings,
 }
@@ -144,6 +145,13 @@ pub struct RelaySettings {
     pub batch_size: i64,
     pub idle_poll_ms: u64,
     pub shard: i32,
+    pub fault_pause_before_delete_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DepositSettings {
+    pub unknown_user_hold_secs: u64,
+    pub unknown_user_check_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,6 +13,7 @@
 
 mod ledger;
 mod referral;
+pub mod unmatched;
 
 use chrono::{DateTime, Utc};
 use refstream_core::campaign::Campaign;
@@ -25,10 +26,21 @@ use uuid::Uuid;
 
 pub use referral::Referral;
 
+/// Where a record was read, kept with deposits so that one for an unknown user can still
+/// become a dead letter later.
+#[derive(Debug, Clone)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
 /// One input of the reward engine.
 #[derive(Debug, Clone)]
 pub enum Input {
-    Deposit(DepositCompleted),
+    Deposit(DepositCompleted, Position),
     Reversal(DepositReversed),
     Scored(ReferralScored),
     Review(ReviewDecided),
@@ -85,7 +97,16 @@ impl Worker for RewardEngine {
         let t = &self.topics;
         let d = &self.decoder;
         Ok(match record.topic {
-            x if x == t.deposit_completed => Input::Deposit(d.decode(record.payload, now)?),
+            x if x == t.deposit_completed => Input::Deposit(
+                d.decode(record.payload, now)?,
+                Position {
+                    topic: record.topic.to_owned(),
+                    partition: record.partition,
+                    offset: record.offset,
+                    key: record.key.map(<[u8]>::to_vec),
+                    payload: record.payload.to_vec(),
+                },
+            ),
             x if x == t.deposit_reversed => Input::Reversal(d.decode(record.payload, now)?),
             x if x == t.referral_scored => Input::Scored(d.decode(record.payload, now)?),
             x if x == t.review_decided => Input::Review(d.decode(record.payload, now)?),
@@ -95,7 +116,7 @@ impl Worker for RewardEngine {
 
     fn event_id(&self, event: &Input) -> Uuid {
         match event {
-            Input::Deposit(e) => e.event_id(),
+            Input::Deposit(e, _) => e.event_id(),
             Input::Reversal(e) => e.event_id(),
             Input::Scored(e) => e.event_id(),
             Input::Review(e) => e.event_id(),
@@ -106,7 +127,7 @@ impl Worker for RewardEngine {
         let mut out = Vec::new();
         for event in events {
             match event {
-                Input::Deposit(d) => self.on_deposit(batch.conn, d, &mut out).await?,
+                Input::Deposit(d, at) => self.on_deposit(batch.conn, d, at, &mut out).await?,
                 Input::Reversal(r) => self.on_reversal(batch.conn, r, &mut out).await?,
                 Input::Scored(s) => self.on_score(batch.conn, s, &mut out).await?,
                 Input::Review(r) => self.on_review(batch.conn, r, &mut out).await?,

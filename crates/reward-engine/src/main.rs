@@ -2,10 +2,18 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn main() -> ExitCode {
     refstream_runtime::service::main("reward-engine", 9103, |svc| async move {
         let worker = Arc::new(reward_engine::RewardEngine::new(&svc.settings)?);
+        let d = &svc.settings.deposits;
+        tokio::spawn(reward_engine::unmatched::run(
+            svc.pool.clone(),
+            Duration::from_secs(d.unknown_user_check_secs.max(1)),
+            Duration::from_secs(d.unknown_user_hold_secs),
+            svc.stop.clone(),
+        ));
         refstream_runtime::consumer::run(worker, &svc.settings, svc.pool, svc.health, svc.stop).await
     })
 }

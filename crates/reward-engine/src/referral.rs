@@ -80,7 +80,7 @@ pub(crate) async fn transition(conn: &mut PgConnection, referral: &mut Referral,
 }
 
 impl RewardEngine {
-    pub(crate) async fn on_deposit(&self, conn: &mut PgConnection, d: &DepositCompleted, out: &mut Vec<OutboxMessage>) -> sqlx::Result<()> {
+    pub(crate) async fn on_deposit(&self, conn: &mut PgConnection, d: &DepositCompleted, at: &crate::Position, out: &mut Vec<OutboxMessage>) -> sqlx::Result<()> {
         let inserted: Option<String> = sqlx::query_scalar(
             "INSERT INTO deposits (deposit_id, user_id, amount, currency, payment_fingerprint, occurred_at, reversed_at, reversal_reason) \
              SELECT $1, $2, $3, $4, $5, $6, r.occurred_at, r.reason \
@@ -99,6 +99,7 @@ impl RewardEngine {
             OUTCOMES.with_label_values(&["reward-engine", "duplicate_deposit"]).inc();
             return Ok(());
         }
+        crate::unmatched::hold_if_unknown(conn, d, at).await?;
         let Some(mut referral) = lock_referral_of(conn, d.user_id.as_str()).await? else { return Ok(()) };
         self.pay_if_due(conn, &mut referral, out).await
     }
