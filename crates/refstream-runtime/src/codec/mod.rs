@@ -106,6 +106,20 @@ fn read_body(kind: EventKind, body: &[u8]) -> Result<Value, DecodeError> {
     Ok(value)
 }
 
+/// The `event_id` of any contract record in single-object encoding, without validating the
+/// rest (auditing tools read whole topics with it).
+pub fn event_id_of(bytes: &[u8]) -> Option<uuid::Uuid> {
+    let (kind, body) = Decoder::default().frame(bytes).ok()?;
+    match read_body(kind, body).ok()? {
+        Value::Record(fields) => fields.into_iter().find(|(n, _)| n == "event_id").and_then(|(_, v)| match v {
+            Value::Uuid(u) => Some(u),
+            Value::String(s) => uuid::Uuid::parse_str(&s).ok(),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
 /// Encodes a record in Avro single-object encoding.
 pub fn encode<T: AvroRecord>(record: &T) -> Vec<u8> {
     let body = schemas::writer(T::KIND)
