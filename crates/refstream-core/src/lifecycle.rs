@@ -121,6 +121,29 @@ pub fn on_review(approve: bool) -> Transition {
 
 /// A new fraud signal seen before payment sends an eligible referral back to review.
 pub const BACK_TO_REVIEW: Transition = Transition { from: &[Eligible], to: Held };
+/// A re-score that rejects an unpaid referral no reviewer has cleared.
+pub const RESCORE_REJECT: Transition = Transition { from: &[Eligible, Held], to: Rejected };
+
+/// A later score of a referral that is no longer pending: the scorer re-scores a referral when
+/// new evidence arrives (a fraud ring that formed, a payment instrument it learned). A re-score
+/// only ever tightens, and never touches a paid referral (rewarded or reversed: those are for a
+/// person to look at). APPROVE moves nothing; REVIEW sends an eligible referral back to held;
+/// REJECT rejects an eligible or held one, except that a referral a reviewer already cleared
+/// goes back to held instead: a person approved it, so a person decides again.
+pub fn on_rescore(decision: Decision, cleared_by_review: bool) -> Option<Transition> {
+    match (decision, cleared_by_review) {
+        (Decision::Approve, _) | (Decision::Review, true) => None,
+        (Decision::Review, false) | (Decision::Reject, true) => Some(BACK_TO_REVIEW),
+        (Decision::Reject, false) => Some(RESCORE_REJECT),
+    }
+}
+
+/// The move a score makes on a referral in `current`: the first score moves a pending referral
+/// ([`on_score`]), a later one may only tighten ([`on_rescore`]). `None` when nothing moves.
+pub fn on_any_score(current: ReferralStatus, decision: Decision, cleared_by_review: bool) -> Option<Transition> {
+    let t = if current == Pending { Some(on_score(decision)) } else { on_rescore(decision, cleared_by_review) };
+    t.filter(|t| t.allows(current))
+}
 /// The first qualifying deposit pays an eligible referral.
 pub const REWARD: Transition = Transition { from: &[Eligible], to: Rewarded };
 /// The qualifying deposit was reversed after payment.
@@ -157,9 +180,64 @@ mod tests {
 
     #[test]
     fn final_states_have_no_way_out() {
-        let all = [on_score(Decision::Approve), on_score(Decision::Review), on_score(Decision::Reject), on_review(true), on_review(false), BACK_TO_REVIEW, REWARD, REVERSE, EXPIRE];
+        let all = [on_score(Decision::Approve), on_score(Decision::Review), on_score(Decision::Reject), on_review(true), on_review(false), BACK_TO_REVIEW, RESCORE_REJECT, REWARD, REVERSE, EXPIRE];
         for s in ReferralStatus::ALL.into_iter().filter(|s| is_final(*s)) {
             assert!(all.iter().all(|t| !t.allows(s)), "{s} must be final");
+        }
+    }
+
+    /// Strictness of where a referral stands, for the "a re-score only tightens" checks.
+    fn strictness(s: ReferralStatus) -> u8 {
+        match s {
+            Pending | Eligible => 0,
+            Held => 1,
+            Rejected => 2,
+            Rewarded | Expired | Reversed => 3,
+        }
+    }
+
+    #[test]
+    fn a_rescore_only_tightens_and_never_touches_a_paid_referral() {
+        for decision in [Decision::Approve, Decision::Review, Decision::Reject] {
+            for cleared in [false, true] {
+                let Some(t) = on_rescore(decision, cleared) else { continue };
+                assert!(strictness(t.to) > 0, "{decision:?}: a re-score never makes a referral payable");
+                for s in ReferralStatus::ALL.into_iter().filter(|s| t.allows(*s)) {
+                    assert!(strictness(t.to) > strictness(s), "{decision:?} cleared={cleared}: {s} -> {}", t.to);
+                }
+                for paid in [Rewarded, Reversed, Expired, Rejected, Pending] {
+                    assert!(!t.allows(paid), "{decision:?} must not move a {paid} referral");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_rescore_moves_eligible_and_held_referrals_as_the_decision_says() {
+        assert_eq!(on_rescore(Decision::Approve, false), None, "a re-score never relaxes");
+        assert_eq!(on_rescore(Decision::Review, false), Some(BACK_TO_REVIEW));
+        assert_eq!(on_rescore(Decision::Reject, false), Some(RESCORE_REJECT));
+        assert!(RESCORE_REJECT.allows(Eligible) && RESCORE_REJECT.allows(Held));
+        // A reviewer's approval stands against REVIEW; REJECT sends it back to a person.
+        assert_eq!(on_rescore(Decision::Review, true), None);
+        assert_eq!(on_rescore(Decision::Reject, true), Some(BACK_TO_REVIEW));
+    }
+
+    #[test]
+    fn any_score_picks_first_score_or_rescore_by_the_current_status() {
+        assert_eq!(on_any_score(Pending, Decision::Approve, false).map(|t| t.to), Some(Eligible));
+        assert_eq!(on_any_score(Pending, Decision::Reject, false).map(|t| t.to), Some(Rejected));
+        assert_eq!(on_any_score(Eligible, Decision::Approve, false), None);
+        assert_eq!(on_any_score(Eligible, Decision::Review, false).map(|t| t.to), Some(Held));
+        assert_eq!(on_any_score(Eligible, Decision::Reject, false).map(|t| t.to), Some(Rejected));
+        assert_eq!(on_any_score(Eligible, Decision::Reject, true).map(|t| t.to), Some(Held));
+        assert_eq!(on_any_score(Held, Decision::Review, false), None);
+        assert_eq!(on_any_score(Held, Decision::Reject, false).map(|t| t.to), Some(Rejected));
+        assert_eq!(on_any_score(Held, Decision::Reject, true), None, "already with a reviewer");
+        for s in [Rewarded, Reversed, Rejected, Expired] {
+            for d in [Decision::Approve, Decision::Review, Decision::Reject] {
+                assert_eq!(on_any_score(s, d, false), None, "{s} {d:?}");
+            }
         }
     }
 

@@ -109,10 +109,23 @@ impl RewardEngine {
             tracing::warn!(referral = %s.referral_id, "score for an unknown referral");
             return Ok(());
         };
-        let cause = format!("score {} {} [{}] {}", s.score, s.decision.as_str(), s.reasons.join(","), s.rule_version);
-        let moved = transition(conn, &mut referral, lifecycle::on_score(s.decision), &cause).await?;
+        // The first score moves a pending referral; a re-score (the scorer saw new evidence, such
+        // as a ring that formed) can only tighten an unpaid one. A paid one is left alone.
+        let status = referral.status();
+        let first = status == ReferralStatus::Pending;
+        let what = if first { "score" } else { "re-score" };
+        let cause = format!("{what} {} {} [{}] {}", s.score, s.decision.as_str(), s.reasons.join(","), s.rule_version);
+        let moved = match lifecycle::on_any_score(status, s.decision, referral.cleared_by_review) {
+            Some(t) => transition(conn, &mut referral, t, &cause).await?,
+            None => false,
+        };
         if moved {
-            OUTCOMES.with_label_values(&["reward-engine", s.decision.as_str()]).inc();
+            let outcome = if first { s.decision.as_str() } else { "rescore_tightened" };
+            OUTCOMES.with_label_values(&["reward-engine", outcome]).inc();
+        } else if s.decision != Decision::Approve && matches!(status, ReferralStatus::Rewarded | ReferralStatus::Reversed) {
+            // Never clawed back automatically: a person decides (`refstream review list` shows it).
+            OUTCOMES.with_label_values(&["reward-engine", "flagged_after_payment"]).inc();
+            tracing::warn!(referral = %s.referral_id, status = %status, cause, "already paid referral flagged by a later score: left for review");
         }
         if moved && s.decision == Decision::Approve {
             self.pay_if_due(conn, &mut referral, out).await?;
