@@ -1,28 +1,94 @@
-//! The fraud scorer: consumes `referral-attributed`, gathers what its tables know about the
-//! referrer and the referee (device, hashed IP and email, velocity in event-time windows), and
-//! scores the referral with the explainable rules of `refstream_core::fraud`. The assessment
-//! (score, decision, every signal with its detail, rule version) and the `ReferralScored` that
-//! announces it commit in one transaction; a referral is scored once.
+//! The fraud scorer: consumes `referral-attributed` and `deposit-completed`, gathers what its
+//! tables know about the referrer and the referee (device, hashed IP and email, velocity in
+//! event-time windows, payment instruments, the ring graph of hard links), and scores the
+//! referral with the explainable rules of `refstream_core::fraud`. The assessment (score,
+//! decision, every signal with its detail, the evidence, rule version) and the `ReferralScored`
+//! that announces it commit in one transaction.
+//!
+//! Rings do not depend on arrival order. Hard links (device, email, payment instrument) are kept
+//! in `identity_links`; whenever new links or a new referral make an account's component a ring
+//! (or reveal a payment instrument shared by a referrer and their referee, or an account arrives
+//! after accounts on its device or mailbox that registered later than it), the referrals already
+//! scored without that knowledge are scored again. A re-score that is stricter, or carries a
+//! hard signal the stored one lacks, becomes a new assessment revision and a second
+//! `ReferralScored` with its own deterministic event id; it never loosens. The reward engine lets
+//! a re-score only tighten an unpaid referral.
+
+pub mod graph;
+
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, Utc};
-use refstream_core::events::{ReferralAttributed, ReferralScored};
+use refstream_core::events::{DepositCompleted, ReferralAttributed, ReferralScored};
+use refstream_core::fraud::rules::{ALWAYS_REJECT, AT_LEAST_REVIEW, FRAUD_RING, SHARED_PAYMENT_INSTRUMENT};
 use refstream_core::fraud::{assess, Assessment, DisposableDomains, Evidence, FraudPolicy};
-use refstream_core::DerivedId;
+use refstream_core::lifecycle::Decision;
+use refstream_core::{DerivedId, UserId};
 use refstream_runtime::codec::{AvroRecord, Decoder};
 use refstream_runtime::consumer::{Batch, Inbound, Rejection, Worker};
 use refstream_runtime::metrics::OUTCOMES;
 use refstream_runtime::outbox::{enqueue, OutboxMessage};
 use refstream_runtime::Settings;
-use serde_json::json;
+use serde_json::{json, Value as Json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::graph::Component;
+
+/// Serializes ring maintenance across scorer instances: two transactions adding links at once
+/// could otherwise each miss the ring their links complete together.
+const RING_LOCK: i64 = 0x7265_6673_7269_6e67; // "refsring"
+
+/// One input of the scorer.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Attributed(ReferralAttributed),
+    Deposit(DepositCompleted),
+}
+
 pub struct FraudScorer {
     decoder: Decoder,
-    topic_in: String,
+    topic_attributed: String,
+    topic_deposits: String,
     topic_out: String,
     policy: FraudPolicy,
     disposable: DisposableDomains,
+}
+
+/// A referral as the scorer needs it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Subject {
+    pub referral_id: Uuid,
+    pub referrer_id: String,
+    pub referee_id: String,
+    pub referee_registered_at: DateTime<Utc>,
+}
+
+impl From<&ReferralAttributed> for Subject {
+    fn from(r: &ReferralAttributed) -> Self {
+        Self {
+            referral_id: r.referral_id,
+            referrer_id: r.referrer_id.to_string(),
+            referee_id: r.referee_id.to_string(),
+            referee_registered_at: r.referee_registered_at,
+        }
+    }
+}
+
+/// The stored, latest assessment of a referral.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Stored {
+    revision: i32,
+    decision: String,
+    reasons: Vec<String>,
+}
+
+fn rank(d: Decision) -> u8 {
+    match d {
+        Decision::Approve => 0,
+        Decision::Review => 1,
+        Decision::Reject => 2,
+    }
 }
 
 impl FraudScorer {
@@ -49,15 +115,21 @@ impl FraudScorer {
         };
         Ok(Self {
             decoder: Decoder::new(settings.confluent_ids()?),
-            topic_in: settings.topics.referral_attributed.clone(),
+            topic_attributed: settings.topics.referral_attributed.clone(),
+            topic_deposits: settings.topics.deposit_completed.clone(),
             topic_out: settings.topics.referral_scored.clone(),
             policy,
             disposable,
         })
     }
 
-    /// Gathers the evidence about one referral from the tables, as of the referee's registration.
-    pub async fn evidence(&self, conn: &mut PgConnection, r: &ReferralAttributed) -> sqlx::Result<Evidence> {
+    pub fn policy(&self) -> &FraudPolicy {
+        &self.policy
+    }
+
+    /// Gathers the evidence about one referral from the tables, as of the referee's
+    /// registration; `component` is the referee's component in the ring graph.
+    pub async fn evidence(&self, conn: &mut PgConnection, r: &Subject, component: &Component) -> sqlx::Result<(Evidence, Option<String>)> {
         let at = r.referee_registered_at;
         let since = at - self.policy.velocity_window;
         let row: EvidenceRow = sqlx::query_as(
@@ -74,8 +146,8 @@ impl FraudScorer {
                (SELECT count(*) FROM users u, e WHERE u.device_id = e.device_id AND u.registered_at > $3 AND u.registered_at <= $4) AS from_device, \
                (SELECT count(*) FROM users u, e WHERE u.ip_hash = e.ip_hash AND u.registered_at > $3 AND u.registered_at <= $4) AS from_ip, \
                (SELECT count(*) FROM users u, e WHERE u.device_id = e.device_id AND u.user_id <> e.user_id AND u.registered_at <= $4) AS others_on_device, \
-               EXISTS (SELECT 1 FROM deposits a JOIN deposits b ON a.payment_fingerprint = b.payment_fingerprint \
-                       WHERE a.user_id = $1 AND b.user_id = $2) AS shared_instrument",
+               EXISTS (SELECT 1 FROM identity_links a JOIN identity_links b ON b.kind = a.kind AND b.value = a.value \
+                       WHERE a.kind = 'payment' AND a.user_id = $1 AND b.user_id = $2) AS shared_instrument",
         )
         .bind(r.referrer_id.as_str())
         .bind(r.referee_id.as_str())
@@ -84,23 +156,193 @@ impl FraudScorer {
         .fetch_one(&mut *conn)
         .await?;
         let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-        Ok(Evidence {
-            referrer_id: r.referrer_id.to_string(),
-            referee_id: r.referee_id.to_string(),
+        let evidence = Evidence {
+            referrer_id: r.referrer_id.clone(),
+            referee_id: r.referee_id.clone(),
             same_device: row.same_device,
             same_ip: row.same_ip,
             same_ip_prefix: row.same_ip_prefix,
             email_matches_referrer: row.email_matches_referrer,
             email_matches_earlier_account: row.email_reused,
-            disposable_email: row.email_domain.is_some_and(|d| self.disposable.contains(&d)),
+            disposable_email: row.email_domain.as_deref().is_some_and(|d| self.disposable.contains(d)),
             referrals_by_referrer_in_window: count(row.by_referrer),
             registrations_from_device_in_window: count(row.from_device),
             registrations_from_ip_in_window: count(row.from_ip),
             other_accounts_on_referee_device: count(row.others_on_device),
             shared_payment_instrument: row.shared_instrument,
-            ring_size: 0,
-        })
+            ring_size: component.ring_size(),
+        };
+        Ok((evidence, row.email_domain))
     }
+
+    /// Scores `r` from what the tables know now.
+    async fn score(&self, conn: &mut PgConnection, r: &Subject) -> sqlx::Result<(Assessment, Json)> {
+        let component = graph::component_of(conn, &r.referee_id, self.policy.ring_min_size).await?;
+        let (evidence, domain) = self.evidence(conn, r, &component).await?;
+        let assessment = assess(&evidence, &self.policy);
+        Ok((assessment, evidence_json(&evidence, domain.as_deref(), &component)))
+    }
+
+    async fn on_attributed(&self, conn: &mut PgConnection, r: &ReferralAttributed, out: &mut Vec<OutboxMessage>) -> sqlx::Result<()> {
+        let subject = Subject::from(r);
+        let new_links = graph::link_users(conn, &[&subject.referrer_id, &subject.referee_id], r.occurred_at).await?;
+        let (assessment, evidence) = self.score(conn, &subject).await?;
+        let event_id = DerivedId::event("referral-scored", r.referral_id);
+        if !store(conn, &subject, &assessment, &evidence, event_id).await? {
+            return Ok(());
+        }
+        OUTCOMES.with_label_values(&["fraud-scorer", assessment.decision.as_str()]).inc();
+        out.push(self.scored(&subject, &assessment, event_id, r.occurred_at));
+        // This referral, or the links of its two accounts, may have completed a ring whose
+        // other referrals were scored before it existed; and an account that arrives late may
+        // change the evidence of accounts on its device or mailbox that registered after it.
+        let cause = format!("referral {} ({} referred {}) arrived", r.referral_id, r.referrer_id, r.referee_id);
+        let mut around = vec![subject.referee_id.as_str()];
+        if new_links > 0 {
+            around.push(subject.referrer_id.as_str());
+        }
+        let mut candidates = BTreeSet::new();
+        for user in around {
+            candidates.extend(self.ring_candidates(conn, user).await?);
+            candidates.extend(later_on_same_device_or_email(conn, user).await?);
+        }
+        candidates.remove(&r.referral_id);
+        self.rescore_all(conn, candidates, &cause, r.occurred_at, out).await
+    }
+
+    async fn on_deposit(&self, conn: &mut PgConnection, d: &DepositCompleted, out: &mut Vec<OutboxMessage>) -> sqlx::Result<()> {
+        let Some(fingerprint) = d.payment_fingerprint.as_deref() else { return Ok(()) };
+        let user = d.user_id.as_str();
+        if !graph::link_payment(conn, user, fingerprint, d.occurred_at).await? {
+            return Ok(());
+        }
+        let mut candidates = self.ring_candidates(conn, user).await?;
+        // The referrals between this account and an account that paid with the same instrument.
+        let shared: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT a.referral_id FROM assessments a \
+             JOIN identity_links l ON l.kind = 'payment' AND l.value = $2 \
+               AND l.user_id = CASE WHEN a.referee_id = $1 THEN a.referrer_id ELSE a.referee_id END \
+             WHERE (a.referee_id = $1 OR a.referrer_id = $1) AND NOT ($3 = ANY(a.reasons))",
+        )
+        .bind(user)
+        .bind(fingerprint)
+        .bind(SHARED_PAYMENT_INSTRUMENT)
+        .fetch_all(&mut *conn)
+        .await?;
+        candidates.extend(shared);
+        let cause = format!("deposit {} by {user} linked a payment instrument", d.deposit_id);
+        self.rescore_all(conn, candidates, &cause, d.occurred_at, out).await
+    }
+
+    /// The scored referrals in `user`'s component that do not carry FRAUD_RING yet, when that
+    /// component is a ring.
+    async fn ring_candidates(&self, conn: &mut PgConnection, user: &str) -> sqlx::Result<BTreeSet<Uuid>> {
+        let component = graph::component_of(conn, user, self.policy.ring_min_size).await?;
+        if !component.is_ring {
+            return Ok(BTreeSet::new());
+        }
+        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT referral_id FROM assessments WHERE referee_id = ANY($1) AND NOT ($2 = ANY(reasons))")
+            .bind(&component.members)
+            .bind(FRAUD_RING)
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok(ids.into_iter().collect())
+    }
+
+    async fn rescore_all(
+        &self,
+        conn: &mut PgConnection,
+        candidates: BTreeSet<Uuid>,
+        cause: &str,
+        at: DateTime<Utc>,
+        out: &mut Vec<OutboxMessage>,
+    ) -> sqlx::Result<()> {
+        for referral_id in candidates {
+            self.rescore(conn, referral_id, cause, at, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Scores an already scored referral again; stores and announces the new assessment when it
+    /// is stricter or carries a hard signal the stored one lacks. Never loosens.
+    async fn rescore(&self, conn: &mut PgConnection, referral_id: Uuid, cause: &str, at: DateTime<Utc>, out: &mut Vec<OutboxMessage>) -> sqlx::Result<()> {
+        let Some(stored) = sqlx::query_as::<_, Stored>("SELECT revision, decision, reasons FROM assessments WHERE referral_id = $1 FOR UPDATE")
+            .bind(referral_id)
+            .fetch_optional(&mut *conn)
+            .await?
+        else {
+            return Ok(());
+        };
+        let Some(subject) = sqlx::query_as::<_, Subject>(
+            "SELECT referral_id, referrer_id, referee_id, referee_registered_at FROM referrals WHERE referral_id = $1",
+        )
+        .bind(referral_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        else {
+            return Ok(());
+        };
+        let (assessment, evidence) = self.score(conn, &subject).await?;
+        let before = stored.decision.parse::<Decision>().unwrap_or(Decision::Approve);
+        let new_hard = assessment
+            .signals
+            .iter()
+            .any(|s| (AT_LEAST_REVIEW.contains(&s.code) || ALWAYS_REJECT.contains(&s.code)) && !stored.reasons.iter().any(|r| r == s.code));
+        if rank(assessment.decision) < rank(before) || !(rank(assessment.decision) > rank(before) || new_hard) {
+            return Ok(());
+        }
+        let revision = stored.revision + 1;
+        let event_id = DerivedId::event(&format!("referral-rescored:{revision}"), referral_id);
+        let signals = signals_json(&assessment, &evidence);
+        sqlx::query(
+            "UPDATE assessments SET score = $2, decision = $3, reasons = $4, signals = $5, rule_version = $6, \
+             revision = $7, cause = $8, assessed_at = now() WHERE referral_id = $1",
+        )
+        .bind(referral_id)
+        .bind(i32::from(assessment.score))
+        .bind(assessment.decision.as_str())
+        .bind(assessment.reasons())
+        .bind(&signals)
+        .bind(assessment.rule_version)
+        .bind(revision)
+        .bind(cause)
+        .execute(&mut *conn)
+        .await?;
+        history(conn, referral_id, revision, &assessment, &signals, cause, event_id).await?;
+        OUTCOMES.with_label_values(&["fraud-scorer", "rescored"]).inc();
+        tracing::info!(referral = %referral_id, from = before.as_str(), to = assessment.decision.as_str(), reasons = ?assessment.reasons(), cause, "re-scored");
+        out.push(self.scored(&subject, &assessment, event_id, at));
+        Ok(())
+    }
+
+    fn scored(&self, r: &Subject, a: &Assessment, event_id: Uuid, at: DateTime<Utc>) -> OutboxMessage {
+        // Both ids come from validated events or from rows written from them.
+        let id = |s: &str| UserId::parse(s).unwrap_or_else(|_| UserId::parse("invalid").expect("a valid id"));
+        let scored = ReferralScored {
+            event_id,
+            referral_id: r.referral_id,
+            referrer_id: id(&r.referrer_id),
+            referee_id: id(&r.referee_id),
+            score: a.score,
+            decision: a.decision,
+            reasons: a.reasons(),
+            rule_version: a.rule_version.to_owned(),
+            occurred_at: at,
+        };
+        OutboxMessage::record(&self.topic_out, &r.referee_id, &scored)
+    }
+}
+
+/// The scored referrals of accounts that share `user`'s device or email and registered after it
+/// (event time): only their evidence, taken as of their registration, can count `user`. Empty
+/// when registrations arrive in order.
+async fn later_on_same_device_or_email(conn: &mut PgConnection, user: &str) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT a.referral_id FROM users n          JOIN users u ON u.device_id = n.device_id AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id)          JOIN assessments a ON a.referee_id = u.user_id WHERE n.user_id = $1          UNION          SELECT a.referral_id FROM users n          JOIN users u ON u.email_hash = n.email_hash AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id)          JOIN assessments a ON a.referee_id = u.user_id WHERE n.user_id = $1",
+    )
+    .bind(user)
+    .fetch_all(&mut *conn)
+    .await
 }
 
 #[derive(sqlx::FromRow)]
@@ -118,66 +360,122 @@ struct EvidenceRow {
     shared_instrument: bool,
 }
 
-/// Stores an assessment; false when the referral was already assessed.
-async fn store(conn: &mut PgConnection, r: &ReferralAttributed, a: &Assessment, evidence: &Evidence) -> sqlx::Result<bool> {
+/// The evidence as stored with the assessment, for `refstream explain`.
+fn evidence_json(e: &Evidence, email_domain: Option<&str>, component: &Component) -> Json {
+    json!({
+        "referrer_id": e.referrer_id,
+        "referee_id": e.referee_id,
+        "same_device": e.same_device,
+        "same_ip": e.same_ip,
+        "same_ip_prefix": e.same_ip_prefix,
+        "email_matches_referrer": e.email_matches_referrer,
+        "email_matches_earlier_account": e.email_matches_earlier_account,
+        "email_domain": email_domain,
+        "disposable_email": e.disposable_email,
+        "referrals_by_referrer_in_window": e.referrals_by_referrer_in_window,
+        "registrations_from_device_in_window": e.registrations_from_device_in_window,
+        "registrations_from_ip_in_window": e.registrations_from_ip_in_window,
+        "other_accounts_on_referee_device": e.other_accounts_on_referee_device,
+        "shared_payment_instrument": e.shared_payment_instrument,
+        "ring_size": e.ring_size,
+        "component": component.to_json(),
+    })
+}
+
+fn signals_json(a: &Assessment, evidence: &Json) -> Json {
     let signals: Vec<_> = a.signals.iter().map(|s| json!({"code": s.code, "weight": s.weight, "detail": s.detail})).collect();
-    let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO assessments (referral_id, referrer_id, referee_id, score, decision, reasons, signals, rule_version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (referral_id) DO NOTHING RETURNING referral_id",
+    json!({"signals": signals, "evidence": evidence})
+}
+
+async fn history(
+    conn: &mut PgConnection,
+    referral_id: Uuid,
+    revision: i32,
+    a: &Assessment,
+    signals: &Json,
+    cause: &str,
+    event_id: Uuid,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO assessment_history (referral_id, revision, score, decision, reasons, signals, rule_version, cause, event_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
     )
-    .bind(r.referral_id)
-    .bind(r.referrer_id.as_str())
-    .bind(r.referee_id.as_str())
+    .bind(referral_id)
+    .bind(revision)
     .bind(i32::from(a.score))
     .bind(a.decision.as_str())
     .bind(a.reasons())
-    .bind(json!({"signals": signals, "evidence": format!("{evidence:?}")}))
+    .bind(signals)
     .bind(a.rule_version)
+    .bind(cause)
+    .bind(event_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Stores a first assessment; false when the referral was already assessed.
+async fn store(conn: &mut PgConnection, r: &Subject, a: &Assessment, evidence: &Json, event_id: Uuid) -> sqlx::Result<bool> {
+    let signals = signals_json(a, evidence);
+    let cause = "referral attributed";
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO assessments (referral_id, referrer_id, referee_id, score, decision, reasons, signals, rule_version, revision, cause) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9) ON CONFLICT (referral_id) DO NOTHING RETURNING referral_id",
+    )
+    .bind(r.referral_id)
+    .bind(&r.referrer_id)
+    .bind(&r.referee_id)
+    .bind(i32::from(a.score))
+    .bind(a.decision.as_str())
+    .bind(a.reasons())
+    .bind(&signals)
+    .bind(a.rule_version)
+    .bind(cause)
     .fetch_optional(&mut *conn)
     .await?;
+    if inserted.is_some() {
+        history(conn, r.referral_id, 1, a, &signals, cause, event_id).await?;
+    }
     Ok(inserted.is_some())
 }
 
 impl Worker for FraudScorer {
-    type Event = ReferralAttributed;
+    type Event = Input;
 
     fn name(&self) -> &'static str {
         "fraud-scorer"
     }
 
     fn topics(&self) -> Vec<String> {
-        vec![self.topic_in.clone()]
+        vec![self.topic_attributed.clone(), self.topic_deposits.clone()]
     }
 
-    fn decode(&self, record: &Inbound<'_>, now: DateTime<Utc>) -> Result<ReferralAttributed, Rejection> {
-        Ok(self.decoder.decode(record.payload, now)?)
+    fn decode(&self, record: &Inbound<'_>, now: DateTime<Utc>) -> Result<Input, Rejection> {
+        Ok(match record.topic {
+            t if t == self.topic_attributed => Input::Attributed(self.decoder.decode(record.payload, now)?),
+            t if t == self.topic_deposits => Input::Deposit(self.decoder.decode(record.payload, now)?),
+            other => return Err(Rejection { label: "unknown_topic", reason: format!("no handler for topic {other}") }),
+        })
     }
 
-    fn event_id(&self, event: &ReferralAttributed) -> Uuid {
-        event.event_id()
+    fn event_id(&self, event: &Input) -> Uuid {
+        match event {
+            Input::Attributed(e) => e.event_id(),
+            Input::Deposit(e) => e.event_id(),
+        }
     }
 
-    async fn apply(&self, batch: &mut Batch<'_>, events: &[ReferralAttributed]) -> sqlx::Result<()> {
+    async fn apply(&self, batch: &mut Batch<'_>, events: &[Input]) -> sqlx::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(RING_LOCK).execute(&mut *batch.conn).await?;
         let mut out = Vec::new();
-        for r in events {
-            let evidence = self.evidence(batch.conn, r).await?;
-            let assessment = assess(&evidence, &self.policy);
-            if !store(batch.conn, r, &assessment, &evidence).await? {
-                continue;
+        for event in events {
+            match event {
+                Input::Attributed(r) => self.on_attributed(batch.conn, r, &mut out).await?,
+                Input::Deposit(d) => self.on_deposit(batch.conn, d, &mut out).await?,
             }
-            OUTCOMES.with_label_values(&["fraud-scorer", assessment.decision.as_str()]).inc();
-            let scored = ReferralScored {
-                event_id: DerivedId::event("referral-scored", r.referral_id),
-                referral_id: r.referral_id,
-                referrer_id: r.referrer_id.clone(),
-                referee_id: r.referee_id.clone(),
-                score: assessment.score,
-                decision: assessment.decision,
-                reasons: assessment.reasons(),
-                rule_version: assessment.rule_version.to_owned(),
-                occurred_at: r.occurred_at,
-            };
-            out.push(OutboxMessage::record(&self.topic_out, scored.referee_id.as_str(), &scored));
         }
         enqueue(batch.conn, 0, &out).await
     }
