@@ -1,8 +1,12 @@
 //! `refstream`: the operator's command line — migrate, create topics, show codes, drive the
-//! demo workload, print the summary, inspect and re-drive dead letters.
+//! demo workload, print the summary, inspect and re-drive dead letters, work the review queue,
+//! explain a referral's decision, and measure the fraud rules on a labeled adversarial stream.
 
 mod demo;
 mod dlq;
+mod explain;
+mod fraud_eval;
+mod review;
 mod summary;
 mod topics;
 
@@ -42,6 +46,18 @@ enum Command {
         #[command(subcommand)]
         action: dlq::Action,
     },
+    /// The manual review queue: list held referrals, approve or reject them.
+    Review {
+        #[command(subcommand)]
+        action: review::Action,
+    },
+    /// Explain a referral: its assessment, the rules that fired, the evidence, its transitions.
+    Explain {
+        /// The referral's id (or its referee's user id).
+        referral_id: String,
+    },
+    /// Produce a labeled adversarial stream through a running fleet and measure the fraud rules.
+    FraudEval(fraud_eval::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +90,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Topics { action } => return topics::run(action, &settings).await,
         Command::Demo(args) => return demo::run(args, &settings).await,
+        Command::FraudEval(args) => return fraud_eval::run(args, &settings).await,
         _ => {}
     }
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_with(settings.database_options()?).await?;
@@ -91,7 +108,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Summary => summary::print(&pool).await?,
         Command::Dlq { action } => dlq::run(action, &settings, &pool).await?,
-        Command::Topics { .. } | Command::Demo(_) => unreachable!("handled above"),
+        Command::Review { action } => review::run(action, &settings, &pool).await?,
+        Command::Explain { referral_id } => explain::run(&pool, &referral_id).await?,
+        Command::Topics { .. } | Command::Demo(_) | Command::FraudEval(_) => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -1,0 +1,234 @@
+//! `refstream explain <referral_id>`: everything refstream knows about one referral and why it
+//! stands where it stands — the referral, its assessment (score, decision, rule version, each
+//! rule that fired with its weight and detail), the evidence the rules saw, every earlier
+//! assessment revision, the status transitions with their causes, review decisions and rewards.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::Value as Json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(sqlx::FromRow)]
+struct Referral {
+    referral_id: Uuid,
+    referrer_id: String,
+    referee_id: String,
+    code: String,
+    campaign_id: String,
+    attribution: String,
+    referee_registered_at: DateTime<Utc>,
+    status: String,
+    cleared_by_review: bool,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Revision {
+    revision: i32,
+    score: i32,
+    decision: String,
+    reasons: Vec<String>,
+    signals: Json,
+    rule_version: String,
+    cause: String,
+    assessed_at: DateTime<Utc>,
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
+}
+
+/// Finds the referral by id, or by its referee's user id.
+async fn find(pool: &PgPool, id: &str) -> anyhow::Result<Referral> {
+    const COLUMNS: &str = "referral_id, referrer_id, referee_id, code, campaign_id, attribution, referee_registered_at, \
+                           status, cleared_by_review, created_at";
+    let by_id = match Uuid::parse_str(id.trim()) {
+        Ok(uuid) => {
+            sqlx::query_as::<_, Referral>(&format!("SELECT {COLUMNS} FROM referrals WHERE referral_id = $1"))
+                .bind(uuid)
+                .fetch_optional(pool)
+                .await?
+        }
+        Err(_) => None,
+    };
+    if let Some(r) = by_id {
+        return Ok(r);
+    }
+    sqlx::query_as::<_, Referral>(&format!("SELECT {COLUMNS} FROM referrals WHERE referee_id = $1"))
+        .bind(id.trim())
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no referral with id {id} (nor one whose referee is {id})"))
+}
+
+pub async fn run(pool: &PgPool, id: &str) -> anyhow::Result<()> {
+    let r = find(pool, id).await?;
+    println!("referral    {}", r.referral_id);
+    println!("referrer    {}", r.referrer_id);
+    println!("referee     {} (registered {})", r.referee_id, time(r.referee_registered_at));
+    println!("attributed  by {} {} in campaign {} (recorded {})", r.attribution.to_lowercase(), r.code, r.campaign_id, time(r.created_at));
+    let cleared = if r.cleared_by_review { " (cleared by a reviewer)" } else { "" };
+    println!("status      {}{cleared}", r.status);
+
+    let revisions: Vec<Revision> = sqlx::query_as(
+        "SELECT revision, score, decision, reasons, signals, rule_version, cause, assessed_at FROM assessment_history \
+         WHERE referral_id = $1 ORDER BY revision",
+    )
+    .bind(r.referral_id)
+    .fetch_all(pool)
+    .await?;
+    let latest: Option<Revision> = match revisions.last() {
+        Some(_) => None,
+        // Assessed before assessment_history existed: the row itself is all there is.
+        None => sqlx::query_as(
+            "SELECT revision, score, decision, reasons, signals, rule_version, cause, assessed_at FROM assessments WHERE referral_id = $1",
+        )
+        .bind(r.referral_id)
+        .fetch_optional(pool)
+        .await?,
+    };
+    println!();
+    match revisions.last().or(latest.as_ref()) {
+        None => println!("assessment  none yet (the fraud scorer has not scored it)"),
+        Some(a) => {
+            println!("assessment  score {} → {}   rule set {}", a.score, a.decision, a.rule_version);
+            println!("            revision {} at {}: {}", a.revision, time(a.assessed_at), a.cause);
+            print_signals(&a.signals);
+            print_evidence(&a.signals);
+        }
+    }
+    if revisions.len() > 1 {
+        println!();
+        println!("assessment history");
+        for a in &revisions {
+            println!("  #{} {}  score {:>3} {:<7} [{}]  {}", a.revision, time(a.assessed_at), a.score, a.decision, a.reasons.join(", "), a.cause);
+        }
+    }
+
+    let transitions: Vec<(String, String, String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT from_status, to_status, cause, at FROM referral_transitions WHERE referral_id = $1 ORDER BY id")
+            .bind(r.referral_id)
+            .fetch_all(pool)
+            .await?;
+    println!();
+    println!("status transitions");
+    println!("  {}  (created) → pending: attributed", time(r.created_at));
+    for (from, to, cause, at) in transitions {
+        println!("  {}  {from} → {to}: {cause}", time(at));
+    }
+
+    let reviews: Vec<(String, String, String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT decision, reviewer, reason, decided_at FROM review_decisions WHERE referral_id = $1 ORDER BY decided_at, decision_id")
+            .bind(r.referral_id)
+            .fetch_all(pool)
+            .await?;
+    if !reviews.is_empty() {
+        println!();
+        println!("review decisions");
+        for (decision, reviewer, reason, at) in reviews {
+            println!("  {}  {decision} by {reviewer}: {reason}", time(at));
+        }
+    }
+
+    let rewards: Vec<(String, String, Decimal, String, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<String>)> = sqlx::query_as(
+        "SELECT reward_type, beneficiary_id, amount, currency::text, qualifying_deposit_id, granted_at, reversed_at, reversal_reason \
+         FROM rewards WHERE referral_id = $1 ORDER BY granted_at, reward_type",
+    )
+    .bind(r.referral_id)
+    .fetch_all(pool)
+    .await?;
+    println!();
+    if rewards.is_empty() {
+        println!("rewards     none");
+    } else {
+        println!("rewards");
+        for (kind, who, amount, currency, deposit, at, reversed, why) in rewards {
+            let reversed = match (reversed, why) {
+                (Some(t), Some(why)) => format!(", reversed {} ({why})", time(t)),
+                (Some(t), None) => format!(", reversed {}", time(t)),
+                _ => String::new(),
+            };
+            println!("  {kind} {} {currency} to {who} for deposit {deposit}, {}{reversed}", amount.round_dp(2), time(at));
+        }
+    }
+    Ok(())
+}
+
+fn print_signals(stored: &Json) {
+    let signals = stored.get("signals").and_then(Json::as_array).cloned().unwrap_or_default();
+    if signals.is_empty() {
+        println!("signals     none fired");
+        return;
+    }
+    println!("signals     (weights add up to the score, capped at 100)");
+    for s in signals {
+        let code = s.get("code").and_then(Json::as_str).unwrap_or("?");
+        let weight = s.get("weight").and_then(Json::as_u64).unwrap_or_default();
+        let detail = s.get("detail").and_then(Json::as_str).unwrap_or("");
+        println!("  +{weight:<3} {code:<27} {detail}");
+    }
+}
+
+fn print_evidence(stored: &Json) {
+    let Some(evidence) = stored.get("evidence") else { return };
+    println!("evidence    (what the rules saw, as of the referee's registration)");
+    match evidence {
+        Json::Object(fields) => {
+            // The rules' order (strongest first), then anything a newer scorer added.
+            let mut keys: Vec<&str> = EVIDENCE_ORDER.iter().copied().filter(|k| fields.contains_key(*k)).collect();
+            let mut rest: Vec<&str> = fields.keys().map(String::as_str).filter(|k| !EVIDENCE_ORDER.contains(k) && *k != "component").collect();
+            rest.sort_unstable();
+            keys.extend(rest);
+            for k in keys {
+                println!("  {k:<37} {}", plain(&fields[k]));
+            }
+            if let Some(c) = fields.get("component") {
+                let accounts = c.get("accounts").and_then(Json::as_u64).unwrap_or(1);
+                let is_ring = c.get("is_ring").and_then(Json::as_bool).unwrap_or(false);
+                let members: Vec<String> =
+                    c.get("members").and_then(Json::as_array).map(|m| m.iter().map(plain).collect()).unwrap_or_default();
+                let hidden = c.get("members_not_shown").and_then(Json::as_u64).unwrap_or(0);
+                let more = if hidden > 0 { format!(" and {hidden} more") } else { String::new() };
+                println!(
+                    "  linked accounts (ring graph)          {accounts}{}: {}{more}",
+                    if is_ring { ", a RING" } else { "" },
+                    members.join(", ")
+                );
+                println!(
+                    "    shared identifiers {}, referrals inside {}",
+                    c.get("shared_identifiers").map(plain).unwrap_or_default(),
+                    c.get("inner_referrals").map(plain).unwrap_or_default()
+                );
+            }
+        }
+        other => println!("  {}", plain(other)),
+    }
+}
+
+/// The evidence fields in the order explain prints them.
+const EVIDENCE_ORDER: &[&str] = &[
+    "referrer_id",
+    "referee_id",
+    "ring_size",
+    "email_matches_referrer",
+    "same_device",
+    "shared_payment_instrument",
+    "email_matches_earlier_account",
+    "other_accounts_on_referee_device",
+    "registrations_from_device_in_window",
+    "email_domain",
+    "disposable_email",
+    "referrals_by_referrer_in_window",
+    "same_ip",
+    "registrations_from_ip_in_window",
+    "same_ip_prefix",
+];
+
+fn plain(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        Json::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
