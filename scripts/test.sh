@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# `make test`: starts a throwaway Postgres, builds, runs every test (unit, integration against
-# Postgres, end-to-end with the real binaries and the devbroker), and stops what it started.
+# `make test`: starts a throwaway Postgres, builds, runs every test (unit, property,
+# integration against Postgres, end-to-end with the real binaries and the devbroker, and a
+# short run of the fault-injection suite), and stops what it started.
+#   FAULT_SCALE=N   scales the fault suite (make test-faults runs it with N=9: 100+ kills)
+#   ONLY_FAULTS=1   runs the fault suite alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 trap 'scripts/pg.sh stop >/dev/null 2>&1 || true' EXIT
@@ -9,6 +12,20 @@ scripts/pg.sh start
 source .local/pg.env
 export REFSTREAM_TEST_DATABASE_URL="$DATABASE_URL"
 cargo build --workspace --bins
-# docker-compose.yml cannot run here (no Docker engine): at least check that it parses.
-python3 -c 'import yaml; d = yaml.safe_load(open("docker-compose.yml")); assert {"kafka", "postgres", "attribution", "fraud-scorer", "reward-engine", "outbox-relay"} <= set(d["services"]), d["services"].keys()'
-cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}"
+if [ -z "${ONLY_FAULTS:-}" ]; then
+  # docker-compose.yml cannot run here (no Docker engine): at least check that it parses.
+  python3 -c 'import yaml; d = yaml.safe_load(open("docker-compose.yml")); assert {"kafka", "postgres", "attribution", "fraud-scorer", "reward-engine", "outbox-relay"} <= set(d["services"]), d["services"].keys()'
+  cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}" --skip fault_
+fi
+# The fault suite restarts Postgres itself (scenario c): it runs alone, one scenario at a time.
+mkdir -p .local
+set +e
+FAULT_SCALE="${FAULT_SCALE:-1}" cargo test -p refstream-e2e --test faults -- --test-threads=1 --nocapture fault_ >.local/faults.log 2>&1
+rc=$?
+set -e
+grep -E '^(==|   I|test |running )|test result' .local/faults.log || true
+if [ "$rc" -ne 0 ]; then
+  echo "fault suite failed (full log: .local/faults.log):" >&2
+  tail -60 .local/faults.log >&2
+  exit "$rc"
+fi
