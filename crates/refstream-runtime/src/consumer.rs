@@ -167,10 +167,13 @@ pub async fn run<W: Worker>(worker: Arc<W>, settings: &Settings, pool: PgPool, h
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
+                // librdkafka reports broker trouble as error events and reconnects by itself;
+                // queued events must not each cost a backoff, so only pause briefly.
                 tracing::warn!(error = %e, "Kafka error while polling");
                 health.not_ready(format!("kafka: {e}"));
-                if backoff.wait(&stop).await {
-                    break;
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
                 continue;
             }
