@@ -272,4 +272,33 @@ mod tests {
         blank_code.referral_code = Some("  ".into());
         assert_eq!(UserRegistered::validate(blank_code, now).unwrap().referral_code, None);
     }
+
+    proptest::proptest! {
+        /// The validator never panics, and whatever it accepts satisfies the contract.
+        #[test]
+        fn validation_is_total_and_sound(
+            user in "\\PC{0,200}|[\\x00-\\x1f]{0,4}",
+            platform in "\\PC{0,20}",
+            code in proptest::option::of("\\PC{0,200}"),
+            ip in proptest::option::of("\\PC{0,40}"),
+            skew_hours in -1000_i64..1000,
+        ) {
+            let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+            let raw = RawUserRegistered {
+                event_id: Uuid::nil(),
+                user_id: user,
+                occurred_at: now + Duration::hours(skew_hours),
+                referral_code: code,
+                platform,
+                ip,
+                ..Default::default()
+            };
+            if let Ok(ok) = UserRegistered::validate(raw, now) {
+                proptest::prop_assert!(!ok.user_id.as_str().trim().is_empty());
+                proptest::prop_assert!(!ok.user_id.as_str().chars().any(char::is_control));
+                proptest::prop_assert!(ok.occurred_at <= now + MAX_CLOCK_SKEW);
+                proptest::prop_assert!(ok.referral_code.as_ref().is_none_or(|c| c.chars().count() <= MAX_SHORT_TEXT));
+            }
+        }
+    }
 }
