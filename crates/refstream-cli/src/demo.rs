@@ -1,7 +1,8 @@
 //! `refstream demo`: drives a realistic workload through a running fleet — waves of users
 //! referring each other (referral chains), qualifying and too-small deposits, the same
 //! DepositCompleted delivered several times, a second qualifying deposit, an unknown code, a
-//! refund — waits until the pipeline is quiet, and prints the summary.
+//! refund, and a few fraud cases (a ring sharing a phone and a card, self-referrals through a
+//! second account) — waits until the pipeline is quiet, and prints the summary.
 
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,11 @@ impl Driver {
 
     async fn register(&mut self, user: &str, code: Option<String>) -> anyhow::Result<()> {
         let n: u32 = self.rng.random_range(1..250);
+        let ip = format!("198.51.{}.{n}", self.rng.random_range(0..200));
+        self.register_as(user, code, &format!("device-{}", Uuid::new_v4()), &ip, &format!("{user}@example.com")).await
+    }
+
+    async fn register_as(&mut self, user: &str, code: Option<String>, device: &str, ip: &str, email: &str) -> anyhow::Result<()> {
         let e = UserRegistered {
             event_id: Uuid::new_v4(),
             user_id: UserId::parse(user)?,
@@ -65,9 +71,9 @@ impl Driver {
             referral_code: code,
             click_id: None,
             platform: ["ios", "android", "web"][self.rng.random_range(0..3)].into(),
-            device_id: Some(format!("device-{}", Uuid::new_v4())),
-            ip: Some(format!("198.51.{}.{n}", self.rng.random_range(0..200)).parse()?),
-            email: Some(format!("{user}@example.com")),
+            device_id: Some(device.into()),
+            ip: Some(ip.parse()?),
+            email: Some(email.into()),
             country: Some("DE".into()),
         };
         let topic = self.settings.topics.user_registered.clone();
@@ -75,12 +81,16 @@ impl Driver {
     }
 
     async fn deposit(&mut self, user: &str, deposit_id: &str, amount: &str, copies: usize) -> anyhow::Result<()> {
+        self.deposit_with(user, deposit_id, amount, copies, &format!("card-{}", Uuid::new_v4())).await
+    }
+
+    async fn deposit_with(&mut self, user: &str, deposit_id: &str, amount: &str, copies: usize, card: &str) -> anyhow::Result<()> {
         let e = DepositCompleted {
             event_id: Uuid::new_v4(),
             deposit_id: deposit_id.into(),
             user_id: UserId::parse(user)?,
             amount: Money::new(amount.parse::<Decimal>()?, Currency::USD),
-            payment_fingerprint: Some(format!("card-{}", Uuid::new_v4())),
+            payment_fingerprint: Some(card.into()),
             occurred_at: Utc::now(),
         };
         let topic = self.settings.topics.deposit_completed.clone();
@@ -105,6 +115,41 @@ async fn codes_of(pool: &PgPool, users: &[String], timeout: Duration) -> anyhow:
         anyhow::ensure!(started.elapsed() < timeout, "only {} of {} users got a referral code in time", codes.len(), users.len());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A few fraud cases the scorer must catch: a ring of four accounts on one phone paying with
+/// one card (rejected), a second account registered with a Gmail variant of the first one's
+/// address and one on the first one's phone (held for review). Returns the deposits sent.
+async fn fraud_cases(d: &mut Driver, pool: &PgPool, timeout: Duration) -> anyhow::Result<i64> {
+    let run = d.run.clone();
+    let (leader, first, twin) = (format!("demo-{run}-ring-0"), format!("demo-{run}-sam"), format!("demo-{run}-kim"));
+    let phone = format!("phone-{run}-farm");
+    d.register_as(&leader, None, &phone, "203.0.113.50", &format!("{leader}@example.com")).await?;
+    d.register_as(&first, None, &format!("phone-{run}-sam"), "203.0.113.60", &format!("sam.lee.{run}@gmail.com")).await?;
+    d.register_as(&twin, None, &format!("phone-{run}-kim"), "203.0.113.70", &format!("kim.{run}@example.com")).await?;
+    let mut codes = Vec::new();
+    for user in [&leader, &first, &twin] {
+        codes.extend(codes_of(pool, std::slice::from_ref(user), timeout).await?);
+    }
+    let mut deposits = 0;
+    for i in 1..=3 {
+        let member = format!("demo-{run}-ring-{i}");
+        d.register_as(&member, Some(codes[0].clone()), &phone, "203.0.113.50", &format!("{member}@example.com")).await?;
+    }
+    for i in 0..=3 {
+        let member = format!("demo-{run}-ring-{i}");
+        d.deposit_with(&member, &format!("{member}-dep-1"), "50.00", 1, &format!("card-{run}-farm")).await?;
+        deposits += 1;
+    }
+    let variant = format!("demo-{run}-sam-2");
+    d.register_as(&variant, Some(codes[1].clone()), &format!("phone-{run}-sam-2"), "198.51.7.7", &format!("samlee.{run}+bonus@gmail.com")).await?;
+    let second = format!("demo-{run}-kim-2");
+    d.register_as(&second, Some(codes[2].clone()), &format!("phone-{run}-kim"), "203.0.113.70", &format!("kim.other.{run}@example.com")).await?;
+    for user in [variant, second] {
+        d.deposit(&user, &format!("{user}-dep-1"), "30.00", 1).await?;
+        deposits += 1;
+    }
+    Ok(deposits)
 }
 
 /// Waits until every input was consumed and the outbox is empty, stable for two seconds.
@@ -174,6 +219,7 @@ pub async fn run(args: Args, settings: &Settings) -> anyhow::Result<()> {
         }
         wave = next;
     }
+    deposits_expected += fraud_cases(&mut d, &pool, timeout).await?;
     // Users arriving with codes nobody owns.
     for i in 0..5 {
         d.register(&format!("demo-{}-stray-{i}", d.run), Some("ZZZZ9999".into())).await?;
