@@ -35,6 +35,18 @@ struct Revision {
     assessed_at: DateTime<Utc>,
 }
 
+#[derive(sqlx::FromRow)]
+struct Reward {
+    reward_type: String,
+    beneficiary_id: String,
+    amount: Decimal,
+    currency: String,
+    qualifying_deposit_id: String,
+    granted_at: DateTime<Utc>,
+    reversed_at: Option<DateTime<Utc>>,
+    reversal_reason: Option<String>,
+}
+
 fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
 }
@@ -131,8 +143,8 @@ pub async fn run(pool: &PgPool, id: &str) -> anyhow::Result<()> {
         }
     }
 
-    let rewards: Vec<(String, String, Decimal, String, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<String>)> = sqlx::query_as(
-        "SELECT reward_type, beneficiary_id, amount, currency::text, qualifying_deposit_id, granted_at, reversed_at, reversal_reason \
+    let rewards: Vec<Reward> = sqlx::query_as(
+        "SELECT reward_type, beneficiary_id, amount, currency::text AS currency, qualifying_deposit_id, granted_at, reversed_at, reversal_reason \
          FROM rewards WHERE referral_id = $1 ORDER BY granted_at, reward_type",
     )
     .bind(r.referral_id)
@@ -143,13 +155,21 @@ pub async fn run(pool: &PgPool, id: &str) -> anyhow::Result<()> {
         println!("rewards     none");
     } else {
         println!("rewards");
-        for (kind, who, amount, currency, deposit, at, reversed, why) in rewards {
-            let reversed = match (reversed, why) {
+        for w in rewards {
+            let reversed = match (w.reversed_at, w.reversal_reason) {
                 (Some(t), Some(why)) => format!(", reversed {} ({why})", time(t)),
                 (Some(t), None) => format!(", reversed {}", time(t)),
                 _ => String::new(),
             };
-            println!("  {kind} {} {currency} to {who} for deposit {deposit}, {}{reversed}", amount.round_dp(2), time(at));
+            println!(
+                "  {} {} {} to {} for deposit {}, {}{reversed}",
+                w.reward_type,
+                w.amount.round_dp(2),
+                w.currency,
+                w.beneficiary_id,
+                w.qualifying_deposit_id,
+                time(w.granted_at)
+            );
         }
     }
     Ok(())
