@@ -355,7 +355,17 @@ async fn reviewers_decide_held_referrals_once_append_only_and_through_the_outbox
 
     let (ok, text) = h.cli(&["explain", &q]);
     assert!(ok, "{text}");
-    for expected in ["SAME_DEVICE", "+60", "evidence", "same_device", "pending → held", "held → eligible: review approved by ana", "eligible → rewarded", "APPROVE by ana: siblings sharing a tablet", "referrer_bonus 10.00 USD to p"] {
+    for expected in [
+        "SAME_DEVICE",
+        "+60",
+        "evidence",
+        "same_device",
+        "pending → held",
+        "held → eligible: review approved by ana",
+        "eligible → rewarded",
+        "APPROVE by ana: siblings sharing a tablet",
+        "referrer_bonus 10.00 USD to p",
+    ] {
         assert!(text.contains(expected), "explain lacks {expected:?}:\n{text}");
     }
 }

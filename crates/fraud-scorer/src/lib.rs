@@ -333,14 +333,27 @@ impl FraudScorer {
     }
 }
 
+/// The most referrals one late arrival re-scores through its device or email (the soonest after
+/// it first): bounds the work a hot device id can cause.
+const MAX_LATE_RESCORES: i64 = 200;
+
 /// The scored referrals of accounts that share `user`'s device or email and registered after it
 /// (event time): only their evidence, taken as of their registration, can count `user`. Empty
 /// when registrations arrive in order.
 async fn later_on_same_device_or_email(conn: &mut PgConnection, user: &str) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
-        "SELECT a.referral_id FROM users n          JOIN users u ON u.device_id = n.device_id AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id)          JOIN assessments a ON a.referee_id = u.user_id WHERE n.user_id = $1          UNION          SELECT a.referral_id FROM users n          JOIN users u ON u.email_hash = n.email_hash AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id)          JOIN assessments a ON a.referee_id = u.user_id WHERE n.user_id = $1",
+        "SELECT referral_id FROM ( \
+           SELECT a.referral_id, u.registered_at FROM users n \
+           JOIN users u ON u.device_id = n.device_id AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
+           JOIN assessments a ON a.referee_id = u.user_id WHERE n.user_id = $1 \
+           UNION \
+           SELECT a.referral_id, u.registered_at FROM users n \
+           JOIN users u ON u.email_hash = n.email_hash AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
+           JOIN assessments a ON a.referee_id = u.user_id WHERE n.user_id = $1 \
+         ) later ORDER BY registered_at, referral_id LIMIT $2",
     )
     .bind(user)
+    .bind(MAX_LATE_RESCORES)
     .fetch_all(&mut *conn)
     .await
 }
