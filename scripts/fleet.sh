@@ -22,6 +22,7 @@ up() {
 export REFSTREAM__DATABASE__URL=$REFSTREAM__DATABASE__URL
 export REFSTREAM__KAFKA__BROKERS=$(cat "$LOCAL/broker.addr")
 export REFSTREAM__KAFKA__SESSION_TIMEOUT_MS=6000
+export REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS=2
 ENV
   # shellcheck disable=SC1091
   source "$LOCAL/fleet.env"

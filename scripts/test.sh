@@ -15,12 +15,12 @@ cargo build --workspace --bins
 if [ -z "${ONLY_FAULTS:-}" ]; then
   # docker-compose.yml cannot run here (no Docker engine): at least check that it parses.
   python3 -c 'import yaml; d = yaml.safe_load(open("docker-compose.yml")); assert {"kafka", "postgres", "attribution", "fraud-scorer", "reward-engine", "outbox-relay"} <= set(d["services"]), d["services"].keys()'
-  cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}" --skip fault_
+  cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}" --skip chaos_
 fi
 # The fault suite restarts Postgres itself (scenario c): it runs alone, one scenario at a time.
 mkdir -p .local
 set +e
-FAULT_SCALE="${FAULT_SCALE:-1}" cargo test -p refstream-e2e --test faults -- --test-threads=1 --nocapture fault_ >.local/faults.log 2>&1
+FAULT_SCALE="${FAULT_SCALE:-1}" cargo test -p refstream-e2e --test faults -- --test-threads=1 --nocapture chaos_ >.local/faults.log 2>&1
 rc=$?
 set -e
 grep -E '^(==|   I|test |running )|test result' .local/faults.log || true

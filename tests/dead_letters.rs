@@ -11,7 +11,6 @@ use refstream_core::{Currency, Money, UserId};
 use refstream_e2e::{bin, read_topic, Broker, TestDb};
 use refstream_runtime::codec::{encode, fingerprint, EventKind};
 use refstream_runtime::consumer::{apply_partition, Applied};
-use refstream_runtime::Settings;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -104,7 +103,7 @@ fn deposit(user: &str, amount: Decimal, at: DateTime<Utc>) -> DepositCompleted {
 #[tokio::test]
 async fn every_kind_of_bad_deposit_is_a_dead_letter_with_its_reason() {
     let db = TestDb::new().await;
-    let settings = Settings::load_from(None, vec![]).unwrap();
+    let settings = refstream_e2e::test_settings();
     let attribution = attribution::Attribution::new(&settings).unwrap();
     let reg = message("user-registered", 0, encode(&registered("u-1")));
     assert_eq!(apply_partition(&attribution, &db.pool, &[reg]).await, Applied::Committed);
@@ -154,7 +153,7 @@ async fn every_kind_of_bad_deposit_is_a_dead_letter_with_its_reason() {
 #[tokio::test]
 async fn a_deposit_for_an_unknown_user_is_held_then_dead_lettered_but_never_lost() {
     let db = TestDb::new().await;
-    let settings = Settings::load_from(None, vec![]).unwrap();
+    let settings = refstream_e2e::test_settings();
     let engine = reward_engine::RewardEngine::new(&settings).unwrap();
     let orphan = deposit("ghost", Decimal::new(30, 0), Utc::now());
     let late = deposit("late-user", Decimal::new(30, 0), Utc::now());
@@ -181,7 +180,7 @@ async fn a_deposit_for_an_unknown_user_is_held_then_dead_lettered_but_never_lost
 async fn operators_list_and_replay_dead_letters() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    let settings = Settings::load_from(None, vec![]).unwrap();
+    let settings = refstream_e2e::test_settings();
     let engine = reward_engine::RewardEngine::new(&settings).unwrap();
     assert_eq!(apply_partition(&engine, &db.pool, &[message("deposit-completed", 7, b"garbage".to_vec())]).await, Applied::Committed);
     let id: i64 = sqlx::query_scalar("SELECT id FROM dead_letters").fetch_one(&db.pool).await.unwrap();

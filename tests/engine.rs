@@ -11,8 +11,8 @@ use refstream_core::lifecycle::Decision;
 use refstream_core::{Currency, DerivedId, Money, UserId};
 use refstream_e2e::TestDb;
 use refstream_runtime::codec::{encode, AvroRecord};
-use refstream_runtime::consumer::{apply_partition, Applied, Worker};
 use refstream_runtime::Settings;
+use refstream_runtime::consumer::{apply_partition, Applied, Worker};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -24,7 +24,7 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Self {
-        Self { db: TestDb::new().await, settings: Settings::load_from(None, vec![]).unwrap(), offset: 0 }
+        Self { db: TestDb::new().await, settings: refstream_e2e::test_settings(), offset: 0 }
     }
 
     fn message(&mut self, topic: &str, key: &str, payload: Vec<u8>) -> OwnedMessage {
@@ -308,4 +308,35 @@ async fn event_ids_are_deterministic_for_derived_records() {
         occurred_at: t0(),
     };
     assert_eq!(scored.event_id(), DerivedId::event("referral-scored", DerivedId::referral(&UserId::parse("x").unwrap())));
+}
+
+/// With a settlement delay, a reward waits for it; a card the referrer used that arrives in
+/// the meantime (another partition, processed later) holds the referral instead of paying.
+#[tokio::test]
+async fn settlement_delay_pays_when_due_and_catches_a_late_shared_card() {
+    let mut h = Harness::new().await;
+    h.settings = Settings::load_from(None, vec![("REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS".into(), "1".into())]).unwrap();
+    h.referral("r20", "e20").await;
+    h.referral("r21", "e21").await;
+    h.score("e20", "r20", Decision::Approve).await;
+    h.score("e21", "r21", Decision::Approve).await;
+    h.deposit_event(&deposit("e20", "d20", "50", t0() + Duration::days(1), "card-e20"), 1).await;
+    h.deposit_event(&deposit("e21", "d21", "50", t0() + Duration::days(1), "card-shared"), 1).await;
+    // The referrer's earlier deposit with the same card is processed after the referee's.
+    h.deposit_event(&deposit("r21", "dr21", "50", t0(), "card-shared"), 1).await;
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 0, "nothing pays before the delay");
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM pending_payouts").await, 2);
+    let engine = h.engine();
+    assert_eq!(reward_engine::settlement::sweep(&engine, &h.db.pool, 100).await.unwrap(), 0, "not due yet");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(reward_engine::settlement::sweep(&engine, &h.db.pool, 100).await.unwrap(), 2);
+    assert_eq!(h.status_of("e20").await, "rewarded");
+    assert_eq!(h.balance("user:r20").await, usd("10"));
+    assert_eq!(h.status_of("e21").await, "held", "the shared card holds it for review");
+    assert_eq!(h.balance("user:r21").await, usd("0"));
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM pending_payouts").await, 0);
+    // A second sweep finds nothing; exactly one reward.
+    assert_eq!(reward_engine::settlement::sweep(&engine, &h.db.pool, 100).await.unwrap(), 0);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 1);
+    h.assert_books_balance().await;
 }

@@ -388,7 +388,7 @@ impl Stage {
     }
 
     async fn progress(&self) -> (bool, i64, i64, i64, Vec<(String, i32, i64)>) {
-        let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&self.db.pool).await.unwrap_or(-1);
+        let outbox: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM pending_payouts)").fetch_one(&self.db.pool).await.unwrap_or(-1);
         let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(&self.db.pool).await.unwrap_or(-1);
         let rewards: i64 = sqlx::query_scalar("SELECT count(*) FROM rewards").fetch_one(&self.db.pool).await.unwrap_or(-1);
         let (b, prefix) = (self.broker.bootstrap.clone(), self.prefix.clone());
@@ -551,7 +551,7 @@ fn referees() -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn fault_a_kill_9_workers_at_random_moments() {
+async fn chaos_a_kill_9_workers_at_random_moments() {
     let mut stage = Stage::new(11, vec![]).await;
     let watch = OffsetWatch::start(&stage.broker.bootstrap);
     let kills = 12 * scale();
@@ -583,7 +583,7 @@ async fn fault_a_kill_9_workers_at_random_moments() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn fault_b_relay_killed_between_produce_and_delete() {
+async fn chaos_b_relay_killed_between_produce_and_delete() {
     // A 400 ms pause between the last delivery report and the delete makes most kills land
     // after produce and before delete: those rows are sent again on restart.
     let mut stage = Stage::new(12, vec![("REFSTREAM__RELAY__FAULT_PAUSE_BEFORE_DELETE_MS".into(), "400".into())]).await;
@@ -616,7 +616,7 @@ async fn fault_b_relay_killed_between_produce_and_delete() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn fault_c_postgres_stopped_immediate_under_load() {
+async fn chaos_c_postgres_stopped_immediate_under_load() {
     let mut stage = Stage::new(13, vec![]).await;
     let watch = OffsetWatch::start(&stage.broker.bootstrap);
     let restarts = Arc::new(Mutex::new(0));
@@ -639,7 +639,7 @@ async fn fault_c_postgres_stopped_immediate_under_load() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn fault_d_broker_down_and_request_errors() {
+async fn chaos_d_broker_down_and_request_errors() {
     let mut stage = Stage::new(14, vec![]).await;
     let watch = OffsetWatch::start(&stage.broker.bootstrap);
     let control = stage.control_file();
@@ -666,7 +666,7 @@ async fn fault_d_broker_down_and_request_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn fault_e_frozen_worker_past_its_session_while_another_takes_over() {
+async fn chaos_e_frozen_worker_past_its_session_while_another_takes_over() {
     let mut stage = Stage::new(15, vec![]).await;
     stage.fleet.add("reward-engine");
     stage.fleet.add("attribution");
@@ -692,7 +692,7 @@ async fn fault_e_frozen_worker_past_its_session_while_another_takes_over() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn fault_f_rebalance_storm() {
+async fn chaos_f_rebalance_storm() {
     let mut stage = Stage::new(16, vec![]).await;
     let watch = OffsetWatch::start(&stage.broker.bootstrap);
     let fleet = Arc::new(Mutex::new(stage.take_fleet()));
@@ -726,7 +726,7 @@ async fn fault_f_rebalance_storm() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn fault_g_h_duplicates_then_full_replay_from_offset_zero() {
+async fn chaos_g_h_duplicates_then_full_replay_from_offset_zero() {
     let mut stage = Stage::new(17, vec![]).await;
     let watch = OffsetWatch::start(&stage.broker.bootstrap);
     let w = stage.workload("g", referees(), Duration::ZERO).await;

@@ -45,7 +45,7 @@ fn t0() -> DateTime<Utc> {
 
 impl Harness {
     async fn new() -> Self {
-        let settings = Settings::load_from(None, vec![]).unwrap();
+        let settings = refstream_e2e::test_settings();
         Self {
             db: TestDb::new().await,
             attribution: attribution::Attribution::new(&settings).unwrap(),

@@ -157,10 +157,17 @@ impl Broker {
     }
 }
 
-/// The environment a worker gets: only the three contract variables (and a short session
-/// timeout, since the mock cluster's rebalances wait for it).
+/// Settings for workers driven inside a test process: the defaults, except that rewards
+/// settle at once (the settlement delay has its own tests).
+pub fn test_settings() -> refstream_runtime::Settings {
+    refstream_runtime::Settings::load_from(None, vec![("REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS".into(), "0".into())]).expect("settings")
+}
+
+/// The environment a worker gets: the three contract variables, a short session timeout
+/// (the mock cluster's rebalances wait for it) and a 2-second settlement delay.
 pub fn worker_env(db_url: &str, bootstrap: &str, metrics_port: u16) -> Vec<(String, String)> {
     vec![
+        ("REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS".into(), "2".into()),
         ("REFSTREAM__DATABASE__URL".into(), db_url.into()),
         ("REFSTREAM__KAFKA__BROKERS".into(), bootstrap.into()),
         ("REFSTREAM__METRICS__LISTEN".into(), format!("127.0.0.1:{metrics_port}")),

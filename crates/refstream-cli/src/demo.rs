@@ -152,14 +152,15 @@ async fn fraud_cases(d: &mut Driver, pool: &PgPool, timeout: Duration) -> anyhow
     Ok(deposits)
 }
 
-/// Waits until every input was consumed and the outbox is empty, stable for two seconds.
+/// Waits until every input was consumed, no payout waits to settle and the outbox is empty,
+/// stable for two seconds.
 pub async fn wait_quiet(pool: &PgPool, expected_deposits: i64, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last = None;
     let mut stable_since = Instant::now();
     loop {
         let snapshot: (i64, i64, i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM deposits), (SELECT count(*) FROM outbox), (SELECT count(*) FROM referrals), \
+            "SELECT (SELECT count(*) FROM deposits), (SELECT count(*) FROM outbox) + (SELECT count(*) FROM pending_payouts), (SELECT count(*) FROM referrals), \
              (SELECT count(*) FROM assessments), (SELECT count(*) FROM processed_events)",
         )
         .fetch_one(pool)

@@ -466,7 +466,7 @@ type Progress = (i64, i64, i64, i64, i64, i64);
 /// Counters that reach their expected values, and stay there, once the fleet is done.
 async fn progress(pool: &PgPool) -> sqlx::Result<Progress> {
     sqlx::query_as(
-        "SELECT (SELECT count(*) FROM outbox), \
+        "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM pending_payouts), \
                 (SELECT count(*) FROM processed_events WHERE consumer = 'fraud-scorer'), \
                 (SELECT count(*) FROM processed_events WHERE consumer = 'reward-engine'), \
                 (SELECT count(*) FROM referrals), (SELECT count(*) FROM assessments), \

@@ -125,6 +125,7 @@ pub struct CampaignSettings {
     pub referee_reward: String,
     pub min_deposit: String,
     pub window_days: i64,
+    pub settle_delay_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

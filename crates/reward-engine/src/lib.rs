@@ -13,6 +13,7 @@
 
 mod ledger;
 mod referral;
+pub mod settlement;
 pub mod unmatched;
 
 use chrono::{DateTime, Utc};
@@ -61,6 +62,8 @@ pub struct RewardEngine {
     decoder: Decoder,
     pub(crate) topics: Topics,
     pub(crate) campaign: Campaign,
+    /// How long after its deposit was recorded a reward is credited.
+    pub(crate) settle_delay: std::time::Duration,
 }
 
 impl RewardEngine {
@@ -77,6 +80,7 @@ impl RewardEngine {
                 reward_reversed: t.reward_reversed.clone(),
             },
             campaign: settings.campaign()?,
+            settle_delay: std::time::Duration::from_secs(settings.campaign.settle_delay_secs),
         })
     }
 }

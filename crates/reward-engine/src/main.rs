@@ -14,6 +14,7 @@ fn main() -> ExitCode {
             Duration::from_secs(d.unknown_user_hold_secs),
             svc.stop.clone(),
         ));
+        tokio::spawn(reward_engine::settlement::run(worker.clone(), svc.pool.clone(), Duration::from_millis(500), svc.stop.clone()));
         refstream_runtime::consumer::run(worker, &svc.settings, svc.pool, svc.health, svc.stop).await
     })
 }

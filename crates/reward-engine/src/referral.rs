@@ -39,9 +39,13 @@ pub(crate) struct Deposit {
     pub amount: Decimal,
     pub currency: String,
     pub occurred_at: DateTime<Utc>,
+    /// When this deposit can pay: recorded at + the campaign's settle delay.
+    pub settles_at: DateTime<Utc>,
+    /// Whether that moment has passed (by the database's clock).
+    pub settled: bool,
 }
 
-async fn lock_referral_of(conn: &mut PgConnection, referee: &str) -> sqlx::Result<Option<Referral>> {
+pub(crate) async fn lock_referral_of(conn: &mut PgConnection, referee: &str) -> sqlx::Result<Option<Referral>> {
     sqlx::query_as(
         "SELECT referral_id, referrer_id, referee_id, campaign_id, referee_registered_at, status, cleared_by_review \
          FROM referrals WHERE referee_id = $1 FOR UPDATE",
@@ -179,15 +183,17 @@ impl RewardEngine {
     /// Pays an eligible referral whose referee has a qualifying deposit, unless the deposit's
     /// payment instrument is also the referrer's and no reviewer cleared it: then the referral
     /// goes back to review.
-    async fn pay_if_due(&self, conn: &mut PgConnection, referral: &mut Referral, out: &mut Vec<OutboxMessage>) -> sqlx::Result<()> {
+    pub(crate) async fn pay_if_due(&self, conn: &mut PgConnection, referral: &mut Referral, out: &mut Vec<OutboxMessage>) -> sqlx::Result<()> {
         if referral.status() != ReferralStatus::Eligible {
             return Ok(());
         }
         let deposits: Vec<Deposit> = sqlx::query_as(
-            "SELECT deposit_id, amount, currency, occurred_at FROM deposits \
+            "SELECT deposit_id, amount, currency, occurred_at, recorded_at + make_interval(secs => $2) AS settles_at, \
+             recorded_at + make_interval(secs => $2) <= now() AS settled FROM deposits \
              WHERE user_id = $1 AND reversed_at IS NULL ORDER BY occurred_at, deposit_id",
         )
         .bind(&referral.referee_id)
+        .bind(self.settle_delay.as_secs_f64())
         .fetch_all(&mut *conn)
         .await?;
         let qualifying = deposits.into_iter().find(|d| {
@@ -195,6 +201,18 @@ impl RewardEngine {
             self.campaign.qualifies(&Money::new(d.amount, currency), d.occurred_at, referral.referee_registered_at) == Qualification::Qualifies
         });
         let Some(deposit) = qualifying else { return Ok(()) };
+        if !deposit.settled {
+            // Not yet: the settlement sweep pays (or holds) it when due.
+            sqlx::query(
+                "INSERT INTO pending_payouts (referral_id, due_at) VALUES ($1, $2) \
+                 ON CONFLICT (referral_id) DO UPDATE SET due_at = LEAST(pending_payouts.due_at, EXCLUDED.due_at)",
+            )
+            .bind(referral.referral_id)
+            .bind(deposit.settles_at)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(());
+        }
         let shared: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM deposits a JOIN deposits b ON a.payment_fingerprint = b.payment_fingerprint \
              WHERE a.user_id = $1 AND b.user_id = $2)",
