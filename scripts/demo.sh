@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --bins
 trap 'scripts/fleet.sh down' EXIT
+# The demo settles rewards 2 s after their deposit (production default: 30 s).
+export REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS=2
 scripts/pg.sh destroy >/dev/null 2>&1 || true
 scripts/fleet.sh up
 # shellcheck disable=SC1091
