@@ -182,9 +182,12 @@ fn deliveries(rng: &mut Rng, inputs: Vec<Input>) -> Vec<Input> {
     out
 }
 
+/// One committed offset seen: when, worker, topic, partition, offset.
+type Sample = (DateTime<Utc>, String, String, i32, i64);
+
 /// Samples committed offsets of every worker group while the scenario runs (I5).
 struct OffsetWatch {
-    samples: Arc<Mutex<Vec<(DateTime<Utc>, String, String, i32, i64)>>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -242,7 +245,7 @@ impl OffsetWatch {
         Self { samples, stop, thread: Some(thread) }
     }
 
-    fn finish(mut self) -> Vec<(DateTime<Utc>, String, String, i32, i64)> {
+    fn finish(mut self) -> Vec<Sample> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -431,7 +434,7 @@ struct Verdict {
 }
 
 /// Checks I1–I5 (I5 against the offset samples), and I2 against the workload.
-async fn check(stage: &Stage, w: &Workload, samples: &[(DateTime<Utc>, String, String, i32, i64)]) -> Verdict {
+async fn check(stage: &Stage, w: &Workload, samples: &[Sample]) -> Verdict {
     let pool = &stage.db.pool;
     let mut lines = Vec::new();
     // I1
