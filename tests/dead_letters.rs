@@ -134,18 +134,23 @@ async fn every_kind_of_bad_deposit_is_a_dead_letter_with_its_reason() {
         ("invalid UTF-8", raw(&|r| r.deposit_id = vec![0xff, 0xfe, 0x41]), "malformed"),
         ("event far in the future", encode(&deposit("u-1", Decimal::new(25, 0), Utc::now() + chrono::Duration::days(30))), "future"),
     ];
-    let mut records: Vec<OwnedMessage> = cases.iter().enumerate().map(|(i, (_, p, _))| message("deposit-completed", i as i64, p.clone())).collect();
+    let mut records: Vec<OwnedMessage> =
+        cases.iter().enumerate().map(|(i, (_, p, _))| message("deposit-completed", i as i64, p.clone())).collect();
     records.push(message("deposit-completed", cases.len() as i64, good));
     assert_eq!(apply_partition(&engine, &db.pool, &records).await, Applied::Committed);
     // Redelivery of the same positions stores and announces nothing twice.
     assert_eq!(apply_partition(&engine, &db.pool, &records).await, Applied::Committed);
 
-    let letters: Vec<(i64, String)> = sqlx::query_as("SELECT \"offset\", reason FROM dead_letters ORDER BY \"offset\"").fetch_all(&db.pool).await.unwrap();
+    let letters: Vec<(i64, String)> =
+        sqlx::query_as("SELECT \"offset\", reason FROM dead_letters ORDER BY \"offset\"").fetch_all(&db.pool).await.unwrap();
     assert_eq!(letters.len(), cases.len(), "{letters:#?}");
     for ((name, _, want), (offset, reason)) in cases.iter().zip(&letters) {
         assert!(reason.contains(want), "{name} (offset {offset}): reason `{reason}` should mention `{want}`");
     }
-    let dlq: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = 'deposit-completed.dlq' AND headers ? 'reason'").fetch_one(&db.pool).await.unwrap();
+    let dlq: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = 'deposit-completed.dlq' AND headers ? 'reason'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(dlq as usize, cases.len());
     assert_eq!(db.scalar_i64("SELECT count(*) FROM deposits").await, 1, "the good record after the bad ones was applied");
 }
@@ -165,7 +170,10 @@ async fn a_deposit_for_an_unknown_user_is_held_then_dead_lettered_but_never_lost
     // Within the hold nothing is dead-lettered; the late user's registration releases its hold.
     assert_eq!(reward_engine::unmatched::sweep(&db.pool, Duration::from_secs(3600)).await.unwrap(), (0, 0));
     let attribution = attribution::Attribution::new(&settings).unwrap();
-    assert_eq!(apply_partition(&attribution, &db.pool, &[message("user-registered", 0, encode(&registered("late-user")))]).await, Applied::Committed);
+    assert_eq!(
+        apply_partition(&attribution, &db.pool, &[message("user-registered", 0, encode(&registered("late-user")))]).await,
+        Applied::Committed
+    );
     assert_eq!(reward_engine::unmatched::sweep(&db.pool, Duration::from_secs(3600)).await.unwrap(), (1, 0));
 
     // Past the hold, the still-unknown one becomes a dead letter.

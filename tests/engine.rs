@@ -4,15 +4,13 @@
 
 use chrono::{DateTime, Duration, Utc};
 use rdkafka::message::{OwnedMessage, Timestamp};
-use refstream_core::events::{
-    DepositCompleted, DepositReversed, ReferralScored, ReversalReason, ReviewDecided, UserRegistered,
-};
+use refstream_core::events::{DepositCompleted, DepositReversed, ReferralScored, ReversalReason, ReviewDecided, UserRegistered};
 use refstream_core::lifecycle::Decision;
 use refstream_core::{Currency, DerivedId, Money, UserId};
 use refstream_e2e::TestDb;
 use refstream_runtime::codec::{encode, AvroRecord};
-use refstream_runtime::Settings;
 use refstream_runtime::consumer::{apply_partition, Applied, Worker};
+use refstream_runtime::Settings;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -103,7 +101,10 @@ impl Harness {
     }
 
     async fn assert_books_balance(&self) {
-        let imbalance = self.db.scalar_i64("SELECT count(*) FROM (SELECT currency FROM ledger_entries GROUP BY currency HAVING sum(amount) <> 0) x").await;
+        let imbalance = self
+            .db
+            .scalar_i64("SELECT count(*) FROM (SELECT currency FROM ledger_entries GROUP BY currency HAVING sum(amount) <> 0) x")
+            .await;
         assert_eq!(imbalance, 0, "ledger must sum to zero per currency");
         let drift = self
             .db
@@ -208,7 +209,13 @@ async fn refund_reverses_with_compensating_entries() {
     h.score("e5", "r5", Decision::Approve).await;
     h.deposit("e5", "d1", "30").await;
     assert_eq!(h.balance("user:r5").await, usd("10"));
-    let rev = DepositReversed { event_id: Uuid::new_v4(), deposit_id: "d1".into(), user_id: UserId::parse("e5").unwrap(), reason: ReversalReason::Chargeback, occurred_at: t0() + Duration::days(2) };
+    let rev = DepositReversed {
+        event_id: Uuid::new_v4(),
+        deposit_id: "d1".into(),
+        user_id: UserId::parse("e5").unwrap(),
+        reason: ReversalReason::Chargeback,
+        occurred_at: t0() + Duration::days(2),
+    };
     let (w, topic) = (h.engine(), h.settings.topics.deposit_reversed.clone());
     h.feed(&w, &topic, vec![("e5".into(), encode(&rev)), ("e5".into(), encode(&rev))]).await;
     assert_eq!(h.balance("user:r5").await, usd("0"));
@@ -223,7 +230,13 @@ async fn a_reversal_before_its_deposit_keeps_the_deposit_from_qualifying() {
     let mut h = Harness::new().await;
     h.referral("r6", "e6").await;
     h.score("e6", "r6", Decision::Approve).await;
-    let rev = DepositReversed { event_id: Uuid::new_v4(), deposit_id: "d1".into(), user_id: UserId::parse("e6").unwrap(), reason: ReversalReason::Refund, occurred_at: t0() + Duration::days(2) };
+    let rev = DepositReversed {
+        event_id: Uuid::new_v4(),
+        deposit_id: "d1".into(),
+        user_id: UserId::parse("e6").unwrap(),
+        reason: ReversalReason::Refund,
+        occurred_at: t0() + Duration::days(2),
+    };
     let (w, topic) = (h.engine(), h.settings.topics.deposit_reversed.clone());
     h.feed(&w, &topic, vec![("e6".into(), encode(&rev))]).await;
     h.deposit("e6", "d1", "30").await;
@@ -287,7 +300,8 @@ async fn bad_records_become_dead_letters_and_the_partition_flows_on() {
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM dead_letters").await, 2);
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM outbox WHERE topic = 'deposit-completed.dlq'").await, 2);
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 1, "the good record after the bad ones was applied");
-    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM dead_letters ORDER BY \"offset\"").fetch_all(&h.db.pool).await.unwrap();
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT reason FROM dead_letters ORDER BY \"offset\"").fetch_all(&h.db.pool).await.unwrap();
     assert!(reasons[0].contains("unknown framing"), "{reasons:?}");
     assert!(reasons[1].contains("malformed") || reasons[1].contains("truncated"), "{reasons:?}");
 }

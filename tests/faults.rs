@@ -203,7 +203,9 @@ const GROUPS: [(&str, &[&str]); 3] = [
 const PREFIX: &str = "refstream";
 
 fn committed(bootstrap: &str, group: &str, topics: &[&str]) -> Vec<(String, i32, i64)> {
-    let Ok(c) = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create::<BaseConsumer>() else { return vec![] };
+    let Ok(c) = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create::<BaseConsumer>() else {
+        return vec![];
+    };
     let mut tpl = TopicPartitionList::new();
     for t in topics {
         for p in 0..12 {
@@ -326,18 +328,40 @@ impl Stage {
             let code = codes[self.rng.below(codes.len())].clone();
             inputs.push(Input { topic: "user-registered", key: u.clone(), payload: encode(&registration(&u, Some(code), 1000 + i)) });
             match self.rng.below(20) {
-                0..=2 => inputs.push(Input { topic: "deposit-completed", key: u.clone(), payload: encode(&deposit(&u, &format!("{u}-small"), "5.00")) }),
+                0..=2 => inputs.push(Input {
+                    topic: "deposit-completed",
+                    key: u.clone(),
+                    payload: encode(&deposit(&u, &format!("{u}-small"), "5.00")),
+                }),
                 3..=5 => {}
                 6 => {
-                    inputs.push(Input { topic: "deposit-completed", key: u.clone(), payload: encode(&deposit(&u, &format!("{u}-d1"), "25.00")) });
+                    inputs.push(Input {
+                        topic: "deposit-completed",
+                        key: u.clone(),
+                        payload: encode(&deposit(&u, &format!("{u}-d1"), "25.00")),
+                    });
                     w.qualifying.insert(u.clone());
                     w.refunded.insert(u.clone());
-                    let r = DepositReversed { event_id: Uuid::new_v4(), deposit_id: format!("{u}-d1"), user_id: UserId::parse(&u).unwrap(), reason: ReversalReason::Chargeback, occurred_at: Utc::now() };
+                    let r = DepositReversed {
+                        event_id: Uuid::new_v4(),
+                        deposit_id: format!("{u}-d1"),
+                        user_id: UserId::parse(&u).unwrap(),
+                        reason: ReversalReason::Chargeback,
+                        occurred_at: Utc::now(),
+                    };
                     refunds.push(Input { topic: "deposit-reversed", key: u.clone(), payload: encode(&r) });
                 }
                 _ => {
-                    inputs.push(Input { topic: "deposit-completed", key: u.clone(), payload: encode(&deposit(&u, &format!("{u}-d1"), "25.00")) });
-                    inputs.push(Input { topic: "deposit-completed", key: u.clone(), payload: encode(&deposit(&u, &format!("{u}-d2"), "99.00")) });
+                    inputs.push(Input {
+                        topic: "deposit-completed",
+                        key: u.clone(),
+                        payload: encode(&deposit(&u, &format!("{u}-d1"), "25.00")),
+                    });
+                    inputs.push(Input {
+                        topic: "deposit-completed",
+                        key: u.clone(),
+                        payload: encode(&deposit(&u, &format!("{u}-d2"), "99.00")),
+                    });
                     w.qualifying.insert(u.clone());
                 }
             }
@@ -391,7 +415,10 @@ impl Stage {
     }
 
     async fn progress(&self) -> (bool, i64, i64, i64, Vec<(String, i32, i64)>) {
-        let outbox: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM pending_payouts)").fetch_one(&self.db.pool).await.unwrap_or(-1);
+        let outbox: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM pending_payouts)")
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap_or(-1);
         let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(&self.db.pool).await.unwrap_or(-1);
         let rewards: i64 = sqlx::query_scalar("SELECT count(*) FROM rewards").fetch_one(&self.db.pool).await.unwrap_or(-1);
         let (b, prefix) = (self.broker.bootstrap.clone(), self.prefix.clone());
@@ -407,7 +434,8 @@ fn caught_up(bootstrap: &str, prefix: &str) -> (bool, Vec<(String, i32, i64)>) {
     let mut seen = Vec::new();
     for (worker, topics) in GROUPS {
         let group = format!("{prefix}.{worker}");
-        let committed: HashMap<(String, i32), i64> = committed(bootstrap, &group, topics).into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+        let committed: HashMap<(String, i32), i64> =
+            committed(bootstrap, &group, topics).into_iter().map(|(t, p, o)| ((t, p), o)).collect();
         // A topic counts for a group once the group committed any of its partitions (the
         // list above names what a worker may consume; this is what it does consume).
         for t in topics.iter().filter(|t| committed.keys().any(|(ct, _)| ct == *t)) {
@@ -438,10 +466,11 @@ async fn check(stage: &Stage, w: &Workload, samples: &[Sample]) -> Verdict {
     let pool = &stage.db.pool;
     let mut lines = Vec::new();
     // I1
-    let doubles: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM rewards GROUP BY referral_id, reward_type HAVING count(*) > 1) d")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let doubles: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM rewards GROUP BY referral_id, reward_type HAVING count(*) > 1) d")
+            .fetch_one(pool)
+            .await
+            .unwrap();
     assert_eq!(doubles, 0, "I1 violated: a reward credited twice");
     let credits: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT reward_id FROM ledger_entries WHERE kind = 'grant' AND account LIKE 'user:%' GROUP BY reward_id HAVING count(*) > 1) d")
         .fetch_one(pool)
@@ -451,23 +480,30 @@ async fn check(stage: &Stage, w: &Workload, samples: &[Sample]) -> Verdict {
     lines.push("I1 each (referral, reward type) credited at most once: ok".into());
 
     // I2
-    let paid: HashSet<String> = sqlx::query_scalar("SELECT r.referee_id FROM rewards w JOIN referrals r USING (referral_id)").fetch_all(pool).await.unwrap().into_iter().collect();
-    let reversed: HashSet<String> = sqlx::query_scalar("SELECT r.referee_id FROM rewards w JOIN referrals r USING (referral_id) WHERE w.reversed_at IS NOT NULL")
+    let paid: HashSet<String> = sqlx::query_scalar("SELECT r.referee_id FROM rewards w JOIN referrals r USING (referral_id)")
         .fetch_all(pool)
         .await
         .unwrap()
         .into_iter()
         .collect();
+    let reversed: HashSet<String> =
+        sqlx::query_scalar("SELECT r.referee_id FROM rewards w JOIN referrals r USING (referral_id) WHERE w.reversed_at IS NOT NULL")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
     let missing: Vec<_> = w.qualifying.difference(&paid).collect();
     let extra: Vec<_> = paid.difference(&w.qualifying).collect();
     assert!(missing.is_empty() && extra.is_empty(), "I2 violated: missing rewards {missing:?}, unexpected rewards {extra:?}");
     assert_eq!(reversed, w.refunded, "I2 violated: reversals differ from refunds");
     let referrals: i64 = sqlx::query_scalar("SELECT count(*) FROM referrals").fetch_one(pool).await.unwrap();
     assert_eq!(referrals as usize, w.referees.len(), "I2 violated: every referee is attributed once");
-    let unscored: i64 = sqlx::query_scalar("SELECT count(*) FROM referrals r LEFT JOIN assessments a USING (referral_id) WHERE a.referral_id IS NULL")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let unscored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM referrals r LEFT JOIN assessments a USING (referral_id) WHERE a.referral_id IS NULL")
+            .fetch_one(pool)
+            .await
+            .unwrap();
     assert_eq!(unscored, 0, "I2 violated: a referral was never scored");
     lines.push(format!("I2 {} qualifying referrals paid exactly once, {} reversed, none else: ok", w.qualifying.len(), reversed.len()));
 
@@ -480,10 +516,15 @@ async fn check(stage: &Stage, w: &Workload, samples: &[Sample]) -> Verdict {
     .await
     .unwrap();
     assert_eq!(drift, 0, "I3 violated: a balance differs from its ledger");
-    let unbalanced: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT currency FROM ledger_entries GROUP BY currency HAVING sum(amount) <> 0) x").fetch_one(pool).await.unwrap();
+    let unbalanced: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM (SELECT currency FROM ledger_entries GROUP BY currency HAVING sum(amount) <> 0) x")
+            .fetch_one(pool)
+            .await
+            .unwrap();
     assert_eq!(unbalanced, 0, "I3 violated: the ledger does not sum to zero");
     let expected_total = Decimal::from(10 * (w.qualifying.len() - w.refunded.len()) as i64);
-    let total: Option<Decimal> = sqlx::query_scalar("SELECT sum(balance) FROM balances WHERE account LIKE 'user:%'").fetch_one(pool).await.unwrap();
+    let total: Option<Decimal> =
+        sqlx::query_scalar("SELECT sum(balance) FROM balances WHERE account LIKE 'user:%'").fetch_one(pool).await.unwrap();
     assert_eq!(total.unwrap_or_default(), expected_total, "I3 violated: users hold the wrong total");
     lines.push(format!("I3 balances equal their ledger, ledger sums to zero, users hold {expected_total} USD: ok"));
 
@@ -496,7 +537,12 @@ async fn check(stage: &Stage, w: &Workload, samples: &[Sample]) -> Verdict {
     let got: Vec<Uuid> = records.iter().filter_map(|m| m.payload().and_then(event_id_of)).collect();
     let got_set: HashSet<Uuid> = got.iter().copied().collect();
     assert_eq!(got_set, want, "I4 violated: RewardGranted records and reward rows differ");
-    lines.push(format!("I4 {} rewards, {} RewardGranted records ({} relay resends, same event ids): ok", want.len(), got.len(), got.len() - got_set.len()));
+    lines.push(format!(
+        "I4 {} rewards, {} RewardGranted records ({} relay resends, same event ids): ok",
+        want.len(),
+        got.len(),
+        got.len() - got_set.len()
+    ));
 
     // I5
     let mut last: HashMap<(String, String, i32), i64> = HashMap::new();
@@ -507,13 +553,14 @@ async fn check(stage: &Stage, w: &Workload, samples: &[Sample]) -> Verdict {
         }
         last.insert(k, *o);
     }
-    let processed: HashMap<(String, Uuid), DateTime<Utc>> = sqlx::query_as::<_, (String, Uuid, DateTime<Utc>)>("SELECT consumer, event_id, processed_at FROM processed_events")
-        .fetch_all(pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(c, e, at)| ((c, e), at))
-        .collect();
+    let processed: HashMap<(String, Uuid), DateTime<Utc>> =
+        sqlx::query_as::<_, (String, Uuid, DateTime<Utc>)>("SELECT consumer, event_id, processed_at FROM processed_events")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(c, e, at)| ((c, e), at))
+            .collect();
     let mut topics: HashMap<String, Vec<(i32, i64, Option<Uuid>)>> = HashMap::new();
     for (_, ts) in GROUPS {
         for t in ts {
@@ -628,7 +675,8 @@ async fn chaos_c_postgres_stopped_immediate_under_load() {
     let chaos = std::thread::spawn(move || {
         for _ in 0..2 {
             std::thread::sleep(Duration::from_secs(3));
-            let ok = Command::new(root.join("scripts/pg.sh")).args(["restart-immediate", "2"]).status().map(|s| s.success()).unwrap_or(false);
+            let ok =
+                Command::new(root.join("scripts/pg.sh")).args(["restart-immediate", "2"]).status().map(|s| s.success()).unwrap_or(false);
             assert!(ok, "pg.sh restart-immediate failed");
             *r.lock().unwrap() += 1;
         }
@@ -664,7 +712,11 @@ async fn chaos_d_broker_down_and_request_errors() {
     let v = check(&stage, &w, &watch.finish()).await;
     let log = stage.broker.proc.log_text();
     let injected = log.matches("injected").count();
-    report("d", &format!("{injected} broker fault commands injected: produce, fetch and commit request errors, broker down and up twice"), &v);
+    report(
+        "d",
+        &format!("{injected} broker fault commands injected: produce, fetch and commit request errors, broker down and up twice"),
+        &v,
+    );
     assert!(injected >= faults, "devbroker did not take every fault: {log}");
 }
 
@@ -675,7 +727,14 @@ async fn chaos_e_frozen_worker_past_its_session_while_another_takes_over() {
     stage.fleet.add("attribution");
     stage.fleet.wait_ready();
     let watch = OffsetWatch::start(&stage.broker.bootstrap);
-    let frozen: Vec<u32> = stage.fleet.procs.iter().filter(|(n, _, _)| n == "reward-engine" || n == "attribution").take(2).map(|(_, p, _)| p.child.id()).collect();
+    let frozen: Vec<u32> = stage
+        .fleet
+        .procs
+        .iter()
+        .filter(|(n, _, _)| n == "reward-engine" || n == "attribution")
+        .take(2)
+        .map(|(_, p, _)| p.child.id())
+        .collect();
     let f2 = frozen.clone();
     let chaos = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(2));
@@ -691,7 +750,11 @@ async fn chaos_e_frozen_worker_past_its_session_while_another_takes_over() {
     chaos.join().unwrap();
     stage.quiet(Duration::from_secs(300)).await;
     let v = check(&stage, &w, &watch.finish()).await;
-    report("e", &format!("{} workers frozen with SIGSTOP for 10 s (session timeout 3 s) while twins took over, then SIGCONT", frozen.len()), &v);
+    report(
+        "e",
+        &format!("{} workers frozen with SIGSTOP for 10 s (session timeout 3 s) while twins took over, then SIGCONT", frozen.len()),
+        &v,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -737,7 +800,8 @@ async fn chaos_g_h_duplicates_then_full_replay_from_offset_zero() {
     let v = check(&stage, &w, &watch.finish()).await;
     report("g", &format!("{} deliveries of {} referees' inputs, each 1–5 times, interleaved", w.deliveries, w.referees.len()), &v);
 
-    let before: Vec<(String, Decimal)> = sqlx::query_as("SELECT account, balance FROM balances ORDER BY account").fetch_all(&stage.db.pool).await.unwrap();
+    let before: Vec<(String, Decimal)> =
+        sqlx::query_as("SELECT account, balance FROM balances ORDER BY account").fetch_all(&stage.db.pool).await.unwrap();
     // (h) stop the consumers and replay the whole history from offset zero: consumer groups
     // that have committed nothing start at the earliest offset, as a group reset to zero does.
     // (librdkafka's mock cluster refuses offset commits from outside a group's membership, so
@@ -753,7 +817,8 @@ async fn chaos_g_h_duplicates_then_full_replay_from_offset_zero() {
     }
     stage.fleet.wait_ready();
     stage.quiet(Duration::from_secs(300)).await;
-    let after: Vec<(String, Decimal)> = sqlx::query_as("SELECT account, balance FROM balances ORDER BY account").fetch_all(&stage.db.pool).await.unwrap();
+    let after: Vec<(String, Decimal)> =
+        sqlx::query_as("SELECT account, balance FROM balances ORDER BY account").fetch_all(&stage.db.pool).await.unwrap();
     assert_eq!(before, after, "a full replay changed balances");
     assert_eq!(v.rewards, stage.db.scalar_i64("SELECT count(*) FROM rewards").await, "a full replay changed rewards");
     eprintln!("== scenario h: whole history replayed from offset zero by fresh consumer groups: {} balances unchanged: ok", after.len());

@@ -27,7 +27,12 @@ struct Person {
 }
 
 fn person(id: &'static str) -> Person {
-    Person { id, device: format!("dev-{id}"), ip: format!("203.0.{}.{}", id.len(), id.bytes().map(u32::from).sum::<u32>() % 250 + 1), email: format!("{id}@example.com") }
+    Person {
+        id,
+        device: format!("dev-{id}"),
+        ip: format!("203.0.{}.{}", id.len(), id.bytes().map(u32::from).sum::<u32>() % 250 + 1),
+        email: format!("{id}@example.com"),
+    }
 }
 
 struct Harness {
@@ -58,7 +63,8 @@ impl Harness {
 
     async fn feed<W: Worker>(db: &TestDb, offset: &mut i64, worker: &W, topic: &str, key: &str, payload: Vec<u8>) {
         *offset += 1;
-        let m = OwnedMessage::new(Some(payload), Some(key.as_bytes().to_vec()), topic.to_owned(), Timestamp::NotAvailable, 0, *offset, None);
+        let m =
+            OwnedMessage::new(Some(payload), Some(key.as_bytes().to_vec()), topic.to_owned(), Timestamp::NotAvailable, 0, *offset, None);
         assert_eq!(apply_partition(worker, &db.pool, &[m]).await, Applied::Committed);
     }
 
@@ -196,7 +202,10 @@ async fn accounts_sharing_a_device_with_referrals_between_them_are_a_ring_from_t
     let links = h.db.scalar_i64("SELECT count(*) FROM identity_links WHERE kind = 'device' AND value = 'dev-farm-phone'").await;
     assert_eq!(links, 3);
     // History keeps both revisions of b's assessment.
-    assert_eq!(h.db.scalar_i64(&format!("SELECT count(*) FROM assessment_history WHERE referral_id = '{}'", referral_id("ring-b"))).await, 2);
+    assert_eq!(
+        h.db.scalar_i64(&format!("SELECT count(*) FROM assessment_history WHERE referral_id = '{}'", referral_id("ring-b"))).await,
+        2
+    );
 }
 
 /// a refers b, c and d, each on their own device: all approved. Then one card turns up in the
@@ -319,7 +328,10 @@ async fn reviewers_decide_held_referrals_once_append_only_and_through_the_outbox
 
     let (ok, listing) = h.cli(&["review", "list"]);
     assert!(ok, "{listing}");
-    assert!(listing.contains("1 held referral(s)") && listing.contains(&referral_id("q").to_string()) && listing.contains("SAME_DEVICE"), "{listing}");
+    assert!(
+        listing.contains("1 held referral(s)") && listing.contains(&referral_id("q").to_string()) && listing.contains("SAME_DEVICE"),
+        "{listing}"
+    );
 
     // Not held: refused with a clear error, nothing recorded.
     let (ok, err) = h.cli(&["review", "approve", &referral_id("s").to_string(), "--by", "ana", "--reason", "looks fine"]);
@@ -422,7 +434,14 @@ async fn end_to_end_a_ring_is_never_paid_while_users_behind_one_nat_ip_are() {
         async move {
             eventually(StdDuration::from_secs(60), "a referral code", || {
                 let pool = pool.clone();
-                async move { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM referral_codes WHERE user_id = $1").bind(user).fetch_one(&pool).await.unwrap() == 1 }
+                async move {
+                    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM referral_codes WHERE user_id = $1")
+                        .bind(user)
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap()
+                        == 1
+                }
             })
             .await;
             sqlx::query_scalar::<_, String>("SELECT code FROM referral_codes WHERE user_id = $1").bind(user).fetch_one(&pool).await.unwrap()
@@ -485,9 +504,13 @@ async fn end_to_end_a_ring_is_never_paid_while_users_behind_one_nat_ip_are() {
         }
     }
     assert_eq!(statuses.len(), 12);
-    assert_eq!(db.scalar_i64("SELECT count(*) FROM rewards r JOIN referrals f USING (referral_id) WHERE f.referee_id LIKE 'ring-%'").await, 0);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM rewards r JOIN referrals f USING (referral_id) WHERE f.referee_id LIKE 'ring-%'").await,
+        0
+    );
     assert_eq!(db.scalar_i64("SELECT count(*) FROM rewards").await, 9);
-    let ring_reasons = db.scalar_i64("SELECT count(*) FROM assessments WHERE referee_id LIKE 'ring-%' AND 'FRAUD_RING' = ANY(reasons)").await;
+    let ring_reasons =
+        db.scalar_i64("SELECT count(*) FROM assessments WHERE referee_id LIKE 'ring-%' AND 'FRAUD_RING' = ANY(reasons)").await;
     assert_eq!(ring_reasons, 3, "every ring referral ends up carrying FRAUD_RING");
     drop(fleet);
 }

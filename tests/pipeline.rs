@@ -48,7 +48,9 @@ async fn a_first_qualifying_deposit_pays_the_referrer_once() {
     let pool = db.pool.clone();
     eventually(Duration::from_secs(60), "alice's referral code", || {
         let pool = pool.clone();
-        async move { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM referral_codes WHERE user_id = 'alice'").fetch_one(&pool).await.unwrap() == 1 }
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM referral_codes WHERE user_id = 'alice'").fetch_one(&pool).await.unwrap() == 1
+        }
     })
     .await;
     let code: String = sqlx::query_scalar("SELECT code FROM referral_codes WHERE user_id = 'alice'").fetch_one(&db.pool).await.unwrap();
@@ -59,7 +61,9 @@ async fn a_first_qualifying_deposit_pays_the_referrer_once() {
     let pool = db.pool.clone();
     eventually(Duration::from_secs(60), "bob and carol scored", || {
         let pool = pool.clone();
-        async move { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM referrals WHERE status = 'eligible'").fetch_one(&pool).await.unwrap() == 2 }
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM referrals WHERE status = 'eligible'").fetch_one(&pool).await.unwrap() == 2
+        }
     })
     .await;
 
@@ -82,7 +86,8 @@ async fn a_first_qualifying_deposit_pays_the_referrer_once() {
     assert_eq!(rdkafka::Message::key(m), Some(&b"alice"[..]));
     assert_eq!(header(m, "event_id"), Some(granted.event_id.to_string()));
 
-    let balance: Decimal = sqlx::query_scalar("SELECT balance FROM balances WHERE account = 'user:alice'").fetch_one(&db.pool).await.unwrap();
+    let balance: Decimal =
+        sqlx::query_scalar("SELECT balance FROM balances WHERE account = 'user:alice'").fetch_one(&db.pool).await.unwrap();
     assert_eq!(balance, Decimal::new(10, 0));
     let ledger: Decimal = sqlx::query_scalar("SELECT sum(amount) FROM ledger_entries").fetch_one(&db.pool).await.unwrap();
     assert_eq!(ledger, Decimal::ZERO);

@@ -36,7 +36,8 @@ async fn sigterm_drains_and_exits_within_the_deadline() {
         // Let the consumer join its group, so shutdown has partitions to revoke.
         std::thread::sleep(Duration::from_secs(2));
         let began = Instant::now();
-        let status = p.terminate(Duration::from_secs(15)).unwrap_or_else(|| panic!("{w} did not exit within 15 s of SIGTERM: {}", p.log_text()));
+        let status =
+            p.terminate(Duration::from_secs(15)).unwrap_or_else(|| panic!("{w} did not exit within 15 s of SIGTERM: {}", p.log_text()));
         assert!(status.success(), "{w} exited with {status}: {}", p.log_text());
         assert!(p.log_text().contains("exited cleanly"), "{w}: {}", p.log_text());
         eprintln!("{w}: exited {:?} after SIGTERM", began.elapsed());

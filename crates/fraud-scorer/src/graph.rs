@@ -130,11 +130,5 @@ pub async fn component_of(conn: &mut PgConnection, user: &str, ring_min_size: u3
     }
     let min = usize::try_from(ring_min_size).unwrap_or(usize::MAX);
     let is_ring = ring_members(&links, &referrals, min).contains(user);
-    Ok(Component {
-        members,
-        truncated,
-        shared,
-        inner_referrals: u32::try_from(referrals.len()).unwrap_or(u32::MAX),
-        is_ring,
-    })
+    Ok(Component { members, truncated, shared, inner_referrals: u32::try_from(referrals.len()).unwrap_or(u32::MAX), is_ring })
 }

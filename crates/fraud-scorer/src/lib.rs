@@ -241,11 +241,12 @@ impl FraudScorer {
         if !component.is_ring {
             return Ok(BTreeSet::new());
         }
-        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT referral_id FROM assessments WHERE referee_id = ANY($1) AND NOT ($2 = ANY(reasons))")
-            .bind(&component.members)
-            .bind(FRAUD_RING)
-            .fetch_all(&mut *conn)
-            .await?;
+        let ids: Vec<Uuid> =
+            sqlx::query_scalar("SELECT referral_id FROM assessments WHERE referee_id = ANY($1) AND NOT ($2 = ANY(reasons))")
+                .bind(&component.members)
+                .bind(FRAUD_RING)
+                .fetch_all(&mut *conn)
+                .await?;
         Ok(ids.into_iter().collect())
     }
 
@@ -265,11 +266,19 @@ impl FraudScorer {
 
     /// Scores an already scored referral again; stores and announces the new assessment when it
     /// is stricter or carries a hard signal the stored one lacks. Never loosens.
-    async fn rescore(&self, conn: &mut PgConnection, referral_id: Uuid, cause: &str, at: DateTime<Utc>, out: &mut Vec<OutboxMessage>) -> sqlx::Result<()> {
-        let Some(stored) = sqlx::query_as::<_, Stored>("SELECT revision, decision, reasons FROM assessments WHERE referral_id = $1 FOR UPDATE")
-            .bind(referral_id)
-            .fetch_optional(&mut *conn)
-            .await?
+    async fn rescore(
+        &self,
+        conn: &mut PgConnection,
+        referral_id: Uuid,
+        cause: &str,
+        at: DateTime<Utc>,
+        out: &mut Vec<OutboxMessage>,
+    ) -> sqlx::Result<()> {
+        let Some(stored) =
+            sqlx::query_as::<_, Stored>("SELECT revision, decision, reasons FROM assessments WHERE referral_id = $1 FOR UPDATE")
+                .bind(referral_id)
+                .fetch_optional(&mut *conn)
+                .await?
         else {
             return Ok(());
         };

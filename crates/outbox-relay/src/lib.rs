@@ -40,10 +40,7 @@ struct Row {
 /// Builds the idempotent producer.
 pub fn producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
     let mut cfg = client_config(settings);
-    cfg.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000");
+    cfg.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", "30000");
     for (k, v) in &settings.kafka.options {
         cfg.set(k, v);
     }
@@ -86,14 +83,22 @@ struct Claim {
 }
 
 /// Waits to become the active relay of `claim.shard`, then relays until `stop` or an error.
-async fn lead(pool: &PgPool, producer: &FutureProducer, claim: Claim, idle: Duration, health: &Health, stop: &CancellationToken) -> anyhow::Result<()> {
+async fn lead(
+    pool: &PgPool,
+    producer: &FutureProducer,
+    claim: Claim,
+    idle: Duration,
+    health: &Health,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
     let shard = claim.shard;
     let mut conn = pool.acquire().await?;
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen("refstream_outbox").await?;
     // Standby until the lock is ours; the active relay's death releases it.
     loop {
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)").bind(LOCK_CLASS).bind(shard).fetch_one(&mut *conn).await?;
+        let got: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)").bind(LOCK_CLASS).bind(shard).fetch_one(&mut *conn).await?;
         if got {
             break;
         }
@@ -197,12 +202,11 @@ async fn relay_batch(conn: &mut PoolConnection<Postgres>, producer: &FutureProdu
 }
 
 async fn record_backlog(conn: &mut PoolConnection<Postgres>, shard: i32) -> sqlx::Result<()> {
-    let (count, age): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox WHERE shard = $1",
-    )
-    .bind(shard)
-    .fetch_one(&mut **conn)
-    .await?;
+    let (count, age): (i64, Option<f64>) =
+        sqlx::query_as("SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM outbox WHERE shard = $1")
+            .bind(shard)
+            .fetch_one(&mut **conn)
+            .await?;
     let label = shard.to_string();
     OUTBOX_BACKLOG.with_label_values(&[&label]).set(count);
     #[allow(clippy::cast_possible_truncation)]

@@ -105,10 +105,8 @@ impl Driver {
 async fn codes_of(pool: &PgPool, users: &[String], timeout: Duration) -> anyhow::Result<Vec<String>> {
     let started = Instant::now();
     loop {
-        let codes: Vec<(String, String)> = sqlx::query_as("SELECT user_id, code FROM referral_codes WHERE user_id = ANY($1)")
-            .bind(users)
-            .fetch_all(pool)
-            .await?;
+        let codes: Vec<(String, String)> =
+            sqlx::query_as("SELECT user_id, code FROM referral_codes WHERE user_id = ANY($1)").bind(users).fetch_all(pool).await?;
         if codes.len() == users.len() {
             return Ok(codes.into_iter().map(|(_, c)| c).collect());
         }
@@ -142,9 +140,11 @@ async fn fraud_cases(d: &mut Driver, pool: &PgPool, timeout: Duration) -> anyhow
         deposits += 1;
     }
     let variant = format!("demo-{run}-sam-2");
-    d.register_as(&variant, Some(codes[1].clone()), &format!("phone-{run}-sam-2"), "198.51.7.7", &format!("samlee.{run}+bonus@gmail.com")).await?;
+    d.register_as(&variant, Some(codes[1].clone()), &format!("phone-{run}-sam-2"), "198.51.7.7", &format!("samlee.{run}+bonus@gmail.com"))
+        .await?;
     let second = format!("demo-{run}-kim-2");
-    d.register_as(&second, Some(codes[2].clone()), &format!("phone-{run}-kim"), "203.0.113.70", &format!("kim.other.{run}@example.com")).await?;
+    d.register_as(&second, Some(codes[2].clone()), &format!("phone-{run}-kim"), "203.0.113.70", &format!("kim.other.{run}@example.com"))
+        .await?;
     for user in [variant, second] {
         d.deposit(&user, &format!("{user}-dep-1"), "30.00", 1).await?;
         deposits += 1;
@@ -181,7 +181,13 @@ pub async fn run(args: Args, settings: &Settings) -> anyhow::Result<()> {
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_with(settings.database_options()?).await?;
     let producer: FutureProducer = client_config(settings).set("enable.idempotence", "true").set("linger.ms", "5").create()?;
     let timeout = Duration::from_secs(args.timeout_secs);
-    let mut d = Driver { producer, settings: settings.clone(), rng: StdRng::seed_from_u64(args.seed), run: format!("{:x}", Uuid::new_v4().as_u128() as u32), sent: 0 };
+    let mut d = Driver {
+        producer,
+        settings: settings.clone(),
+        rng: StdRng::seed_from_u64(args.seed),
+        run: format!("{:x}", Uuid::new_v4().as_u128() as u32),
+        sent: 0,
+    };
     let started = Instant::now();
 
     let mut wave: Vec<String> = (0..args.seed_users).map(|i| format!("demo-{}-w0-{i}", d.run)).collect();

@@ -114,7 +114,15 @@ pub async fn run(pool: &PgPool, id: &str) -> anyhow::Result<()> {
         println!();
         println!("assessment history");
         for a in &revisions {
-            println!("  #{} {}  score {:>3} {:<7} [{}]  {}", a.revision, time(a.assessed_at), a.score, a.decision, a.reasons.join(", "), a.cause);
+            println!(
+                "  #{} {}  score {:>3} {:<7} [{}]  {}",
+                a.revision,
+                time(a.assessed_at),
+                a.score,
+                a.decision,
+                a.reasons.join(", "),
+                a.cause
+            );
         }
     }
 
@@ -130,11 +138,12 @@ pub async fn run(pool: &PgPool, id: &str) -> anyhow::Result<()> {
         println!("  {}  {from} → {to}: {cause}", time(at));
     }
 
-    let reviews: Vec<(String, String, String, DateTime<Utc>)> =
-        sqlx::query_as("SELECT decision, reviewer, reason, decided_at FROM review_decisions WHERE referral_id = $1 ORDER BY decided_at, decision_id")
-            .bind(r.referral_id)
-            .fetch_all(pool)
-            .await?;
+    let reviews: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT decision, reviewer, reason, decided_at FROM review_decisions WHERE referral_id = $1 ORDER BY decided_at, decision_id",
+    )
+    .bind(r.referral_id)
+    .fetch_all(pool)
+    .await?;
     if !reviews.is_empty() {
         println!();
         println!("review decisions");
@@ -197,7 +206,8 @@ fn print_evidence(stored: &Json) {
         Json::Object(fields) => {
             // The rules' order (strongest first), then anything a newer scorer added.
             let mut keys: Vec<&str> = EVIDENCE_ORDER.iter().copied().filter(|k| fields.contains_key(*k)).collect();
-            let mut rest: Vec<&str> = fields.keys().map(String::as_str).filter(|k| !EVIDENCE_ORDER.contains(k) && *k != "component").collect();
+            let mut rest: Vec<&str> =
+                fields.keys().map(String::as_str).filter(|k| !EVIDENCE_ORDER.contains(k) && *k != "component").collect();
             rest.sort_unstable();
             keys.extend(rest);
             for k in keys {

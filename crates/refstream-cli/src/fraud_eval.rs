@@ -242,7 +242,8 @@ impl Plan {
         // Legitimate users behind one carrier NAT address, and in one office network.
         let nat_ip = IpAddr::V4(Ipv4Addr::new(100, 64, 3, 7));
         for _ in 0..share(8) {
-            let referrer = if !p.nat.is_empty() && p.rng.random_bool(0.5) { p.pick(&p.nat.clone()) } else { p.pick(&p.legit_referrers.clone()) };
+            let referrer =
+                if !p.nat.is_empty() && p.rng.random_bool(0.5) { p.pick(&p.nat.clone()) } else { p.pick(&p.legit_referrers.clone()) };
             let i = p.legit_referee(Kind::LegitNat, referrer);
             p.accounts[i].ip = nat_ip;
             if p.accounts[i].wave <= 2 {
@@ -250,7 +251,8 @@ impl Plan {
             }
         }
         for _ in 0..share(5) {
-            let referrer = if !p.office.is_empty() && p.rng.random_bool(0.7) { p.pick(&p.office.clone()) } else { p.pick(&p.legit_referrers.clone()) };
+            let referrer =
+                if !p.office.is_empty() && p.rng.random_bool(0.7) { p.pick(&p.office.clone()) } else { p.pick(&p.legit_referrers.clone()) };
             let i = p.legit_referee(Kind::LegitOffice, referrer);
             p.accounts[i].ip = IpAddr::V4(Ipv4Addr::new(198, 18, 7, p.rng.random_range(1..=254)));
             if p.accounts[i].wave <= 2 {
@@ -648,7 +650,11 @@ pub async fn run(args: Args, settings: &Settings) -> anyhow::Result<()> {
     }
     sender.flush().await?;
     let produced = started.elapsed();
-    println!("{} registrations and {} deposits produced in {produced:.1?}; waiting for the fleet to go quiet", plan.accounts.len(), deposits.len());
+    println!(
+        "{} registrations and {} deposits produced in {produced:.1?}; waiting for the fleet to go quiet",
+        plan.accounts.len(),
+        deposits.len()
+    );
     let deposit_count = i64::try_from(deposits.len())?;
     wait_quiet(&pool, baseline, deposit_count, timeout).await?;
     let settled = started.elapsed();
@@ -698,9 +704,14 @@ fn report(
     println!();
     println!("== refstream fraud-eval: {registrations} registrations, {deposits} deposits; produced in {produced:.1?}, fleet quiet after {settled:.1?} ==");
     println!("flagged = held or rejected (by the scorer's latest assessment or the referral's status); paid = a reward was credited.");
-    println!("precision of a kind = its flagged referrals / (those + every flagged legitimate referral); FPR = flagged legitimate / legitimate.");
+    println!(
+        "precision of a kind = its flagged referrals / (those + every flagged legitimate referral); FPR = flagged legitimate / legitimate."
+    );
     println!();
-    println!("{:<30} {:>9} {:>8} {:>6} {:>8} {:>6} {:>8} {:>10} {:>7}", "fraud kind", "referrals", "flagged", "held", "rejected", "paid", "recall", "precision", "FPR");
+    println!(
+        "{:<30} {:>9} {:>8} {:>6} {:>8} {:>6} {:>8} {:>10} {:>7}",
+        "fraud kind", "referrals", "flagged", "held", "rejected", "paid", "recall", "precision", "FPR"
+    );
     for k in Kind::FRAUD {
         let t = get(k);
         println!(
@@ -732,16 +743,40 @@ fn report(
     println!("{:<30} {:>9} {:>8} {:>6} {:>8} {:>6} {:>8}", "legitimate", "referrals", "flagged", "held", "rejected", "paid", "FPR");
     for k in Kind::LEGIT {
         let t = get(k);
-        println!("{:<30} {:>9} {:>8} {:>6} {:>8} {:>6} {:>8}", k.name(), t.referrals, t.flagged, t.held, t.rejected, t.paid, ratio(t.flagged, t.referrals));
+        println!(
+            "{:<30} {:>9} {:>8} {:>6} {:>8} {:>6} {:>8}",
+            k.name(),
+            t.referrals,
+            t.flagged,
+            t.held,
+            t.rejected,
+            t.paid,
+            ratio(t.flagged, t.referrals)
+        );
     }
-    println!("{:<30} {:>9} {:>8} {:>6} {:>8} {:>6} {:>8}", "all legitimate", legit.referrals, legit.flagged, legit.held, legit.rejected, legit.paid, ratio(legit.flagged, legit.referrals));
+    println!(
+        "{:<30} {:>9} {:>8} {:>6} {:>8} {:>6} {:>8}",
+        "all legitimate",
+        legit.referrals,
+        legit.flagged,
+        legit.held,
+        legit.rejected,
+        legit.paid,
+        ratio(legit.flagged, legit.referrals)
+    );
     let (nat, office) = (get(Kind::LegitNat), get(Kind::LegitOffice));
     let shared_ip_users = nat.referrals + office.referrals;
     let shared_ip_flagged = nat.flagged + office.flagged;
     println!();
-    println!("legitimate shared-IP users held or rejected: {shared_ip_flagged} of {shared_ip_users} ({})", percent(shared_ip_flagged, shared_ip_users));
+    println!(
+        "legitimate shared-IP users held or rejected: {shared_ip_flagged} of {shared_ip_users} ({})",
+        percent(shared_ip_flagged, shared_ip_users)
+    );
     if fraud.flagged_after_payment > 0 {
-        println!("fraud flagged only after it was paid (left for review, never clawed back automatically): {}", fraud.flagged_after_payment);
+        println!(
+            "fraud flagged only after it was paid (left for review, never clawed back automatically): {}",
+            fraud.flagged_after_payment
+        );
     }
     let mut reasons: Vec<(&String, &u64)> = fraud_reasons.iter().collect();
     reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));

@@ -100,7 +100,8 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("migrations applied");
         }
         Command::Code { user_id } => {
-            let code: Option<String> = sqlx::query_scalar("SELECT code FROM referral_codes WHERE user_id = $1").bind(&user_id).fetch_optional(&pool).await?;
+            let code: Option<String> =
+                sqlx::query_scalar("SELECT code FROM referral_codes WHERE user_id = $1").bind(&user_id).fetch_optional(&pool).await?;
             match code {
                 Some(c) => println!("{c}"),
                 None => anyhow::bail!("no referral code for user {user_id} (not registered yet?)"),

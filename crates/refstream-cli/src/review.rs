@@ -77,7 +77,10 @@ async fn list(pool: &PgPool, limit: i64) -> anyhow::Result<()> {
     .fetch_all(pool)
     .await?;
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM referrals WHERE status = 'held'").fetch_one(pool).await?;
-    println!("{total} held referral(s) waiting for review{}", if total > limit { format!(", oldest {limit} shown") } else { String::new() });
+    println!(
+        "{total} held referral(s) waiting for review{}",
+        if total > limit { format!(", oldest {limit} shown") } else { String::new() }
+    );
     for h in &held {
         let when = h.held_at.map_or_else(|| "?".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
         println!();
@@ -130,13 +133,12 @@ async fn decide(pool: &PgPool, settings: &Settings, d: &Decision, approve: bool)
             d.referral_id
         );
     }
-    let hold_id: i64 = sqlx::query_scalar(
-        "SELECT id FROM referral_transitions WHERE referral_id = $1 AND to_status = 'held' ORDER BY id DESC LIMIT 1",
-    )
-    .bind(d.referral_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| anyhow::anyhow!("referral {} is held but has no recorded hold", d.referral_id))?;
+    let hold_id: i64 =
+        sqlx::query_scalar("SELECT id FROM referral_transitions WHERE referral_id = $1 AND to_status = 'held' ORDER BY id DESC LIMIT 1")
+            .bind(d.referral_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("referral {} is held but has no recorded hold", d.referral_id))?;
     let earlier: Option<(String, String, DateTime<Utc>)> =
         sqlx::query_as("SELECT decision, reviewer, decided_at FROM review_decisions WHERE referral_id = $1 AND hold_id = $2")
             .bind(d.referral_id)

@@ -31,9 +31,7 @@ pub async fn run(action: Action, settings: &Settings) -> anyhow::Result<()> {
             let t = &settings.topics;
             let topics: Vec<NewTopic<'_>> =
                 names.iter().map(|n| NewTopic::new(n, t.partitions, TopicReplication::Fixed(t.replication_factor))).collect();
-            let opts = AdminOptions::new()
-                .operation_timeout(Some(Duration::from_secs(30)))
-                .request_timeout(Some(Duration::from_secs(30)));
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))).request_timeout(Some(Duration::from_secs(30)));
             let results = tokio::time::timeout(Duration::from_secs(45), admin.create_topics(&topics, &opts))
                 .await
                 .map_err(|_| {

@@ -17,9 +17,7 @@ pub fn mint() -> String {
 
 /// Mints a code with the given generator (tests use a seeded one).
 pub fn mint_with<R: Rng + ?Sized>(rng: &mut R) -> String {
-    (0..CODE_LEN)
-        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-        .collect()
+    (0..CODE_LEN).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect()
 }
 
 /// Normalizes a code as a person might type it: trims, upper-cases, drops hyphens and spaces,

@@ -28,15 +28,8 @@ pub enum ReferralStatus {
 }
 
 impl ReferralStatus {
-    pub const ALL: [ReferralStatus; 7] = [
-        Self::Pending,
-        Self::Held,
-        Self::Eligible,
-        Self::Rewarded,
-        Self::Rejected,
-        Self::Expired,
-        Self::Reversed,
-    ];
+    pub const ALL: [ReferralStatus; 7] =
+        [Self::Pending, Self::Held, Self::Eligible, Self::Rewarded, Self::Rejected, Self::Expired, Self::Reversed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -180,7 +173,18 @@ mod tests {
 
     #[test]
     fn final_states_have_no_way_out() {
-        let all = [on_score(Decision::Approve), on_score(Decision::Review), on_score(Decision::Reject), on_review(true), on_review(false), BACK_TO_REVIEW, RESCORE_REJECT, REWARD, REVERSE, EXPIRE];
+        let all = [
+            on_score(Decision::Approve),
+            on_score(Decision::Review),
+            on_score(Decision::Reject),
+            on_review(true),
+            on_review(false),
+            BACK_TO_REVIEW,
+            RESCORE_REJECT,
+            REWARD,
+            REVERSE,
+            EXPIRE,
+        ];
         for s in ReferralStatus::ALL.into_iter().filter(|s| is_final(*s)) {
             assert!(all.iter().all(|t| !t.allows(s)), "{s} must be final");
         }

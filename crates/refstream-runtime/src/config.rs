@@ -185,9 +185,7 @@ impl Settings {
             builder = builder.add_source(File::from(path));
         }
         let env: HashMap<String, String> = vars.into_iter().filter(|(k, _)| k.starts_with("REFSTREAM__")).collect();
-        builder = builder.add_source(
-            Environment::with_prefix("REFSTREAM").prefix_separator("__").separator("__").source(Some(env)),
-        );
+        builder = builder.add_source(Environment::with_prefix("REFSTREAM").prefix_separator("__").separator("__").source(Some(env)));
         let cfg = builder.build().map_err(|e| ConfigError::new(&setting_of(&e), e.to_string()))?;
         let mut settings: Settings = cfg.try_deserialize().map_err(|e| ConfigError::new(&setting_of(&e), e.to_string()))?;
         // librdkafka names use dots; an environment variable can only carry underscores.
@@ -230,8 +228,7 @@ impl Settings {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(ConfigError::new("database.url", "must start with postgres:// or postgresql://"));
         }
-        PgConnectOptions::from_str(url)
-            .map_err(|e| ConfigError::new("database.url", format!("not a Postgres URL: {e}")))
+        PgConnectOptions::from_str(url).map_err(|e| ConfigError::new("database.url", format!("not a Postgres URL: {e}")))
     }
 
     /// The metrics address, or `127.0.0.1:<default_port>` when unset.
@@ -289,7 +286,8 @@ impl Settings {
             .map(|(id, name)| {
                 let setting = format!("avro.confluent_schema_ids.{id}");
                 let id = id.parse::<u32>().map_err(|e| ConfigError::new(&setting, format!("not a schema id: {e}")))?;
-                let kind = EventKind::parse(name).ok_or_else(|| ConfigError::new(&setting, format!("`{name}` is not a refstream record")))?;
+                let kind =
+                    EventKind::parse(name).ok_or_else(|| ConfigError::new(&setting, format!("`{name}` is not a refstream record")))?;
                 Ok((id, kind))
             })
             .collect()
@@ -308,11 +306,7 @@ impl Settings {
 /// The setting a `config` error is about, when it says.
 fn setting_of(e: &config::ConfigError) -> String {
     let text = e.to_string();
-    text.split("for key `")
-        .nth(1)
-        .and_then(|rest| rest.split('`').next())
-        .map(str::to_owned)
-        .unwrap_or_else(|| "configuration".into())
+    text.split("for key `").nth(1).and_then(|rest| rest.split('`').next()).map(str::to_owned).unwrap_or_else(|| "configuration".into())
 }
 
 #[cfg(test)]

@@ -133,7 +133,13 @@ pub fn client_config(settings: &Settings) -> ClientConfig {
 
 /// Runs `worker` until `stop` is cancelled, then drains: the batch in hand finishes, offsets
 /// are committed, the consumer closes.
-pub async fn run<W: Worker>(worker: Arc<W>, settings: &Settings, pool: PgPool, health: Health, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn run<W: Worker>(
+    worker: Arc<W>,
+    settings: &Settings,
+    pool: PgPool,
+    health: Health,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let name = worker.name();
     let mut cfg = client_config(settings);
     cfg.set("group.id", settings.group_id(name))

@@ -48,7 +48,10 @@ pub async fn record(conn: &mut PgConnection, consumer: &str, shard: i32, letter:
         topic: dead_letter_topic(&letter.topic),
         key,
         payload: letter.payload.clone(),
-        event_id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("dlq:{consumer}:{}:{}:{}", letter.topic, letter.partition, letter.offset).as_bytes()),
+        event_id: Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("dlq:{consumer}:{}:{}:{}", letter.topic, letter.partition, letter.offset).as_bytes(),
+        ),
         headers: json!({
             "dead_letter_id": id.to_string(),
             "consumer": consumer,

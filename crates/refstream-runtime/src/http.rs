@@ -47,9 +47,8 @@ async fn metrics() -> String {
 
 /// Binds `addr` and serves until `stop` is cancelled. Binding fails at start, naming the address.
 pub async fn serve(addr: SocketAddr, health: Health, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on metrics.listen = {addr}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on metrics.listen = {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     let app = Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(health);
     tokio::spawn(async move {

@@ -3,9 +3,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec, IntCounterVec, IntGaugeVec,
-};
+use prometheus::{register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec, IntCounterVec, IntGaugeVec};
 
 /// Records received from Kafka, by worker and topic.
 pub static CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -13,15 +11,22 @@ pub static CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 /// Records whose effects were committed (first delivery of their event id).
 pub static APPLIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("refstream_records_applied_total", "Records whose effects were committed", &["worker", "topic"]).expect("metric")
+    register_int_counter_vec!("refstream_records_applied_total", "Records whose effects were committed", &["worker", "topic"])
+        .expect("metric")
 });
 /// Records skipped because their event id was already processed.
 pub static DEDUPLICATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("refstream_records_deduplicated_total", "Redeliveries skipped by event-id dedupe", &["worker", "topic"]).expect("metric")
+    register_int_counter_vec!("refstream_records_deduplicated_total", "Redeliveries skipped by event-id dedupe", &["worker", "topic"])
+        .expect("metric")
 });
 /// Records turned into dead letters, by reason label.
 pub static DEAD_LETTERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("refstream_records_dead_lettered_total", "Records sent to a dead-letter topic", &["worker", "topic", "reason"]).expect("metric")
+    register_int_counter_vec!(
+        "refstream_records_dead_lettered_total",
+        "Records sent to a dead-letter topic",
+        &["worker", "topic", "reason"]
+    )
+    .expect("metric")
 });
 /// Transient failures that made a batch retry.
 pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -49,12 +54,12 @@ pub static BATCH_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
 });
 /// Consumer lag per partition: high watermark minus the next offset to process.
 pub static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("refstream_consumer_lag", "Records behind the high watermark", &["worker", "topic", "partition"]).expect("metric")
+    register_int_gauge_vec!("refstream_consumer_lag", "Records behind the high watermark", &["worker", "topic", "partition"])
+        .expect("metric")
 });
 /// Rows waiting in the outbox.
-pub static OUTBOX_BACKLOG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("refstream_outbox_backlog", "Rows waiting in the outbox", &["shard"]).expect("metric")
-});
+pub static OUTBOX_BACKLOG: LazyLock<IntGaugeVec> =
+    LazyLock::new(|| register_int_gauge_vec!("refstream_outbox_backlog", "Rows waiting in the outbox", &["shard"]).expect("metric"));
 /// Age in seconds of the oldest outbox row.
 pub static OUTBOX_OLDEST_AGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!("refstream_outbox_oldest_age_seconds", "Age of the oldest outbox row", &["shard"]).expect("metric")

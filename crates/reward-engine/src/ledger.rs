@@ -27,7 +27,14 @@ pub fn campaign_account(campaign: &str) -> String {
     format!("campaign:{campaign}")
 }
 
-async fn book(conn: &mut PgConnection, transaction: Uuid, reward: Uuid, kind: &str, entries: [(&str, Decimal); 2], currency: &str) -> sqlx::Result<()> {
+async fn book(
+    conn: &mut PgConnection,
+    transaction: Uuid,
+    reward: Uuid,
+    kind: &str,
+    entries: [(&str, Decimal); 2],
+    currency: &str,
+) -> sqlx::Result<()> {
     for (account, amount) in entries {
         sqlx::query(
             "INSERT INTO ledger_entries (transaction_id, account, amount, currency, reward_id, kind) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -54,7 +61,13 @@ async fn book(conn: &mut PgConnection, transaction: Uuid, reward: Uuid, kind: &s
 }
 
 /// Credits every reward of the campaign for `referral`; returns how many were new.
-pub(crate) async fn grant(conn: &mut PgConnection, engine: &RewardEngine, referral: &Referral, deposit: &Deposit, out: &mut Vec<OutboxMessage>) -> sqlx::Result<usize> {
+pub(crate) async fn grant(
+    conn: &mut PgConnection,
+    engine: &RewardEngine,
+    referral: &Referral,
+    deposit: &Deposit,
+    out: &mut Vec<OutboxMessage>,
+) -> sqlx::Result<usize> {
     let campaign = &engine.campaign;
     let mut granted = 0;
     for spec in &campaign.rewards {
@@ -82,7 +95,8 @@ pub(crate) async fn grant(conn: &mut PgConnection, engine: &RewardEngine, referr
         let currency = spec.amount.currency.as_str();
         let (user, pool) = (user_account(beneficiary), campaign_account(&campaign.id));
         let amount = spec.amount.amount;
-        book(conn, DerivedId::ledger_transaction("grant", reward_id), reward_id, "grant", [(&user, amount), (&pool, -amount)], currency).await?;
+        book(conn, DerivedId::ledger_transaction("grant", reward_id), reward_id, "grant", [(&user, amount), (&pool, -amount)], currency)
+            .await?;
         let event = RewardGranted {
             event_id: DerivedId::event("reward-granted", reward_id),
             reward_id,
@@ -134,7 +148,15 @@ pub(crate) async fn reverse_rewards_of_deposit(
     for r in &rewards {
         let currency = r.currency.trim();
         let (user, pool) = (user_account(&r.beneficiary_id), campaign_account(&r.campaign_id));
-        book(conn, DerivedId::ledger_transaction("reverse", r.reward_id), r.reward_id, "reverse", [(&user, -r.amount), (&pool, r.amount)], currency).await?;
+        book(
+            conn,
+            DerivedId::ledger_transaction("reverse", r.reward_id),
+            r.reward_id,
+            "reverse",
+            [(&user, -r.amount), (&pool, r.amount)],
+            currency,
+        )
+        .await?;
         let currency = Currency::parse(currency).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         let event = RewardReversed {
             event_id: DerivedId::event("reward-reversed", r.reward_id),

@@ -60,15 +60,13 @@ pub(crate) async fn transition(conn: &mut PgConnection, referral: &mut Referral,
     if !t.allows(referral.status()) {
         return Ok(false);
     }
-    let moved = sqlx::query(
-        "UPDATE referrals SET status = $2, updated_at = now() WHERE referral_id = $1 AND status = ANY($3)",
-    )
-    .bind(referral.referral_id)
-    .bind(t.to.as_str())
-    .bind(t.from_strs())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
+    let moved = sqlx::query("UPDATE referrals SET status = $2, updated_at = now() WHERE referral_id = $1 AND status = ANY($3)")
+        .bind(referral.referral_id)
+        .bind(t.to.as_str())
+        .bind(t.from_strs())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
         == 1;
     if moved {
         sqlx::query("INSERT INTO referral_transitions (referral_id, from_status, to_status, cause) VALUES ($1, $2, $3, $4)")
@@ -84,7 +82,13 @@ pub(crate) async fn transition(conn: &mut PgConnection, referral: &mut Referral,
 }
 
 impl RewardEngine {
-    pub(crate) async fn on_deposit(&self, conn: &mut PgConnection, d: &DepositCompleted, at: &crate::Position, out: &mut Vec<OutboxMessage>) -> sqlx::Result<()> {
+    pub(crate) async fn on_deposit(
+        &self,
+        conn: &mut PgConnection,
+        d: &DepositCompleted,
+        at: &crate::Position,
+        out: &mut Vec<OutboxMessage>,
+    ) -> sqlx::Result<()> {
         let inserted: Option<String> = sqlx::query_scalar(
             "INSERT INTO deposits (deposit_id, user_id, amount, currency, payment_fingerprint, occurred_at, reversed_at, reversal_reason) \
              SELECT $1, $2, $3, $4, $5, $6, r.occurred_at, r.reason \
@@ -142,7 +146,10 @@ impl RewardEngine {
         let verdict = if r.approve { "approved" } else { "rejected" };
         let cause = format!("review {verdict} by {}: {}", r.reviewer, r.reason);
         if transition(conn, &mut referral, lifecycle::on_review(r.approve), &cause).await? && r.approve {
-            sqlx::query("UPDATE referrals SET cleared_by_review = true WHERE referral_id = $1").bind(referral.referral_id).execute(&mut *conn).await?;
+            sqlx::query("UPDATE referrals SET cleared_by_review = true WHERE referral_id = $1")
+                .bind(referral.referral_id)
+                .execute(&mut *conn)
+                .await?;
             referral.cleared_by_review = true;
             self.pay_if_due(conn, &mut referral, out).await?;
         }
@@ -160,15 +167,14 @@ impl RewardEngine {
         .bind(r.occurred_at)
         .execute(&mut *conn)
         .await?;
-        let reversed = sqlx::query(
-            "UPDATE deposits SET reversed_at = $2, reversal_reason = $3 WHERE deposit_id = $1 AND reversed_at IS NULL",
-        )
-        .bind(&r.deposit_id)
-        .bind(r.occurred_at)
-        .bind(r.reason.as_str())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+        let reversed =
+            sqlx::query("UPDATE deposits SET reversed_at = $2, reversal_reason = $3 WHERE deposit_id = $1 AND reversed_at IS NULL")
+                .bind(&r.deposit_id)
+                .bind(r.occurred_at)
+                .bind(r.reason.as_str())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
         if reversed == 0 {
             return Ok(());
         }
@@ -183,7 +189,12 @@ impl RewardEngine {
     /// Pays an eligible referral whose referee has a qualifying deposit, unless the deposit's
     /// payment instrument is also the referrer's and no reviewer cleared it: then the referral
     /// goes back to review.
-    pub(crate) async fn pay_if_due(&self, conn: &mut PgConnection, referral: &mut Referral, out: &mut Vec<OutboxMessage>) -> sqlx::Result<()> {
+    pub(crate) async fn pay_if_due(
+        &self,
+        conn: &mut PgConnection,
+        referral: &mut Referral,
+        out: &mut Vec<OutboxMessage>,
+    ) -> sqlx::Result<()> {
         if referral.status() != ReferralStatus::Eligible {
             return Ok(());
         }
@@ -198,7 +209,8 @@ impl RewardEngine {
         .await?;
         let qualifying = deposits.into_iter().find(|d| {
             let Ok(currency) = Currency::parse(d.currency.trim()) else { return false };
-            self.campaign.qualifies(&Money::new(d.amount, currency), d.occurred_at, referral.referee_registered_at) == Qualification::Qualifies
+            self.campaign.qualifies(&Money::new(d.amount, currency), d.occurred_at, referral.referee_registered_at)
+                == Qualification::Qualifies
         });
         let Some(deposit) = qualifying else { return Ok(()) };
         if !deposit.settled {

@@ -15,10 +15,8 @@ use crate::Position;
 
 /// Holds the raw deposit when its user is not registered.
 pub(crate) async fn hold_if_unknown(conn: &mut PgConnection, d: &DepositCompleted, at: &Position) -> sqlx::Result<()> {
-    let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1)")
-        .bind(d.user_id.as_str())
-        .fetch_one(&mut *conn)
-        .await?;
+    let known: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1)").bind(d.user_id.as_str()).fetch_one(&mut *conn).await?;
     if known {
         return Ok(());
     }

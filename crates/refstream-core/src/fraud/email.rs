@@ -20,11 +20,8 @@ pub fn canonical_email(raw: &str) -> Option<String> {
         return None;
     }
     let untagged = local.split_once('+').map_or(local, |(before_tag, _)| before_tag);
-    let (local, domain) = if GMAIL_DOMAINS.contains(&domain) {
-        (untagged.replace('.', ""), GMAIL_DOMAINS[0])
-    } else {
-        (untagged.to_owned(), domain)
-    };
+    let (local, domain) =
+        if GMAIL_DOMAINS.contains(&domain) { (untagged.replace('.', ""), GMAIL_DOMAINS[0]) } else { (untagged.to_owned(), domain) };
     if local.is_empty() {
         return None;
     }

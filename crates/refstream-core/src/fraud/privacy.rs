@@ -39,9 +39,6 @@ mod tests {
     #[test]
     fn matches_the_rfc_4231_test_vector() {
         // RFC 4231, test case 2.
-        assert_eq!(
-            keyed_hash(b"Jefe", "what do ya want for nothing?"),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
+        assert_eq!(keyed_hash(b"Jefe", "what do ya want for nothing?"), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
     }
 }

@@ -71,12 +71,7 @@ fn accounts_sharing_a_device_or_card_with_their_referrer_never_receive_a_reward_
 
 #[test]
 fn ip_signals_alone_never_hold_a_referral() {
-    let office = Evidence {
-        same_ip: true,
-        same_ip_prefix: true,
-        registrations_from_ip_in_window: 500,
-        ..clean()
-    };
+    let office = Evidence { same_ip: true, same_ip_prefix: true, registrations_from_ip_in_window: 500, ..clean() };
     for policy in [FraudPolicy::default(), strictest()] {
         let a = assess(&office, &policy);
         assert_eq!(a.reasons(), [SAME_IP, VELOCITY_IP]);
@@ -128,13 +123,7 @@ fn scores_add_up_cap_at_100_and_follow_the_thresholds() {
 
 #[test]
 fn reasons_follow_the_rule_table() {
-    let e = Evidence {
-        same_ip: true,
-        disposable_email: true,
-        same_device: true,
-        ring_size: 4,
-        ..clean()
-    };
+    let e = Evidence { same_ip: true, disposable_email: true, same_device: true, ring_size: 4, ..clean() };
     let a = assess(&e, &FraudPolicy::default());
     assert_eq!(a.reasons(), [FRAUD_RING, SAME_DEVICE, DISPOSABLE_EMAIL, SAME_IP]);
     assert!(a.fired(SAME_DEVICE));
@@ -156,11 +145,7 @@ fn policy_validation() {
 }
 
 fn any_evidence() -> impl Strategy<Value = Evidence> {
-    (
-        prop_oneof![9 => Just("referee"), 1 => Just("referrer")],
-        any::<[bool; 8]>(),
-        (0u32..40, 0u32..10, 0u32..60, 0u32..6, 0u32..8),
-    )
+    (prop_oneof![9 => Just("referee"), 1 => Just("referrer")], any::<[bool; 8]>(), (0u32..40, 0u32..10, 0u32..60, 0u32..6, 0u32..8))
         .prop_map(|(referee, flags, counts)| Evidence {
             referrer_id: "referrer".into(),
             referee_id: referee.into(),

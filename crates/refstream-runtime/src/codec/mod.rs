@@ -96,9 +96,8 @@ impl Decoder {
 
 fn read_body(kind: EventKind, body: &[u8]) -> Result<Value, DecodeError> {
     let mut cursor = Cursor::new(body);
-    let value = schemas::reader(kind)
-        .read_value(&mut cursor)
-        .map_err(|e| DecodeError::Malformed { kind: kind.name(), detail: e.to_string() })?;
+    let value =
+        schemas::reader(kind).read_value(&mut cursor).map_err(|e| DecodeError::Malformed { kind: kind.name(), detail: e.to_string() })?;
     let read = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
     if read != body.len() {
         return Err(DecodeError::Malformed { kind: kind.name(), detail: format!("{} trailing bytes after the record", body.len() - read) });

@@ -5,8 +5,8 @@ use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
 use refstream_core::campaign::Role;
 use refstream_core::events::{
-    AttributionSource, DepositCompleted, DepositReversed, RawUserRegistered, ReferralAttributed, ReferralScored,
-    ReversalReason, ReviewDecided, RewardGranted, RewardReversed, UserRegistered, MAX_SHORT_TEXT,
+    AttributionSource, DepositCompleted, DepositReversed, RawUserRegistered, ReferralAttributed, ReferralScored, ReversalReason,
+    ReviewDecided, RewardGranted, RewardReversed, UserRegistered, MAX_SHORT_TEXT,
 };
 use refstream_core::validate::{check_text, FieldError};
 use refstream_core::{Currency, Money, UserId};
@@ -213,7 +213,10 @@ impl AvroRecord for ReferralScored {
         let referrer_id = UserId::parse(f.string("referrer_id")?)?;
         let referee_id = UserId::parse(f.string("referee_id")?)?;
         let score = f.int("score")?;
-        let score = u8::try_from(score).ok().filter(|s| *s <= 100).ok_or_else(|| FieldError::new("score", format!("{score} is outside 0..=100")))?;
+        let score = u8::try_from(score)
+            .ok()
+            .filter(|s| *s <= 100)
+            .ok_or_else(|| FieldError::new("score", format!("{score} is outside 0..=100")))?;
         Ok(ReferralScored {
             event_id,
             referral_id,

@@ -80,8 +80,7 @@ fn parsed() -> &'static [Parsed] {
             .iter()
             .map(|k| {
                 let schema: &'static Schema = Box::leak(Box::new(
-                    Schema::parse_str(k.source())
-                        .unwrap_or_else(|e| panic!("schemas/{}.avsc does not parse: {e}", k.name())),
+                    Schema::parse_str(k.source()).unwrap_or_else(|e| panic!("schemas/{}.avsc does not parse: {e}", k.name())),
                 ));
                 let canonical = super::canonical::canonical_form(k.source())
                     .unwrap_or_else(|e| panic!("schemas/{}.avsc has no canonical form: {e}", k.name()));

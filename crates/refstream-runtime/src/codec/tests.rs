@@ -160,7 +160,11 @@ fn fields_for_deposit() -> hostile::Fields {
 }
 
 fn raw_deposit(f: hostile::Fields) -> Vec<u8> {
-    let body = apache_avro::writer::datum::GenericDatumWriter::builder(schema(EventKind::DepositCompleted)).build().unwrap().write_value_to_vec(f.into_value()).unwrap();
+    let body = apache_avro::writer::datum::GenericDatumWriter::builder(schema(EventKind::DepositCompleted))
+        .build()
+        .unwrap()
+        .write_value_to_vec(f.into_value())
+        .unwrap();
     let mut out = vec![0xC3, 0x01];
     out.extend_from_slice(&fingerprint(EventKind::DepositCompleted));
     out.extend_from_slice(&body);
@@ -227,7 +231,10 @@ fn decodes_records_written_by_fastavro() {
 
     let confluent = Decoder::new(HashMap::from([(7, EventKind::DepositCompleted)]));
     assert_eq!(confluent.decode::<DepositCompleted>(&fixture("deposit_completed_confluent.bin"), now()).unwrap(), dep);
-    assert_eq!(decoder().decode::<DepositCompleted>(&fixture("deposit_completed_confluent.bin"), now()).unwrap_err(), DecodeError::UnknownSchemaId(7));
+    assert_eq!(
+        decoder().decode::<DepositCompleted>(&fixture("deposit_completed_confluent.bin"), now()).unwrap_err(),
+        DecodeError::UnknownSchemaId(7)
+    );
 }
 
 #[test]
