@@ -27,9 +27,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use refstream_core::events::{DepositCompleted, DepositReversed, ReversalReason, UserRegistered};
-use refstream_core::{Currency, DerivedId, Money, UserId};
-use refstream_e2e::{free_port, healthy, produce, producer, read_topic, spawn, worker_env, Broker, Proc, TestDb, WORKERS};
+use refstream_core::events::{DepositReversed, ReversalReason, UserRegistered};
+use refstream_core::{DerivedId, UserId};
+use refstream_e2e::{deposit, free_port, healthy, produce, producer, read_topic, spawn, worker_env, Broker, Proc, TestDb, WORKERS};
 use refstream_runtime::codec::{encode, event_id_of};
 use rust_decimal::Decimal;
 use uuid::Uuid;
@@ -146,17 +146,6 @@ fn registration(user: &str, code: Option<String>, n: usize) -> UserRegistered {
         ip: Some(format!("10.{}.{}.7", n / 200, n % 200).parse().unwrap()),
         email: Some(format!("{user}@example.net")),
         country: None,
-    }
-}
-
-fn deposit(user: &str, id: &str, amount: &str) -> DepositCompleted {
-    DepositCompleted {
-        event_id: Uuid::new_v4(),
-        deposit_id: id.into(),
-        user_id: UserId::parse(user).unwrap(),
-        amount: Money::new(amount.parse().unwrap(), Currency::USD),
-        payment_fingerprint: Some(format!("card-{id}")),
-        occurred_at: Utc::now(),
     }
 }
 

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use refstream_core::events::{DepositCompleted, RewardGranted, UserRegistered};
+use refstream_core::events::{RewardGranted, UserRegistered};
 use refstream_core::{Currency, Money, UserId};
-use refstream_e2e::{eventually, header, produce, producer, read_topic, Broker, Fleet, TestDb};
+use refstream_e2e::{deposit, eventually, header, produce, producer, read_topic, Broker, Fleet, TestDb};
 use refstream_runtime::codec::{encode, Decoder};
 use rust_decimal::Decimal;
 use uuid::Uuid;
@@ -23,17 +23,6 @@ fn registered(user: &str, code: Option<&str>) -> UserRegistered {
         ip: Some(format!("198.51.100.{}", user.len()).parse().unwrap()),
         email: Some(format!("{user}@example.org")),
         country: Some("PT".into()),
-    }
-}
-
-fn deposit(user: &str, id: &str, amount: &str) -> DepositCompleted {
-    DepositCompleted {
-        event_id: Uuid::new_v4(),
-        deposit_id: id.into(),
-        user_id: UserId::parse(user).unwrap(),
-        amount: Money::new(amount.parse().unwrap(), Currency::USD),
-        payment_fingerprint: Some(format!("card-{id}")),
-        occurred_at: Utc::now(),
     }
 }
 

@@ -288,3 +288,15 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A USD deposit made now, paid with a card of its own (`card-<deposit id>`).
+pub fn deposit(user: &str, id: &str, amount: &str) -> refstream_core::events::DepositCompleted {
+    refstream_core::events::DepositCompleted {
+        event_id: Uuid::new_v4(),
+        deposit_id: id.into(),
+        user_id: refstream_core::UserId::parse(user).expect("user id"),
+        amount: refstream_core::Money::new(amount.parse().expect("amount"), refstream_core::Currency::USD),
+        payment_fingerprint: Some(format!("card-{id}")),
+        occurred_at: chrono::Utc::now(),
+    }
+}
