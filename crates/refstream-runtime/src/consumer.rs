@@ -32,6 +32,10 @@ use crate::dead_letter::{self, DeadLetter};
 use crate::http::Health;
 use crate::metrics;
 
+/// How long an idle, error-free poll must last before a worker that reported a broker error
+/// reports itself ready again.
+const IDLE_READY_AFTER: Duration = Duration::from_secs(5);
+
 /// A record as received, before decoding.
 #[derive(Debug, Clone, Copy)]
 pub struct Inbound<'a> {
@@ -168,7 +172,15 @@ pub async fn run<W: Worker>(
     loop {
         let batch = tokio::select! {
             () = stop.cancelled() => break,
-            batch = next_batch(&consumer, max, linger) => batch,
+            batch = next_batch(&consumer, max, linger) => match batch {
+                Ok(Some(batch)) => Ok(batch),
+                Ok(None) => {
+                    // Polling without an error for a while: a past broker blip is over.
+                    health.ready();
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
         };
         let batch = match batch {
             Ok(b) => b,
@@ -233,9 +245,18 @@ pub async fn run<W: Worker>(
     Ok(())
 }
 
-/// Waits for one record, then takes what else arrives within `linger`, up to `max`.
-async fn next_batch(consumer: &StreamConsumer<Context>, max: usize, linger: Duration) -> rdkafka::error::KafkaResult<Vec<OwnedMessage>> {
-    let first = consumer.recv().await?.detach();
+/// Waits for one record, then takes what else arrives within `linger`, up to `max`. `None`
+/// when no record arrived within [`IDLE_READY_AFTER`]: only the wait for the first record is
+/// bounded, so a batch is never cut short once a record was taken from the consumer.
+async fn next_batch(
+    consumer: &StreamConsumer<Context>,
+    max: usize,
+    linger: Duration,
+) -> rdkafka::error::KafkaResult<Option<Vec<OwnedMessage>>> {
+    let first = match tokio::time::timeout(IDLE_READY_AFTER, consumer.recv()).await {
+        Ok(first) => first?.detach(),
+        Err(_idle) => return Ok(None),
+    };
     let mut batch = vec![first];
     let deadline = tokio::time::Instant::now() + linger;
     while batch.len() < max {
@@ -248,7 +269,7 @@ async fn next_batch(consumer: &StreamConsumer<Context>, max: usize, linger: Dura
             Err(_) => break,
         }
     }
-    Ok(batch)
+    Ok(Some(batch))
 }
 
 /// Groups records by partition, keeping each partition's order.
