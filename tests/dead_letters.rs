@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::message::{Message, OwnedMessage, Timestamp};
+use rdkafka::message::{Message, OwnedMessage};
 use refstream_core::events::{DepositCompleted, UserRegistered};
 use refstream_core::{Currency, Money, UserId};
 use refstream_e2e::{bin, read_topic, Broker, TestDb};
@@ -71,7 +71,7 @@ impl RawDeposit {
 }
 
 fn message(topic: &str, offset: i64, payload: Vec<u8>) -> OwnedMessage {
-    OwnedMessage::new(Some(payload), Some(b"u-1".to_vec()), topic.to_owned(), Timestamp::NotAvailable, 3, offset, None)
+    refstream_e2e::record(topic, b"u-1", 3, offset, payload)
 }
 
 fn registered(user: &str) -> UserRegistered {

@@ -3,7 +3,7 @@
 //! dedupe, apply, dead-letter, commit — only Kafka is left out.
 
 use chrono::{DateTime, Duration, Utc};
-use rdkafka::message::{OwnedMessage, Timestamp};
+use rdkafka::message::OwnedMessage;
 use refstream_core::events::{DepositCompleted, DepositReversed, ReferralScored, ReversalReason, ReviewDecided, UserRegistered};
 use refstream_core::lifecycle::Decision;
 use refstream_core::{Currency, DerivedId, Money, UserId};
@@ -27,7 +27,7 @@ impl Harness {
 
     fn message(&mut self, topic: &str, key: &str, payload: Vec<u8>) -> OwnedMessage {
         self.offset += 1;
-        OwnedMessage::new(Some(payload), Some(key.as_bytes().to_vec()), topic.to_owned(), Timestamp::NotAvailable, 0, self.offset, None)
+        refstream_e2e::record(topic, key.as_bytes(), 0, self.offset, payload)
     }
 
     async fn feed<W: Worker>(&mut self, worker: &W, topic: &str, records: Vec<(String, Vec<u8>)>) {
@@ -54,7 +54,7 @@ impl Harness {
     }
 
     async fn code_of(&self, user: &str) -> String {
-        sqlx::query_scalar("SELECT code FROM referral_codes WHERE user_id = $1").bind(user).fetch_one(&self.db.pool).await.unwrap()
+        self.db.code_of(user).await
     }
 
     fn engine(&self) -> reward_engine::RewardEngine {
@@ -97,7 +97,7 @@ impl Harness {
     }
 
     async fn status_of(&self, referee: &str) -> String {
-        sqlx::query_scalar("SELECT status FROM referrals WHERE referee_id = $1").bind(referee).fetch_one(&self.db.pool).await.unwrap()
+        self.db.status_of(referee).await
     }
 
     async fn assert_books_balance(&self) {

@@ -7,7 +7,6 @@ use std::process::Command;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
-use rdkafka::message::{OwnedMessage, Timestamp};
 use refstream_core::events::{DepositCompleted, ReferralScored, UserRegistered};
 use refstream_core::fraud::rules::{FRAUD_RING, SAME_DEVICE, SHARED_PAYMENT_INSTRUMENT};
 use refstream_core::{Currency, DerivedId, Money, UserId};
@@ -63,8 +62,7 @@ impl Harness {
 
     async fn feed<W: Worker>(db: &TestDb, offset: &mut i64, worker: &W, topic: &str, key: &str, payload: Vec<u8>) {
         *offset += 1;
-        let m =
-            OwnedMessage::new(Some(payload), Some(key.as_bytes().to_vec()), topic.to_owned(), Timestamp::NotAvailable, 0, *offset, None);
+        let m = refstream_e2e::record(topic, key.as_bytes(), 0, *offset, payload);
         assert_eq!(apply_partition(worker, &db.pool, &[m]).await, Applied::Committed);
     }
 
@@ -136,11 +134,11 @@ impl Harness {
     }
 
     async fn code_of(&self, user: &str) -> String {
-        sqlx::query_scalar("SELECT code FROM referral_codes WHERE user_id = $1").bind(user).fetch_one(&self.db.pool).await.unwrap()
+        self.db.code_of(user).await
     }
 
     async fn status_of(&self, referee: &str) -> String {
-        sqlx::query_scalar("SELECT status FROM referrals WHERE referee_id = $1").bind(referee).fetch_one(&self.db.pool).await.unwrap()
+        self.db.status_of(referee).await
     }
 
     async fn assessment_of(&self, referee: &str) -> (String, Vec<String>, i32) {

@@ -53,6 +53,20 @@ impl TestDb {
         Self { url, pool, name }
     }
 
+    /// The referral code minted for `user`.
+    pub async fn code_of(&self, user: &str) -> String {
+        sqlx::query_scalar("SELECT code FROM referral_codes WHERE user_id = $1").bind(user).fetch_one(&self.pool).await.expect("code")
+    }
+
+    /// The status of the referral whose referee is `referee`.
+    pub async fn status_of(&self, referee: &str) -> String {
+        sqlx::query_scalar("SELECT status FROM referrals WHERE referee_id = $1")
+            .bind(referee)
+            .fetch_one(&self.pool)
+            .await
+            .expect("referral")
+    }
+
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
@@ -299,4 +313,17 @@ pub fn deposit(user: &str, id: &str, amount: &str) -> refstream_core::events::De
         payment_fingerprint: Some(format!("card-{id}")),
         occurred_at: chrono::Utc::now(),
     }
+}
+
+/// A record as a consumer would receive it, for driving a worker without Kafka.
+pub fn record(topic: &str, key: &[u8], partition: i32, offset: i64, payload: Vec<u8>) -> OwnedMessage {
+    OwnedMessage::new(
+        Some(payload),
+        Some(key.to_vec()),
+        topic.to_owned(),
+        rdkafka::message::Timestamp::NotAvailable,
+        partition,
+        offset,
+        None,
+    )
 }
