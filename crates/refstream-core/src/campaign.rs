@@ -85,12 +85,50 @@ impl Campaign {
     }
 }
 
+/// A deposit as the reward engine recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedDeposit {
+    pub deposit_id: String,
+    pub amount: Money,
+    pub occurred_at: DateTime<Utc>,
+    /// Refunded or charged back (before or after it was recorded).
+    pub reversed: bool,
+}
+
+impl Campaign {
+    /// The deposit that pays a referral: the earliest (by event time, then id) that is not
+    /// reversed and qualifies. Smaller or foreign-currency deposits before it do not disqualify.
+    pub fn first_qualifying<'a>(&self, registered_at: DateTime<Utc>, deposits: &'a [RecordedDeposit]) -> Option<&'a RecordedDeposit> {
+        deposits
+            .iter()
+            .filter(|d| !d.reversed && self.qualifies(&d.amount, d.occurred_at, registered_at) == Qualification::Qualifies)
+            .min_by(|a, b| (a.occurred_at, &a.deposit_id).cmp(&(b.occurred_at, &b.deposit_id)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn usd(s: &str) -> Money {
         Money::new(s.parse().unwrap(), Currency::USD)
+    }
+
+    #[test]
+    fn the_first_qualifying_deposit_is_the_earliest_unreversed_one_that_qualifies() {
+        let c = Campaign::default_referrer_bonus();
+        let reg = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let d = |id: &str, amount: &str, hours: i64, reversed: bool| RecordedDeposit {
+            deposit_id: id.into(),
+            amount: usd(amount),
+            occurred_at: reg + Duration::hours(hours),
+            reversed,
+        };
+        let deposits = vec![d("late", "50", 5, false), d("small", "5", 1, false), d("refunded", "90", 2, true), d("ok", "20", 3, false)];
+        assert_eq!(c.first_qualifying(reg, &deposits).map(|d| d.deposit_id.as_str()), Some("ok"));
+        assert_eq!(c.first_qualifying(reg, &deposits[1..3]), None);
+        let tie = vec![d("b", "30", 3, false), d("a", "30", 3, false)];
+        assert_eq!(c.first_qualifying(reg, &tie).map(|d| d.deposit_id.as_str()), Some("a"), "ties break by id");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod fraud;
 pub mod ids;
 pub mod lifecycle;
 pub mod money;
+pub mod settlement;
 pub mod validate;
 
 pub use campaign::{Campaign, Qualification};

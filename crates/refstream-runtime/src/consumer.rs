@@ -1,12 +1,15 @@
 //! The consumer runtime every worker runs (DESIGN §4). It guarantees:
-//! - records of one partition are applied in offset order, a batch per partition in ONE
-//!   Postgres transaction, together with its dead letters and outbox rows;
+//! - records of one partition are applied in offset order, a batch of one partition in ONE
+//!   Postgres transaction, together with its dead letters, its outbox rows and the worker's
+//!   durable progress on that partition (`consumer_progress`); different partitions are applied
+//!   concurrently, each by its own task;
 //! - an event id is applied at most once per worker (`processed_events`), so redelivery after
 //!   a crash, a rebalance or a replay is a no-op;
 //! - an offset is stored only after the transaction that covers it committed, never past an
-//!   unprocessed record; stored offsets are committed on an interval, on revoke and at shutdown;
-//! - a transient failure (database or broker) rewinds the partition to its first unprocessed
-//!   record and retries with backoff, the process stays up and `/healthz` says not ready;
+//!   unprocessed record, and never behind an offset already stored; stored offsets are
+//!   committed on an interval, on revoke and at shutdown;
+//! - a transient failure (database or broker) retries the partition's records with backoff
+//!   without moving past them, the process stays up and `/healthz` says not ready;
 //! - a record the database refuses for what it is (not for being unreachable) is isolated by
 //!   retrying the batch record by record, and becomes a dead letter: the partition keeps flowing.
 //!
@@ -14,6 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +27,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -85,7 +90,9 @@ pub trait Worker: Send + Sync + 'static {
     fn decode(&self, record: &Inbound<'_>, now: DateTime<Utc>) -> Result<Self::Event, Rejection>;
     /// The event's id, the dedupe key.
     fn event_id(&self, event: &Self::Event) -> Uuid;
-    /// Applies fresh events, in partition order, inside `batch`'s transaction.
+    /// Applies fresh events of ONE partition of ONE topic, in offset order, inside `batch`'s
+    /// transaction. Other partitions' batches run concurrently in their own transactions: lock
+    /// shared rows in a deterministic order.
     fn apply(&self, batch: &mut Batch<'_>, events: &[Self::Event]) -> impl Future<Output = sqlx::Result<()>> + Send;
 }
 
@@ -135,8 +142,17 @@ pub fn client_config(settings: &Settings) -> ClientConfig {
     cfg
 }
 
-/// Runs `worker` until `stop` is cancelled, then drains: the batch in hand finishes, offsets
-/// are committed, the consumer closes.
+/// Runs `worker` until `stop` is cancelled, then drains: each partition's batch in hand
+/// finishes, offsets are committed, the consumer closes.
+///
+/// One poll loop hands records to a task per partition (spawned when the partition's first
+/// record arrives) over a bounded queue: partitions are applied concurrently, each strictly in
+/// offset order. A partition task takes the first record it is given and whatever else is
+/// already queued (up to `kafka.batch_max_records`, waiting at most `kafka.batch_linger_ms` for
+/// more), so a quiet stream is applied record by record at once and a backlog in large batches.
+/// A transient failure retries the same records with backoff, in the task, so the partition
+/// never moves past them; the other partitions keep flowing. A full queue makes the poll loop
+/// wait: memory stays bounded by the partitions' queues.
 pub async fn run<W: Worker>(
     worker: Arc<W>,
     settings: &Settings,
@@ -153,38 +169,51 @@ pub async fn run<W: Worker>(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", settings.kafka.session_timeout_ms.to_string())
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // Latency at low load: a fetch returns as soon as one byte is there, and a broker that
+        // cannot wake a waiting fetch (librdkafka's mock cluster) answers within 10 ms.
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.min.bytes", "1")
+        // Memory: librdkafka prefetches at most this much per consumer (default 64 MiB).
+        .set("queued.max.messages.kbytes", "8192");
     for (k, v) in &settings.kafka.options {
         cfg.set(k, v);
     }
     let consumer: StreamConsumer<Context> = cfg
         .create_with_context(Context { worker: name })
         .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer (kafka.brokers / kafka.options): {e}"))?;
+    let consumer = Arc::new(consumer);
     let topics = worker.topics();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
     tracing::info!(worker = name, topics = ?topics, "consuming");
     health.ready();
 
-    let max = settings.kafka.batch_max_records;
-    let linger = Duration::from_millis(settings.kafka.batch_linger_ms);
-    let mut backoff = Backoff::new();
+    let shared = Arc::new(Shared {
+        consumer: consumer.clone(),
+        pool,
+        health: health.clone(),
+        failing: AtomicUsize::new(0),
+        max: settings.kafka.batch_max_records,
+        linger: Duration::from_millis(settings.kafka.batch_linger_ms),
+        stop: stop.clone(),
+    });
+    let mut partitions: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
-        let batch = tokio::select! {
+        let polled = tokio::select! {
             () = stop.cancelled() => break,
-            batch = next_batch(&consumer, max, linger) => match batch {
-                Ok(Some(batch)) => Ok(batch),
-                Ok(None) => {
-                    // Polling without an error for a while: a past broker blip is over.
-                    health.ready();
-                    continue;
-                }
-                Err(e) => Err(e),
-            },
+            polled = tokio::time::timeout(IDLE_READY_AFTER, consumer.recv()) => polled,
         };
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
+        let message = match polled {
+            Err(_idle) => {
+                // Polling without an error for a while: a past broker blip is over.
+                if shared.failing.load(Ordering::SeqCst) == 0 {
+                    health.ready();
+                }
+                continue;
+            }
+            Ok(Err(e)) => {
                 // librdkafka reports broker trouble as error events and reconnects by itself;
                 // queued events must not each cost a backoff, so only pause briefly.
                 tracing::warn!(error = %e, "Kafka error while polling");
@@ -195,96 +224,109 @@ pub async fn run<W: Worker>(
                 }
                 continue;
             }
+            Ok(Ok(m)) => m.detach(),
         };
-        let started = Instant::now();
-        let mut failed: Option<String> = None;
-        for (topic, partition, records) in by_partition(batch) {
-            if failed.is_some() {
-                rewind(&consumer, &topic, partition, records[0].offset());
-                continue;
-            }
-            match apply_partition(&*worker, &pool, &records).await {
-                Applied::Committed => {
-                    let last = records[records.len() - 1].offset();
-                    store_offset(&consumer, &topic, partition, last + 1);
-                    metrics::BATCH_SIZE.with_label_values(&[name]).observe(records.len() as f64);
-                }
-                Applied::Retry(why) => {
-                    rewind(&consumer, &topic, partition, records[0].offset());
-                    failed = Some(why);
-                }
-            }
-        }
-        match failed {
-            None => {
-                metrics::BATCH_LATENCY.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
-                if backoff.reset() {
-                    tracing::info!(worker = name, "recovered");
-                }
-                health.ready();
-            }
-            Some(why) => {
-                metrics::RETRIES.with_label_values(&[name]).inc();
-                tracing::warn!(worker = name, reason = %why, retry_in_ms = backoff.current().as_millis() as u64, "batch not applied: retrying");
-                health.not_ready(why);
-                if backoff.wait(&stop).await {
-                    break;
-                }
-            }
+        let key = (message.topic().to_owned(), message.partition());
+        let queue = partitions.entry(key.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(shared.max.max(1));
+            tasks.spawn(partition_task(worker.clone(), shared.clone(), key.0.clone(), key.1, rx));
+            tx
+        });
+        tokio::select! {
+            () = stop.cancelled() => break,
+            sent = queue.send(message) => if sent.is_err() { break },
         }
     }
 
+    // Closing the queues ends each task after the batch in hand.
+    partitions.clear();
+    while tasks.join_next().await.is_some() {}
     tracing::info!(worker = name, "draining: committing offsets");
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "final commit: nothing to commit");
     }
     consumer.unsubscribe();
+    drop(shared);
     // Closing the consumer may block in librdkafka; the shutdown deadline bounds it.
     tokio::task::spawn_blocking(move || drop(consumer)).await.ok();
     tracing::info!(worker = name, "stopped");
     Ok(())
 }
 
-/// Waits for one record, then takes what else arrives within `linger`, up to `max`. `None`
-/// when no record arrived within [`IDLE_READY_AFTER`]: only the wait for the first record is
-/// bounded, so a batch is never cut short once a record was taken from the consumer.
-async fn next_batch(
-    consumer: &StreamConsumer<Context>,
+/// What the partition tasks of one worker share.
+struct Shared {
+    consumer: Arc<StreamConsumer<Context>>,
+    pool: PgPool,
+    health: Health,
+    /// Partition tasks currently retrying a failure: ready only when none is.
+    failing: AtomicUsize,
     max: usize,
     linger: Duration,
-) -> rdkafka::error::KafkaResult<Option<Vec<OwnedMessage>>> {
-    let first = match tokio::time::timeout(IDLE_READY_AFTER, consumer.recv()).await {
-        Ok(first) => first?.detach(),
-        Err(_idle) => return Ok(None),
-    };
-    let mut batch = vec![first];
-    let deadline = tokio::time::Instant::now() + linger;
-    while batch.len() < max {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(m)) => batch.push(m.detach()),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "Kafka error inside a batch");
-                break;
-            }
-            Err(_) => break,
-        }
-    }
-    Ok(Some(batch))
+    stop: CancellationToken,
 }
 
-/// Groups records by partition, keeping each partition's order.
-fn by_partition(batch: Vec<OwnedMessage>) -> Vec<(String, i32, Vec<OwnedMessage>)> {
-    let mut groups: Vec<(String, i32, Vec<OwnedMessage>)> = Vec::new();
-    let mut index: HashMap<(String, i32), usize> = HashMap::new();
-    for m in batch {
-        let key = (m.topic().to_owned(), m.partition());
-        let i = *index.entry(key.clone()).or_insert_with(|| {
-            groups.push((key.0, key.1, Vec::new()));
-            groups.len() - 1
-        });
-        groups[i].2.push(m);
+/// Applies one partition's records in offset order until its queue closes or `stop`. Records
+/// below the next offset to apply (a redelivery after the partition came back from a
+/// rebalance) are already applied and skipped, so the stored offset never goes backwards.
+async fn partition_task<W: Worker>(worker: Arc<W>, shared: Arc<Shared>, topic: String, partition: i32, mut queue: mpsc::Receiver<OwnedMessage>) {
+    let name = worker.name();
+    let mut next: i64 = -1;
+    let mut backoff = Backoff::new();
+    loop {
+        let first = tokio::select! {
+            () = shared.stop.cancelled() => return,
+            first = queue.recv() => match first { Some(m) => m, None => return },
+        };
+        let mut records = vec![first];
+        let deadline = tokio::time::Instant::now() + shared.linger;
+        while records.len() < shared.max {
+            match queue.try_recv() {
+                Ok(m) => records.push(m),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) if shared.linger.is_zero() => break,
+                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, queue.recv()).await {
+                    Ok(Some(m)) => records.push(m),
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+        records.retain(|m| m.offset() >= next);
+        if records.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        loop {
+            match apply_partition(&*worker, &shared.pool, &records).await {
+                Applied::Committed => break,
+                Applied::Retry(why) => {
+                    metrics::RETRIES.with_label_values(&[name]).inc();
+                    tracing::warn!(worker = name, topic, partition, reason = %why, retry_in_ms = backoff.current().as_millis() as u64, "batch not applied: retrying");
+                    if !backoff.failing {
+                        shared.failing.fetch_add(1, Ordering::SeqCst);
+                    }
+                    shared.health.not_ready(why);
+                    if backoff.wait(&shared.stop).await {
+                        if backoff.failing {
+                            shared.failing.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        let last = records[records.len() - 1].offset();
+        next = last + 1;
+        store_offset(&shared.consumer, &topic, partition, next);
+        metrics::BATCH_SIZE.with_label_values(&[name]).observe(records.len() as f64);
+        metrics::BATCH_LATENCY.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+        if backoff.reset() {
+            tracing::info!(worker = name, topic, partition, "recovered");
+            shared.failing.fetch_sub(1, Ordering::SeqCst);
+        }
+        if shared.failing.load(Ordering::SeqCst) == 0 {
+            shared.health.ready();
+        }
     }
-    groups
 }
 
 fn store_offset(consumer: &StreamConsumer<Context>, topic: &str, partition: i32, next: i64) {
@@ -294,13 +336,6 @@ fn store_offset(consumer: &StreamConsumer<Context>, topic: &str, partition: i32,
             // The partition was revoked meanwhile: its next owner redelivers, dedupe skips.
             tracing::debug!(topic, partition, error = %e, "offset not stored");
         }
-    }
-}
-
-/// Moves the partition back to `offset`, its first unprocessed record.
-fn rewind(consumer: &StreamConsumer<Context>, topic: &str, partition: i32, offset: i64) {
-    if let Err(e) = consumer.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
-        tracing::debug!(topic, partition, offset, error = %e, "rewind failed (partition revoked?)");
     }
 }
 
@@ -397,6 +432,9 @@ async fn apply_records<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMes
             lettered.push((m.topic().to_owned(), why.label, why.reason.clone(), m.offset()));
         }
     }
+    if let Some(last) = records.last() {
+        record_progress(&mut tx, name, last.topic(), last.partition(), last.offset() + 1).await?;
+    }
     tx.commit().await?;
 
     for i in &duplicates {
@@ -409,6 +447,24 @@ async fn apply_records<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMes
         metrics::DEAD_LETTERED.with_label_values(&[name, &topic, label]).inc();
         tracing::warn!(worker = name, topic, offset, reason, "dead letter");
     }
+    Ok(())
+}
+
+/// Records, in the batch's transaction, that `consumer` has applied `topic[partition]` up to
+/// (not including) `next_offset`. Durable progress only moves forward: the settlement gate
+/// reads it to know what a worker has seen (`consumer_progress`).
+async fn record_progress(conn: &mut PgConnection, consumer: &str, topic: &str, partition: i32, next_offset: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO consumer_progress (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (consumer, topic, partition) DO UPDATE \
+         SET next_offset = GREATEST(consumer_progress.next_offset, EXCLUDED.next_offset), updated_at = now()",
+    )
+    .bind(consumer)
+    .bind(topic)
+    .bind(partition)
+    .bind(next_offset)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
