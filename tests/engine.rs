@@ -8,6 +8,7 @@ use refstream_core::events::{DepositCompleted, DepositReversed, ReferralScored, 
 use refstream_core::lifecycle::Decision;
 use refstream_core::{Currency, DerivedId, Money, UserId};
 use refstream_e2e::TestDb;
+use reward_engine::gate::EmptyStream;
 use refstream_runtime::codec::{encode, AvroRecord};
 use refstream_runtime::consumer::{apply_partition, Applied, Worker};
 use refstream_runtime::Settings;
@@ -33,6 +34,15 @@ impl Harness {
     async fn feed<W: Worker>(&mut self, worker: &W, topic: &str, records: Vec<(String, Vec<u8>)>) {
         let msgs: Vec<OwnedMessage> = records.into_iter().map(|(k, p)| self.message(topic, &k, p)).collect();
         assert_eq!(apply_partition(worker, &self.db.pool, &msgs).await, Applied::Committed);
+        self.settle().await;
+    }
+
+    /// What the engine's background sweep does, with no broker: nothing is in front of a
+    /// scorer (these tests feed scores directly), so the relay's job on referral-attributed is
+    /// done by deleting those rows, and every barrier opens at once.
+    async fn settle(&self) -> usize {
+        sqlx::query("DELETE FROM outbox WHERE topic = 'referral-attributed'").execute(&self.db.pool).await.unwrap();
+        reward_engine::settlement::settle_all(&self.engine(), &self.db.pool, &EmptyStream).await.unwrap()
     }
 
     async fn register(&mut self, user: &str, code: Option<&str>, device: &str) {
@@ -340,17 +350,102 @@ async fn settlement_delay_pays_when_due_and_catches_a_late_shared_card() {
     h.deposit_event(&deposit("r21", "dr21", "50", t0(), "card-shared"), 1).await;
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 0, "nothing pays before the delay");
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM pending_payouts").await, 2);
-    let engine = h.engine();
-    assert_eq!(reward_engine::settlement::sweep(&engine, &h.db.pool, 100).await.unwrap(), 0, "not due yet");
+    assert_eq!(h.settle().await, 0, "not due yet");
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    assert_eq!(reward_engine::settlement::sweep(&engine, &h.db.pool, 100).await.unwrap(), 2);
+    assert_eq!(h.settle().await, 2);
     assert_eq!(h.status_of("e20").await, "rewarded");
     assert_eq!(h.balance("user:r20").await, usd("10"));
     assert_eq!(h.status_of("e21").await, "held", "the shared card holds it for review");
     assert_eq!(h.balance("user:r21").await, usd("0"));
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM pending_payouts").await, 0);
-    // A second sweep finds nothing; exactly one reward.
-    assert_eq!(reward_engine::settlement::sweep(&engine, &h.db.pool, 100).await.unwrap(), 0);
-    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 1);
+    // A second sweep finds nothing; exactly one reward, stamped with its barrier and hold end.
+    assert_eq!(h.settle().await, 0);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards WHERE barrier_id IS NOT NULL AND hold_ended_at IS NOT NULL").await, 1);
+    h.assert_books_balance().await;
+}
+
+/// A paid referral the scorer rejects later is clawed back exactly once, through compensating
+/// entries and a RewardReversed naming the assessment; a REVIEW after payment only lists it.
+#[tokio::test]
+async fn fraud_found_after_payment_is_clawed_back_once() {
+    let mut h = Harness::new().await;
+    h.referral("r30", "e30").await;
+    h.referral("r31", "e31").await;
+    for (e, r) in [("e30", "r30"), ("e31", "r31")] {
+        h.score(e, r, Decision::Approve).await;
+        h.deposit(e, &format!("d-{e}"), "40").await;
+        assert_eq!(h.status_of(e).await, "rewarded");
+    }
+    h.score("e30", "r30", Decision::Reject).await;
+    h.score("e30", "r30", Decision::Reject).await; // a second rejecting revision: nothing more
+    h.score("e31", "r31", Decision::Review).await;
+    assert_eq!(h.status_of("e30").await, "reversed");
+    assert_eq!(h.status_of("e31").await, "rewarded", "REVIEW after payment keeps the money by default");
+    assert_eq!(h.balance("user:r30").await, usd("0"));
+    assert_eq!(h.balance("user:r31").await, usd("10"));
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards WHERE reversal_reason = 'FRAUD'").await, 1);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind = 'reverse'").await, 2);
+    let payloads: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE topic = 'reward-reversed'").fetch_all(&h.db.pool).await.unwrap();
+    assert_eq!(payloads.len(), 1);
+    let reversed: refstream_core::events::RewardReversed =
+        refstream_runtime::codec::Decoder::default().decode(&payloads[0], Utc::now()).unwrap();
+    assert_eq!(reversed.reason, "FRAUD");
+    assert!(reversed.assessment_event_id.is_some(), "the clawback names the assessment that caused it");
+    // A later refund of the same deposit finds nothing left to take back.
+    let rev = DepositReversed {
+        event_id: Uuid::new_v4(),
+        deposit_id: "d-e30".into(),
+        user_id: UserId::parse("e30").unwrap(),
+        reason: ReversalReason::Refund,
+        occurred_at: t0() + Duration::days(3),
+    };
+    let (w, topic) = (h.engine(), h.settings.topics.deposit_reversed.clone());
+    h.feed(&w, &topic, vec![("e30".into(), encode(&rev))]).await;
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM ledger_entries WHERE kind = 'reverse'").await, 2);
+    h.assert_books_balance().await;
+}
+
+/// The set-based path: one batch of many deposits and one of many scores pay each referral
+/// exactly once, and a batch replayed pays nothing more.
+#[tokio::test]
+async fn large_batches_pay_each_referral_once() {
+    let mut h = Harness::new().await;
+    let n = 60;
+    for i in 0..n {
+        h.referral(&format!("br{i}"), &format!("be{i}")).await;
+    }
+    let scores: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let referee_id = UserId::parse(format!("be{i}")).unwrap();
+            let s = ReferralScored {
+                event_id: Uuid::new_v4(),
+                referral_id: DerivedId::referral(&referee_id),
+                referrer_id: UserId::parse(format!("br{i}")).unwrap(),
+                referee_id,
+                score: 0,
+                decision: Decision::Approve,
+                reasons: vec![],
+                rule_version: "test".into(),
+                occurred_at: t0(),
+            };
+            (format!("be{i}"), encode(&s))
+        })
+        .collect();
+    let (w, topic) = (h.engine(), h.settings.topics.referral_scored.clone());
+    h.feed(&w, &topic, scores).await;
+    let deposits: Vec<(String, Vec<u8>)> = (0..n)
+        .flat_map(|i| {
+            let d = deposit(&format!("be{i}"), &format!("bd{i}"), "25", t0() + Duration::days(1), &format!("card-{i}"));
+            [(format!("be{i}"), encode(&d)), (format!("be{i}"), encode(&d))]
+        })
+        .collect();
+    let topic = h.settings.topics.deposit_completed.clone();
+    h.feed(&w, &topic, deposits.clone()).await;
+    h.feed(&w, &topic, deposits).await;
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, n);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM referrals WHERE status = 'rewarded'").await, n);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM outbox WHERE topic = 'reward-granted'").await, n);
+    assert_eq!(h.balance("campaign:default").await, usd("-600"));
     h.assert_books_balance().await;
 }

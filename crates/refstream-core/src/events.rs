@@ -218,9 +218,12 @@ pub struct RewardReversed {
     pub referral_id: Uuid,
     pub user_id: UserId,
     pub amount: Money,
+    /// REFUND or CHARGEBACK of the qualifying deposit, or FRAUD found after payment.
     pub reason: String,
     pub deposit_id: String,
     pub reversed_at: DateTime<Utc>,
+    /// For FRAUD: the event id of the `ReferralScored` (assessment revision) that caused it.
+    pub assessment_event_id: Option<Uuid>,
 }
 
 /// A reviewer's verdict on a held referral.

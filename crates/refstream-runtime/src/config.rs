@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
 use refstream_core::campaign::{Campaign, RewardSpec, Role};
+use refstream_core::settlement::{AfterPayment, FraudAfterPayment};
 use refstream_core::{Currency, Money};
 use rust_decimal::Decimal;
 use secrecy::{ExposeSecret, SecretString};
@@ -43,6 +44,7 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub telemetry: TelemetrySettings,
     pub campaign: CampaignSettings,
+    pub settlement: SettlementSettings,
     pub fraud: FraudSettings,
     pub relay: RelaySettings,
     pub deposits: DepositSettings,
@@ -126,6 +128,23 @@ pub struct CampaignSettings {
     pub min_deposit: String,
     pub window_days: i64,
     pub settle_delay_secs: u64,
+    /// What happens to a paid referral the scorer later rejects: `clawback` or `review`.
+    pub fraud_after_payment_reject: String,
+    /// What happens to a paid referral the scorer later sends to review: `clawback` or `review`.
+    pub fraud_after_payment_review: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SettlementSettings {
+    /// How often the settlement sweep looks for due payouts when nothing woke it.
+    pub idle_sweep_ms: u64,
+    /// How often it looks while payouts wait on their barrier.
+    pub busy_sweep_ms: u64,
+    /// Payouts waiting on the pipeline in front of the scorer longer than this raise
+    /// `refstream_settlement_gate_stalled`.
+    pub gate_alert_secs: u64,
+    /// Most payouts settled in one transaction.
+    pub batch_size: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +231,13 @@ impl Settings {
             return Err(ConfigError::new("topics.partitions", "must be at least 1"));
         }
         self.campaign()?;
+        self.fraud_after_payment()?;
+        if self.settlement.batch_size < 1 {
+            return Err(ConfigError::new("settlement.batch_size", "must be at least 1"));
+        }
+        if self.settlement.busy_sweep_ms < 1 || self.settlement.idle_sweep_ms < 1 {
+            return Err(ConfigError::new("settlement.busy_sweep_ms", "sweep intervals must be at least 1 ms"));
+        }
         if self.fraud.review_at > self.fraud.reject_at || self.fraud.reject_at > 100 {
             return Err(ConfigError::new("fraud.review_at", "must satisfy review_at <= reject_at <= 100"));
         }
@@ -275,6 +301,17 @@ impl Settings {
             min_deposit: amount("campaign.min_deposit", &c.min_deposit)?,
             currency,
             window: chrono::Duration::days(c.window_days),
+        })
+    }
+
+    /// What the campaign does with fraud the scorer finds after payment.
+    pub fn fraud_after_payment(&self) -> Result<FraudAfterPayment, ConfigError> {
+        let parse = |name: &str, raw: &str| {
+            AfterPayment::parse(raw.trim()).ok_or_else(|| ConfigError::new(name, format!("`{raw}` is neither clawback nor review")))
+        };
+        Ok(FraudAfterPayment {
+            on_reject: parse("campaign.fraud_after_payment_reject", &self.campaign.fraud_after_payment_reject)?,
+            on_review: parse("campaign.fraud_after_payment_review", &self.campaign.fraud_after_payment_review)?,
         })
     }
 

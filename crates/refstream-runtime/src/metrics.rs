@@ -80,3 +80,44 @@ pub fn render() -> String {
     let _ = prometheus::TextEncoder::new().encode(&prometheus::gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()
 }
+
+/// Payouts whose hold ended and that wait for the pipeline in front of the fraud scorer.
+pub static GATE_WAITING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "refstream_settlement_waiting_payouts",
+        "Payouts whose hold ended, waiting on the scorer's progress, by the stage they wait on",
+        &["stage"]
+    )
+    .expect("metric")
+});
+/// Seconds the oldest waiting payout has waited since its hold ended.
+pub static GATE_WAIT_SECONDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("refstream_settlement_gate_wait_seconds", "Age of the oldest barrier not yet open", &["stage"])
+        .expect("metric")
+});
+/// Records a gating worker must still apply before the oldest barrier opens.
+pub static GATE_BEHIND: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "refstream_settlement_gate_behind_records",
+        "Records the worker gating the oldest barrier must still apply",
+        &["worker"]
+    )
+    .expect("metric")
+});
+/// 1 when payouts have waited on the gate longer than `settlement.gate_alert_secs`.
+pub static GATE_STALLED: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "refstream_settlement_gate_stalled",
+        "1 when payouts wait on a lagging scorer (or attribution, or relay) longer than settlement.gate_alert_secs"
+    )
+    .expect("metric")
+});
+/// Durable progress of a worker per partition, as the settlement gate reads it.
+pub static PROGRESS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "refstream_consumer_progress_offset",
+        "Next offset a worker will apply, as committed in consumer_progress",
+        &["worker", "topic", "partition"]
+    )
+    .expect("metric")
+});

@@ -1,11 +1,14 @@
-//! Money movements. A grant books two entries that sum to zero (the beneficiary's account up,
-//! the campaign's account down) and a reversal books their exact negation; balances change
-//! by the same amounts in the same transaction, so every balance equals the sum of its
-//! entries. Nothing here runs unless the `rewards` row it belongs to was really inserted (or
-//! really marked reversed) by this transaction.
+//! Money movements, set-based. A grant books two entries that sum to zero (the beneficiary's
+//! account up, the campaign's account down) and a reversal books their exact negation; balances
+//! change by the same amounts in the same transaction, so every balance equals the sum of its
+//! entries. Nothing here books anything unless the `rewards` row it belongs to was really
+//! inserted (or really marked reversed) by this transaction's statement: exactly-once rests on
+//! the unique `(referral_id, reward_type)` and the `reversed_at IS NULL` guard, whatever the
+//! batch size.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use refstream_core::campaign::Role;
 use refstream_core::events::{RewardGranted, RewardReversed};
 use refstream_core::{Currency, DerivedId, Money, UserId};
 use refstream_runtime::metrics::OUTCOMES;
@@ -14,7 +17,7 @@ use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::referral::{Deposit, Referral};
+use crate::store::Referral;
 use crate::RewardEngine;
 
 /// The ledger account of a user's reward balance.
@@ -27,149 +30,243 @@ pub fn campaign_account(campaign: &str) -> String {
     format!("campaign:{campaign}")
 }
 
-async fn book(
-    conn: &mut PgConnection,
+/// One ledger entry to book.
+#[derive(Debug, Clone)]
+struct Entry {
     transaction: Uuid,
+    account: String,
+    amount: Decimal,
+    currency: String,
     reward: Uuid,
-    kind: &str,
-    entries: [(&str, Decimal); 2],
-    currency: &str,
-) -> sqlx::Result<()> {
-    for (account, amount) in entries {
-        sqlx::query(
-            "INSERT INTO ledger_entries (transaction_id, account, amount, currency, reward_id, kind) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(transaction)
-        .bind(account)
-        .bind(amount)
-        .bind(currency)
-        .bind(reward)
-        .bind(kind)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO balances (account, currency, balance) VALUES ($1, $2, $3) \
-             ON CONFLICT (account, currency) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()",
-        )
-        .bind(account)
-        .bind(currency)
-        .bind(amount)
-        .execute(&mut *conn)
-        .await?;
+    kind: &'static str,
+}
+
+/// Books `entries` in one insert and moves the balances in one upsert (summed per account, in
+/// account order, so concurrent bookings lock balance rows in the same order).
+async fn book(conn: &mut PgConnection, entries: &[Entry]) -> sqlx::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
     }
+    let col = |f: fn(&Entry) -> String| entries.iter().map(f).collect::<Vec<_>>();
+    let transactions: Vec<Uuid> = entries.iter().map(|e| e.transaction).collect();
+    let amounts: Vec<Decimal> = entries.iter().map(|e| e.amount).collect();
+    let rewards: Vec<Uuid> = entries.iter().map(|e| e.reward).collect();
+    sqlx::query(
+        "INSERT INTO ledger_entries (transaction_id, account, amount, currency, reward_id, kind) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::text[], $5::uuid[], $6::text[])",
+    )
+    .bind(&transactions)
+    .bind(col(|e| e.account.clone()))
+    .bind(&amounts)
+    .bind(col(|e| e.currency.clone()))
+    .bind(&rewards)
+    .bind(col(|e| e.kind.to_owned()))
+    .execute(&mut *conn)
+    .await?;
+    let mut sums: BTreeMap<(String, String), Decimal> = BTreeMap::new();
+    for e in entries {
+        *sums.entry((e.account.clone(), e.currency.clone())).or_default() += e.amount;
+    }
+    let (keys, deltas): (Vec<(String, String)>, Vec<Decimal>) = sums.into_iter().unzip();
+    let (accounts, currencies): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO balances (account, currency, balance) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[]) \
+         ON CONFLICT (account, currency) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()",
+    )
+    .bind(&accounts)
+    .bind(&currencies)
+    .bind(&deltas)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
-/// Credits every reward of the campaign for `referral`; returns how many were new.
-pub(crate) async fn grant(
-    conn: &mut PgConnection,
-    engine: &RewardEngine,
-    referral: &Referral,
-    deposit: &Deposit,
-    out: &mut Vec<OutboxMessage>,
-) -> sqlx::Result<usize> {
-    let campaign = &engine.campaign;
-    let mut granted = 0;
-    for spec in &campaign.rewards {
-        let beneficiary = match spec.role {
-            Role::Referrer => &referral.referrer_id,
-            Role::Referee => &referral.referee_id,
-        };
-        let reward_id = DerivedId::reward(referral.referral_id, &spec.reward_type);
-        let granted_at: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "INSERT INTO rewards (reward_id, referral_id, reward_type, beneficiary_id, role, amount, currency, campaign_id, qualifying_deposit_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (referral_id, reward_type) DO NOTHING RETURNING granted_at",
-        )
-        .bind(reward_id)
-        .bind(referral.referral_id)
-        .bind(&spec.reward_type)
-        .bind(beneficiary)
-        .bind(spec.role.as_str())
-        .bind(spec.amount.amount)
-        .bind(spec.amount.currency.as_str())
-        .bind(&campaign.id)
-        .bind(&deposit.deposit_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(granted_at) = granted_at else { continue };
-        let currency = spec.amount.currency.as_str();
-        let (user, pool) = (user_account(beneficiary), campaign_account(&campaign.id));
-        let amount = spec.amount.amount;
-        book(conn, DerivedId::ledger_transaction("grant", reward_id), reward_id, "grant", [(&user, amount), (&pool, -amount)], currency)
-            .await?;
-        let event = RewardGranted {
-            event_id: DerivedId::event("reward-granted", reward_id),
-            reward_id,
-            referral_id: referral.referral_id,
-            user_id: UserId::parse(beneficiary.clone()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-            role: spec.role,
-            reward_type: spec.reward_type.clone(),
-            amount: spec.amount,
-            campaign_id: campaign.id.clone(),
-            qualifying_deposit_id: deposit.deposit_id.clone(),
-            granted_at,
-        };
-        out.push(OutboxMessage::record(&engine.topics.reward_granted, beneficiary, &event));
-        OUTCOMES.with_label_values(&["reward-engine", "reward_granted"]).inc();
-        granted += 1;
-    }
-    Ok(granted)
+/// A referral to pay, with the deposit that qualifies it and the barrier that let it settle.
+#[derive(Debug, Clone)]
+pub(crate) struct Payment<'a> {
+    pub referral: &'a Referral,
+    pub deposit_id: String,
+    pub barrier_id: i64,
+    pub hold_ended_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
-struct GrantedReward {
+struct Inserted {
+    reward_id: Uuid,
+    granted_at: DateTime<Utc>,
+}
+
+/// Credits every reward of the campaign for each payment, in one insert; books, and announces,
+/// only the rows that insert really inserted. Returns the referral ids that got a new reward.
+pub(crate) async fn grant(
+    conn: &mut PgConnection,
+    engine: &RewardEngine,
+    payments: &[Payment<'_>],
+    out: &mut Vec<OutboxMessage>,
+) -> sqlx::Result<Vec<Uuid>> {
+    let campaign = &engine.campaign;
+    struct Row<'a> {
+        payment: &'a Payment<'a>,
+        reward_id: Uuid,
+        spec: &'a refstream_core::campaign::RewardSpec,
+        beneficiary: &'a str,
+    }
+    let mut rows = Vec::new();
+    for payment in payments {
+        for spec in &campaign.rewards {
+            let beneficiary = match spec.role {
+                refstream_core::campaign::Role::Referrer => payment.referral.referrer_id.as_str(),
+                refstream_core::campaign::Role::Referee => payment.referral.referee_id.as_str(),
+            };
+            rows.push(Row { payment, reward_id: DerivedId::reward(payment.referral.referral_id, &spec.reward_type), spec, beneficiary });
+        }
+    }
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let inserted: Vec<Inserted> = sqlx::query_as(
+        "INSERT INTO rewards (reward_id, referral_id, reward_type, beneficiary_id, role, amount, currency, campaign_id, \
+                              qualifying_deposit_id, barrier_id, hold_ended_at) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::text[], \
+                              $9::text[], $10::int8[], $11::timestamptz[]) \
+         ON CONFLICT (referral_id, reward_type) DO NOTHING RETURNING reward_id, granted_at",
+    )
+    .bind(rows.iter().map(|r| r.reward_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.payment.referral.referral_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.spec.reward_type.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.beneficiary.to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.spec.role.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.spec.amount.amount).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.spec.amount.currency.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|_| campaign.id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.payment.deposit_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.payment.barrier_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.payment.hold_ended_at).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let granted_at: BTreeMap<Uuid, DateTime<Utc>> = inserted.into_iter().map(|i| (i.reward_id, i.granted_at)).collect();
+    let mut entries = Vec::new();
+    let mut paid = Vec::new();
+    for row in rows.iter().filter(|r| granted_at.contains_key(&r.reward_id)) {
+        let (amount, currency) = (row.spec.amount.amount, row.spec.amount.currency.as_str().to_owned());
+        let transaction = DerivedId::ledger_transaction("grant", row.reward_id);
+        for (account, amount) in [(user_account(row.beneficiary), amount), (campaign_account(&campaign.id), -amount)] {
+            entries.push(Entry { transaction, account, amount, currency: currency.clone(), reward: row.reward_id, kind: "grant" });
+        }
+        let event = RewardGranted {
+            event_id: DerivedId::event("reward-granted", row.reward_id),
+            reward_id: row.reward_id,
+            referral_id: row.payment.referral.referral_id,
+            user_id: UserId::parse(row.beneficiary).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            role: row.spec.role,
+            reward_type: row.spec.reward_type.clone(),
+            amount: row.spec.amount,
+            campaign_id: campaign.id.clone(),
+            qualifying_deposit_id: row.payment.deposit_id.clone(),
+            granted_at: granted_at[&row.reward_id],
+        };
+        out.push(OutboxMessage::record(&engine.topics.reward_granted, row.beneficiary, &event));
+        OUTCOMES.with_label_values(&["reward-engine", "reward_granted"]).inc();
+        if paid.last() != Some(&row.payment.referral.referral_id) {
+            paid.push(row.payment.referral.referral_id);
+        }
+    }
+    book(conn, &entries).await?;
+    Ok(paid)
+}
+
+/// Which rewards a reversal takes back.
+pub(crate) enum Reverse<'a> {
+    /// Every unreversed reward paid for these deposits, each with the deposit's reversal
+    /// (reason REFUND or CHARGEBACK, and when).
+    Deposits { ids: &'a [String], reasons: &'a [String], at: &'a [DateTime<Utc>] },
+    /// Every unreversed reward of these referrals: fraud found after payment, with the
+    /// assessment (ReferralScored event id, revision) that found it.
+    Fraud { referrals: &'a [Uuid], assessments: &'a [Uuid], revisions: &'a [i32], at: DateTime<Utc> },
+}
+
+#[derive(sqlx::FromRow)]
+struct Taken {
     reward_id: Uuid,
     referral_id: Uuid,
     beneficiary_id: String,
     amount: Decimal,
     currency: String,
     campaign_id: String,
+    qualifying_deposit_id: String,
+    reversed_at: DateTime<Utc>,
+    reversal_reason: String,
+    reversal_assessment_event_id: Option<Uuid>,
 }
 
-/// Takes back every reward paid for `deposit_id`; returns how many.
-pub(crate) async fn reverse_rewards_of_deposit(
-    conn: &mut PgConnection,
-    engine: &RewardEngine,
-    deposit_id: &str,
-    reason: &str,
-    at: DateTime<Utc>,
-    out: &mut Vec<OutboxMessage>,
-) -> sqlx::Result<usize> {
-    let rewards: Vec<GrantedReward> = sqlx::query_as(
-        "UPDATE rewards SET reversed_at = $2, reversal_reason = $3 \
-         WHERE qualifying_deposit_id = $1 AND reversed_at IS NULL \
-         RETURNING reward_id, referral_id, beneficiary_id, amount, currency, campaign_id",
-    )
-    .bind(deposit_id)
-    .bind(at)
-    .bind(reason)
-    .fetch_all(&mut *conn)
-    .await?;
-    for r in &rewards {
-        let currency = r.currency.trim();
-        let (user, pool) = (user_account(&r.beneficiary_id), campaign_account(&r.campaign_id));
-        book(
-            conn,
-            DerivedId::ledger_transaction("reverse", r.reward_id),
-            r.reward_id,
-            "reverse",
-            [(&user, -r.amount), (&pool, r.amount)],
-            currency,
-        )
-        .await?;
-        let currency = Currency::parse(currency).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+/// Takes back the rewards `what` names, in one guarded update; books the compensating entries
+/// and announces `RewardReversed` for the rows that update really changed. Returns the
+/// referral ids whose rewards were taken back.
+pub(crate) async fn reverse(conn: &mut PgConnection, engine: &RewardEngine, what: Reverse<'_>, out: &mut Vec<OutboxMessage>) -> sqlx::Result<Vec<Uuid>> {
+    const RETURNING: &str = "RETURNING w.reward_id, w.referral_id, w.beneficiary_id, w.amount, w.currency, w.campaign_id, \
+                             w.qualifying_deposit_id, w.reversed_at, w.reversal_reason, w.reversal_assessment_event_id";
+    let taken: Vec<Taken> = match what {
+        Reverse::Deposits { ids, reasons, at } => {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            sqlx::query_as(&format!(
+                "UPDATE rewards w SET reversed_at = r.at, reversal_reason = r.reason \
+                 FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS r(deposit_id, reason, at) \
+                 WHERE w.qualifying_deposit_id = r.deposit_id AND w.reversed_at IS NULL {RETURNING}"
+            ))
+            .bind(ids)
+            .bind(reasons)
+            .bind(at)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+        Reverse::Fraud { referrals, assessments, revisions, at } => {
+            if referrals.is_empty() {
+                return Ok(Vec::new());
+            }
+            sqlx::query_as(&format!(
+                "UPDATE rewards w SET reversed_at = $4, reversal_reason = 'FRAUD', reversal_assessment_event_id = r.assessment, \
+                        reversal_assessment_revision = r.revision \
+                 FROM unnest($1::uuid[], $2::uuid[], $3::int4[]) AS r(referral_id, assessment, revision) \
+                 WHERE w.referral_id = r.referral_id AND w.reversed_at IS NULL {RETURNING}"
+            ))
+            .bind(referrals)
+            .bind(assessments)
+            .bind(revisions)
+            .bind(at)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+    };
+    let mut entries = Vec::new();
+    let mut referrals = Vec::new();
+    for r in &taken {
+        let currency = r.currency.trim().to_owned();
+        let transaction = DerivedId::ledger_transaction("reverse", r.reward_id);
+        for (account, amount) in [(user_account(&r.beneficiary_id), -r.amount), (campaign_account(&r.campaign_id), r.amount)] {
+            entries.push(Entry { transaction, account, amount, currency: currency.clone(), reward: r.reward_id, kind: "reverse" });
+        }
+        let parsed = Currency::parse(&currency).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         let event = RewardReversed {
             event_id: DerivedId::event("reward-reversed", r.reward_id),
             reward_id: r.reward_id,
             referral_id: r.referral_id,
             user_id: UserId::parse(r.beneficiary_id.clone()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-            amount: Money::new(r.amount, currency),
-            reason: reason.to_owned(),
-            deposit_id: deposit_id.to_owned(),
-            reversed_at: at,
+            amount: Money::new(r.amount, parsed),
+            reason: r.reversal_reason.clone(),
+            deposit_id: r.qualifying_deposit_id.clone(),
+            reversed_at: r.reversed_at,
+            assessment_event_id: r.reversal_assessment_event_id,
         };
         out.push(OutboxMessage::record(&engine.topics.reward_reversed, &r.beneficiary_id, &event));
-        OUTCOMES.with_label_values(&["reward-engine", "reward_reversed"]).inc();
+        let outcome = if r.reversal_reason == "FRAUD" { "reward_clawed_back" } else { "reward_reversed" };
+        OUTCOMES.with_label_values(&["reward-engine", outcome]).inc();
+        if !referrals.contains(&r.referral_id) {
+            referrals.push(r.referral_id);
+        }
     }
-    Ok(rewards.len())
+    book(conn, &entries).await?;
+    Ok(referrals)
 }

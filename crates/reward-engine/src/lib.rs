@@ -1,31 +1,44 @@
 //! The reward engine, the only writer of rewards and the ledger. Consumes deposits, reversals,
 //! scores and review decisions in any order and guarantees, per referral:
 //! - a reward is credited at most once: `rewards (referral_id, reward_type)` is unique, and the
-//!   ledger entries, balance updates and the `RewardGranted` outbox row are written only when
-//!   that insert really inserted, in the same transaction;
-//! - it pays only an eligible referral, for the first deposit that qualifies under the
-//!   campaign (currency, threshold, window), whichever of score and deposit arrived first;
-//! - a payment instrument the referrer also used, first seen at deposit time, sends the
-//!   referral back to review instead of paying;
-//! - a reversed qualifying deposit takes the reward back with compensating ledger entries.
+//!   ledger entries, balance updates and the `RewardGranted` outbox row are written only for
+//!   the rows that insert really inserted, in the same transaction;
+//! - it pays only for the first deposit that qualifies under the campaign (currency, threshold,
+//!   window), and only through the settlement gate: after the payout's hold AND once the fraud
+//!   scorer has applied everything that had arrived in the stream when the hold ended, with the
+//!   scorer's latest assessment applied first — so fraud visible before payout is never paid,
+//!   whatever the scorer's lag;
+//! - a payment instrument the referrer also used sends the referral back to review instead of
+//!   paying;
+//! - a reversed qualifying deposit takes the reward back with compensating ledger entries, and
+//!   a paid referral the scorer later rejects is clawed back the same way (or left for review,
+//!   as `campaign.fraud_after_payment_*` says).
 //!
-//! Every status change is a guarded update recorded in `referral_transitions`.
+//! Every status change is a guarded update recorded in `referral_transitions`. A batch (one
+//! partition of one topic) is applied with a handful of statements whatever its size.
 
+mod apply;
+pub mod gate;
 mod ledger;
-mod referral;
 pub mod settlement;
+mod store;
 pub mod unmatched;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use refstream_core::campaign::Campaign;
 use refstream_core::events::{DepositCompleted, DepositReversed, ReferralScored, ReviewDecided};
+use refstream_core::settlement::FraudAfterPayment;
 use refstream_runtime::codec::{AvroRecord, Decoder};
 use refstream_runtime::consumer::{Batch, Inbound, Rejection, Worker};
 use refstream_runtime::outbox::enqueue;
 use refstream_runtime::Settings;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
-pub use referral::Referral;
+pub use store::Referral;
 
 /// Where a record was read, kept with deposits so that one for an unknown user can still
 /// become a dead letter later.
@@ -47,9 +60,11 @@ pub enum Input {
     Review(ReviewDecided),
 }
 
-/// Topic names the engine reads and writes.
+/// Topic names the engine reads and writes, and those whose position the gate captures.
 #[derive(Debug, Clone)]
 pub struct Topics {
+    pub user_registered: String,
+    pub referral_attributed: String,
     pub deposit_completed: String,
     pub deposit_reversed: String,
     pub referral_scored: String,
@@ -62,16 +77,26 @@ pub struct RewardEngine {
     decoder: Decoder,
     pub(crate) topics: Topics,
     pub(crate) campaign: Campaign,
-    /// How long after its deposit was recorded a reward is credited.
-    pub(crate) settle_delay: std::time::Duration,
+    /// How long after its deposit was recorded a reward's hold ends.
+    pub(crate) settle_delay: Duration,
+    pub(crate) after_payment: FraudAfterPayment,
+    pub(crate) settlement_batch: i64,
+    pub(crate) idle_sweep: Duration,
+    pub(crate) busy_sweep: Duration,
+    pub(crate) gate_alert: Duration,
+    /// Wakes the settlement sweep when a batch scheduled a payout.
+    pub(crate) wake: Arc<Notify>,
 }
 
 impl RewardEngine {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         let t = &settings.topics;
+        let s = &settings.settlement;
         Ok(Self {
             decoder: Decoder::new(settings.confluent_ids()?),
             topics: Topics {
+                user_registered: t.user_registered.clone(),
+                referral_attributed: t.referral_attributed.clone(),
                 deposit_completed: t.deposit_completed.clone(),
                 deposit_reversed: t.deposit_reversed.clone(),
                 referral_scored: t.referral_scored.clone(),
@@ -80,7 +105,13 @@ impl RewardEngine {
                 reward_reversed: t.reward_reversed.clone(),
             },
             campaign: settings.campaign()?,
-            settle_delay: std::time::Duration::from_secs(settings.campaign.settle_delay_secs),
+            settle_delay: Duration::from_secs(settings.campaign.settle_delay_secs),
+            after_payment: settings.fraud_after_payment()?,
+            settlement_batch: s.batch_size,
+            idle_sweep: Duration::from_millis(s.idle_sweep_ms),
+            busy_sweep: Duration::from_millis(s.busy_sweep_ms),
+            gate_alert: Duration::from_secs(s.gate_alert_secs),
+            wake: Arc::new(Notify::new()),
         })
     }
 }
@@ -129,13 +160,31 @@ impl Worker for RewardEngine {
 
     async fn apply(&self, batch: &mut Batch<'_>, events: &[Input]) -> sqlx::Result<()> {
         let mut out = Vec::new();
-        for event in events {
-            match event {
-                Input::Deposit(d, at) => self.on_deposit(batch.conn, d, at, &mut out).await?,
-                Input::Reversal(r) => self.on_reversal(batch.conn, r, &mut out).await?,
-                Input::Scored(s) => self.on_score(batch.conn, s, &mut out).await?,
-                Input::Review(r) => self.on_review(batch.conn, r, &mut out).await?,
+        // A batch is one partition of one topic; runs of one kind keep the order regardless.
+        let mut start = 0;
+        while start < events.len() {
+            let kind = std::mem::discriminant(&events[start]);
+            let end = events[start..].iter().position(|e| std::mem::discriminant(e) != kind).map_or(events.len(), |n| start + n);
+            let run = &events[start..end];
+            match &run[0] {
+                Input::Deposit(..) => {
+                    let deposits: Vec<_> = run.iter().filter_map(|e| if let Input::Deposit(d, at) = e { Some((d, at)) } else { None }).collect();
+                    apply::deposits(self, batch.conn, &deposits).await?;
+                }
+                Input::Reversal(_) => {
+                    let reversals: Vec<_> = run.iter().filter_map(|e| if let Input::Reversal(r) = e { Some(r) } else { None }).collect();
+                    apply::reversals(self, batch.conn, &reversals, &mut out).await?;
+                }
+                Input::Scored(_) => {
+                    let scores: Vec<_> = run.iter().filter_map(|e| if let Input::Scored(s) = e { Some(s) } else { None }).collect();
+                    apply::scores(self, batch.conn, &scores, &mut out).await?;
+                }
+                Input::Review(_) => {
+                    let reviews: Vec<_> = run.iter().filter_map(|e| if let Input::Review(r) = e { Some(r) } else { None }).collect();
+                    apply::reviews(self, batch.conn, &reviews).await?;
+                }
             }
+            start = end;
         }
         enqueue(batch.conn, 0, &out).await
     }

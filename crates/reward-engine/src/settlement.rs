@@ -1,58 +1,186 @@
-//! Settlement: rewards whose qualifying deposit is younger than `campaign.settle_delay_secs`
-//! wait in `pending_payouts`; this sweep pays them when due, through the same guarded path as
-//! an immediate payment (eligibility, the shared-card check, the unique reward row), so a
-//! payout is still credited at most once and a card shared with the referrer that arrived
-//! meanwhile holds it for review. Several engines may sweep at once: rows are claimed with
-//! `FOR UPDATE SKIP LOCKED`.
+//! Settlement: every reward is credited here, by a sweep, and only behind an open barrier
+//! ([`crate::gate`]): its hold (`campaign.settle_delay_secs` after the qualifying deposit was
+//! recorded, by Postgres's clock) has ended AND the fraud scorer has applied everything that
+//! had arrived in the stream by then. The sweep then applies the scorer's latest committed
+//! assessment (only tightening, as its `ReferralScored` will), re-checks the payment
+//! instrument, and pays through the unique reward key — set-based: one transaction settles up to
+//! `settlement.batch_size` payouts with a handful of statements. Several engines may sweep at
+//! once: payouts are claimed with `FOR UPDATE SKIP LOCKED`, referrals locked in id order.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+use refstream_core::lifecycle::{self, Decision};
+use refstream_core::settlement::{settle, AtSettlement, Verdict};
+use refstream_runtime::metrics::OUTCOMES;
 use refstream_runtime::outbox::enqueue;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::referral::lock_referral_of;
+use crate::gate::{self, EndOffsets};
+use crate::ledger::{self, Payment};
+use crate::store::{self, Move};
 use crate::RewardEngine;
 
-/// Settles every due payout (at most `limit`); returns how many were settled.
-pub async fn sweep(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sqlx::Result<usize> {
+#[derive(sqlx::FromRow)]
+struct Claimed {
+    referral_id: Uuid,
+    barrier_id: i64,
+    hold_ended_at: DateTime<Utc>,
+}
+
+/// Settles up to `limit` payouts whose barrier is open; returns how many were settled (paid
+/// or not).
+pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sqlx::Result<usize> {
     let mut tx = pool.begin().await?;
-    let due: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT p.referral_id, r.referee_id FROM pending_payouts p JOIN referrals r USING (referral_id) \
-         WHERE p.due_at <= now() ORDER BY p.due_at LIMIT $1 FOR UPDATE OF p SKIP LOCKED",
+    let claimed: Vec<Claimed> = sqlx::query_as(
+        "WITH due AS (SELECT p.referral_id FROM pending_payouts p JOIN settlement_barriers b USING (barrier_id) \
+                      WHERE b.stage = 'open' ORDER BY p.referral_id LIMIT $1 FOR UPDATE OF p SKIP LOCKED) \
+         DELETE FROM pending_payouts p USING due, settlement_barriers b \
+         WHERE p.referral_id = due.referral_id AND b.barrier_id = p.barrier_id \
+         RETURNING p.referral_id, p.barrier_id, b.hold_ended_at",
     )
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    let mut out = Vec::new();
-    for (referral_id, referee) in &due {
-        sqlx::query("DELETE FROM pending_payouts WHERE referral_id = $1").bind(referral_id).execute(&mut *tx).await?;
-        if let Some(mut referral) = lock_referral_of(&mut tx, referee).await? {
-            engine.pay_if_due(&mut tx, &mut referral, &mut out).await?;
+    if claimed.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = claimed.iter().map(|c| c.referral_id).collect();
+    let mut referrals = store::lock_by_id(&mut tx, &ids).await?;
+    let verdicts: BTreeMap<Uuid, Verdict> = sqlx::query_as::<_, (Uuid, String, i32)>(
+        "SELECT referral_id, decision, revision FROM assessments WHERE referral_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .filter_map(|(id, d, revision)| Some((id, Verdict { decision: d.parse::<Decision>().ok()?, revision })))
+    .collect();
+    let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
+    let shared: BTreeSet<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT r.referral_id FROM referrals r \
+         JOIN deposits a ON a.user_id = r.referrer_id JOIN deposits b ON b.user_id = r.referee_id \
+         WHERE r.referral_id = ANY($1) AND a.payment_fingerprint = b.payment_fingerprint",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let deposits = store::deposits_of(&mut tx, &referees).await?;
+
+    let mut moves: Vec<Move> = Vec::new();
+    let mut to_pay: Vec<(Uuid, String, &Claimed)> = Vec::new();
+    for c in &claimed {
+        let Some(referral) = referrals.get_mut(&c.referral_id) else { continue };
+        let qualifying = deposits.get(&referral.referee_id).and_then(|d| store::qualifying(engine, referral, d));
+        let decision = settle(AtSettlement {
+            status: referral.status(),
+            cleared_by_review: referral.cleared_by_review,
+            verdict: verdicts.get(&c.referral_id).copied(),
+            shared_instrument: shared.contains(&c.referral_id),
+            qualifying_deposit: qualifying.is_some(),
+        });
+        for (t, cause) in decision.moves {
+            if t == lifecycle::BACK_TO_REVIEW {
+                OUTCOMES.with_label_values(&["reward-engine", "held_shared_instrument"]).inc();
+            } else {
+                OUTCOMES.with_label_values(&["reward-engine", "tightened_at_settlement"]).inc();
+            }
+            moves.extend(Move::of(referral, t, cause));
+        }
+        if let (true, Some(d)) = (decision.pay, qualifying) {
+            to_pay.push((c.referral_id, d.deposit.deposit_id.clone(), c));
         }
     }
+    let payments: Vec<Payment<'_>> = to_pay
+        .iter()
+        .filter_map(|(id, deposit_id, c)| {
+            Some(Payment { referral: referrals.get(id)?, deposit_id: deposit_id.clone(), barrier_id: c.barrier_id, hold_ended_at: c.hold_ended_at })
+        })
+        .collect();
+    let mut out = Vec::new();
+    let paid = ledger::grant(&mut tx, engine, &payments, &mut out).await?;
+    drop(payments);
+    let deposit_of: BTreeMap<Uuid, &str> = to_pay.iter().map(|(id, deposit, _)| (*id, deposit.as_str())).collect();
+    for id in paid {
+        if let Some(referral) = referrals.get_mut(&id) {
+            let cause = format!("qualifying deposit {}", deposit_of.get(&id).copied().unwrap_or_default());
+            moves.extend(Move::of(referral, lifecycle::REWARD, cause));
+        }
+    }
+    store::apply_moves(&mut tx, &moves).await?;
     enqueue(&mut tx, 0, &out).await?;
     tx.commit().await?;
-    Ok(due.len())
+    Ok(claimed.len())
 }
 
-/// Sweeps every `every` until `stop`; a failed sweep is logged and tried again.
-pub async fn run(engine: std::sync::Arc<RewardEngine>, pool: PgPool, every: Duration, stop: CancellationToken) {
+/// One round: makes a barrier for payouts whose hold ended, advances the closed barriers, and
+/// settles what the open ones let through. Returns (settled, barriers still closed).
+pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<(usize, usize)> {
+    gate::capture(pool, engine, ends).await?;
+    let waiting = gate::advance(pool, engine, ends).await?;
+    let mut settled = 0;
     loop {
+        let n = settle_open(engine, pool, engine.settlement_batch).await?;
+        settled += n;
+        if n < usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX) {
+            break;
+        }
+    }
+    Ok((settled, waiting.closed))
+}
+
+/// Sweeps until nothing is left to settle and no barrier is closed (or `rounds` rounds):
+/// for driving the engine without its background task (tests).
+pub async fn settle_all<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<usize> {
+    let mut total = 0;
+    for _ in 0..20 {
+        let (settled, closed) = sweep(engine, pool, ends).await?;
+        total += settled;
+        if settled == 0 && closed == 0 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Sweeps until `stop`: at once when a batch scheduled a payout, every
+/// `settlement.busy_sweep_ms` while barriers are closed, else every `settlement.idle_sweep_ms`.
+/// A failed sweep is logged and tried again.
+pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPool, ends: E, stop: CancellationToken) {
+    let mut last_metrics = Instant::now() - Duration::from_secs(60);
+    let mut last_cleanup = Instant::now();
+    let mut busy = false;
+    loop {
+        let pause = if busy { engine.busy_sweep } else { engine.idle_sweep };
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+            () = engine.wake.notified() => {}
+            () = tokio::time::sleep(pause) => {}
         }
-        loop {
-            match sweep(&engine, &pool, 200).await {
-                Ok(200) => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "settlement sweep failed");
-                    break;
-                }
+        match sweep(&engine, &pool, &ends).await {
+            Ok((settled, closed)) => busy = settled > 0 || closed > 0,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "settlement sweep failed");
+                busy = false;
             }
+        }
+        if last_metrics.elapsed() >= Duration::from_secs(1) {
+            if let Err(e) = gate::record_waiting(&pool).await {
+                tracing::debug!(error = %e, "gate metrics not refreshed");
+            }
+            last_metrics = Instant::now();
+        }
+        if last_cleanup.elapsed() >= Duration::from_secs(60) {
+            if let Err(e) = gate::forget_old(&pool, Duration::from_secs(600)).await {
+                tracing::debug!(error = %e, "old barriers not removed");
+            }
+            last_cleanup = Instant::now();
         }
     }
 }

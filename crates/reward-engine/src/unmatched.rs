@@ -13,27 +13,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Position;
 
-/// Holds the raw deposit when its user is not registered.
-pub(crate) async fn hold_if_unknown(conn: &mut PgConnection, d: &DepositCompleted, at: &Position) -> sqlx::Result<()> {
-    let known: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1)").bind(d.user_id.as_str()).fetch_one(&mut *conn).await?;
-    if known {
-        return Ok(());
-    }
-    OUTCOMES.with_label_values(&["reward-engine", "deposit_unknown_user"]).inc();
-    sqlx::query(
+/// Holds the raw records of `deposits` whose user is not registered, in one insert.
+pub(crate) async fn hold_unknown(conn: &mut PgConnection, deposits: &[(&DepositCompleted, &Position)]) -> sqlx::Result<()> {
+    let held: Vec<String> = sqlx::query_scalar(
         "INSERT INTO unmatched_deposits (deposit_id, user_id, topic, partition, \"offset\", key, payload) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (deposit_id) DO NOTHING",
+         SELECT d.id, d.user_id, d.topic, d.partition, d.off, NULLIF(d.key, ''::bytea), d.payload \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::int8[], $6::bytea[], $7::bytea[]) \
+              AS d(id, user_id, topic, partition, off, key, payload) \
+         WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = d.user_id) \
+         ON CONFLICT (deposit_id) DO NOTHING RETURNING deposit_id",
     )
-    .bind(&d.deposit_id)
-    .bind(d.user_id.as_str())
-    .bind(&at.topic)
-    .bind(at.partition)
-    .bind(at.offset)
-    .bind(&at.key)
-    .bind(&at.payload)
-    .execute(&mut *conn)
+    .bind(deposits.iter().map(|(d, _)| d.deposit_id.clone()).collect::<Vec<_>>())
+    .bind(deposits.iter().map(|(d, _)| d.user_id.to_string()).collect::<Vec<_>>())
+    .bind(deposits.iter().map(|(_, at)| at.topic.clone()).collect::<Vec<_>>())
+    .bind(deposits.iter().map(|(_, at)| at.partition).collect::<Vec<_>>())
+    .bind(deposits.iter().map(|(_, at)| at.offset).collect::<Vec<_>>())
+    .bind(deposits.iter().map(|(_, at)| at.key.clone().unwrap_or_default()).collect::<Vec<_>>())
+    .bind(deposits.iter().map(|(_, at)| at.payload.clone()).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
     .await?;
+    if !held.is_empty() {
+        OUTCOMES.with_label_values(&["reward-engine", "deposit_unknown_user"]).inc_by(held.len() as u64);
+    }
     Ok(())
 }
 

@@ -296,6 +296,7 @@ impl AvroRecord for RewardReversed {
             ("reason", s(&self.reason)),
             ("deposit_id", s(&self.deposit_id)),
             ("reversed_at", ts(self.reversed_at)),
+            ("assessment_event_id", opt(self.assessment_event_id.map(|u| u.to_string()).as_deref())),
         ])
     }
     fn from_value(value: Value, _now: DateTime<Utc>) -> Result<Self, FieldError> {
@@ -315,6 +316,10 @@ impl AvroRecord for RewardReversed {
             reason: f.string("reason")?,
             deposit_id: f.string("deposit_id")?,
             reversed_at: f.timestamp("reversed_at")?,
+            assessment_event_id: match f.opt_string("assessment_event_id")? {
+                Some(id) => Some(Uuid::parse_str(&id).map_err(|e| FieldError::new("assessment_event_id", format!("is not a UUID: {e}")))?),
+                None => None,
+            },
         })
     }
 }

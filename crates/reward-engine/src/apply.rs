@@ -1,0 +1,248 @@
+//! What a batch of each input does, set-based: a batch is the records of one partition of one
+//! topic, applied with a handful of statements whatever its size. Deposits and review approvals
+//! only schedule payouts (the settlement sweep pays, behind the gate); scores move referrals
+//! through the lifecycle (only tightening once scored) and claw back a paid referral the scorer
+//! rejects, as the campaign says; reversals take rewards back with compensating entries.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use refstream_core::events::{DepositCompleted, DepositReversed, ReferralScored, ReviewDecided};
+use refstream_core::lifecycle::{self, Decision, ReferralStatus};
+use refstream_core::settlement::{AfterPayment, CLAWBACK};
+use refstream_runtime::metrics::OUTCOMES;
+use refstream_runtime::outbox::OutboxMessage;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::ledger::{self, Reverse};
+use crate::store::{self, Move, Referral};
+use crate::{unmatched, Position, RewardEngine};
+
+/// Records deposits (a replayed deposit id is skipped), holds those of unknown users, and
+/// schedules a payout for every referral that may still pay and now has a qualifying deposit.
+pub(crate) async fn deposits(engine: &RewardEngine, conn: &mut PgConnection, batch: &[(&DepositCompleted, &Position)]) -> sqlx::Result<()> {
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO deposits (deposit_id, user_id, amount, currency, payment_fingerprint, occurred_at, reversed_at, reversal_reason) \
+         SELECT d.id, d.user_id, d.amount, d.currency, d.card, d.at, r.occurred_at, r.reason \
+         FROM unnest($1::text[], $2::text[], $3::numeric[], $4::text[], $5::text[], $6::timestamptz[]) \
+              WITH ORDINALITY AS d(id, user_id, amount, currency, card, at, n) \
+         LEFT JOIN deposit_reversals r ON r.deposit_id = d.id ORDER BY d.n \
+         ON CONFLICT (deposit_id) DO NOTHING RETURNING deposit_id",
+    )
+    .bind(batch.iter().map(|(d, _)| d.deposit_id.clone()).collect::<Vec<_>>())
+    .bind(batch.iter().map(|(d, _)| d.user_id.to_string()).collect::<Vec<_>>())
+    .bind(batch.iter().map(|(d, _)| d.amount.amount).collect::<Vec<_>>())
+    .bind(batch.iter().map(|(d, _)| d.amount.currency.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(batch.iter().map(|(d, _)| d.payment_fingerprint.clone()).collect::<Vec<Option<String>>>())
+    .bind(batch.iter().map(|(d, _)| d.occurred_at).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let duplicates = batch.len() - inserted.len();
+    if duplicates > 0 {
+        OUTCOMES.with_label_values(&["reward-engine", "duplicate_deposit"]).inc_by(duplicates as u64);
+    }
+    let fresh: Vec<(&DepositCompleted, &Position)> = {
+        let mut left: BTreeMap<&str, usize> = BTreeMap::new();
+        for id in &inserted {
+            *left.entry(id.as_str()).or_default() += 1;
+        }
+        batch
+            .iter()
+            .filter(|(d, _)| left.get_mut(d.deposit_id.as_str()).is_some_and(|n| std::mem::replace(n, 0) > 0))
+            .copied()
+            .collect()
+    };
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    unmatched::hold_unknown(conn, &fresh).await?;
+    let mut users: Vec<String> = fresh.iter().map(|(d, _)| d.user_id.to_string()).collect();
+    users.sort();
+    users.dedup();
+    let referrals = store::open_referrals_of(conn, &users).await?;
+    let scheduled = store::schedule_if_qualifying(conn, engine, &referrals.iter().collect::<Vec<_>>()).await?;
+    if scheduled > 0 {
+        engine.wake.notify_one();
+    }
+    Ok(())
+}
+
+/// Takes back every reward paid for a reversed deposit (a reversal that arrives first is kept,
+/// and keeps its deposit from qualifying when it lands).
+pub(crate) async fn reversals(
+    engine: &RewardEngine,
+    conn: &mut PgConnection,
+    batch: &[&DepositReversed],
+    out: &mut Vec<OutboxMessage>,
+) -> sqlx::Result<()> {
+    // The first reversal of a deposit in the batch wins, as it would one at a time.
+    let mut seen = std::collections::BTreeSet::new();
+    let batch: Vec<&DepositReversed> = batch.iter().copied().filter(|r| seen.insert(r.deposit_id.as_str())).collect();
+    let ids: Vec<String> = batch.iter().map(|r| r.deposit_id.clone()).collect();
+    let reasons: Vec<String> = batch.iter().map(|r| r.reason.as_str().to_owned()).collect();
+    let at: Vec<DateTime<Utc>> = batch.iter().map(|r| r.occurred_at).collect();
+    sqlx::query(
+        "INSERT INTO deposit_reversals (deposit_id, user_id, reason, occurred_at) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) ON CONFLICT (deposit_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(batch.iter().map(|r| r.user_id.to_string()).collect::<Vec<_>>())
+    .bind(&reasons)
+    .bind(&at)
+    .execute(&mut *conn)
+    .await?;
+    let reversed: Vec<String> = sqlx::query_scalar(
+        "UPDATE deposits d SET reversed_at = r.at, reversal_reason = r.reason \
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS r(id, reason, at) \
+         WHERE d.deposit_id = r.id AND d.reversed_at IS NULL RETURNING d.deposit_id",
+    )
+    .bind(&ids)
+    .bind(&reasons)
+    .bind(&at)
+    .fetch_all(&mut *conn)
+    .await?;
+    if reversed.is_empty() {
+        return Ok(());
+    }
+    // Lock the referrals first (id order), as the settlement sweep does, then the rewards.
+    let referral_ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT referral_id FROM rewards WHERE qualifying_deposit_id = ANY($1) AND reversed_at IS NULL",
+    )
+    .bind(&reversed)
+    .fetch_all(&mut *conn)
+    .await?;
+    if referral_ids.is_empty() {
+        return Ok(());
+    }
+    let mut referrals = store::lock_by_id(conn, &referral_ids).await?;
+    let pick: Vec<usize> = (0..batch.len()).filter(|&i| reversed.contains(&ids[i])).collect();
+    let (ids, reasons, at): (Vec<String>, Vec<String>, Vec<DateTime<Utc>>) =
+        (pick.iter().map(|&i| ids[i].clone()).collect(), pick.iter().map(|&i| reasons[i].clone()).collect(), pick.iter().map(|&i| at[i]).collect());
+    let taken = ledger::reverse(conn, engine, Reverse::Deposits { ids: &ids, reasons: &reasons, at: &at }, out).await?;
+    let mut moves = Vec::new();
+    for id in taken {
+        if let Some(referral) = referrals.get_mut(&id) {
+            moves.extend(Move::of(referral, lifecycle::REVERSE, "qualifying deposit reversed"));
+        }
+    }
+    store::apply_moves(conn, &moves).await
+}
+
+/// Applies scores in order: the first moves a pending referral, later ones only tighten an
+/// unpaid one; a paid referral the scorer flags is clawed back or left for review, as the
+/// campaign says. A referral that becomes eligible gets a payout if a deposit qualifies.
+pub(crate) async fn scores(
+    engine: &RewardEngine,
+    conn: &mut PgConnection,
+    batch: &[&ReferralScored],
+    out: &mut Vec<OutboxMessage>,
+) -> sqlx::Result<()> {
+    let referees: Vec<String> = batch.iter().map(|s| s.referee_id.to_string()).collect();
+    let mut referrals = store::lock_by_referee(conn, &referees).await?;
+    let mut moves = Vec::new();
+    let mut eligible: Vec<String> = Vec::new();
+    let mut clawbacks: BTreeMap<Uuid, Uuid> = BTreeMap::new();
+    for s in batch {
+        let Some(referral) = referrals.get_mut(s.referee_id.as_str()) else {
+            tracing::warn!(referral = %s.referral_id, "score for an unknown referral");
+            continue;
+        };
+        let status = referral.status();
+        let first = status == ReferralStatus::Pending;
+        let cause = format!("{} {} {} [{}] {}", if first { "score" } else { "re-score" }, s.score, s.decision.as_str(), s.reasons.join(","), s.rule_version);
+        if let Some(t) = lifecycle::on_any_score(status, s.decision, referral.cleared_by_review) {
+            moves.extend(Move::of(referral, t, cause));
+            OUTCOMES.with_label_values(&["reward-engine", if first { s.decision.as_str() } else { "rescore_tightened" }]).inc();
+            if t.to == ReferralStatus::Eligible {
+                eligible.push(referral.referee_id.clone());
+            }
+            continue;
+        }
+        if status == ReferralStatus::Rewarded {
+            match engine.after_payment.on_paid(s.decision, referral.cleared_by_review) {
+                Some(AfterPayment::Clawback) => {
+                    clawbacks.entry(referral.referral_id).or_insert(s.event_id);
+                }
+                Some(AfterPayment::Review) => {
+                    OUTCOMES.with_label_values(&["reward-engine", "flagged_after_payment"]).inc();
+                    tracing::warn!(referral = %s.referral_id, cause, "paid referral flagged by a later score: left for review");
+                }
+                None => {}
+            }
+        } else if s.decision != Decision::Approve && status == ReferralStatus::Reversed {
+            OUTCOMES.with_label_values(&["reward-engine", "flagged_after_payment"]).inc();
+        }
+    }
+    if !clawbacks.is_empty() {
+        claw_back(engine, conn, &mut referrals, &clawbacks, &mut moves, out).await?;
+    }
+    store::apply_moves(conn, &moves).await?;
+    schedule_eligible(engine, conn, &referrals, &eligible).await
+}
+
+/// Reverses the rewards of paid referrals the scorer rejected (`referral → ReferralScored event
+/// id`), naming the assessment revision, and moves them to `reversed`.
+async fn claw_back(
+    engine: &RewardEngine,
+    conn: &mut PgConnection,
+    referrals: &mut BTreeMap<String, Referral>,
+    clawbacks: &BTreeMap<Uuid, Uuid>,
+    moves: &mut Vec<Move>,
+    out: &mut Vec<OutboxMessage>,
+) -> sqlx::Result<()> {
+    let events: Vec<Uuid> = clawbacks.values().copied().collect();
+    let revisions: BTreeMap<Uuid, i32> =
+        sqlx::query_as::<_, (Uuid, i32)>("SELECT event_id, revision FROM assessment_history WHERE event_id = ANY($1)")
+            .bind(&events)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+    let ids: Vec<Uuid> = clawbacks.keys().copied().collect();
+    let assessments: Vec<Uuid> = clawbacks.values().copied().collect();
+    let revs: Vec<i32> = assessments.iter().map(|e| revisions.get(e).copied().unwrap_or(0)).collect();
+    let taken = ledger::reverse(conn, engine, Reverse::Fraud { referrals: &ids, assessments: &assessments, revisions: &revs, at: Utc::now() }, out).await?;
+    for id in taken {
+        if let Some(referral) = referrals.values_mut().find(|r| r.referral_id == id) {
+            let cause = format!("fraud found after payment: assessment {} (revision {})", clawbacks[&id], revisions.get(&clawbacks[&id]).copied().unwrap_or(0));
+            moves.extend(Move::of(referral, CLAWBACK, cause));
+        }
+    }
+    Ok(())
+}
+
+/// Reviewers' decisions on held referrals: approve makes one eligible (and cleared, so a
+/// later REVIEW signal does not hold it again) and schedules its payout; reject rejects it.
+pub(crate) async fn reviews(engine: &RewardEngine, conn: &mut PgConnection, batch: &[&ReviewDecided]) -> sqlx::Result<()> {
+    let referees: Vec<String> = batch.iter().map(|r| r.referee_id.to_string()).collect();
+    let mut referrals = store::lock_by_referee(conn, &referees).await?;
+    let mut moves = Vec::new();
+    let mut cleared = Vec::new();
+    for r in batch {
+        let Some(referral) = referrals.get_mut(r.referee_id.as_str()) else { continue };
+        let verdict = if r.approve { "approved" } else { "rejected" };
+        if let Some(m) = Move::of(referral, lifecycle::on_review(r.approve), format!("review {verdict} by {}: {}", r.reviewer, r.reason)) {
+            moves.push(m);
+            if r.approve {
+                referral.cleared_by_review = true;
+                cleared.push(referral.referee_id.clone());
+            }
+        }
+    }
+    store::apply_moves(conn, &moves).await?;
+    if !cleared.is_empty() {
+        let ids: Vec<Uuid> = cleared.iter().filter_map(|e| referrals.get(e)).map(|r| r.referral_id).collect();
+        sqlx::query("UPDATE referrals SET cleared_by_review = true WHERE referral_id = ANY($1)").bind(&ids).execute(&mut *conn).await?;
+    }
+    schedule_eligible(engine, conn, &referrals, &cleared).await
+}
+
+async fn schedule_eligible(engine: &RewardEngine, conn: &mut PgConnection, referrals: &BTreeMap<String, Referral>, referees: &[String]) -> sqlx::Result<()> {
+    let now_eligible: Vec<&Referral> =
+        referees.iter().filter_map(|e| referrals.get(e)).filter(|r| r.status() == ReferralStatus::Eligible).collect();
+    if store::schedule_if_qualifying(conn, engine, &now_eligible).await? > 0 {
+        engine.wake.notify_one();
+    }
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! The settlement gate's barriers in Postgres (the protocol itself is
+//! `refstream_core::settlement`). When payouts' holds end, one barrier captures the stream's
+//! position at that moment (end offsets of `user-registered` and `deposit-completed`, read from
+//! the broker after the moment was taken, so they include everything that had arrived by then)
+//! and the payouts join it. The barrier then advances only on durable facts: attribution's and
+//! the scorer's `consumer_progress` (committed with their effects), and the outbox (a row is
+//! gone only once the relay's delivery report confirmed it). It opens when the scorer has
+//! applied everything that had arrived when the holds ended, whatever its lag.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use refstream_core::settlement::{behind, step, Barrier, Position, Stage, Step};
+use refstream_runtime::metrics::{GATE_BEHIND, GATE_STALLED, GATE_WAITING, GATE_WAIT_SECONDS, PROGRESS};
+use refstream_runtime::Settings;
+use serde_json::{json, Value as Json};
+use sqlx::{PgConnection, PgPool};
+
+use crate::RewardEngine;
+
+/// The workers whose durable progress the gate waits on (their `Worker::name`).
+pub const ATTRIBUTION: &str = "attribution";
+pub const SCORER: &str = "fraud-scorer";
+
+/// Where the stream ends now, per partition of the given topics.
+pub trait EndOffsets: Send + Sync {
+    fn end_offsets(&self, topics: &[String]) -> impl Future<Output = anyhow::Result<Position>> + Send;
+}
+
+/// End offsets read from the Kafka cluster (ListOffsets for the latest offset, one request for
+/// all partitions).
+pub struct KafkaEndOffsets {
+    consumer: Arc<BaseConsumer>,
+    timeout: Duration,
+}
+
+impl KafkaEndOffsets {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let mut cfg = refstream_runtime::consumer::client_config(settings);
+        // Never subscribes or commits: only asks the cluster where partitions end.
+        cfg.set("group.id", format!("{}-gate", settings.group_id("reward-engine")));
+        let consumer: BaseConsumer =
+            cfg.create().map_err(|e| anyhow::anyhow!("cannot create the Kafka client of the settlement gate (kafka.brokers): {e}"))?;
+        Ok(Self { consumer: Arc::new(consumer), timeout: Duration::from_secs(10) })
+    }
+}
+
+impl EndOffsets for KafkaEndOffsets {
+    async fn end_offsets(&self, topics: &[String]) -> anyhow::Result<Position> {
+        let (consumer, timeout, topics) = (self.consumer.clone(), self.timeout, topics.to_vec());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Position> {
+            let mut tpl = TopicPartitionList::new();
+            for topic in &topics {
+                let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+                let t = metadata.topics().iter().find(|t| t.name() == topic).ok_or_else(|| anyhow::anyhow!("topic {topic} not found"))?;
+                anyhow::ensure!(!t.partitions().is_empty(), "topic {topic} has no partitions (yet)");
+                for p in t.partitions() {
+                    tpl.add_partition_offset(topic, p.id(), Offset::End)?;
+                }
+            }
+            let ends = consumer.offsets_for_times(tpl, timeout)?;
+            let mut position = Position::new();
+            for e in ends.elements() {
+                e.error()?;
+                let end = match e.offset() {
+                    Offset::Offset(n) => n,
+                    other => anyhow::bail!("no end offset for {}[{}]: {other:?}", e.topic(), e.partition()),
+                };
+                position.insert((e.topic().to_owned(), e.partition()), end);
+            }
+            Ok(position)
+        })
+        .await?
+    }
+}
+
+/// A stream with nothing in it: every barrier opens as soon as it is made. For driving the
+/// engine without a broker (its integration tests feed records straight to it).
+pub struct EmptyStream;
+
+impl EndOffsets for EmptyStream {
+    async fn end_offsets(&self, _topics: &[String]) -> anyhow::Result<Position> {
+        Ok(Position::new())
+    }
+}
+
+fn to_json(p: &Position) -> Json {
+    Json::Array(p.iter().map(|((t, part), end)| json!([t, part, end])).collect())
+}
+
+fn from_json(v: &Json) -> Position {
+    let mut p = Position::new();
+    for item in v.as_array().into_iter().flatten() {
+        if let (Some(t), Some(part), Some(end)) = (item[0].as_str(), item[1].as_i64(), item[2].as_i64()) {
+            p.insert((t.to_owned(), i32::try_from(part).unwrap_or(i32::MAX)), end);
+        }
+    }
+    p
+}
+
+/// Makes a barrier for the payouts whose hold has ended and that have none; returns its id.
+pub async fn capture<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: &E) -> anyhow::Result<Option<i64>> {
+    let mut tx = pool.begin().await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&mut *tx).await?;
+    let due: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pending_payouts WHERE barrier_id IS NULL AND due_at <= $1)")
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !due {
+        return Ok(None);
+    }
+    // Read after `now`: the ends include everything the broker had accepted by then.
+    let t = &engine.topics;
+    let (registrations, deposits): (Position, Position) = ends
+        .end_offsets(&[t.user_registered.clone(), t.deposit_completed.clone()])
+        .await?
+        .into_iter()
+        .partition(|((topic, _), _)| topic == &t.user_registered);
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO settlement_barriers (hold_ended_at, stage, upstream) VALUES ($1, 'attribution', $2) RETURNING barrier_id",
+    )
+    .bind(now)
+    .bind(json!({"registrations": to_json(&registrations), "deposits": to_json(&deposits)}))
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE pending_payouts SET barrier_id = $1 WHERE barrier_id IS NULL AND due_at <= $2")
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(id))
+}
+
+#[derive(sqlx::FromRow)]
+struct BarrierRow {
+    barrier_id: i64,
+    hold_ended_at: DateTime<Utc>,
+    stage: String,
+    upstream: Json,
+    outbox_through: Option<i64>,
+    scored: Option<Json>,
+}
+
+impl BarrierRow {
+    fn barrier(&self) -> Barrier {
+        Barrier {
+            stage: Stage::parse(&self.stage).unwrap_or(Stage::Attribution),
+            registrations: from_json(&self.upstream["registrations"]),
+            deposits: from_json(&self.upstream["deposits"]),
+            outbox_through: self.outbox_through,
+            attributed: self.scored.as_ref().map(from_json),
+        }
+    }
+}
+
+/// A worker's durable progress.
+async fn progress_of(conn: &mut PgConnection, worker: &str) -> sqlx::Result<Position> {
+    let rows: Vec<(String, i32, i64)> =
+        sqlx::query_as("SELECT topic, partition, next_offset FROM consumer_progress WHERE consumer = $1").bind(worker).fetch_all(conn).await?;
+    Ok(rows.into_iter().map(|(t, p, n)| ((t, p), n)).collect())
+}
+
+/// What the barriers not yet open are waiting on.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// Barriers still closed after this advance.
+    pub closed: usize,
+    /// Barriers opened by this advance.
+    pub opened: usize,
+}
+
+/// Moves every closed barrier as far as the workers' durable progress allows.
+pub async fn advance<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: &E) -> anyhow::Result<Waiting> {
+    let mut conn = pool.acquire().await?;
+    let rows: Vec<BarrierRow> = sqlx::query_as(
+        "SELECT barrier_id, hold_ended_at, stage, upstream, outbox_through, scored FROM settlement_barriers \
+         WHERE stage <> 'open' ORDER BY barrier_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok(Waiting::default());
+    }
+    let attribution = progress_of(&mut conn, ATTRIBUTION).await?;
+    let scorer = progress_of(&mut conn, SCORER).await?;
+    let ra = &engine.topics.referral_attributed;
+    let mut waiting = Waiting::default();
+    for row in &rows {
+        let mut b = row.barrier();
+        loop {
+            let published = match (b.stage, b.outbox_through) {
+                (Stage::Relay, Some(through)) => {
+                    sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM outbox WHERE topic = $1 AND id <= $2)")
+                        .bind(ra)
+                        .bind(through)
+                        .fetch_one(&mut *conn)
+                        .await?
+                }
+                _ => false,
+            };
+            match step(&b, &attribution, &scorer, published) {
+                Step::Wait => break,
+                Step::CaptureOutbox => {
+                    let through: i64 =
+                        sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM outbox WHERE topic = $1").bind(ra).fetch_one(&mut *conn).await?;
+                    sqlx::query("UPDATE settlement_barriers SET stage = 'relay', outbox_through = $2 WHERE barrier_id = $1")
+                        .bind(row.barrier_id)
+                        .bind(through)
+                        .execute(&mut *conn)
+                        .await?;
+                    b.stage = Stage::Relay;
+                    b.outbox_through = Some(through);
+                }
+                Step::CaptureAttributed => {
+                    let attributed = ends.end_offsets(std::slice::from_ref(ra)).await?;
+                    sqlx::query("UPDATE settlement_barriers SET stage = 'scorer', scored = $2 WHERE barrier_id = $1")
+                        .bind(row.barrier_id)
+                        .bind(to_json(&attributed))
+                        .execute(&mut *conn)
+                        .await?;
+                    b.stage = Stage::Scorer;
+                    b.attributed = Some(attributed);
+                }
+                Step::Open => {
+                    sqlx::query("UPDATE settlement_barriers SET stage = 'open', opened_at = now() WHERE barrier_id = $1")
+                        .bind(row.barrier_id)
+                        .execute(&mut *conn)
+                        .await?;
+                    b.stage = Stage::Open;
+                    waiting.opened += 1;
+                    break;
+                }
+            }
+        }
+        if b.stage != Stage::Open {
+            waiting.closed += 1;
+        }
+    }
+    // Metrics: what the oldest closed barrier waits on, and for how long.
+    if let Some(oldest) = rows.first() {
+        let b = oldest.barrier();
+        GATE_BEHIND.with_label_values(&[ATTRIBUTION]).set(behind(&attribution, &b.registrations));
+        let scorer_behind = behind(&scorer, &b.deposits) + b.attributed.as_ref().map_or(0, |a| behind(&scorer, a));
+        GATE_BEHIND.with_label_values(&[SCORER]).set(scorer_behind);
+        let waited = (Utc::now() - oldest.hold_ended_at).num_seconds().max(0);
+        GATE_STALLED.set(i64::from(waited > i64::try_from(engine.gate_alert.as_secs()).unwrap_or(i64::MAX)));
+        if waited > i64::try_from(engine.gate_alert.as_secs()).unwrap_or(i64::MAX) {
+            tracing::warn!(barrier = oldest.barrier_id, waited_secs = waited, stage = %oldest.stage, "payouts wait on a lagging pipeline in front of the scorer");
+        }
+    }
+    for (worker, position) in [(ATTRIBUTION, &attribution), (SCORER, &scorer)] {
+        for ((topic, partition), next) in position {
+            PROGRESS.with_label_values(&[worker, topic, &partition.to_string()]).set(*next);
+        }
+    }
+    Ok(waiting)
+}
+
+/// Refreshes the gauges of payouts waiting on closed barriers, per stage.
+pub async fn record_waiting(pool: &PgPool) -> sqlx::Result<()> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT b.stage, count(p.referral_id), COALESCE(extract(epoch FROM now() - min(b.hold_ended_at))::int8, 0) \
+         FROM settlement_barriers b JOIN pending_payouts p USING (barrier_id) WHERE b.stage <> 'open' GROUP BY b.stage",
+    )
+    .fetch_all(pool)
+    .await?;
+    for stage in [Stage::Attribution, Stage::Relay, Stage::Scorer] {
+        let (count, age) = rows.iter().find(|(s, _, _)| s == stage.as_str()).map_or((0, 0), |(_, c, a)| (*c, *a));
+        GATE_WAITING.with_label_values(&[stage.as_str()]).set(count);
+        GATE_WAIT_SECONDS.with_label_values(&[stage.as_str()]).set(age);
+    }
+    if rows.is_empty() {
+        GATE_STALLED.set(0);
+    }
+    Ok(())
+}
+
+/// Deletes open barriers no payout waits on any more, older than `keep` (rewards keep their
+/// barrier id and hold end for the audit).
+pub async fn forget_old(pool: &PgPool, keep: Duration) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM settlement_barriers b WHERE b.stage = 'open' AND b.opened_at < now() - make_interval(secs => $1) \
+         AND NOT EXISTS (SELECT 1 FROM pending_payouts p WHERE p.barrier_id = b.barrier_id)",
+    )
+    .bind(keep.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

@@ -1,0 +1,207 @@
+//! The engine's reads and writes of referrals, deposits and payouts, each a single statement
+//! over a whole batch (array binds). Referrals are locked in `referral_id` order, so concurrent
+//! batches (partitions are applied concurrently) and the settlement sweep never deadlock on
+//! them; every status change is a guarded update from the state the row was locked in, with
+//! its row in `referral_transitions`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use refstream_core::campaign::RecordedDeposit;
+use refstream_core::lifecycle::{ReferralStatus, Transition};
+use refstream_core::{Currency, Money};
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::RewardEngine;
+
+/// A referral as the engine reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Referral {
+    pub referral_id: Uuid,
+    pub referrer_id: String,
+    pub referee_id: String,
+    pub campaign_id: String,
+    pub referee_registered_at: DateTime<Utc>,
+    pub status: String,
+    pub cleared_by_review: bool,
+}
+
+impl Referral {
+    pub fn status(&self) -> ReferralStatus {
+        self.status.parse().unwrap_or(ReferralStatus::Rejected)
+    }
+}
+
+const REFERRAL_COLUMNS: &str = "referral_id, referrer_id, referee_id, campaign_id, referee_registered_at, status, cleared_by_review";
+
+/// Locks the referrals of `referees` (in `referral_id` order) for the transaction.
+pub async fn lock_by_referee(conn: &mut PgConnection, referees: &[String]) -> sqlx::Result<BTreeMap<String, Referral>> {
+    let rows: Vec<Referral> =
+        sqlx::query_as(&format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE referee_id = ANY($1) ORDER BY referral_id FOR UPDATE"))
+            .bind(referees)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(rows.into_iter().map(|r| (r.referee_id.clone(), r)).collect())
+}
+
+/// Locks referrals by id (in id order) for the transaction.
+pub async fn lock_by_id(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<BTreeMap<Uuid, Referral>> {
+    let rows: Vec<Referral> =
+        sqlx::query_as(&format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE referral_id = ANY($1) ORDER BY referral_id FOR UPDATE"))
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(rows.into_iter().map(|r| (r.referral_id, r)).collect())
+}
+
+/// Reads (without locking) the referrals of `referees` that may still pay.
+pub async fn open_referrals_of(conn: &mut PgConnection, referees: &[String]) -> sqlx::Result<Vec<Referral>> {
+    sqlx::query_as(&format!(
+        "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE referee_id = ANY($1) AND status IN ('pending', 'held', 'eligible')"
+    ))
+    .bind(referees)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// A recorded deposit and when it was recorded (its hold starts then).
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub deposit: RecordedDeposit,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DepositRow {
+    deposit_id: String,
+    user_id: String,
+    amount: Decimal,
+    currency: String,
+    occurred_at: DateTime<Utc>,
+    reversed: bool,
+    recorded_at: DateTime<Utc>,
+}
+
+/// Every recorded deposit of `users`, by user.
+pub async fn deposits_of(conn: &mut PgConnection, users: &[String]) -> sqlx::Result<BTreeMap<String, Vec<Recorded>>> {
+    let rows: Vec<DepositRow> = sqlx::query_as(
+        "SELECT deposit_id, user_id, amount, currency, occurred_at, reversed_at IS NOT NULL AS reversed, recorded_at \
+         FROM deposits WHERE user_id = ANY($1)",
+    )
+    .bind(users)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut by_user: BTreeMap<String, Vec<Recorded>> = BTreeMap::new();
+    for r in rows {
+        // Currencies were validated when the deposit was decoded.
+        let Ok(currency) = Currency::parse(r.currency.trim()) else { continue };
+        let deposit =
+            RecordedDeposit { deposit_id: r.deposit_id, amount: Money::new(r.amount, currency), occurred_at: r.occurred_at, reversed: r.reversed };
+        by_user.entry(r.user_id).or_default().push(Recorded { deposit, recorded_at: r.recorded_at });
+    }
+    Ok(by_user)
+}
+
+/// The deposit that pays `referral`, among `deposits` (the referee's).
+pub fn qualifying<'a>(engine: &RewardEngine, referral: &Referral, deposits: &'a [Recorded]) -> Option<&'a Recorded> {
+    let plain: Vec<RecordedDeposit> = deposits.iter().map(|d| d.deposit.clone()).collect();
+    let first = engine.campaign.first_qualifying(referral.referee_registered_at, &plain)?;
+    deposits.iter().find(|d| d.deposit.deposit_id == first.deposit_id)
+}
+
+/// One status change of a locked referral.
+#[derive(Debug, Clone)]
+pub struct Move {
+    pub referral_id: Uuid,
+    pub from: ReferralStatus,
+    pub to: ReferralStatus,
+    pub cause: String,
+}
+
+impl Move {
+    /// `t` applied to `referral` (whose status it updates), if `t` allows its current status.
+    pub fn of(referral: &mut Referral, t: Transition, cause: impl Into<String>) -> Option<Move> {
+        let from = referral.status();
+        if !t.allows(from) {
+            return None;
+        }
+        referral.status = t.to.as_str().to_owned();
+        Some(Move { referral_id: referral.referral_id, from, to: t.to, cause: cause.into() })
+    }
+}
+
+/// Applies `moves` (several per referral allowed, in order) in one statement: each referral's
+/// status goes from its first move's `from` to its last move's `to`, guarded by that first
+/// state, and every move of a referral that really changed is a `referral_transitions` row.
+pub async fn apply_moves(conn: &mut PgConnection, moves: &[Move]) -> sqlx::Result<()> {
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let mut first_last: BTreeMap<Uuid, (ReferralStatus, ReferralStatus)> = BTreeMap::new();
+    for m in moves {
+        first_last.entry(m.referral_id).and_modify(|(_, to)| *to = m.to).or_insert((m.from, m.to));
+    }
+    let ids: Vec<Uuid> = first_last.keys().copied().collect();
+    let from: Vec<&str> = first_last.values().map(|(f, _)| f.as_str()).collect();
+    let to: Vec<&str> = first_last.values().map(|(_, t)| t.as_str()).collect();
+    sqlx::query(
+        "WITH m AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS m(id, from_status, to_status)), \
+         moved AS (UPDATE referrals r SET status = m.to_status, updated_at = now() FROM m \
+                   WHERE r.referral_id = m.id AND r.status = m.from_status RETURNING r.referral_id) \
+         INSERT INTO referral_transitions (referral_id, from_status, to_status, cause) \
+         SELECT t.id, t.from_status, t.to_status, t.cause \
+         FROM unnest($4::uuid[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS t(id, from_status, to_status, cause, n) \
+         JOIN moved ON moved.referral_id = t.id ORDER BY t.n",
+    )
+    .bind(&ids)
+    .bind(&from)
+    .bind(&to)
+    .bind(moves.iter().map(|m| m.referral_id).collect::<Vec<_>>())
+    .bind(moves.iter().map(|m| m.from.as_str()).collect::<Vec<_>>())
+    .bind(moves.iter().map(|m| m.to.as_str()).collect::<Vec<_>>())
+    .bind(moves.iter().map(|m| m.cause.clone()).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Schedules payouts: `(referral_id, due_at)`, one upsert in referral order; a referral already
+/// waiting keeps the earlier due time and its barrier.
+pub async fn schedule_payouts(conn: &mut PgConnection, payouts: &BTreeMap<Uuid, DateTime<Utc>>) -> sqlx::Result<()> {
+    if payouts.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = payouts.keys().copied().collect();
+    let due: Vec<DateTime<Utc>> = payouts.values().copied().collect();
+    sqlx::query(
+        "INSERT INTO pending_payouts (referral_id, due_at) SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) \
+         ON CONFLICT (referral_id) DO UPDATE SET due_at = LEAST(pending_payouts.due_at, EXCLUDED.due_at)",
+    )
+    .bind(&ids)
+    .bind(&due)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Schedules a payout for each of `referrals` with a qualifying deposit: due when that deposit's
+/// hold (recorded at + the settle delay) ends.
+pub async fn schedule_if_qualifying(conn: &mut PgConnection, engine: &RewardEngine, referrals: &[&Referral]) -> sqlx::Result<usize> {
+    if referrals.is_empty() {
+        return Ok(0);
+    }
+    let users: Vec<String> = referrals.iter().map(|r| r.referee_id.clone()).collect();
+    let deposits = deposits_of(conn, &users).await?;
+    let delay = chrono::Duration::from_std(engine.settle_delay).unwrap_or(chrono::Duration::zero());
+    let payouts: BTreeMap<Uuid, DateTime<Utc>> = referrals
+        .iter()
+        .filter_map(|r| {
+            let d = qualifying(engine, r, deposits.get(&r.referee_id)?)?;
+            Some((r.referral_id, d.recorded_at + delay))
+        })
+        .collect();
+    schedule_payouts(conn, &payouts).await?;
+    Ok(payouts.len())
+}
