@@ -10,7 +10,9 @@
 //! - I4 every reward has a RewardGranted on the topic with its event id, and every
 //!   RewardGranted (resends included) belongs to a reward;
 //! - I5 committed offsets, sampled throughout, never go backwards and never pass a record that
-//!   was not yet processed.
+//!   was not yet processed;
+//! - I6 every reward passed the settlement gate, and none stays credited for a referral the
+//!   scorer rejected (the default campaign claws those back).
 //!
 //! `FAULT_SCALE` sets the number of kills (`make test` runs a short version, `make
 //! test-faults` the full one). Scenarios run one at a time: one restarts Postgres itself.
@@ -521,6 +523,22 @@ async fn check(stage: &Stage, w: &Workload, samples: &[Sample]) -> Verdict {
             .unwrap();
     assert_eq!(unscored, 0, "I2 violated: a referral was never scored");
     lines.push(format!("I2 {} qualifying referrals paid exactly once, {} reversed, none else: ok", w.qualifying.len(), reversed.len()));
+
+    // I6: nothing the scorer rejected stays paid (the default campaign claws back on REJECT).
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM rewards w JOIN referrals r USING (referral_id) JOIN assessments a USING (referral_id) \
+         WHERE a.decision = 'REJECT' AND w.reversed_at IS NULL AND NOT r.cleared_by_review",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, 0, "I6 violated: a reward stays credited for a referral the scorer rejected");
+    let gated: i64 = sqlx::query_scalar("SELECT count(*) FROM rewards WHERE barrier_id IS NULL OR hold_ended_at IS NULL")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(gated, 0, "I6 violated: a reward was credited without passing the settlement gate");
+    lines.push("I6 every reward passed the settlement gate; none stays credited for a referral the scorer rejected: ok".into());
 
     // I3
     let drift: i64 = sqlx::query_scalar(

@@ -45,6 +45,10 @@ struct Reward {
     granted_at: DateTime<Utc>,
     reversed_at: Option<DateTime<Utc>>,
     reversal_reason: Option<String>,
+    hold_ended_at: Option<DateTime<Utc>>,
+    barrier_id: Option<i64>,
+    reversal_assessment_event_id: Option<uuid::Uuid>,
+    reversal_assessment_revision: Option<i32>,
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -153,7 +157,8 @@ pub async fn run(pool: &PgPool, id: &str) -> anyhow::Result<()> {
     }
 
     let rewards: Vec<Reward> = sqlx::query_as(
-        "SELECT reward_type, beneficiary_id, amount, currency::text AS currency, qualifying_deposit_id, granted_at, reversed_at, reversal_reason \
+        "SELECT reward_type, beneficiary_id, amount, currency::text AS currency, qualifying_deposit_id, granted_at, reversed_at, reversal_reason, \
+                hold_ended_at, barrier_id, reversal_assessment_event_id, reversal_assessment_revision \
          FROM rewards WHERE referral_id = $1 ORDER BY granted_at, reward_type",
     )
     .bind(r.referral_id)
@@ -166,6 +171,12 @@ pub async fn run(pool: &PgPool, id: &str) -> anyhow::Result<()> {
         println!("rewards");
         for w in rewards {
             let reversed = match (w.reversed_at, w.reversal_reason) {
+                (Some(t), Some(why)) if why == "FRAUD" => format!(
+                    ", clawed back {} (FRAUD found after payment: assessment revision {} event {})",
+                    time(t),
+                    w.reversal_assessment_revision.map_or("?".into(), |r| r.to_string()),
+                    w.reversal_assessment_event_id.map_or("?".into(), |e| e.to_string())
+                ),
                 (Some(t), Some(why)) => format!(", reversed {} ({why})", time(t)),
                 (Some(t), None) => format!(", reversed {}", time(t)),
                 _ => String::new(),
@@ -179,6 +190,9 @@ pub async fn run(pool: &PgPool, id: &str) -> anyhow::Result<()> {
                 w.qualifying_deposit_id,
                 time(w.granted_at)
             );
+            if let (Some(held), Some(barrier)) = (w.hold_ended_at, w.barrier_id) {
+                println!("    hold ended {}; settled behind barrier {barrier} (the scorer had applied the stream up to then)", time(held));
+            }
         }
     }
     Ok(())

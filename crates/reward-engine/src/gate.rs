@@ -7,9 +7,10 @@
 //! gone only once the relay's delivery report confirmed it). It opens when the scorer has
 //! applied everything that had arrived when the holds ended, whatever its lag.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -31,12 +32,16 @@ pub trait EndOffsets: Send + Sync {
     fn end_offsets(&self, topics: &[String]) -> impl Future<Output = anyhow::Result<Position>> + Send;
 }
 
-/// End offsets read from the Kafka cluster (ListOffsets for the latest offset, one request for
-/// all partitions).
+/// End offsets read from the Kafka cluster: ListOffsets for the latest offset, one request for
+/// all partitions. Partition lists come from metadata, refreshed every 30 s (a topic that grows
+/// partitions is seen within that) and whenever a lookup fails.
 pub struct KafkaEndOffsets {
     consumer: Arc<BaseConsumer>,
     timeout: Duration,
+    partitions: Arc<Mutex<BTreeMap<String, (Instant, Vec<i32>)>>>,
 }
+
+const METADATA_TTL: Duration = Duration::from_secs(30);
 
 impl KafkaEndOffsets {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
@@ -45,34 +50,56 @@ impl KafkaEndOffsets {
         cfg.set("group.id", format!("{}-gate", settings.group_id("reward-engine")));
         let consumer: BaseConsumer =
             cfg.create().map_err(|e| anyhow::anyhow!("cannot create the Kafka client of the settlement gate (kafka.brokers): {e}"))?;
-        Ok(Self { consumer: Arc::new(consumer), timeout: Duration::from_secs(10) })
+        Ok(Self { consumer: Arc::new(consumer), timeout: Duration::from_secs(10), partitions: Arc::default() })
     }
+}
+
+fn partitions_of(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let t = metadata.topics().iter().find(|t| t.name() == topic).ok_or_else(|| anyhow::anyhow!("topic {topic} not found"))?;
+    anyhow::ensure!(!t.partitions().is_empty(), "topic {topic} has no partitions (yet)");
+    Ok(t.partitions().iter().map(|p| p.id()).collect())
 }
 
 impl EndOffsets for KafkaEndOffsets {
     async fn end_offsets(&self, topics: &[String]) -> anyhow::Result<Position> {
-        let (consumer, timeout, topics) = (self.consumer.clone(), self.timeout, topics.to_vec());
+        let (consumer, timeout, topics, cache) = (self.consumer.clone(), self.timeout, topics.to_vec(), self.partitions.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<Position> {
             let mut tpl = TopicPartitionList::new();
             for topic in &topics {
-                let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-                let t = metadata.topics().iter().find(|t| t.name() == topic).ok_or_else(|| anyhow::anyhow!("topic {topic} not found"))?;
-                anyhow::ensure!(!t.partitions().is_empty(), "topic {topic} has no partitions (yet)");
-                for p in t.partitions() {
-                    tpl.add_partition_offset(topic, p.id(), Offset::End)?;
+                let cached = cache.lock().unwrap_or_else(|e| e.into_inner()).get(topic).filter(|(at, _)| at.elapsed() < METADATA_TTL).map(|(_, p)| p.clone());
+                let partitions = match cached {
+                    Some(p) => p,
+                    None => {
+                        let p = partitions_of(&consumer, topic, timeout)?;
+                        cache.lock().unwrap_or_else(|e| e.into_inner()).insert(topic.clone(), (Instant::now(), p.clone()));
+                        p
+                    }
+                };
+                for p in partitions {
+                    tpl.add_partition_offset(topic, p, Offset::End)?;
                 }
             }
-            let ends = consumer.offsets_for_times(tpl, timeout)?;
-            let mut position = Position::new();
-            for e in ends.elements() {
-                e.error()?;
-                let end = match e.offset() {
-                    Offset::Offset(n) => n,
-                    other => anyhow::bail!("no end offset for {}[{}]: {other:?}", e.topic(), e.partition()),
-                };
-                position.insert((e.topic().to_owned(), e.partition()), end);
+            let wanted = tpl.count();
+            let looked_up = consumer.offsets_for_times(tpl, timeout).map_err(|e| e.to_string()).and_then(|ends| {
+                let mut position = Position::new();
+                for e in ends.elements() {
+                    e.error().map_err(|e| e.to_string())?;
+                    match e.offset() {
+                        Offset::Offset(n) => position.insert((e.topic().to_owned(), e.partition()), n),
+                        // A partition without an end would never be waited for: refuse.
+                        other => return Err(format!("no end offset for {}[{}]: {other:?}", e.topic(), e.partition())),
+                    };
+                }
+                if position.len() == wanted { Ok(position) } else { Err(format!("{} of {wanted} partitions answered", position.len())) }
+            });
+            match looked_up {
+                Ok(position) => Ok(position),
+                Err(e) => {
+                    cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    Err(anyhow::anyhow!("end offsets of {topics:?}: {e}"))
+                }
             }
-            Ok(position)
         })
         .await?
     }
