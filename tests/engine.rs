@@ -449,3 +449,90 @@ async fn large_batches_pay_each_referral_once() {
     assert_eq!(h.balance("campaign:default").await, usd("-600"));
     h.assert_books_balance().await;
 }
+
+/// A stream position fixed by the test: where `user-registered`, `deposit-completed` and
+/// `referral-attributed` end.
+struct FixedStream(refstream_core::settlement::Position);
+
+impl reward_engine::gate::EndOffsets for FixedStream {
+    async fn end_offsets(&self, topics: &[String]) -> anyhow::Result<refstream_core::settlement::Position> {
+        Ok(self.0.iter().filter(|((t, _), _)| topics.contains(t)).map(|(k, v)| (k.clone(), *v)).collect())
+    }
+}
+
+/// The gate in Postgres: a payout whose hold ended waits until attribution, the relay and the
+/// scorer have applied what had arrived by then, and the scorer's latest assessment, committed
+/// meanwhile, decides it.
+#[tokio::test]
+async fn the_gate_waits_for_the_scorer_and_applies_its_latest_assessment() {
+    let mut h = Harness::new().await;
+    h.referral("r40", "e40").await;
+    h.referral("r41", "e41").await;
+    h.score("e40", "r40", Decision::Approve).await;
+    h.score("e41", "r41", Decision::Approve).await;
+    let engine = h.engine();
+    let pool = h.db.pool.clone();
+    let ends = FixedStream(
+        [
+            (("user-registered".to_owned(), 0), 4),
+            (("deposit-completed".to_owned(), 0), 2),
+            (("referral-attributed".to_owned(), 3), 7),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    // Deposits applied without the harness's settling.
+    for (e, d) in [("e40", "d40"), ("e41", "d41")] {
+        let msg = h.message("deposit-completed", e, encode(&deposit(e, d, "30", t0() + Duration::days(1), &format!("c-{e}"))));
+        assert_eq!(apply_partition(&engine, &pool, &[msg]).await, Applied::Committed);
+    }
+    let progress = |worker: &'static str, topic: &'static str, partition: i32, next: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO consumer_progress (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+            )
+            .bind(worker)
+            .bind(topic)
+            .bind(partition)
+            .bind(next)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let sweep = || reward_engine::settlement::sweep(&engine, &pool, &ends);
+    let stage = || h.db.scalar_i64("SELECT count(*) FROM settlement_barriers WHERE stage = 'open'");
+    // The harness registered through attribution at partition 0 offsets 1..4 (next 5 ≥ 4):
+    // attribution covers; a referral-attributed row is still waiting for the relay.
+    sqlx::query("INSERT INTO outbox (topic, key, payload, event_id) VALUES ('referral-attributed', 'e41', '\\x00', gen_random_uuid())")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sweep().await.unwrap(), (0, 1));
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM settlement_barriers WHERE stage = 'relay'").await, 1);
+    sqlx::query("DELETE FROM outbox WHERE topic = 'referral-attributed'").execute(&pool).await.unwrap();
+    assert_eq!(sweep().await.unwrap(), (0, 1), "the scorer has applied nothing yet");
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 0);
+    progress("fraud-scorer", "referral-attributed", 3, 7).await;
+    assert_eq!(sweep().await.unwrap(), (0, 1), "still behind on deposit-completed");
+    // Meanwhile the scorer learned something about e41 and committed a rejecting revision.
+    sqlx::query(
+        "INSERT INTO assessments (referral_id, referrer_id, referee_id, score, decision, reasons, rule_version, revision) \
+         VALUES ($1, 'r41', 'e41', 90, 'REJECT', ARRAY['FRAUD_RING'], 'test', 2)",
+    )
+    .bind(DerivedId::referral(&UserId::parse("e41").unwrap()))
+    .execute(&pool)
+    .await
+    .unwrap();
+    progress("fraud-scorer", "deposit-completed", 0, 2).await;
+    assert_eq!(sweep().await.unwrap(), (2, 0), "the barrier opens and both payouts settle");
+    assert_eq!(stage().await, 1);
+    assert_eq!(h.status_of("e40").await, "rewarded");
+    assert_eq!(h.status_of("e41").await, "rejected", "the scorer's latest assessment applies before paying");
+    assert_eq!(h.balance("user:r41").await, usd("0"));
+    let held: i64 = h.db.scalar_i64("SELECT count(*) FROM rewards w JOIN settlement_barriers b USING (barrier_id) WHERE w.hold_ended_at = b.hold_ended_at").await;
+    assert_eq!(held, 1);
+    h.assert_books_balance().await;
+}
