@@ -8,10 +8,10 @@ use refstream_core::events::{DepositCompleted, DepositReversed, ReferralScored, 
 use refstream_core::lifecycle::Decision;
 use refstream_core::{Currency, DerivedId, Money, UserId};
 use refstream_e2e::TestDb;
-use reward_engine::gate::EmptyStream;
 use refstream_runtime::codec::{encode, AvroRecord};
 use refstream_runtime::consumer::{apply_partition, Applied, Worker};
 use refstream_runtime::Settings;
+use reward_engine::gate::EmptyStream;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -473,13 +473,9 @@ async fn the_gate_waits_for_the_scorer_and_applies_its_latest_assessment() {
     let engine = h.engine();
     let pool = h.db.pool.clone();
     let ends = FixedStream(
-        [
-            (("user-registered".to_owned(), 0), 4),
-            (("deposit-completed".to_owned(), 0), 2),
-            (("referral-attributed".to_owned(), 3), 7),
-        ]
-        .into_iter()
-        .collect(),
+        [(("user-registered".to_owned(), 0), 4), (("deposit-completed".to_owned(), 0), 2), (("referral-attributed".to_owned(), 3), 7)]
+            .into_iter()
+            .collect(),
     );
     // Deposits applied without the harness's settling.
     for (e, d) in [("e40", "d40"), ("e41", "d41")] {
@@ -532,7 +528,10 @@ async fn the_gate_waits_for_the_scorer_and_applies_its_latest_assessment() {
     assert_eq!(h.status_of("e40").await, "rewarded");
     assert_eq!(h.status_of("e41").await, "rejected", "the scorer's latest assessment applies before paying");
     assert_eq!(h.balance("user:r41").await, usd("0"));
-    let held: i64 = h.db.scalar_i64("SELECT count(*) FROM rewards w JOIN settlement_barriers b USING (barrier_id) WHERE w.hold_ended_at = b.hold_ended_at").await;
+    let held: i64 = h
+        .db
+        .scalar_i64("SELECT count(*) FROM rewards w JOIN settlement_barriers b USING (barrier_id) WHERE w.hold_ended_at = b.hold_ended_at")
+        .await;
     assert_eq!(held, 1);
     h.assert_books_balance().await;
 }

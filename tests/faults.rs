@@ -533,10 +533,8 @@ async fn check(stage: &Stage, w: &Workload, samples: &[Sample]) -> Verdict {
     .await
     .unwrap();
     assert_eq!(kept, 0, "I6 violated: a reward stays credited for a referral the scorer rejected");
-    let gated: i64 = sqlx::query_scalar("SELECT count(*) FROM rewards WHERE barrier_id IS NULL OR hold_ended_at IS NULL")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let gated: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rewards WHERE barrier_id IS NULL OR hold_ended_at IS NULL").fetch_one(pool).await.unwrap();
     assert_eq!(gated, 0, "I6 violated: a reward was credited without passing the settlement gate");
     lines.push("I6 every reward passed the settlement gate; none stays credited for a referral the scorer rejected: ok".into());
 

@@ -268,7 +268,13 @@ struct Shared {
 /// Applies one partition's records in offset order until its queue closes or `stop`. Records
 /// below the next offset to apply (a redelivery after the partition came back from a
 /// rebalance) are already applied and skipped, so the stored offset never goes backwards.
-async fn partition_task<W: Worker>(worker: Arc<W>, shared: Arc<Shared>, topic: String, partition: i32, mut queue: mpsc::Receiver<OwnedMessage>) {
+async fn partition_task<W: Worker>(
+    worker: Arc<W>,
+    shared: Arc<Shared>,
+    topic: String,
+    partition: i32,
+    mut queue: mpsc::Receiver<OwnedMessage>,
+) {
     let name = worker.name();
     let mut next: i64 = -1;
     let mut backoff = Backoff::new();

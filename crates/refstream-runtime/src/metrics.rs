@@ -92,8 +92,7 @@ pub static GATE_WAITING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 /// Seconds the oldest waiting payout has waited since its hold ended.
 pub static GATE_WAIT_SECONDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("refstream_settlement_gate_wait_seconds", "Age of the oldest barrier not yet open", &["stage"])
-        .expect("metric")
+    register_int_gauge_vec!("refstream_settlement_gate_wait_seconds", "Age of the oldest barrier not yet open", &["stage"]).expect("metric")
 });
 /// Records a gating worker must still apply before the oldest barrier opens.
 pub static GATE_BEHIND: LazyLock<IntGaugeVec> = LazyLock::new(|| {

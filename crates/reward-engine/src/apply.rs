@@ -47,11 +47,7 @@ pub(crate) async fn deposits(engine: &RewardEngine, conn: &mut PgConnection, bat
         for id in &inserted {
             *left.entry(id.as_str()).or_default() += 1;
         }
-        batch
-            .iter()
-            .filter(|(d, _)| left.get_mut(d.deposit_id.as_str()).is_some_and(|n| std::mem::replace(n, 0) > 0))
-            .copied()
-            .collect()
+        batch.iter().filter(|(d, _)| left.get_mut(d.deposit_id.as_str()).is_some_and(|n| std::mem::replace(n, 0) > 0)).copied().collect()
     };
     if fresh.is_empty() {
         return Ok(());
@@ -106,19 +102,21 @@ pub(crate) async fn reversals(
         return Ok(());
     }
     // Lock the referrals first (id order), as the settlement sweep does, then the rewards.
-    let referral_ids: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT DISTINCT referral_id FROM rewards WHERE qualifying_deposit_id = ANY($1) AND reversed_at IS NULL",
-    )
-    .bind(&reversed)
-    .fetch_all(&mut *conn)
-    .await?;
+    let referral_ids: Vec<Uuid> =
+        sqlx::query_scalar("SELECT DISTINCT referral_id FROM rewards WHERE qualifying_deposit_id = ANY($1) AND reversed_at IS NULL")
+            .bind(&reversed)
+            .fetch_all(&mut *conn)
+            .await?;
     if referral_ids.is_empty() {
         return Ok(());
     }
     let mut referrals = store::lock_by_id(conn, &referral_ids).await?;
     let pick: Vec<usize> = (0..batch.len()).filter(|&i| reversed.contains(&ids[i])).collect();
-    let (ids, reasons, at): (Vec<String>, Vec<String>, Vec<DateTime<Utc>>) =
-        (pick.iter().map(|&i| ids[i].clone()).collect(), pick.iter().map(|&i| reasons[i].clone()).collect(), pick.iter().map(|&i| at[i]).collect());
+    let (ids, reasons, at): (Vec<String>, Vec<String>, Vec<DateTime<Utc>>) = (
+        pick.iter().map(|&i| ids[i].clone()).collect(),
+        pick.iter().map(|&i| reasons[i].clone()).collect(),
+        pick.iter().map(|&i| at[i]).collect(),
+    );
     let taken = ledger::reverse(conn, engine, Reverse::Deposits { ids: &ids, reasons: &reasons, at: &at }, out).await?;
     let mut moves = Vec::new();
     for id in taken {
@@ -150,7 +148,14 @@ pub(crate) async fn scores(
         };
         let status = referral.status();
         let first = status == ReferralStatus::Pending;
-        let cause = format!("{} {} {} [{}] {}", if first { "score" } else { "re-score" }, s.score, s.decision.as_str(), s.reasons.join(","), s.rule_version);
+        let cause = format!(
+            "{} {} {} [{}] {}",
+            if first { "score" } else { "re-score" },
+            s.score,
+            s.decision.as_str(),
+            s.reasons.join(","),
+            s.rule_version
+        );
         if let Some(t) = lifecycle::on_any_score(status, s.decision, referral.cleared_by_review) {
             moves.extend(Move::of(referral, t, cause));
             OUTCOMES.with_label_values(&["reward-engine", if first { s.decision.as_str() } else { "rescore_tightened" }]).inc();
@@ -202,10 +207,16 @@ async fn claw_back(
     let ids: Vec<Uuid> = clawbacks.keys().copied().collect();
     let assessments: Vec<Uuid> = clawbacks.values().copied().collect();
     let revs: Vec<i32> = assessments.iter().map(|e| revisions.get(e).copied().unwrap_or(0)).collect();
-    let taken = ledger::reverse(conn, engine, Reverse::Fraud { referrals: &ids, assessments: &assessments, revisions: &revs, at: Utc::now() }, out).await?;
+    let taken =
+        ledger::reverse(conn, engine, Reverse::Fraud { referrals: &ids, assessments: &assessments, revisions: &revs, at: Utc::now() }, out)
+            .await?;
     for id in taken {
         if let Some(referral) = referrals.values_mut().find(|r| r.referral_id == id) {
-            let cause = format!("fraud found after payment: assessment {} (revision {})", clawbacks[&id], revisions.get(&clawbacks[&id]).copied().unwrap_or(0));
+            let cause = format!(
+                "fraud found after payment: assessment {} (revision {})",
+                clawbacks[&id],
+                revisions.get(&clawbacks[&id]).copied().unwrap_or(0)
+            );
             moves.extend(Move::of(referral, CLAWBACK, cause));
         }
     }
@@ -238,7 +249,12 @@ pub(crate) async fn reviews(engine: &RewardEngine, conn: &mut PgConnection, batc
     schedule_eligible(engine, conn, &referrals, &cleared).await
 }
 
-async fn schedule_eligible(engine: &RewardEngine, conn: &mut PgConnection, referrals: &BTreeMap<String, Referral>, referees: &[String]) -> sqlx::Result<()> {
+async fn schedule_eligible(
+    engine: &RewardEngine,
+    conn: &mut PgConnection,
+    referrals: &BTreeMap<String, Referral>,
+    referees: &[String],
+) -> sqlx::Result<()> {
     let now_eligible: Vec<&Referral> =
         referees.iter().filter_map(|e| referrals.get(e)).filter(|r| r.status() == ReferralStatus::Eligible).collect();
     if store::schedule_if_qualifying(conn, engine, &now_eligible).await? > 0 {

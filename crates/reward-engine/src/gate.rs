@@ -38,8 +38,11 @@ pub trait EndOffsets: Send + Sync {
 pub struct KafkaEndOffsets {
     consumer: Arc<BaseConsumer>,
     timeout: Duration,
-    partitions: Arc<Mutex<BTreeMap<String, (Instant, Vec<i32>)>>>,
+    partitions: Arc<Mutex<PartitionCache>>,
 }
+
+/// Partition ids per topic, with when they were read.
+type PartitionCache = BTreeMap<String, (Instant, Vec<i32>)>;
 
 const METADATA_TTL: Duration = Duration::from_secs(30);
 
@@ -67,7 +70,12 @@ impl EndOffsets for KafkaEndOffsets {
         tokio::task::spawn_blocking(move || -> anyhow::Result<Position> {
             let mut tpl = TopicPartitionList::new();
             for topic in &topics {
-                let cached = cache.lock().unwrap_or_else(|e| e.into_inner()).get(topic).filter(|(at, _)| at.elapsed() < METADATA_TTL).map(|(_, p)| p.clone());
+                let cached = cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(topic)
+                    .filter(|(at, _)| at.elapsed() < METADATA_TTL)
+                    .map(|(_, p)| p.clone());
                 let partitions = match cached {
                     Some(p) => p,
                     None => {
@@ -91,7 +99,11 @@ impl EndOffsets for KafkaEndOffsets {
                         other => return Err(format!("no end offset for {}[{}]: {other:?}", e.topic(), e.partition())),
                     };
                 }
-                if position.len() == wanted { Ok(position) } else { Err(format!("{} of {wanted} partitions answered", position.len())) }
+                if position.len() == wanted {
+                    Ok(position)
+                } else {
+                    Err(format!("{} of {wanted} partitions answered", position.len()))
+                }
             });
             match looked_up {
                 Ok(position) => Ok(position),
@@ -187,8 +199,10 @@ impl BarrierRow {
 
 /// A worker's durable progress.
 async fn progress_of(conn: &mut PgConnection, worker: &str) -> sqlx::Result<Position> {
-    let rows: Vec<(String, i32, i64)> =
-        sqlx::query_as("SELECT topic, partition, next_offset FROM consumer_progress WHERE consumer = $1").bind(worker).fetch_all(conn).await?;
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as("SELECT topic, partition, next_offset FROM consumer_progress WHERE consumer = $1")
+        .bind(worker)
+        .fetch_all(conn)
+        .await?;
     Ok(rows.into_iter().map(|(t, p, n)| ((t, p), n)).collect())
 }
 
@@ -233,8 +247,10 @@ pub async fn advance<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: 
             match step(&b, &attribution, &scorer, published) {
                 Step::Wait => break,
                 Step::CaptureOutbox => {
-                    let through: i64 =
-                        sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM outbox WHERE topic = $1").bind(ra).fetch_one(&mut *conn).await?;
+                    let through: i64 = sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM outbox WHERE topic = $1")
+                        .bind(ra)
+                        .fetch_one(&mut *conn)
+                        .await?;
                     sqlx::query("UPDATE settlement_barriers SET stage = 'relay', outbox_through = $2 WHERE barrier_id = $1")
                         .bind(row.barrier_id)
                         .bind(through)

@@ -203,7 +203,12 @@ struct Taken {
 /// Takes back the rewards `what` names, in one guarded update; books the compensating entries
 /// and announces `RewardReversed` for the rows that update really changed. Returns the
 /// referral ids whose rewards were taken back.
-pub(crate) async fn reverse(conn: &mut PgConnection, engine: &RewardEngine, what: Reverse<'_>, out: &mut Vec<OutboxMessage>) -> sqlx::Result<Vec<Uuid>> {
+pub(crate) async fn reverse(
+    conn: &mut PgConnection,
+    engine: &RewardEngine,
+    what: Reverse<'_>,
+    out: &mut Vec<OutboxMessage>,
+) -> sqlx::Result<Vec<Uuid>> {
     const RETURNING: &str = "RETURNING w.reward_id, w.referral_id, w.beneficiary_id, w.amount, w.currency, w.campaign_id, \
                              w.qualifying_deposit_id, w.reversed_at, w.reversal_reason, w.reversal_assessment_event_id";
     let taken: Vec<Taken> = match what {

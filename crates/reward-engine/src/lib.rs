@@ -168,7 +168,8 @@ impl Worker for RewardEngine {
             let run = &events[start..end];
             match &run[0] {
                 Input::Deposit(..) => {
-                    let deposits: Vec<_> = run.iter().filter_map(|e| if let Input::Deposit(d, at) = e { Some((d, at)) } else { None }).collect();
+                    let deposits: Vec<_> =
+                        run.iter().filter_map(|e| if let Input::Deposit(d, at) = e { Some((d, at)) } else { None }).collect();
                     apply::deposits(self, batch.conn, &deposits).await?;
                 }
                 Input::Reversal(_) => {

@@ -51,15 +51,14 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
     }
     let ids: Vec<Uuid> = claimed.iter().map(|c| c.referral_id).collect();
     let mut referrals = store::lock_by_id(&mut tx, &ids).await?;
-    let verdicts: BTreeMap<Uuid, Verdict> = sqlx::query_as::<_, (Uuid, String, i32)>(
-        "SELECT referral_id, decision, revision FROM assessments WHERE referral_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .filter_map(|(id, d, revision)| Some((id, Verdict { decision: d.parse::<Decision>().ok()?, revision })))
-    .collect();
+    let verdicts: BTreeMap<Uuid, Verdict> =
+        sqlx::query_as::<_, (Uuid, String, i32)>("SELECT referral_id, decision, revision FROM assessments WHERE referral_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .filter_map(|(id, d, revision)| Some((id, Verdict { decision: d.parse::<Decision>().ok()?, revision })))
+            .collect();
     let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
     let shared: BTreeSet<Uuid> = sqlx::query_scalar(
         "SELECT DISTINCT r.referral_id FROM referrals r \
@@ -100,7 +99,12 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
     let payments: Vec<Payment<'_>> = to_pay
         .iter()
         .filter_map(|(id, deposit_id, c)| {
-            Some(Payment { referral: referrals.get(id)?, deposit_id: deposit_id.clone(), barrier_id: c.barrier_id, hold_ended_at: c.hold_ended_at })
+            Some(Payment {
+                referral: referrals.get(id)?,
+                deposit_id: deposit_id.clone(),
+                barrier_id: c.barrier_id,
+                hold_ended_at: c.hold_ended_at,
+            })
         })
         .collect();
     let mut out = Vec::new();

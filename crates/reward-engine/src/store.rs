@@ -97,8 +97,12 @@ pub async fn deposits_of(conn: &mut PgConnection, users: &[String]) -> sqlx::Res
     for r in rows {
         // Currencies were validated when the deposit was decoded.
         let Ok(currency) = Currency::parse(r.currency.trim()) else { continue };
-        let deposit =
-            RecordedDeposit { deposit_id: r.deposit_id, amount: Money::new(r.amount, currency), occurred_at: r.occurred_at, reversed: r.reversed };
+        let deposit = RecordedDeposit {
+            deposit_id: r.deposit_id,
+            amount: Money::new(r.amount, currency),
+            occurred_at: r.occurred_at,
+            reversed: r.reversed,
+        };
         by_user.entry(r.user_id).or_default().push(Recorded { deposit, recorded_at: r.recorded_at });
     }
     Ok(by_user)
