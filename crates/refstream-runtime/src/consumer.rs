@@ -298,6 +298,9 @@ async fn partition_task<W: Worker>(
         }
         records.retain(|m| m.offset() >= next);
         if records.is_empty() {
+            // A redelivery of what this task already applied (the partition came back after a
+            // rebalance, from an older committed offset): it is durable, so the offset moves on.
+            store_offset(&shared.consumer, &topic, partition, next);
             continue;
         }
         let started = Instant::now();
