@@ -117,7 +117,19 @@ impl Harness {
         loop {
             let rows: Vec<(i64, String, String, Vec<u8>)> =
                 sqlx::query_as("SELECT id, topic, key, payload FROM outbox ORDER BY id").fetch_all(&self.db.pool).await.unwrap();
-            let Some(last) = rows.last().map(|r| r.0) else { return scored };
+            let Some(last) = rows.last().map(|r| r.0) else {
+                // The engine's settlement sweep, as its background task runs it: everything in
+                // front of the scorer has been applied here, so barriers open at once.
+                reward_engine::settlement::settle_all(&self.engine, &self.db.pool, &reward_engine::gate::EmptyStream).await.unwrap();
+                let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic <> 'reward-granted'")
+                    .fetch_one(&self.db.pool)
+                    .await
+                    .unwrap();
+                if left == 0 {
+                    return scored;
+                }
+                continue;
+            };
             sqlx::query("DELETE FROM outbox WHERE id <= $1").bind(last).execute(&self.db.pool).await.unwrap();
             let t = self.settings.topics.clone();
             for (_, topic, key, payload) in rows {
@@ -239,15 +251,23 @@ async fn card_ring(order: [usize; 3]) -> Harness {
 
 #[tokio::test]
 async fn a_ring_that_forms_later_rescores_earlier_approvals_whatever_the_order() {
-    // b's qualifying deposit first: b is paid before the ring exists, and stays paid.
+    // b's qualifying deposit first: b is paid before the ring exists (the card that makes it a
+    // ring arrives after b's hold ended), so the rejection claws b's reward back.
     let h = card_ring([0, 1, 2]).await;
-    assert_eq!(h.status_of("b").await, "rewarded", "a paid referral is never touched automatically");
+    assert_eq!(h.status_of("b").await, "reversed", "fraud found after payment is clawed back");
     let rescored = DerivedId::event("referral-rescored:2", referral_id("b"));
     let history: i64 = h.db.scalar_i64(&format!("SELECT count(*) FROM assessment_history WHERE event_id = '{rescored}'")).await;
     assert_eq!(history, 1, "the re-score carries its own deterministic event id");
-    let (ok, listing) = h.cli(&["review", "list"]);
-    assert!(ok, "{listing}");
-    assert!(listing.contains("paid before a later score flagged them") && listing.contains(&referral_id("b").to_string()), "{listing}");
+    let clawed: i64 = h
+        .db
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM rewards WHERE referral_id = '{}' AND reversal_reason = 'FRAUD' AND reversal_assessment_event_id IS NOT NULL",
+            referral_id("b")
+        ))
+        .await;
+    assert_eq!(clawed, 1, "one clawback, naming the assessment");
+    let (ok, explained) = h.cli(&["explain", "b"]);
+    assert!(ok && explained.contains("clawed back"), "{explained}");
 
     // Every other order of the three deposits ends with the same ring and the same decisions.
     for order in [[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
@@ -511,4 +531,38 @@ async fn end_to_end_a_ring_is_never_paid_while_users_behind_one_nat_ip_are() {
         db.scalar_i64("SELECT count(*) FROM assessments WHERE referee_id LIKE 'ring-%' AND 'FRAUD_RING' = ANY(reasons)").await;
     assert_eq!(ring_reasons, 3, "every ring referral ends up carrying FRAUD_RING");
     drop(fleet);
+}
+
+/// A device that crosses its velocity limit makes a cluster: every referral on it is
+/// re-assessed, the first accounts of the burst included, and each revision names the input
+/// event that caused it.
+#[tokio::test]
+async fn a_device_burst_reassesses_its_first_accounts_naming_the_event() {
+    let mut h = Harness::new().await;
+    h.register(&person("promoter"), None, 0).await;
+    let members: Vec<Person> =
+        (1..=5).map(|i| Person { device: "dev-burst".into(), ..person(["y1", "y2", "y3", "y4", "y5"][i - 1]) }).collect();
+    for (i, m) in members.iter().enumerate() {
+        h.register(m, Some("promoter"), 10 + i as i64 * 2).await;
+    }
+    let (decision, reasons, revision) = h.assessment_of("y1").await;
+    assert_eq!(decision, "REVIEW", "the first account of the burst: {reasons:?}");
+    assert!(reasons.contains(&"VELOCITY_DEVICE".to_owned()), "{reasons:?}");
+    assert!(revision >= 2, "re-assessed");
+    assert_eq!(h.status_of("y1").await, "held");
+    // The revision that flagged y1 was caused by the registration that crossed the limit (y4's).
+    let cause: Uuid = sqlx::query_scalar(
+        "SELECT cause_event_id FROM assessment_history WHERE referral_id = $1 AND decision <> 'APPROVE' ORDER BY revision LIMIT 1",
+    )
+    .bind(referral_id("y1"))
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(cause, DerivedId::event("referral-attributed", referral_id("y4")));
+    let first: Uuid = sqlx::query_scalar("SELECT cause_event_id FROM assessment_history WHERE referral_id = $1 AND revision = 1")
+        .bind(referral_id("y1"))
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(first, DerivedId::event("referral-attributed", referral_id("y1")), "a first assessment names its own referral");
 }

@@ -72,6 +72,56 @@ pub async fn link_users(conn: &mut PgConnection, users: &[&str], at: DateTime<Ut
     .rows_affected())
 }
 
+/// Takes the transaction's advisory lock of every payment instrument in `cards`
+/// (`(user, fingerprint)`), in lock order.
+pub async fn lock_payment_values(conn: &mut PgConnection, cards: &[(&str, &str)]) -> sqlx::Result<()> {
+    let values: Vec<&str> = cards.iter().map(|(_, v)| *v).collect();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(h) FROM \
+         (SELECT DISTINCT hashtextextended('payment:' || v, 2718) AS h FROM unnest($1::text[]) AS v) AS locks ORDER BY h",
+    )
+    .bind(&values)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// True when a card of `cards` is (or becomes, within the batch) used by more than one account.
+pub async fn any_card_shared(conn: &mut PgConnection, cards: &[(&str, &str)]) -> sqlx::Result<bool> {
+    let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+    for (user, card) in cards {
+        if owners.insert(card, user).is_some_and(|other| other != *user) {
+            return Ok(true);
+        }
+    }
+    let users: Vec<&str> = cards.iter().map(|(u, _)| *u).collect();
+    let values: Vec<&str> = cards.iter().map(|(_, v)| *v).collect();
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM identity_links l JOIN unnest($1::text[], $2::text[]) AS b(u, v) \
+         ON l.kind = 'payment' AND l.value = b.v AND l.user_id <> b.u)",
+    )
+    .bind(&users)
+    .bind(&values)
+    .fetch_one(conn)
+    .await
+}
+
+/// Records every `(user, card)` link of a batch in one insert (`at`: when each card was used).
+pub async fn link_payments(conn: &mut PgConnection, cards: &[(&str, &str)], at: &[DateTime<Utc>]) -> sqlx::Result<()> {
+    let users: Vec<&str> = cards.iter().map(|(u, _)| *u).collect();
+    let values: Vec<&str> = cards.iter().map(|(_, v)| *v).collect();
+    sqlx::query(
+        "INSERT INTO identity_links (kind, value, user_id, first_seen_at) \
+         SELECT 'payment', v, u, t FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS b(u, v, t) ON CONFLICT DO NOTHING",
+    )
+    .bind(&users)
+    .bind(&values)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Records that `user` paid with `fingerprint`; true when the link is new.
 pub async fn link_payment(conn: &mut PgConnection, user: &str, fingerprint: &str, at: DateTime<Utc>) -> sqlx::Result<bool> {
     Ok(sqlx::query(

@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, Utc};
 use refstream_core::events::{DepositCompleted, ReferralAttributed, ReferralScored};
-use refstream_core::fraud::rules::{ALWAYS_REJECT, AT_LEAST_REVIEW, FRAUD_RING, SHARED_PAYMENT_INSTRUMENT};
+use refstream_core::fraud::rules::{ALWAYS_REJECT, AT_LEAST_REVIEW, FRAUD_RING, SHARED_PAYMENT_INSTRUMENT, VELOCITY_DEVICE};
 use refstream_core::fraud::{assess, Assessment, DisposableDomains, Evidence, FraudPolicy};
 use refstream_core::lifecycle::Decision;
 use refstream_core::{DerivedId, UserId};
@@ -38,6 +38,13 @@ use crate::graph::Component;
 /// Serializes ring maintenance across scorer instances: two transactions adding links at once
 /// could otherwise each miss the ring their links complete together.
 const RING_LOCK: i64 = 0x7265_6673_7269_6e67; // "refsring"
+
+/// Why an assessment revision was made: a sentence, and the input event whose processing made it.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    pub text: String,
+    pub event_id: Uuid,
+}
 
 /// One input of the scorer.
 #[derive(Debug, Clone)]
@@ -143,7 +150,7 @@ impl FraudScorer {
                        AND (u.registered_at, u.user_id) < (e.registered_at, e.user_id)) AS email_reused, \
                (SELECT email_domain FROM e) AS email_domain, \
                (SELECT count(*) FROM referrals WHERE referrer_id = $1 AND referee_registered_at > $3 AND referee_registered_at <= $4) AS by_referrer, \
-               (SELECT count(*) FROM users u, e WHERE u.device_id = e.device_id AND u.registered_at > $3 AND u.registered_at <= $4) AS from_device, \
+               (SELECT count(*) FROM users u, e WHERE u.device_id = e.device_id AND u.registered_at > $3 AND u.registered_at <= $4 + ($4 - $3)) AS from_device, \
                (SELECT count(*) FROM users u, e WHERE u.ip_hash = e.ip_hash AND u.registered_at > $3 AND u.registered_at <= $4) AS from_ip, \
                (SELECT count(*) FROM users u, e WHERE u.device_id = e.device_id AND u.user_id <> e.user_id AND u.registered_at <= $4) AS others_on_device, \
                EXISTS (SELECT 1 FROM identity_links a JOIN identity_links b ON b.kind = a.kind AND b.value = a.value \
@@ -188,7 +195,7 @@ impl FraudScorer {
         let new_links = graph::link_users(conn, &[&subject.referrer_id, &subject.referee_id], r.occurred_at).await?;
         let (assessment, evidence) = self.score(conn, &subject).await?;
         let event_id = DerivedId::event("referral-scored", r.referral_id);
-        if !store(conn, &subject, &assessment, &evidence, event_id).await? {
+        if !store(conn, &subject, &assessment, &evidence, event_id, r.event_id).await? {
             return Ok(());
         }
         OUTCOMES.with_label_values(&["fraud-scorer", assessment.decision.as_str()]).inc();
@@ -196,7 +203,10 @@ impl FraudScorer {
         // This referral, or the links of its two accounts, may have completed a ring whose
         // other referrals were scored before it existed; and an account that arrives late may
         // change the evidence of accounts on its device or mailbox that registered after it.
-        let cause = format!("referral {} ({} referred {}) arrived", r.referral_id, r.referrer_id, r.referee_id);
+        let cause = Cause {
+            text: format!("referral {} ({} referred {}) arrived", r.referral_id, r.referrer_id, r.referee_id),
+            event_id: r.event_id,
+        };
         let mut around = vec![subject.referee_id.as_str()];
         if new_links > 0 {
             around.push(subject.referrer_id.as_str());
@@ -206,6 +216,7 @@ impl FraudScorer {
             candidates.extend(self.ring_candidates(conn, user).await?);
             candidates.extend(later_on_same_device_or_email(conn, user).await?);
         }
+        candidates.extend(device_burst(conn, &subject.referee_id, &self.policy).await?);
         candidates.remove(&r.referral_id);
         self.rescore_all(conn, candidates, &cause, r.occurred_at, out).await
     }
@@ -230,7 +241,7 @@ impl FraudScorer {
         .fetch_all(&mut *conn)
         .await?;
         candidates.extend(shared);
-        let cause = format!("deposit {} by {user} linked a payment instrument", d.deposit_id);
+        let cause = Cause { text: format!("deposit {} by {user} linked a payment instrument", d.deposit_id), event_id: d.event_id };
         self.rescore_all(conn, candidates, &cause, d.occurred_at, out).await
     }
 
@@ -254,7 +265,7 @@ impl FraudScorer {
         &self,
         conn: &mut PgConnection,
         candidates: BTreeSet<Uuid>,
-        cause: &str,
+        cause: &Cause,
         at: DateTime<Utc>,
         out: &mut Vec<OutboxMessage>,
     ) -> sqlx::Result<()> {
@@ -270,7 +281,7 @@ impl FraudScorer {
         &self,
         conn: &mut PgConnection,
         referral_id: Uuid,
-        cause: &str,
+        cause: &Cause,
         at: DateTime<Utc>,
         out: &mut Vec<OutboxMessage>,
     ) -> sqlx::Result<()> {
@@ -305,7 +316,7 @@ impl FraudScorer {
         let signals = signals_json(&assessment, &evidence);
         sqlx::query(
             "UPDATE assessments SET score = $2, decision = $3, reasons = $4, signals = $5, rule_version = $6, \
-             revision = $7, cause = $8, assessed_at = now() WHERE referral_id = $1",
+             revision = $7, cause = $8, cause_event_id = $9, assessed_at = now() WHERE referral_id = $1",
         )
         .bind(referral_id)
         .bind(i32::from(assessment.score))
@@ -314,12 +325,13 @@ impl FraudScorer {
         .bind(&signals)
         .bind(assessment.rule_version)
         .bind(revision)
-        .bind(cause)
+        .bind(&cause.text)
+        .bind(cause.event_id)
         .execute(&mut *conn)
         .await?;
         history(conn, referral_id, revision, &assessment, &signals, cause, event_id).await?;
         OUTCOMES.with_label_values(&["fraud-scorer", "rescored"]).inc();
-        tracing::info!(referral = %referral_id, from = before.as_str(), to = assessment.decision.as_str(), reasons = ?assessment.reasons(), cause, "re-scored");
+        tracing::info!(referral = %referral_id, from = before.as_str(), to = assessment.decision.as_str(), reasons = ?assessment.reasons(), cause = %cause.text, "re-scored");
         out.push(self.scored(&subject, &assessment, event_id, at));
         Ok(())
     }
@@ -362,6 +374,28 @@ async fn later_on_same_device_or_email(conn: &mut PgConnection, user: &str) -> s
          ) later ORDER BY registered_at, referral_id LIMIT $2",
     )
     .bind(user)
+    .bind(MAX_LATE_RESCORES)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// The cluster of a device that crossed its velocity limit: when more than
+/// `velocity_per_device` accounts registered on `user`'s device within the velocity window
+/// around `user`'s registration (either side), the scored referrals of those accounts that do
+/// not carry VELOCITY_DEVICE yet — the first accounts of a burst included, which looked clean
+/// when they arrived. Empty otherwise.
+async fn device_burst(conn: &mut PgConnection, user: &str, policy: &FraudPolicy) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "WITH n AS (SELECT device_id, registered_at FROM users WHERE user_id = $1 AND device_id IS NOT NULL), \
+         burst AS (SELECT u.user_id FROM users u, n WHERE u.device_id = n.device_id \
+                   AND u.registered_at BETWEEN n.registered_at - make_interval(hours => $2) AND n.registered_at + make_interval(hours => $2)) \
+         SELECT a.referral_id FROM assessments a JOIN burst ON burst.user_id = a.referee_id \
+         WHERE (SELECT count(*) FROM burst) > $3 AND NOT ($4 = ANY(a.reasons)) ORDER BY a.referral_id LIMIT $5",
+    )
+    .bind(user)
+    .bind(i32::try_from(policy.velocity_window.num_hours()).unwrap_or(i32::MAX))
+    .bind(i64::from(policy.velocity_per_device))
+    .bind(VELOCITY_DEVICE)
     .bind(MAX_LATE_RESCORES)
     .fetch_all(&mut *conn)
     .await
@@ -415,12 +449,12 @@ async fn history(
     revision: i32,
     a: &Assessment,
     signals: &Json,
-    cause: &str,
+    cause: &Cause,
     event_id: Uuid,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO assessment_history (referral_id, revision, score, decision, reasons, signals, rule_version, cause, event_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+        "INSERT INTO assessment_history (referral_id, revision, score, decision, reasons, signals, rule_version, cause, event_id, cause_event_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
     )
     .bind(referral_id)
     .bind(revision)
@@ -429,20 +463,21 @@ async fn history(
     .bind(a.reasons())
     .bind(signals)
     .bind(a.rule_version)
-    .bind(cause)
+    .bind(&cause.text)
     .bind(event_id)
+    .bind(cause.event_id)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
 /// Stores a first assessment; false when the referral was already assessed.
-async fn store(conn: &mut PgConnection, r: &Subject, a: &Assessment, evidence: &Json, event_id: Uuid) -> sqlx::Result<bool> {
+async fn store(conn: &mut PgConnection, r: &Subject, a: &Assessment, evidence: &Json, event_id: Uuid, input: Uuid) -> sqlx::Result<bool> {
     let signals = signals_json(a, evidence);
-    let cause = "referral attributed";
+    let cause = Cause { text: "referral attributed".into(), event_id: input };
     let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO assessments (referral_id, referrer_id, referee_id, score, decision, reasons, signals, rule_version, revision, cause) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9) ON CONFLICT (referral_id) DO NOTHING RETURNING referral_id",
+        "INSERT INTO assessments (referral_id, referrer_id, referee_id, score, decision, reasons, signals, rule_version, revision, cause, cause_event_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10) ON CONFLICT (referral_id) DO NOTHING RETURNING referral_id",
     )
     .bind(r.referral_id)
     .bind(&r.referrer_id)
@@ -452,11 +487,12 @@ async fn store(conn: &mut PgConnection, r: &Subject, a: &Assessment, evidence: &
     .bind(a.reasons())
     .bind(&signals)
     .bind(a.rule_version)
-    .bind(cause)
+    .bind(&cause.text)
+    .bind(cause.event_id)
     .fetch_optional(&mut *conn)
     .await?;
     if inserted.is_some() {
-        history(conn, r.referral_id, 1, a, &signals, cause, event_id).await?;
+        history(conn, r.referral_id, 1, a, &signals, &cause, event_id).await?;
     }
     Ok(inserted.is_some())
 }
@@ -490,6 +526,36 @@ impl Worker for FraudScorer {
     async fn apply(&self, batch: &mut Batch<'_>, events: &[Input]) -> sqlx::Result<()> {
         if events.is_empty() {
             return Ok(());
+        }
+        // Payment instruments are locked per value first (sorted, so batches cannot deadlock):
+        // two batches linking one card to two accounts run one after the other, and the second
+        // sees the first's link.
+        let cards: Vec<(&str, &str)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Input::Deposit(d) => Some((d.user_id.as_str(), d.payment_fingerprint.as_deref()?)),
+                Input::Attributed(_) => None,
+            })
+            .collect();
+        if !cards.is_empty() {
+            graph::lock_payment_values(batch.conn, &cards).await?;
+        }
+        let only_deposits = events.iter().all(|e| matches!(e, Input::Deposit(_)));
+        if only_deposits && !graph::any_card_shared(batch.conn, &cards).await? {
+            // No card of the batch is used by another account: no ring, no shared instrument,
+            // nothing to re-score. Record the links in one insert, without the ring lock.
+            return graph::link_payments(
+                batch.conn,
+                &cards,
+                &events
+                    .iter()
+                    .filter_map(|e| match e {
+                        Input::Deposit(d) if d.payment_fingerprint.is_some() => Some(d.occurred_at),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .await;
         }
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(RING_LOCK).execute(&mut *batch.conn).await?;
         let mut out = Vec::new();
