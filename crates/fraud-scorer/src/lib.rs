@@ -20,7 +20,9 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, Utc};
 use refstream_core::events::{DepositCompleted, ReferralAttributed, ReferralScored};
-use refstream_core::fraud::rules::{ALWAYS_REJECT, AT_LEAST_REVIEW, FRAUD_RING, SHARED_PAYMENT_INSTRUMENT, VELOCITY_DEVICE};
+use refstream_core::fraud::rules::{
+    ALWAYS_REJECT, AT_LEAST_REVIEW, FRAUD_RING, SHARED_PAYMENT_INSTRUMENT, VELOCITY_DEVICE, VELOCITY_REFERRER,
+};
 use refstream_core::fraud::{assess, Assessment, DisposableDomains, Evidence, FraudPolicy};
 use refstream_core::lifecycle::Decision;
 use refstream_core::{DerivedId, UserId};
@@ -149,7 +151,7 @@ impl FraudScorer {
                EXISTS (SELECT 1 FROM users u, e WHERE u.email_hash = e.email_hash AND u.user_id <> e.user_id \
                        AND (u.registered_at, u.user_id) < (e.registered_at, e.user_id)) AS email_reused, \
                (SELECT email_domain FROM e) AS email_domain, \
-               (SELECT count(*) FROM referrals WHERE referrer_id = $1 AND referee_registered_at > $3 AND referee_registered_at <= $4) AS by_referrer, \
+               (SELECT count(*) FROM referrals WHERE referrer_id = $1 AND referee_registered_at > $3 AND referee_registered_at <= $4 + ($4 - $3)) AS by_referrer, \
                (SELECT count(*) FROM users u, e WHERE u.device_id = e.device_id AND u.registered_at > $3 AND u.registered_at <= $4 + ($4 - $3)) AS from_device, \
                (SELECT count(*) FROM users u, e WHERE u.ip_hash = e.ip_hash AND u.registered_at > $3 AND u.registered_at <= $4) AS from_ip, \
                (SELECT count(*) FROM users u, e WHERE u.device_id = e.device_id AND u.user_id <> e.user_id AND u.registered_at <= $4) AS others_on_device, \
@@ -216,7 +218,7 @@ impl FraudScorer {
             candidates.extend(self.ring_candidates(conn, user).await?);
             candidates.extend(later_on_same_device_or_email(conn, user).await?);
         }
-        candidates.extend(device_burst(conn, &subject.referee_id, &self.policy).await?);
+        candidates.extend(velocity_clusters(conn, &subject.referee_id, &subject.referrer_id, &self.policy).await?);
         candidates.remove(&r.referral_id);
         self.rescore_all(conn, candidates, &cause, r.occurred_at, out).await
     }
@@ -379,23 +381,36 @@ async fn later_on_same_device_or_email(conn: &mut PgConnection, user: &str) -> s
     .await
 }
 
-/// The cluster of a device that crossed its velocity limit: when more than
-/// `velocity_per_device` accounts registered on `user`'s device within the velocity window
-/// around `user`'s registration (either side), the scored referrals of those accounts that do
-/// not carry VELOCITY_DEVICE yet — the first accounts of a burst included, which looked clean
-/// when they arrived. Empty otherwise.
-async fn device_burst(conn: &mut PgConnection, user: &str, policy: &FraudPolicy) -> sqlx::Result<Vec<Uuid>> {
+/// Velocity clusters, counted as known now: a referral's device (or referrer) velocity counts
+/// the registrations on its device (the referrals by its referrer) within the velocity window on
+/// either side of its own registration. When `user`'s registration arrives, it can only change
+/// the counts of referrals registered within a window of it; those whose own count is now over
+/// the limit and that do not carry the signal yet are returned for re-assessment — the first
+/// accounts of a device burst or a referral farm included. The result is the same whatever
+/// order the registrations arrive in.
+async fn velocity_clusters(conn: &mut PgConnection, user: &str, referrer: &str, policy: &FraudPolicy) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
-        "WITH n AS (SELECT device_id, registered_at FROM users WHERE user_id = $1 AND device_id IS NOT NULL), \
-         burst AS (SELECT u.user_id FROM users u, n WHERE u.device_id = n.device_id \
-                   AND u.registered_at BETWEEN n.registered_at - make_interval(hours => $2) AND n.registered_at + make_interval(hours => $2)) \
-         SELECT a.referral_id FROM assessments a JOIN burst ON burst.user_id = a.referee_id \
-         WHERE (SELECT count(*) FROM burst) > $3 AND NOT ($4 = ANY(a.reasons)) ORDER BY a.referral_id LIMIT $5",
+        "WITH n AS (SELECT device_id, registered_at FROM users WHERE user_id = $1), \
+         w AS (SELECT make_interval(hours => $3) AS w), \
+         device AS (SELECT a.referral_id FROM n, w, users u JOIN assessments a ON a.referee_id = u.user_id \
+            WHERE u.device_id = n.device_id AND u.registered_at BETWEEN n.registered_at - w.w AND n.registered_at + w.w \
+              AND NOT ($5 = ANY(a.reasons)) \
+              AND (SELECT count(*) FROM users o WHERE o.device_id = u.device_id \
+                   AND o.registered_at > u.registered_at - w.w AND o.registered_at <= u.registered_at + w.w) > $4), \
+         farm AS (SELECT a.referral_id FROM n, w, referrals r JOIN assessments a USING (referral_id) \
+            WHERE r.referrer_id = $2 AND r.referee_registered_at BETWEEN n.registered_at - w.w AND n.registered_at + w.w \
+              AND NOT ($7 = ANY(a.reasons)) \
+              AND (SELECT count(*) FROM referrals o WHERE o.referrer_id = r.referrer_id \
+                   AND o.referee_registered_at > r.referee_registered_at - w.w AND o.referee_registered_at <= r.referee_registered_at + w.w) > $6) \
+         SELECT referral_id FROM (SELECT referral_id FROM device UNION SELECT referral_id FROM farm) c ORDER BY referral_id LIMIT $8",
     )
     .bind(user)
+    .bind(referrer)
     .bind(i32::try_from(policy.velocity_window.num_hours()).unwrap_or(i32::MAX))
     .bind(i64::from(policy.velocity_per_device))
     .bind(VELOCITY_DEVICE)
+    .bind(i64::from(policy.velocity_per_referrer))
+    .bind(VELOCITY_REFERRER)
     .bind(MAX_LATE_RESCORES)
     .fetch_all(&mut *conn)
     .await
