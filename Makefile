@@ -1,5 +1,5 @@
 # The commands the README gives. Everything starts what it needs and stops it afterwards.
-.PHONY: build demo test test-faults lint fmt clean
+.PHONY: build demo test test-faults bench lint fmt clean
 
 build:
 	cargo build --workspace --bins
@@ -9,6 +9,11 @@ demo:
 
 test:
 	scripts/test.sh
+
+# Throughput and latency of the release fleet beside pgbench on the same Postgres (prints a
+# table; about 5 minutes plus the release build). More options: make bench BENCH_ARGS="--burst 5000".
+bench:
+	scripts/bench.sh $(BENCH_ARGS)
 
 # The full fault-injection suite: every scenario, over a hundred kills.
 test-faults:

@@ -5,7 +5,7 @@
 #   scripts/fleet.sh down   stop everything this script started
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${CARGO_TARGET_DIR:-target}/debug
+BIN=${FLEET_BIN:-${CARGO_TARGET_DIR:-target}/debug}
 LOCAL=.local
 mkdir -p "$LOCAL/logs"
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# `make bench`: release build, a throwaway Postgres, the devbroker and the four release workers
+# (settlement delay 0), then refstream-bench: registrations, a burst of qualifying deposits, a
+# paced load, read back from Kafka, and pgbench on the same Postgres with the same reward
+# transaction once per event and in batches of 100. Prints one table; stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bins
+REL=${CARGO_TARGET_DIR:-target}/release
+trap 'scripts/fleet.sh down' EXIT
+scripts/pg.sh destroy >/dev/null 2>&1 || true
+export REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS=0
+FLEET_BIN=$REL scripts/fleet.sh up
+# shellcheck disable=SC1091
+source .local/fleet.env
+# shellcheck disable=SC1091
+source .local/pg.env
+psql -q -c "CREATE DATABASE refstream_pgbench" >/dev/null
+PGBENCH_URL="${DATABASE_URL%/*}/refstream_pgbench"
+REFSTREAM__DATABASE__URL=$PGBENCH_URL "$REL/refstream" migrate >/dev/null
+psql -q -d refstream_pgbench -f bench/pgbench/setup.sql >/dev/null
+"$REL/refstream-bench" --pgbench-url "$PGBENCH_URL" "$@"
