@@ -230,6 +230,17 @@ async fn main() -> anyhow::Result<()> {
     let (paced_received, paced_repeats) = reading.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
     let (paced_p50, paced_p99) = percentiles(&paced_sent, &paced_received);
     let peak = worker_stats(&args.root);
+    // What the settlement gate added: from the hold's end to the barrier opening (the scorer,
+    // caught up, applying what had arrived by then).
+    let paced_ids: Vec<String> = paced_sent.keys().cloned().collect();
+    let (gate_p50, gate_p99): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(percentile_disc(0.5) WITHIN GROUP (ORDER BY ms), 0)::int8, COALESCE(percentile_disc(0.99) WITHIN GROUP (ORDER BY ms), 0)::int8 \
+         FROM (SELECT extract(epoch FROM b.opened_at - b.hold_ended_at) * 1000 AS ms FROM rewards w \
+               JOIN settlement_barriers b USING (barrier_id) WHERE w.qualifying_deposit_id = ANY($1)) g",
+    )
+    .bind(&paced_ids)
+    .fetch_one(&pool)
+    .await?;
 
     // Exactly once: every deposit's reward arrived, none twice; the database agrees.
     let rewards = count(&pool, &format!("SELECT count(*) FROM rewards WHERE beneficiary_id LIKE 'bn-{run}-%'")).await?;
@@ -263,6 +274,8 @@ async fn main() -> anyhow::Result<()> {
     println!("{:<44} {:>11} ms {:>12}", "burst: end-to-end p99", burst_p99, "");
     println!("{:<44} {:>11} ms {:>12}", "paced: end-to-end p50", paced_p50, "");
     println!("{:<44} {:>11} ms {:>12}", "paced: end-to-end p99", paced_p99, "≤ 100 ms");
+    println!("{:<44} {:>11} ms {:>12}", "paced: settlement gate wait p50", gate_p50, "");
+    println!("{:<44} {:>11} ms {:>12}", "paced: settlement gate wait p99", gate_p99, "");
     if let (Some(one), Some(batched)) = (one, batched) {
         println!("{:<44} {:>14.0} {:>12}", "pgbench: reward transaction once per event /s", one, "");
         println!("{:<44} {:>14.0} {:>12}", "pgbench: in batches of 100 (rewards/s)", batched, "");
