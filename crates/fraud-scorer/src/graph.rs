@@ -1,27 +1,34 @@
 //! The scorer's graph of hard links (`identity_links`): accounts that share a device id, a
 //! normalized email (its keyed hash) or a payment instrument are linked, and a connected
 //! component of at least `ring_min_size` accounts within which one account referred another is a
-//! fraud ring. The links are gathered here; what counts as a ring is decided by the pure
-//! [`refstream_core::fraud::ring_members`], so the rule is the one the domain tests pin down.
+//! fraud ring. This module only reads and writes the links, set-based: a batch's links are
+//! written in one statement and the components of all the accounts a batch touches are loaded in
+//! three, whatever the batch's size. What counts as a ring is decided by the pure
+//! [`refstream_core::fraud::Graph`], so the rule is the one the domain tests pin down.
+//!
+//! Guarantees: links are inserted in one sorted statement that skips links already present, so
+//! two concurrent batches never wait on each other in opposite orders, and a link already stored
+//! takes no lock at all. The components are read as of the statement; the caller decides which
+//! lock makes that read complete (see the crate documentation).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use refstream_core::fraud::ring_members;
+use refstream_core::fraud::{ComponentSummary, Graph};
 use serde_json::{json, Value as Json};
 use sqlx::PgConnection;
 
-/// The most accounts followed when exploring one component. A component that large is a ring
-/// or a data problem either way; the cap keeps one hot identifier (an emulator's device id)
-/// from turning every score into a walk over the whole table.
-pub const MAX_COMPONENT: i64 = 2_000;
+/// The most accounts followed when exploring the components of one batch. Components that large
+/// are a ring or a data problem either way; the cap keeps one hot identifier (an emulator's
+/// device id) from turning every batch into a walk over the whole table.
+pub const MAX_WALK: i64 = 20_000;
 
-/// The component of one account.
+/// The component of one account, as explain shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Component {
     /// Every account in the component, sorted; at least the account itself.
     pub members: Vec<String>,
-    /// The exploration stopped at [`MAX_COMPONENT`] accounts.
+    /// The exploration stopped at [`MAX_WALK`] accounts.
     pub truncated: bool,
     /// Identifiers shared by two or more members, counted by kind.
     pub shared: BTreeMap<String, u32>,
@@ -32,6 +39,10 @@ pub struct Component {
 }
 
 impl Component {
+    fn from_summary(s: ComponentSummary, truncated: bool) -> Self {
+        Self { members: s.members, truncated, shared: s.shared, inner_referrals: s.inner_referrals, is_ring: s.is_ring }
+    }
+
     /// The evidence's `ring_size`: the component's size when it is a ring, 0 otherwise.
     pub fn ring_size(&self) -> u32 {
         if self.is_ring {
@@ -56,20 +67,57 @@ impl Component {
     }
 }
 
-/// Records the device and email links of `users` from their `users` rows.
-pub async fn link_users(conn: &mut PgConnection, users: &[&str], at: DateTime<Utc>) -> sqlx::Result<u64> {
-    Ok(sqlx::query(
+/// The components of every account a batch touches.
+#[derive(Debug, Default)]
+pub struct Components {
+    graph: Graph,
+    members: BTreeSet<String>,
+    truncated: bool,
+}
+
+impl Components {
+    /// True when `user`'s component was loaded.
+    pub fn covers(&self, user: &str) -> bool {
+        self.members.contains(user)
+    }
+
+    /// The component of `user`.
+    pub fn of(&self, user: &str) -> Component {
+        Component::from_summary(self.graph.of(user), self.truncated)
+    }
+
+    /// The members of every ring, each with the representative of its ring.
+    pub fn ring_members(&self) -> Vec<(&str, &str)> {
+        self.graph.rings().flat_map(|r| r.members.iter().map(|m| (self.graph.representative(m), m.as_str()))).collect()
+    }
+
+    /// The representative of `user`'s component.
+    pub fn representative<'a>(&'a self, user: &'a str) -> &'a str {
+        self.graph.representative(user)
+    }
+}
+
+/// Records the device and email links of `users` (each with when the scorer first met it) from
+/// their `users` rows, in one sorted insert. Returns the users that got a new link.
+pub async fn link_users(conn: &mut PgConnection, users: &[(&str, DateTime<Utc>)]) -> sqlx::Result<BTreeSet<String>> {
+    let ids: Vec<&str> = users.iter().map(|(u, _)| *u).collect();
+    let at: Vec<DateTime<Utc>> = users.iter().map(|(_, t)| *t).collect();
+    let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO identity_links (kind, value, user_id, first_seen_at) \
-         SELECT x.kind, x.value, u.user_id, $2 FROM users u, \
+         SELECT x.kind, x.value, u.user_id, b.at \
+         FROM (SELECT u, min(t) AS at FROM unnest($1::text[], $2::timestamptz[]) AS b(u, t) GROUP BY u) AS b \
+         JOIN users u ON u.user_id = b.u, \
            LATERAL (VALUES ('device', u.device_id), ('email', u.email_hash)) AS x(kind, value) \
-         WHERE u.user_id = ANY($1) AND x.value IS NOT NULL \
-         ON CONFLICT DO NOTHING",
+         WHERE x.value IS NOT NULL \
+           AND NOT EXISTS (SELECT 1 FROM identity_links l WHERE l.kind = x.kind AND l.value = x.value AND l.user_id = u.user_id) \
+         ORDER BY x.kind, x.value, u.user_id \
+         ON CONFLICT DO NOTHING RETURNING user_id",
     )
-    .bind(users)
-    .bind(at)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected())
+    .bind(&ids)
+    .bind(&at)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(inserted.into_iter().collect())
 }
 
 /// Takes the transaction's advisory lock of every payment instrument in `cards`
@@ -106,57 +154,50 @@ pub async fn any_card_shared(conn: &mut PgConnection, cards: &[(&str, &str)]) ->
     .await
 }
 
-/// Records every `(user, card)` link of a batch in one insert (`at`: when each card was used).
-pub async fn link_payments(conn: &mut PgConnection, cards: &[(&str, &str)], at: &[DateTime<Utc>]) -> sqlx::Result<()> {
+/// Records every `(user, card)` link of a batch in one sorted insert (`at`: when each card was
+/// used). Returns the `(user, card)` links that are new.
+pub async fn link_payments(
+    conn: &mut PgConnection,
+    cards: &[(&str, &str)],
+    at: &[DateTime<Utc>],
+) -> sqlx::Result<BTreeSet<(String, String)>> {
     let users: Vec<&str> = cards.iter().map(|(u, _)| *u).collect();
     let values: Vec<&str> = cards.iter().map(|(_, v)| *v).collect();
-    sqlx::query(
+    let inserted: Vec<(String, String)> = sqlx::query_as(
         "INSERT INTO identity_links (kind, value, user_id, first_seen_at) \
-         SELECT 'payment', v, u, t FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS b(u, v, t) ON CONFLICT DO NOTHING",
+         SELECT 'payment', v, u, min(t) FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS b(u, v, t) \
+         GROUP BY v, u ORDER BY v, u ON CONFLICT DO NOTHING RETURNING user_id, value",
     )
     .bind(&users)
     .bind(&values)
     .bind(at)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(())
+    Ok(inserted.into_iter().collect())
 }
 
-/// Records that `user` paid with `fingerprint`; true when the link is new.
-pub async fn link_payment(conn: &mut PgConnection, user: &str, fingerprint: &str, at: DateTime<Utc>) -> sqlx::Result<bool> {
-    Ok(sqlx::query(
-        "INSERT INTO identity_links (kind, value, user_id, first_seen_at) VALUES ('payment', $1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(fingerprint)
-    .bind(user)
-    .bind(at)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1)
-}
-
-/// The component of `user` and whether it is a ring of at least `ring_min_size` accounts.
-pub async fn component_of(conn: &mut PgConnection, user: &str, ring_min_size: u32) -> sqlx::Result<Component> {
+/// The components of `users`, and which of them are rings of at least `ring_min_size` accounts:
+/// three statements whatever the number of users.
+pub async fn components(conn: &mut PgConnection, users: &[String], ring_min_size: u32) -> sqlx::Result<Components> {
+    if users.is_empty() {
+        return Ok(Components::default());
+    }
     let mut members: Vec<String> = sqlx::query_scalar(
         "WITH RECURSIVE comp(user_id) AS ( \
-           SELECT $1::text \
+           SELECT DISTINCT u FROM unnest($1::text[]) AS u \
            UNION \
            SELECT b.user_id FROM comp \
              JOIN identity_links a ON a.user_id = comp.user_id \
              JOIN identity_links b ON b.kind = a.kind AND b.value = a.value \
          ) SELECT user_id FROM comp LIMIT $2",
     )
-    .bind(user)
-    .bind(MAX_COMPONENT + 1)
+    .bind(users)
+    .bind(MAX_WALK + 1)
     .fetch_all(&mut *conn)
     .await?;
-    let truncated = members.len() > usize::try_from(MAX_COMPONENT).unwrap_or(usize::MAX);
-    members.truncate(usize::try_from(MAX_COMPONENT).unwrap_or(usize::MAX));
+    let truncated = members.len() > usize::try_from(MAX_WALK).unwrap_or(usize::MAX);
+    members.truncate(usize::try_from(MAX_WALK).unwrap_or(usize::MAX));
     members.sort();
-    if members.len() < 2 {
-        return Ok(Component { members, ..Component::default() });
-    }
     let groups: Vec<(String, Vec<String>)> = sqlx::query_as(
         "SELECT kind, array_agg(user_id ORDER BY user_id) FROM identity_links WHERE user_id = ANY($1) \
          GROUP BY kind, value HAVING count(*) > 1",
@@ -164,21 +205,15 @@ pub async fn component_of(conn: &mut PgConnection, user: &str, ring_min_size: u3
     .bind(&members)
     .fetch_all(&mut *conn)
     .await?;
-    let referrals: Vec<(String, String)> =
+    let referrals: Vec<(String, String)> = if groups.is_empty() {
+        Vec::new()
+    } else {
+        let linked: Vec<&String> = groups.iter().flat_map(|(_, users)| users).collect::<BTreeSet<_>>().into_iter().collect();
         sqlx::query_as("SELECT referrer_id, referee_id FROM referrals WHERE referee_id = ANY($1) AND referrer_id = ANY($1)")
-            .bind(&members)
+            .bind(&linked)
             .fetch_all(&mut *conn)
-            .await?;
-    let mut shared: BTreeMap<String, u32> = BTreeMap::new();
-    let mut links = Vec::new();
-    for (kind, users) in groups {
-        *shared.entry(kind).or_default() += 1;
-        // A star per identifier connects its users as well as every pair would.
-        for other in users.iter().skip(1) {
-            links.push((users[0].clone(), other.clone()));
-        }
-    }
+            .await?
+    };
     let min = usize::try_from(ring_min_size).unwrap_or(usize::MAX);
-    let is_ring = ring_members(&links, &referrals, min).contains(user);
-    Ok(Component { members, truncated, shared, inner_referrals: u32::try_from(referrals.len()).unwrap_or(u32::MAX), is_ring })
+    Ok(Components { graph: Graph::build(&members, &groups, &referrals, min), members: members.into_iter().collect(), truncated })
 }

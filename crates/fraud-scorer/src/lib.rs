@@ -1,29 +1,70 @@
 //! The fraud scorer: consumes `referral-attributed` and `deposit-completed`, gathers what its
 //! tables know about the referrer and the referee (device, hashed IP and email, velocity in
-//! event-time windows, payment instruments, the ring graph of hard links), and scores the
-//! referral with the explainable rules of `refstream_core::fraud`. The assessment (score,
-//! decision, every signal with its detail, the evidence, rule version) and the `ReferralScored`
-//! that announces it commit in one transaction.
+//! event-time windows, payment instruments, the ring graph of hard links), and scores each
+//! referral with the explainable rules of `refstream_core::fraud`.
 //!
-//! Rings do not depend on arrival order. Hard links (device, email, payment instrument) are kept
-//! in `identity_links`; whenever new links or a new referral make an account's component a ring
-//! (or reveal a payment instrument shared by a referrer and their referee, or an account arrives
-//! after accounts on its device or mailbox that registered later than it), the referrals already
-//! scored without that knowledge are scored again. A re-score that is stricter, or carries a
-//! hard signal the stored one lacks, becomes a new assessment revision and a second
-//! `ReferralScored` with its own deterministic event id; it never loosens. The reward engine lets
-//! a re-score only tighten an unpaid referral.
+//! # What it guarantees
+//!
+//! - **One transaction per batch, the input's offset included.** Every assessment revision an
+//!   input record causes (the first assessment of its referral, and every re-assessment of the
+//!   cluster it makes suspicious) commits in the transaction that consumes that record, where the
+//!   consumer runtime also writes `consumer_progress`. `assessments` always holds the latest
+//!   revision; `assessment_history` every revision, each with `cause_event_id`, the event id of
+//!   the input record (`ReferralAttributed` or `DepositCompleted`) whose processing made it, and
+//!   a deterministic event id (`DerivedId::event`) for its `ReferralScored`.
+//! - **Set-based.** A batch (one partition of one topic, offset order) is applied with a bounded
+//!   number of statements whatever its size: links in one insert, the evidence of every referral
+//!   in one query, the ring graph in three, the candidates for re-assessment in one, the stored
+//!   assessments locked in one, assessments, history and outbox written through `UNNEST`.
+//! - **Re-assessment of clusters, tighten only.** When a batch makes a cluster suspicious (a ring
+//!   completed by its links, a device or referrer over its velocity limit counted on both sides
+//!   of each registration, an account that arrived late on a device or mailbox, a card on a
+//!   second account), every referral of that cluster already assessed is assessed again; a
+//!   stricter result, or one with a hard signal the stored one lacks, becomes a new revision
+//!   ([`refstream_core::fraud::tightens`]). Nothing is ever loosened. IP signals are soft: they
+//!   never hold a referral alone.
+//!
+//! # Locking, with partitions applied concurrently
+//!
+//! Evidence is read from `users` and `referrals`, which attribution commits before it publishes
+//! the `ReferralAttributed` that brings a referral here, so every registration a batch's events
+//! refer to is visible to it. What concurrent scorer batches write are links and assessments, and
+//! two of them could each miss what the other writes. The work is split in two:
+//!
+//! 1. Without any global lock: the batch's links are inserted (one statement, sorted, skipping
+//!    links already present, so a popular referrer's links take no lock), and the evidence of
+//!    the batch's new referrals is gathered (the heavy query).
+//! 2. Then the batch takes the transaction-scoped advisory lock [`RING_LOCK`] and holds it to its
+//!    commit, for a short, set-based section: read the components of the accounts it touched,
+//!    insert its first assessments (with the ring verdict), find the candidates for
+//!    re-assessment (ring members, velocity clusters, late arrivals, shared cards — its own fresh
+//!    rows included), lock them `FOR UPDATE` in `referral_id` order, re-assess, write, enqueue.
+//!
+//! Why no ring or cluster is missed: the sections in (2) of all batches are totally ordered by
+//! the lock, and a batch releases it only after its commit is visible. Take two concurrent
+//! batches A then B. Everything A wrote (links, assessments) is committed before B's section
+//! reads anything, so B's component walk sees A's links and its own; if their links complete a
+//! ring together, B sees the whole ring, gives its own referrals FRAUD_RING and re-assesses A's
+//! (committed) referrals in it. Likewise B's candidate query sees A's assessments, and recounts
+//! their device and referrer windows with every registration now known. A's own fresh rows were
+//! assessed with evidence that may predate B's registrations, which is exactly what B's
+//! candidate query re-checks; and B's fresh rows, whose evidence was read before the lock, are
+//! re-checked by B's own candidate query inside the section. Lock order is always: payment-card
+//! locks (sorted, deposits only), then [`RING_LOCK`], then assessment rows (sorted), then the
+//! outbox's key locks (sorted) — so concurrent batches cannot deadlock.
+//!
+//! Deposit batches whose cards no other account uses take only the per-card locks: such a link
+//! joins no component, and the card locks make two batches linking one card to two accounts run
+//! one after the other, the second seeing the first's link.
 
 pub mod graph;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
 use refstream_core::events::{DepositCompleted, ReferralAttributed, ReferralScored};
-use refstream_core::fraud::rules::{
-    ALWAYS_REJECT, AT_LEAST_REVIEW, FRAUD_RING, SHARED_PAYMENT_INSTRUMENT, VELOCITY_DEVICE, VELOCITY_REFERRER,
-};
-use refstream_core::fraud::{assess, Assessment, DisposableDomains, Evidence, FraudPolicy};
+use refstream_core::fraud::rules::{FRAUD_RING, SHARED_PAYMENT_INSTRUMENT, VELOCITY_DEVICE, VELOCITY_REFERRER};
+use refstream_core::fraud::{assess, tightens, Assessment, DisposableDomains, Evidence, FraudPolicy, RULE_VERSION};
 use refstream_core::lifecycle::Decision;
 use refstream_core::{DerivedId, UserId};
 use refstream_runtime::codec::{AvroRecord, Decoder};
@@ -35,17 +76,23 @@ use serde_json::{json, Value as Json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::graph::Component;
+use crate::graph::{Component, Components};
 
-/// Serializes ring maintenance across scorer instances: two transactions adding links at once
-/// could otherwise each miss the ring their links complete together.
-const RING_LOCK: i64 = 0x7265_6673_7269_6e67; // "refsring"
+/// Orders the ring-graph sections of concurrent batches (see the crate documentation). Held
+/// from the graph read to the commit, never across the heavy evidence query.
+pub const RING_LOCK: i64 = 0x7265_6673_7269_6e67; // "refsring"
 
-/// Why an assessment revision was made: a sentence, and the input event whose processing made it.
+/// The most referrals one account re-assesses through its device, email or referrer: bounds the
+/// work a hot device id can cause.
+const MAX_CLUSTER_RESCORES: i64 = 200;
+
+/// Why an assessment revision was made: a sentence, the input event whose processing made it,
+/// and that event's time.
 #[derive(Debug, Clone)]
 pub struct Cause {
     pub text: String,
     pub event_id: Uuid,
+    pub at: DateTime<Utc>,
 }
 
 /// One input of the scorer.
@@ -84,20 +131,33 @@ impl From<&ReferralAttributed> for Subject {
     }
 }
 
-/// The stored, latest assessment of a referral.
+/// The stored, latest assessment of a referral, locked for re-assessment.
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct Stored {
+    referral_id: Uuid,
     revision: i32,
     decision: String,
     reasons: Vec<String>,
+    referrer_id: String,
+    referee_id: String,
+    referee_registered_at: DateTime<Utc>,
 }
 
-fn rank(d: Decision) -> u8 {
-    match d {
-        Decision::Approve => 0,
-        Decision::Review => 1,
-        Decision::Reject => 2,
-    }
+/// One assessment revision to write.
+struct Revision {
+    referral_id: Uuid,
+    revision: i32,
+    assessment: Assessment,
+    signals: Json,
+    cause: usize,
+    event_id: Uuid,
+}
+
+/// What a batch writes, accumulated and written set-based at its end.
+#[derive(Default)]
+struct Writes {
+    history: Vec<Revision>,
+    out: Vec<OutboxMessage>,
 }
 
 impl FraudScorer {
@@ -136,205 +196,327 @@ impl FraudScorer {
         &self.policy
     }
 
-    /// Gathers the evidence about one referral from the tables, as of the referee's
-    /// registration; `component` is the referee's component in the ring graph.
-    pub async fn evidence(&self, conn: &mut PgConnection, r: &Subject, component: &Component) -> sqlx::Result<(Evidence, Option<String>)> {
-        let at = r.referee_registered_at;
-        let since = at - self.policy.velocity_window;
-        let row: EvidenceRow = sqlx::query_as(
-            "WITH e AS (SELECT * FROM users WHERE user_id = $2), r AS (SELECT * FROM users WHERE user_id = $1) \
-             SELECT \
-               COALESCE((SELECT e.device_id = r.device_id FROM e, r), false) AS same_device, \
-               COALESCE((SELECT e.ip_hash = r.ip_hash FROM e, r), false) AS same_ip, \
-               COALESCE((SELECT e.ip_prefix_hash = r.ip_prefix_hash FROM e, r), false) AS same_ip_prefix, \
-               COALESCE((SELECT e.email_hash = r.email_hash FROM e, r), false) AS email_matches_referrer, \
-               EXISTS (SELECT 1 FROM users u, e WHERE u.email_hash = e.email_hash AND u.user_id <> e.user_id \
+    fn window_secs(&self) -> i64 {
+        self.policy.velocity_window.num_seconds()
+    }
+
+    /// Gathers the evidence about each referral of `subjects` from the tables, in one query, as
+    /// of the referee's registration (device and referrer velocity count the window on both
+    /// sides of it). `ring_size` is left at 0: the ring graph fills it. Returns each referral's
+    /// evidence and the referee's email domain, in the order of `subjects`.
+    pub async fn evidence(&self, conn: &mut PgConnection, subjects: &[Subject]) -> sqlx::Result<Vec<(Evidence, Option<String>)>> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let referrers: Vec<&str> = subjects.iter().map(|s| s.referrer_id.as_str()).collect();
+        let referees: Vec<&str> = subjects.iter().map(|s| s.referee_id.as_str()).collect();
+        let at: Vec<DateTime<Utc>> = subjects.iter().map(|s| s.referee_registered_at).collect();
+        let rows: Vec<EvidenceRow> = sqlx::query_as(
+            "SELECT b.n, \
+               COALESCE(e.device_id = r.device_id, false) AS same_device, \
+               COALESCE(e.ip_hash = r.ip_hash, false) AS same_ip, \
+               COALESCE(e.ip_prefix_hash = r.ip_prefix_hash, false) AS same_ip_prefix, \
+               COALESCE(e.email_hash = r.email_hash, false) AS email_matches_referrer, \
+               EXISTS (SELECT 1 FROM users u WHERE u.email_hash = e.email_hash AND u.user_id <> e.user_id \
                        AND (u.registered_at, u.user_id) < (e.registered_at, e.user_id)) AS email_reused, \
-               (SELECT email_domain FROM e) AS email_domain, \
-               (SELECT count(*) FROM referrals WHERE referrer_id = $1 AND referee_registered_at > $3 AND referee_registered_at <= $4 + ($4 - $3)) AS by_referrer, \
-               (SELECT count(*) FROM users u, e WHERE u.device_id = e.device_id AND u.registered_at > $3 AND u.registered_at <= $4 + ($4 - $3)) AS from_device, \
-               (SELECT count(*) FROM users u, e WHERE u.ip_hash = e.ip_hash AND u.registered_at > $3 AND u.registered_at <= $4) AS from_ip, \
-               (SELECT count(*) FROM users u, e WHERE u.device_id = e.device_id AND u.user_id <> e.user_id AND u.registered_at <= $4) AS others_on_device, \
-               EXISTS (SELECT 1 FROM identity_links a JOIN identity_links b ON b.kind = a.kind AND b.value = a.value \
-                       WHERE a.kind = 'payment' AND a.user_id = $1 AND b.user_id = $2) AS shared_instrument",
+               e.email_domain, \
+               (SELECT count(*) FROM referrals x WHERE x.referrer_id = b.referrer \
+                  AND x.referee_registered_at > b.at - w.w AND x.referee_registered_at <= b.at + w.w) AS by_referrer, \
+               (SELECT count(*) FROM users u WHERE u.device_id = e.device_id \
+                  AND u.registered_at > b.at - w.w AND u.registered_at <= b.at + w.w) AS from_device, \
+               (SELECT count(*) FROM users u WHERE u.ip_hash = e.ip_hash AND u.registered_at > b.at - w.w AND u.registered_at <= b.at) AS from_ip, \
+               (SELECT count(*) FROM users u WHERE u.device_id = e.device_id AND u.user_id <> e.user_id AND u.registered_at <= b.at) AS others_on_device, \
+               EXISTS (SELECT 1 FROM identity_links a JOIN identity_links c ON c.kind = a.kind AND c.value = a.value \
+                       WHERE a.kind = 'payment' AND a.user_id = b.referrer AND c.user_id = b.referee) AS shared_instrument \
+             FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS b(referrer, referee, at, n) \
+             CROSS JOIN (SELECT $4::bigint * interval '1 second' AS w) AS w \
+             LEFT JOIN users r ON r.user_id = b.referrer \
+             LEFT JOIN users e ON e.user_id = b.referee \
+             ORDER BY b.n",
         )
-        .bind(r.referrer_id.as_str())
-        .bind(r.referee_id.as_str())
-        .bind(since)
-        .bind(at)
-        .fetch_one(&mut *conn)
-        .await?;
-        let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-        let evidence = Evidence {
-            referrer_id: r.referrer_id.clone(),
-            referee_id: r.referee_id.clone(),
-            same_device: row.same_device,
-            same_ip: row.same_ip,
-            same_ip_prefix: row.same_ip_prefix,
-            email_matches_referrer: row.email_matches_referrer,
-            email_matches_earlier_account: row.email_reused,
-            disposable_email: row.email_domain.as_deref().is_some_and(|d| self.disposable.contains(d)),
-            referrals_by_referrer_in_window: count(row.by_referrer),
-            registrations_from_device_in_window: count(row.from_device),
-            registrations_from_ip_in_window: count(row.from_ip),
-            other_accounts_on_referee_device: count(row.others_on_device),
-            shared_payment_instrument: row.shared_instrument,
-            ring_size: component.ring_size(),
-        };
-        Ok((evidence, row.email_domain))
-    }
-
-    /// Scores `r` from what the tables know now.
-    async fn score(&self, conn: &mut PgConnection, r: &Subject) -> sqlx::Result<(Assessment, Json)> {
-        let component = graph::component_of(conn, &r.referee_id, self.policy.ring_min_size).await?;
-        let (evidence, domain) = self.evidence(conn, r, &component).await?;
-        let assessment = assess(&evidence, &self.policy);
-        Ok((assessment, evidence_json(&evidence, domain.as_deref(), &component)))
-    }
-
-    async fn on_attributed(&self, conn: &mut PgConnection, r: &ReferralAttributed, out: &mut Vec<OutboxMessage>) -> sqlx::Result<()> {
-        let subject = Subject::from(r);
-        let new_links = graph::link_users(conn, &[&subject.referrer_id, &subject.referee_id], r.occurred_at).await?;
-        let (assessment, evidence) = self.score(conn, &subject).await?;
-        let event_id = DerivedId::event("referral-scored", r.referral_id);
-        if !store(conn, &subject, &assessment, &evidence, event_id, r.event_id).await? {
-            return Ok(());
-        }
-        OUTCOMES.with_label_values(&["fraud-scorer", assessment.decision.as_str()]).inc();
-        out.push(self.scored(&subject, &assessment, event_id, r.occurred_at));
-        // This referral, or the links of its two accounts, may have completed a ring whose
-        // other referrals were scored before it existed; and an account that arrives late may
-        // change the evidence of accounts on its device or mailbox that registered after it.
-        let cause = Cause {
-            text: format!("referral {} ({} referred {}) arrived", r.referral_id, r.referrer_id, r.referee_id),
-            event_id: r.event_id,
-        };
-        let mut around = vec![subject.referee_id.as_str()];
-        if new_links > 0 {
-            around.push(subject.referrer_id.as_str());
-        }
-        let mut candidates = BTreeSet::new();
-        for user in around {
-            candidates.extend(self.ring_candidates(conn, user).await?);
-            candidates.extend(later_on_same_device_or_email(conn, user).await?);
-        }
-        candidates.extend(velocity_clusters(conn, &subject.referee_id, &subject.referrer_id, &self.policy).await?);
-        candidates.remove(&r.referral_id);
-        self.rescore_all(conn, candidates, &cause, r.occurred_at, out).await
-    }
-
-    async fn on_deposit(&self, conn: &mut PgConnection, d: &DepositCompleted, out: &mut Vec<OutboxMessage>) -> sqlx::Result<()> {
-        let Some(fingerprint) = d.payment_fingerprint.as_deref() else { return Ok(()) };
-        let user = d.user_id.as_str();
-        if !graph::link_payment(conn, user, fingerprint, d.occurred_at).await? {
-            return Ok(());
-        }
-        let mut candidates = self.ring_candidates(conn, user).await?;
-        // The referrals between this account and an account that paid with the same instrument.
-        let shared: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT a.referral_id FROM assessments a \
-             JOIN identity_links l ON l.kind = 'payment' AND l.value = $2 \
-               AND l.user_id = CASE WHEN a.referee_id = $1 THEN a.referrer_id ELSE a.referee_id END \
-             WHERE (a.referee_id = $1 OR a.referrer_id = $1) AND NOT ($3 = ANY(a.reasons))",
-        )
-        .bind(user)
-        .bind(fingerprint)
-        .bind(SHARED_PAYMENT_INSTRUMENT)
+        .bind(&referrers)
+        .bind(&referees)
+        .bind(&at)
+        .bind(self.window_secs())
         .fetch_all(&mut *conn)
         .await?;
-        candidates.extend(shared);
-        let cause = Cause { text: format!("deposit {} by {user} linked a payment instrument", d.deposit_id), event_id: d.event_id };
-        self.rescore_all(conn, candidates, &cause, d.occurred_at, out).await
-    }
-
-    /// The scored referrals in `user`'s component that do not carry FRAUD_RING yet, when that
-    /// component is a ring.
-    async fn ring_candidates(&self, conn: &mut PgConnection, user: &str) -> sqlx::Result<BTreeSet<Uuid>> {
-        let component = graph::component_of(conn, user, self.policy.ring_min_size).await?;
-        if !component.is_ring {
-            return Ok(BTreeSet::new());
-        }
-        let ids: Vec<Uuid> =
-            sqlx::query_scalar("SELECT referral_id FROM assessments WHERE referee_id = ANY($1) AND NOT ($2 = ANY(reasons))")
-                .bind(&component.members)
-                .bind(FRAUD_RING)
-                .fetch_all(&mut *conn)
-                .await?;
-        Ok(ids.into_iter().collect())
-    }
-
-    async fn rescore_all(
-        &self,
-        conn: &mut PgConnection,
-        candidates: BTreeSet<Uuid>,
-        cause: &Cause,
-        at: DateTime<Utc>,
-        out: &mut Vec<OutboxMessage>,
-    ) -> sqlx::Result<()> {
-        for referral_id in candidates {
-            self.rescore(conn, referral_id, cause, at, out).await?;
-        }
-        Ok(())
-    }
-
-    /// Scores an already scored referral again; stores and announces the new assessment when it
-    /// is stricter or carries a hard signal the stored one lacks. Never loosens.
-    async fn rescore(
-        &self,
-        conn: &mut PgConnection,
-        referral_id: Uuid,
-        cause: &Cause,
-        at: DateTime<Utc>,
-        out: &mut Vec<OutboxMessage>,
-    ) -> sqlx::Result<()> {
-        let Some(stored) =
-            sqlx::query_as::<_, Stored>("SELECT revision, decision, reasons FROM assessments WHERE referral_id = $1 FOR UPDATE")
-                .bind(referral_id)
-                .fetch_optional(&mut *conn)
-                .await?
-        else {
-            return Ok(());
-        };
-        let Some(subject) = sqlx::query_as::<_, Subject>(
-            "SELECT referral_id, referrer_id, referee_id, referee_registered_at FROM referrals WHERE referral_id = $1",
-        )
-        .bind(referral_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        else {
-            return Ok(());
-        };
-        let (assessment, evidence) = self.score(conn, &subject).await?;
-        let before = stored.decision.parse::<Decision>().unwrap_or(Decision::Approve);
-        let new_hard = assessment
-            .signals
+        let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(subjects
             .iter()
-            .any(|s| (AT_LEAST_REVIEW.contains(&s.code) || ALWAYS_REJECT.contains(&s.code)) && !stored.reasons.iter().any(|r| r == s.code));
-        if rank(assessment.decision) < rank(before) || !(rank(assessment.decision) > rank(before) || new_hard) {
+            .zip(rows)
+            .map(|(s, row)| {
+                debug_assert_eq!(usize::try_from(row.n).ok(), Some(row.n as usize));
+                let evidence = Evidence {
+                    referrer_id: s.referrer_id.clone(),
+                    referee_id: s.referee_id.clone(),
+                    same_device: row.same_device,
+                    same_ip: row.same_ip,
+                    same_ip_prefix: row.same_ip_prefix,
+                    email_matches_referrer: row.email_matches_referrer,
+                    email_matches_earlier_account: row.email_reused,
+                    disposable_email: row.email_domain.as_deref().is_some_and(|d| self.disposable.contains(d)),
+                    referrals_by_referrer_in_window: count(row.by_referrer),
+                    registrations_from_device_in_window: count(row.from_device),
+                    registrations_from_ip_in_window: count(row.from_ip),
+                    other_accounts_on_referee_device: count(row.others_on_device),
+                    shared_payment_instrument: row.shared_instrument,
+                    ring_size: 0,
+                };
+                (evidence, row.email_domain)
+            })
+            .collect())
+    }
+
+    /// Assesses one referral from its gathered evidence and its referee's component.
+    fn assess_one(&self, mut evidence: Evidence, email_domain: Option<&str>, component: &Component) -> (Assessment, Json) {
+        evidence.ring_size = component.ring_size();
+        let assessment = assess(&evidence, &self.policy);
+        let signals = signals_json(&assessment, &evidence_json(&evidence, email_domain, component));
+        (assessment, signals)
+    }
+
+    /// A batch of `referral-attributed`: links, first assessments, and the clusters they make
+    /// suspicious.
+    async fn apply_attributed(&self, conn: &mut PgConnection, events: &[&ReferralAttributed], w: &mut Writes) -> sqlx::Result<Vec<Cause>> {
+        let mut seen = BTreeSet::new();
+        let events: Vec<&ReferralAttributed> = events.iter().copied().filter(|r| seen.insert(r.referral_id)).collect();
+        let subjects: Vec<Subject> = events.iter().map(|r| Subject::from(*r)).collect();
+        let causes: Vec<Cause> = events
+            .iter()
+            .map(|r| Cause {
+                text: format!("referral {} ({} referred {}) arrived", r.referral_id, r.referrer_id, r.referee_id),
+                event_id: r.event_id,
+                at: r.occurred_at,
+            })
+            .collect();
+        let users: Vec<(&str, DateTime<Utc>)> = subjects
+            .iter()
+            .zip(&events)
+            .flat_map(|(s, r)| [(s.referrer_id.as_str(), r.occurred_at), (s.referee_id.as_str(), r.occurred_at)])
+            .collect();
+        // (1) Without the ring lock: links, then the evidence of the new referrals.
+        let newly_linked = graph::link_users(conn, &users).await?;
+        let evidence = self.evidence(conn, &subjects).await?;
+        // (2) The ring section, held to the commit.
+        ring_lock(conn).await?;
+        let seeds: Vec<String> = users.iter().map(|(u, _)| (*u).to_owned()).collect::<BTreeSet<_>>().into_iter().collect();
+        let components = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
+        let firsts: Vec<(Assessment, Json)> = subjects
+            .iter()
+            .zip(evidence)
+            .map(|(s, (e, domain))| self.assess_one(e, domain.as_deref(), &components.of(&s.referee_id)))
+            .collect();
+        let inserted = insert_first(conn, &subjects, &firsts, &causes).await?;
+        let mut candidates: BTreeMap<Uuid, usize> = BTreeMap::new();
+        for (i, (s, (assessment, signals))) in subjects.iter().zip(firsts).enumerate() {
+            if !inserted.contains(&s.referral_id) {
+                // Already assessed (a replay under another event id): only a re-assessment can apply.
+                candidates.insert(s.referral_id, i);
+                continue;
+            }
+            OUTCOMES.with_label_values(&["fraud-scorer", assessment.decision.as_str()]).inc();
+            let event_id = DerivedId::event("referral-scored", s.referral_id);
+            w.out.push(self.scored(s, &assessment, event_id, causes[i].at));
+            w.history.push(Revision { referral_id: s.referral_id, revision: 1, assessment, signals, cause: i, event_id });
+        }
+        // The cluster each event touches: its ring, its device and referrer windows, and the
+        // later accounts on the devices and mailboxes of accounts that got new links.
+        let touched: Vec<(&str, usize)> =
+            subjects.iter().enumerate().flat_map(|(i, s)| [(s.referrer_id.as_str(), i), (s.referee_id.as_str(), i)]).collect();
+        let ring = ring_candidates(&components, &touched);
+        let referees: Vec<&str> = subjects.iter().map(|s| s.referee_id.as_str()).collect();
+        let referrers: Vec<&str> = subjects.iter().map(|s| s.referrer_id.as_str()).collect();
+        let referrer_linked: Vec<bool> = subjects.iter().map(|s| newly_linked.contains(&s.referrer_id)).collect();
+        let index: Vec<i32> = (0..subjects.len()).map(|i| i32::try_from(i).unwrap_or(i32::MAX)).collect();
+        let found: Vec<(Uuid, i32)> = sqlx::query_as(
+            "WITH b AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bool[]) AS b(referee, referrer, n, referrer_linked)), \
+             w AS (SELECT $5::bigint * interval '1 second' AS w), \
+             around AS (SELECT referee AS user_id, n FROM b UNION ALL SELECT referrer, n FROM b WHERE referrer_linked), \
+             late AS (SELECT l.referral_id, a.n FROM around a JOIN users n ON n.user_id = a.user_id, LATERAL ( \
+                 SELECT x.referral_id FROM ( \
+                   SELECT s.referral_id, u.registered_at FROM users u JOIN assessments s ON s.referee_id = u.user_id \
+                    WHERE u.device_id = n.device_id AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
+                   UNION \
+                   SELECT s.referral_id, u.registered_at FROM users u JOIN assessments s ON s.referee_id = u.user_id \
+                    WHERE u.email_hash = n.email_hash AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
+                 ) x ORDER BY x.registered_at, x.referral_id LIMIT $10) l), \
+             device AS (SELECT d.referral_id, b.n FROM b JOIN users n ON n.user_id = b.referee CROSS JOIN w, LATERAL ( \
+                 SELECT s.referral_id FROM users u JOIN assessments s ON s.referee_id = u.user_id \
+                 WHERE u.device_id = n.device_id AND u.registered_at BETWEEN n.registered_at - w.w AND n.registered_at + w.w \
+                   AND NOT ($6 = ANY(s.reasons)) \
+                   AND (SELECT count(*) FROM users o WHERE o.device_id = u.device_id \
+                        AND o.registered_at > u.registered_at - w.w AND o.registered_at <= u.registered_at + w.w) > $7 \
+                 LIMIT $10) d), \
+             farm AS (SELECT f.referral_id, b.n FROM b JOIN users n ON n.user_id = b.referee CROSS JOIN w, LATERAL ( \
+                 SELECT s.referral_id FROM referrals r JOIN assessments s USING (referral_id) \
+                 WHERE r.referrer_id = b.referrer AND r.referee_registered_at BETWEEN n.registered_at - w.w AND n.registered_at + w.w \
+                   AND NOT ($8 = ANY(s.reasons)) \
+                   AND (SELECT count(*) FROM referrals o WHERE o.referrer_id = r.referrer_id \
+                        AND o.referee_registered_at > r.referee_registered_at - w.w AND o.referee_registered_at <= r.referee_registered_at + w.w) > $9 \
+                 LIMIT $10) f), \
+             ring AS (SELECT s.referral_id, m.n FROM unnest($11::text[], $12::int[]) AS m(user_id, n) \
+                 JOIN assessments s ON s.referee_id = m.user_id WHERE NOT ($13 = ANY(s.reasons))) \
+             SELECT referral_id, max(n) FROM (SELECT * FROM late UNION ALL SELECT * FROM device UNION ALL SELECT * FROM farm \
+               UNION ALL SELECT * FROM ring) c GROUP BY referral_id",
+        )
+        .bind(&referees)
+        .bind(&referrers)
+        .bind(&index)
+        .bind(&referrer_linked)
+        .bind(self.window_secs())
+        .bind(VELOCITY_DEVICE)
+        .bind(i64::from(self.policy.velocity_per_device))
+        .bind(VELOCITY_REFERRER)
+        .bind(i64::from(self.policy.velocity_per_referrer))
+        .bind(MAX_CLUSTER_RESCORES)
+        .bind(&ring.0)
+        .bind(&ring.1)
+        .bind(FRAUD_RING)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (referral_id, n) in found {
+            let n = usize::try_from(n).unwrap_or(0);
+            candidates.entry(referral_id).and_modify(|c| *c = (*c).max(n)).or_insert(n);
+        }
+        self.revise(conn, candidates, &causes, &components, w).await?;
+        Ok(causes)
+    }
+
+    /// A batch of `deposit-completed`: payment links, and the referrals between accounts that now
+    /// share a card or a ring.
+    async fn apply_deposits(&self, conn: &mut PgConnection, events: &[&DepositCompleted], w: &mut Writes) -> sqlx::Result<Vec<Cause>> {
+        let with_card: Vec<&DepositCompleted> = events.iter().copied().filter(|d| d.payment_fingerprint.is_some()).collect();
+        let cards: Vec<(&str, &str)> =
+            with_card.iter().filter_map(|d| Some((d.user_id.as_str(), d.payment_fingerprint.as_deref()?))).collect();
+        if cards.is_empty() {
+            return Ok(Vec::new());
+        }
+        let at: Vec<DateTime<Utc>> = with_card.iter().map(|d| d.occurred_at).collect();
+        // Payment instruments are locked per value first (sorted, so batches cannot deadlock):
+        // two batches linking one card to two accounts run one after the other, and the second
+        // sees the first's link.
+        graph::lock_payment_values(conn, &cards).await?;
+        if !graph::any_card_shared(conn, &cards).await? {
+            // No card of the batch is used by another account: no ring, no shared instrument,
+            // nothing to re-assess. Record the links in one insert, without the ring lock.
+            graph::link_payments(conn, &cards, &at).await?;
+            return Ok(Vec::new());
+        }
+        let new = graph::link_payments(conn, &cards, &at).await?;
+        // The deposits whose link is new, the first of each (user, card).
+        let mut causes = Vec::new();
+        let mut fresh: Vec<(&str, &str)> = Vec::new();
+        for (d, (user, card)) in with_card.iter().zip(&cards) {
+            if new.contains(&((*user).to_owned(), (*card).to_owned())) && !fresh.contains(&(*user, *card)) {
+                fresh.push((user, card));
+                causes.push(Cause {
+                    text: format!("deposit {} by {user} linked a payment instrument", d.deposit_id),
+                    event_id: d.event_id,
+                    at: d.occurred_at,
+                });
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(causes);
+        }
+        ring_lock(conn).await?;
+        let seeds: Vec<String> = fresh.iter().map(|(u, _)| (*u).to_owned()).collect::<BTreeSet<_>>().into_iter().collect();
+        let components = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
+        let touched: Vec<(&str, usize)> = fresh.iter().enumerate().map(|(i, (u, _))| (*u, i)).collect();
+        let ring = ring_candidates(&components, &touched);
+        let users: Vec<&str> = fresh.iter().map(|(u, _)| *u).collect();
+        let values: Vec<&str> = fresh.iter().map(|(_, v)| *v).collect();
+        let index: Vec<i32> = (0..fresh.len()).map(|i| i32::try_from(i).unwrap_or(i32::MAX)).collect();
+        // The referrals between a depositor and an account that paid with the same instrument,
+        // and the ring members' referrals.
+        let found: Vec<(Uuid, i32)> = sqlx::query_as(
+            "SELECT referral_id, max(n) FROM ( \
+               SELECT a.referral_id, b.n FROM unnest($1::text[], $2::text[], $3::int[]) AS b(u, v, n) \
+               JOIN assessments a ON a.referee_id = b.u OR a.referrer_id = b.u \
+               JOIN identity_links l ON l.kind = 'payment' AND l.value = b.v \
+                 AND l.user_id = CASE WHEN a.referee_id = b.u THEN a.referrer_id ELSE a.referee_id END \
+               WHERE NOT ($4 = ANY(a.reasons)) \
+               UNION ALL \
+               SELECT s.referral_id, m.n FROM unnest($5::text[], $6::int[]) AS m(user_id, n) \
+               JOIN assessments s ON s.referee_id = m.user_id WHERE NOT ($7 = ANY(s.reasons)) \
+             ) c GROUP BY referral_id",
+        )
+        .bind(&users)
+        .bind(&values)
+        .bind(&index)
+        .bind(SHARED_PAYMENT_INSTRUMENT)
+        .bind(&ring.0)
+        .bind(&ring.1)
+        .bind(FRAUD_RING)
+        .fetch_all(&mut *conn)
+        .await?;
+        let candidates = found.into_iter().map(|(id, n)| (id, usize::try_from(n).unwrap_or(0))).collect();
+        self.revise(conn, candidates, &causes, &components, w).await?;
+        Ok(causes)
+    }
+
+    /// Re-assesses `candidates` (referral → index of its cause in `causes`) from what the tables
+    /// know now: locks their assessments in `referral_id` order, gathers their evidence in one
+    /// query, and makes a new revision of each whose fresh assessment tightens the stored one.
+    async fn revise(
+        &self,
+        conn: &mut PgConnection,
+        candidates: BTreeMap<Uuid, usize>,
+        causes: &[Cause],
+        components: &Components,
+        w: &mut Writes,
+    ) -> sqlx::Result<()> {
+        if candidates.is_empty() {
             return Ok(());
         }
-        let revision = stored.revision + 1;
-        let event_id = DerivedId::event(&format!("referral-rescored:{revision}"), referral_id);
-        let signals = signals_json(&assessment, &evidence);
-        sqlx::query(
-            "UPDATE assessments SET score = $2, decision = $3, reasons = $4, signals = $5, rule_version = $6, \
-             revision = $7, cause = $8, cause_event_id = $9, assessed_at = now() WHERE referral_id = $1",
+        let ids: Vec<Uuid> = candidates.keys().copied().collect();
+        let stored: Vec<Stored> = sqlx::query_as(
+            "SELECT a.referral_id, a.revision, a.decision, a.reasons, r.referrer_id, r.referee_id, r.referee_registered_at \
+             FROM assessments a JOIN referrals r USING (referral_id) WHERE a.referral_id = ANY($1) \
+             ORDER BY a.referral_id FOR UPDATE OF a",
         )
-        .bind(referral_id)
-        .bind(i32::from(assessment.score))
-        .bind(assessment.decision.as_str())
-        .bind(assessment.reasons())
-        .bind(&signals)
-        .bind(assessment.rule_version)
-        .bind(revision)
-        .bind(&cause.text)
-        .bind(cause.event_id)
-        .execute(&mut *conn)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
         .await?;
-        history(conn, referral_id, revision, &assessment, &signals, cause, event_id).await?;
-        OUTCOMES.with_label_values(&["fraud-scorer", "rescored"]).inc();
-        tracing::info!(referral = %referral_id, from = before.as_str(), to = assessment.decision.as_str(), reasons = ?assessment.reasons(), cause = %cause.text, "re-scored");
-        out.push(self.scored(&subject, &assessment, event_id, at));
+        let subjects: Vec<Subject> = stored
+            .iter()
+            .map(|s| Subject {
+                referral_id: s.referral_id,
+                referrer_id: s.referrer_id.clone(),
+                referee_id: s.referee_id.clone(),
+                referee_registered_at: s.referee_registered_at,
+            })
+            .collect();
+        // Candidates found through a device, email or referrer may lie outside the components
+        // already loaded: load theirs too (one more graph read, within the same lock).
+        let outside: Vec<String> = subjects
+            .iter()
+            .filter(|s| !components.covers(&s.referee_id))
+            .map(|s| s.referee_id.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let more = graph::components(conn, &outside, self.policy.ring_min_size).await?;
+        let evidence = self.evidence(conn, &subjects).await?;
+        let mut updates = Vec::new();
+        for ((s, subject), (e, domain)) in stored.iter().zip(&subjects).zip(evidence) {
+            let component =
+                if components.covers(&subject.referee_id) { components.of(&subject.referee_id) } else { more.of(&subject.referee_id) };
+            let (assessment, signals) = self.assess_one(e, domain.as_deref(), &component);
+            let before = s.decision.parse::<Decision>().unwrap_or(Decision::Approve);
+            if !tightens(before, &s.reasons, &assessment) {
+                continue;
+            }
+            let cause = candidates.get(&s.referral_id).copied().unwrap_or(0).min(causes.len().saturating_sub(1));
+            let revision = s.revision + 1;
+            let event_id = DerivedId::event(&format!("referral-rescored:{revision}"), s.referral_id);
+            OUTCOMES.with_label_values(&["fraud-scorer", "rescored"]).inc();
+            tracing::info!(referral = %s.referral_id, from = before.as_str(), to = assessment.decision.as_str(), reasons = ?assessment.reasons(), cause = %causes[cause].text, "re-scored");
+            w.out.push(self.scored(subject, &assessment, event_id, causes[cause].at));
+            updates.push(Revision { referral_id: s.referral_id, revision, assessment, signals, cause, event_id });
+        }
+        update_latest(conn, &updates, causes).await?;
+        w.history.extend(updates);
         Ok(())
     }
 
@@ -356,68 +538,31 @@ impl FraudScorer {
     }
 }
 
-/// The most referrals one late arrival re-scores through its device or email (the soonest after
-/// it first): bounds the work a hot device id can cause.
-const MAX_LATE_RESCORES: i64 = 200;
-
-/// The scored referrals of accounts that share `user`'s device or email and registered after it
-/// (event time): only their evidence, taken as of their registration, can count `user`. Empty
-/// when registrations arrive in order.
-async fn later_on_same_device_or_email(conn: &mut PgConnection, user: &str) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT referral_id FROM ( \
-           SELECT a.referral_id, u.registered_at FROM users n \
-           JOIN users u ON u.device_id = n.device_id AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
-           JOIN assessments a ON a.referee_id = u.user_id WHERE n.user_id = $1 \
-           UNION \
-           SELECT a.referral_id, u.registered_at FROM users n \
-           JOIN users u ON u.email_hash = n.email_hash AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
-           JOIN assessments a ON a.referee_id = u.user_id WHERE n.user_id = $1 \
-         ) later ORDER BY registered_at, referral_id LIMIT $2",
-    )
-    .bind(user)
-    .bind(MAX_LATE_RESCORES)
-    .fetch_all(&mut *conn)
-    .await
+async fn ring_lock(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(RING_LOCK).execute(conn).await?;
+    Ok(())
 }
 
-/// Velocity clusters, counted as known now: a referral's device (or referrer) velocity counts
-/// the registrations on its device (the referrals by its referrer) within the velocity window on
-/// either side of its own registration. When `user`'s registration arrives, it can only change
-/// the counts of referrals registered within a window of it; those whose own count is now over
-/// the limit and that do not carry the signal yet are returned for re-assessment — the first
-/// accounts of a device burst or a referral farm included. The result is the same whatever
-/// order the registrations arrive in.
-async fn velocity_clusters(conn: &mut PgConnection, user: &str, referrer: &str, policy: &FraudPolicy) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "WITH n AS (SELECT device_id, registered_at FROM users WHERE user_id = $1), \
-         w AS (SELECT make_interval(hours => $3) AS w), \
-         device AS (SELECT a.referral_id FROM n, w, users u JOIN assessments a ON a.referee_id = u.user_id \
-            WHERE u.device_id = n.device_id AND u.registered_at BETWEEN n.registered_at - w.w AND n.registered_at + w.w \
-              AND NOT ($5 = ANY(a.reasons)) \
-              AND (SELECT count(*) FROM users o WHERE o.device_id = u.device_id \
-                   AND o.registered_at > u.registered_at - w.w AND o.registered_at <= u.registered_at + w.w) > $4), \
-         farm AS (SELECT a.referral_id FROM n, w, referrals r JOIN assessments a USING (referral_id) \
-            WHERE r.referrer_id = $2 AND r.referee_registered_at BETWEEN n.registered_at - w.w AND n.registered_at + w.w \
-              AND NOT ($7 = ANY(a.reasons)) \
-              AND (SELECT count(*) FROM referrals o WHERE o.referrer_id = r.referrer_id \
-                   AND o.referee_registered_at > r.referee_registered_at - w.w AND o.referee_registered_at <= r.referee_registered_at + w.w) > $6) \
-         SELECT referral_id FROM (SELECT referral_id FROM device UNION SELECT referral_id FROM farm) c ORDER BY referral_id LIMIT $8",
-    )
-    .bind(user)
-    .bind(referrer)
-    .bind(i32::try_from(policy.velocity_window.num_hours()).unwrap_or(i32::MAX))
-    .bind(i64::from(policy.velocity_per_device))
-    .bind(VELOCITY_DEVICE)
-    .bind(i64::from(policy.velocity_per_referrer))
-    .bind(VELOCITY_REFERRER)
-    .bind(MAX_LATE_RESCORES)
-    .fetch_all(&mut *conn)
-    .await
+/// The members of the rings the batch touched, each with the latest batch event that touched
+/// its ring (`touched`: account, event index), as two parallel arrays for a query.
+fn ring_candidates(components: &Components, touched: &[(&str, usize)]) -> (Vec<String>, Vec<i32>) {
+    let mut latest: BTreeMap<&str, usize> = BTreeMap::new();
+    for (user, i) in touched {
+        let representative = components.representative(user);
+        latest.entry(representative).and_modify(|n| *n = (*n).max(*i)).or_insert(*i);
+    }
+    components
+        .ring_members()
+        .into_iter()
+        .filter_map(|(representative, member)| {
+            latest.get(representative).map(|n| (member.to_owned(), i32::try_from(*n).unwrap_or(i32::MAX)))
+        })
+        .unzip()
 }
 
 #[derive(sqlx::FromRow)]
 struct EvidenceRow {
+    n: i64,
     same_device: bool,
     same_ip: bool,
     same_ip_prefix: bool,
@@ -458,58 +603,115 @@ fn signals_json(a: &Assessment, evidence: &Json) -> Json {
     json!({"signals": signals, "evidence": evidence})
 }
 
-async fn history(
+/// Stores the first assessments of a batch in one insert; returns the referrals that had none.
+async fn insert_first(
     conn: &mut PgConnection,
-    referral_id: Uuid,
-    revision: i32,
-    a: &Assessment,
-    signals: &Json,
-    cause: &Cause,
-    event_id: Uuid,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO assessment_history (referral_id, revision, score, decision, reasons, signals, rule_version, cause, event_id, cause_event_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+    subjects: &[Subject],
+    firsts: &[(Assessment, Json)],
+    causes: &[Cause],
+) -> sqlx::Result<BTreeSet<Uuid>> {
+    if subjects.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let ids: Vec<Uuid> = subjects.iter().map(|s| s.referral_id).collect();
+    let referrers: Vec<&str> = subjects.iter().map(|s| s.referrer_id.as_str()).collect();
+    let referees: Vec<&str> = subjects.iter().map(|s| s.referee_id.as_str()).collect();
+    let scores: Vec<i32> = firsts.iter().map(|(a, _)| i32::from(a.score)).collect();
+    let decisions: Vec<&str> = firsts.iter().map(|(a, _)| a.decision.as_str()).collect();
+    let reasons: Vec<Json> = firsts.iter().map(|(a, _)| json!(a.reasons())).collect();
+    let signals: Vec<&Json> = firsts.iter().map(|(_, s)| s).collect();
+    let cause_ids: Vec<Uuid> = causes.iter().map(|c| c.event_id).collect();
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO assessments (referral_id, referrer_id, referee_id, score, decision, reasons, signals, rule_version, revision, cause, cause_event_id) \
+         SELECT b.id, b.referrer, b.referee, b.score, b.decision, ARRAY(SELECT jsonb_array_elements_text(b.reasons)), b.signals, $9, 1, \
+           'referral attributed', b.cause \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[], $8::uuid[]) \
+           AS b(id, referrer, referee, score, decision, reasons, signals, cause) \
+         ORDER BY b.id ON CONFLICT (referral_id) DO NOTHING RETURNING referral_id",
     )
-    .bind(referral_id)
-    .bind(revision)
-    .bind(i32::from(a.score))
-    .bind(a.decision.as_str())
-    .bind(a.reasons())
-    .bind(signals)
-    .bind(a.rule_version)
-    .bind(&cause.text)
-    .bind(event_id)
-    .bind(cause.event_id)
+    .bind(&ids)
+    .bind(&referrers)
+    .bind(&referees)
+    .bind(&scores)
+    .bind(&decisions)
+    .bind(&reasons)
+    .bind(&signals)
+    .bind(&cause_ids)
+    .bind(RULE_VERSION)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(inserted.into_iter().collect())
+}
+
+/// Makes each revision of `updates` the latest assessment of its referral, in one statement.
+async fn update_latest(conn: &mut PgConnection, updates: &[Revision], causes: &[Cause]) -> sqlx::Result<()> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = updates.iter().map(|u| u.referral_id).collect();
+    let scores: Vec<i32> = updates.iter().map(|u| i32::from(u.assessment.score)).collect();
+    let decisions: Vec<&str> = updates.iter().map(|u| u.assessment.decision.as_str()).collect();
+    let reasons: Vec<Json> = updates.iter().map(|u| json!(u.assessment.reasons())).collect();
+    let signals: Vec<&Json> = updates.iter().map(|u| &u.signals).collect();
+    let revisions: Vec<i32> = updates.iter().map(|u| u.revision).collect();
+    let cause_texts: Vec<&str> = updates.iter().map(|u| causes[u.cause].text.as_str()).collect();
+    let cause_ids: Vec<Uuid> = updates.iter().map(|u| causes[u.cause].event_id).collect();
+    sqlx::query(
+        "UPDATE assessments a SET score = b.score, decision = b.decision, reasons = ARRAY(SELECT jsonb_array_elements_text(b.reasons)), \
+           signals = b.signals, rule_version = $9, revision = b.revision, cause = b.cause, cause_event_id = b.cause_id, assessed_at = now() \
+         FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::jsonb[], $6::int[], $7::text[], $8::uuid[]) \
+           AS b(id, score, decision, reasons, signals, revision, cause, cause_id) \
+         WHERE a.referral_id = b.id",
+    )
+    .bind(&ids)
+    .bind(&scores)
+    .bind(&decisions)
+    .bind(&reasons)
+    .bind(&signals)
+    .bind(&revisions)
+    .bind(&cause_texts)
+    .bind(&cause_ids)
+    .bind(RULE_VERSION)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Stores a first assessment; false when the referral was already assessed.
-async fn store(conn: &mut PgConnection, r: &Subject, a: &Assessment, evidence: &Json, event_id: Uuid, input: Uuid) -> sqlx::Result<bool> {
-    let signals = signals_json(a, evidence);
-    let cause = Cause { text: "referral attributed".into(), event_id: input };
-    let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO assessments (referral_id, referrer_id, referee_id, score, decision, reasons, signals, rule_version, revision, cause, cause_event_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10) ON CONFLICT (referral_id) DO NOTHING RETURNING referral_id",
-    )
-    .bind(r.referral_id)
-    .bind(&r.referrer_id)
-    .bind(&r.referee_id)
-    .bind(i32::from(a.score))
-    .bind(a.decision.as_str())
-    .bind(a.reasons())
-    .bind(&signals)
-    .bind(a.rule_version)
-    .bind(&cause.text)
-    .bind(cause.event_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if inserted.is_some() {
-        history(conn, r.referral_id, 1, a, &signals, &cause, event_id).await?;
+/// Appends every revision of the batch to `assessment_history`, in one insert.
+async fn insert_history(conn: &mut PgConnection, history: &[Revision], causes: &[Cause]) -> sqlx::Result<()> {
+    if history.is_empty() {
+        return Ok(());
     }
-    Ok(inserted.is_some())
+    let ids: Vec<Uuid> = history.iter().map(|h| h.referral_id).collect();
+    let revisions: Vec<i32> = history.iter().map(|h| h.revision).collect();
+    let scores: Vec<i32> = history.iter().map(|h| i32::from(h.assessment.score)).collect();
+    let decisions: Vec<&str> = history.iter().map(|h| h.assessment.decision.as_str()).collect();
+    let reasons: Vec<Json> = history.iter().map(|h| json!(h.assessment.reasons())).collect();
+    let signals: Vec<&Json> = history.iter().map(|h| &h.signals).collect();
+    let cause_texts: Vec<&str> =
+        history.iter().map(|h| if h.revision == 1 { "referral attributed" } else { causes[h.cause].text.as_str() }).collect();
+    let event_ids: Vec<Uuid> = history.iter().map(|h| h.event_id).collect();
+    let cause_ids: Vec<Uuid> = history.iter().map(|h| causes[h.cause].event_id).collect();
+    sqlx::query(
+        "INSERT INTO assessment_history (referral_id, revision, score, decision, reasons, signals, rule_version, cause, event_id, cause_event_id) \
+         SELECT b.id, b.revision, b.score, b.decision, ARRAY(SELECT jsonb_array_elements_text(b.reasons)), b.signals, $10, b.cause, b.event_id, b.cause_id \
+         FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], $8::uuid[], $9::uuid[]) \
+           AS b(id, revision, score, decision, reasons, signals, cause, event_id, cause_id) \
+         ORDER BY b.id, b.revision ON CONFLICT DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&revisions)
+    .bind(&scores)
+    .bind(&decisions)
+    .bind(&reasons)
+    .bind(&signals)
+    .bind(&cause_texts)
+    .bind(&event_ids)
+    .bind(&cause_ids)
+    .bind(RULE_VERSION)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 impl Worker for FraudScorer {
@@ -539,47 +741,37 @@ impl Worker for FraudScorer {
     }
 
     async fn apply(&self, batch: &mut Batch<'_>, events: &[Input]) -> sqlx::Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        // Payment instruments are locked per value first (sorted, so batches cannot deadlock):
-        // two batches linking one card to two accounts run one after the other, and the second
-        // sees the first's link.
-        let cards: Vec<(&str, &str)> = events
+        let attributed: Vec<&ReferralAttributed> = events
             .iter()
             .filter_map(|e| match e {
-                Input::Deposit(d) => Some((d.user_id.as_str(), d.payment_fingerprint.as_deref()?)),
+                Input::Attributed(r) => Some(r),
+                Input::Deposit(_) => None,
+            })
+            .collect();
+        let deposits: Vec<&DepositCompleted> = events
+            .iter()
+            .filter_map(|e| match e {
+                Input::Deposit(d) => Some(d),
                 Input::Attributed(_) => None,
             })
             .collect();
-        if !cards.is_empty() {
-            graph::lock_payment_values(batch.conn, &cards).await?;
+        // A batch is one partition of one topic, so one of the two is empty.
+        let mut writes = Writes::default();
+        let mut causes = Vec::new();
+        if !attributed.is_empty() {
+            causes = self.apply_attributed(batch.conn, &attributed, &mut writes).await?;
         }
-        let only_deposits = events.iter().all(|e| matches!(e, Input::Deposit(_)));
-        if only_deposits && !graph::any_card_shared(batch.conn, &cards).await? {
-            // No card of the batch is used by another account: no ring, no shared instrument,
-            // nothing to re-score. Record the links in one insert, without the ring lock.
-            return graph::link_payments(
-                batch.conn,
-                &cards,
-                &events
-                    .iter()
-                    .filter_map(|e| match e {
-                        Input::Deposit(d) if d.payment_fingerprint.is_some() => Some(d.occurred_at),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .await;
-        }
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(RING_LOCK).execute(&mut *batch.conn).await?;
-        let mut out = Vec::new();
-        for event in events {
-            match event {
-                Input::Attributed(r) => self.on_attributed(batch.conn, r, &mut out).await?,
-                Input::Deposit(d) => self.on_deposit(batch.conn, d, &mut out).await?,
+        if !deposits.is_empty() {
+            let offset = causes.len();
+            let mut more = Writes::default();
+            causes.extend(self.apply_deposits(batch.conn, &deposits, &mut more).await?);
+            for mut h in more.history {
+                h.cause += offset;
+                writes.history.push(h);
             }
+            writes.out.extend(more.out);
         }
-        enqueue(batch.conn, 0, &out).await
+        insert_history(batch.conn, &writes.history, &causes).await?;
+        enqueue(batch.conn, 0, &writes.out).await
     }
 }

@@ -9,6 +9,7 @@ pub mod disposable;
 pub mod email;
 pub mod network;
 pub mod privacy;
+pub mod revision;
 pub mod rings;
 pub mod rules;
 
@@ -20,7 +21,8 @@ pub use disposable::{DisposableDomains, DomainListError};
 pub use email::{canonical_email, email_domain};
 pub use network::ip_prefix;
 pub use privacy::keyed_hash;
-pub use rings::{ring_members, Components};
+pub use revision::tightens;
+pub use rings::{ring_members, ComponentSummary, Components, Graph};
 
 /// The version of the rules below, recorded with every score. Change it with any change to a
 /// rule, weight or decision so that scores stay explainable.

@@ -141,6 +141,86 @@ pub fn ring_members(links: &[(String, String)], referrals: &[(String, String)], 
         .collect()
 }
 
+/// What the scorer knows about one component of the link graph.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ComponentSummary {
+    /// Every account in the component, sorted.
+    pub members: Vec<String>,
+    /// Identifiers shared by two or more members, counted by kind.
+    pub shared: BTreeMap<String, u32>,
+    /// Referrals whose referrer and referee are both members.
+    pub inner_referrals: u32,
+    /// The component is a ring (see [`ring_members`]).
+    pub is_ring: bool,
+}
+
+/// The components of a set of accounts, summarized: built from `groups` (for each shared
+/// identifier, its kind and the accounts that share it) and the `referrals` among them. Every
+/// account of `accounts` has a summary, a one-account component when it shares nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    components: Components,
+    summaries: BTreeMap<String, ComponentSummary>,
+}
+
+impl Graph {
+    /// Builds the graph. The result does not depend on the order of any input.
+    pub fn build(accounts: &[String], groups: &[(String, Vec<String>)], referrals: &[(String, String)], min_size: usize) -> Self {
+        let mut components = Components::new();
+        for account in accounts {
+            components.add(account);
+        }
+        let mut links = Vec::new();
+        for (_, users) in groups {
+            // A star per identifier connects its users as well as every pair would.
+            for other in users.iter().skip(1) {
+                components.link(&users[0], other);
+                links.push((users[0].clone(), other.clone()));
+            }
+        }
+        let rings = ring_members(&links, referrals, min_size);
+        let mut summaries: BTreeMap<String, ComponentSummary> = BTreeMap::new();
+        for (representative, members) in components.groups() {
+            let is_ring = rings.contains(representative);
+            summaries.insert(
+                representative.to_owned(),
+                ComponentSummary { members: members.iter().map(|m| (*m).to_owned()).collect(), is_ring, ..ComponentSummary::default() },
+            );
+        }
+        for (kind, users) in groups {
+            if let Some(s) = users.first().and_then(|u| summaries.get_mut(components.find(u))) {
+                *s.shared.entry(kind.clone()).or_default() += 1;
+            }
+        }
+        for (referrer, referee) in referrals {
+            if components.connected(referrer, referee) {
+                if let Some(s) = summaries.get_mut(components.find(referrer)) {
+                    s.inner_referrals += 1;
+                }
+            }
+        }
+        Self { components, summaries }
+    }
+
+    /// The summary of `account`'s component (a one-account component when it is unknown).
+    pub fn of(&self, account: &str) -> ComponentSummary {
+        self.summaries
+            .get(self.components.find(account))
+            .cloned()
+            .unwrap_or_else(|| ComponentSummary { members: vec![account.to_owned()], ..ComponentSummary::default() })
+    }
+
+    /// Every ring's summary.
+    pub fn rings(&self) -> impl Iterator<Item = &ComponentSummary> {
+        self.summaries.values().filter(|s| s.is_ring)
+    }
+
+    /// The representative of `account`'s component.
+    pub fn representative<'a>(&'a self, account: &'a str) -> &'a str {
+        self.components.find(account)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +296,30 @@ mod tests {
         assert_eq!(ring_members(&links, &referrals, 1), set(&["loner"]));
     }
 
+    #[test]
+    fn a_graph_summarizes_each_component_once() {
+        let accounts: Vec<String> = ["a", "b", "c", "d", "lone"].iter().map(|s| (*s).to_owned()).collect();
+        let groups = vec![
+            ("device".to_owned(), vec!["a".to_owned(), "b".to_owned()]),
+            ("email".to_owned(), vec!["b".to_owned(), "c".to_owned()]),
+            ("payment".to_owned(), vec!["d".to_owned(), "e".to_owned()]),
+        ];
+        let referrals = pairs(&[("a", "c"), ("d", "lone")]);
+        let g = Graph::build(&accounts, &groups, &referrals, 3);
+        let ring = g.of("c");
+        assert_eq!(ring.members, ["a", "b", "c"]);
+        assert!(ring.is_ring);
+        assert_eq!(ring.inner_referrals, 1);
+        assert_eq!(ring.shared.get("device"), Some(&1));
+        assert_eq!(ring.shared.get("email"), Some(&1));
+        let pair = g.of("e");
+        assert_eq!((pair.members.len(), pair.is_ring, pair.inner_referrals), (2, false, 0));
+        assert_eq!(g.of("lone").members, ["lone"]);
+        assert_eq!(g.of("never-seen").members, ["never-seen"]);
+        assert_eq!(g.rings().count(), 1);
+        assert_eq!(g.representative("c"), "a");
+    }
+
     fn id() -> impl Strategy<Value = String> {
         (0u8..8).prop_map(|n| format!("acct-{n}"))
     }
@@ -262,6 +366,21 @@ mod tests {
                 for member in members {
                     prop_assert_eq!(first.find(member), second.find(member));
                 }
+            }
+        }
+        #[test]
+        fn graph_rings_are_ring_members(
+            links in edges(14),
+            referrals in edges(8),
+            min_size in 2usize..6,
+        ) {
+            let groups: Vec<(String, Vec<String>)> = links.iter().map(|(a, b)| ("device".to_owned(), vec![a.clone(), b.clone()])).collect();
+            let accounts: Vec<String> = (0u8..8).map(|n| format!("acct-{n}")).collect();
+            let g = Graph::build(&accounts, &groups, &referrals, min_size);
+            let expected = ring_members(&links, &referrals, min_size);
+            for account in &accounts {
+                prop_assert_eq!(g.of(account).is_ring, expected.contains(account), "{}", account);
+                prop_assert!(g.of(account).members.contains(account));
             }
         }
     }
