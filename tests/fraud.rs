@@ -566,3 +566,140 @@ async fn a_device_burst_reassesses_its_first_accounts_naming_the_event() {
         .unwrap();
     assert_eq!(first, DerivedId::event("referral-attributed", referral_id("y1")), "a first assessment names its own referral");
 }
+
+impl Harness {
+    /// Registers `p` through attribution only: its `referral-attributed` stays in the outbox.
+    async fn register_only(&mut self, p: &Person, referrer: Option<&str>, minutes: i64) {
+        let code = match referrer {
+            Some(r) => Some(self.code_of(r).await),
+            None => None,
+        };
+        let e = UserRegistered {
+            event_id: Uuid::new_v4(),
+            user_id: UserId::parse(p.id).unwrap(),
+            occurred_at: t0() + Duration::minutes(minutes),
+            referral_code: code,
+            click_id: None,
+            platform: "android".into(),
+            device_id: Some(p.device.clone()),
+            ip: Some(p.ip.parse().unwrap()),
+            email: Some(p.email.clone()),
+            country: None,
+        };
+        let topic = self.settings.topics.user_registered.clone();
+        Self::feed(&self.db, &mut self.offset, &self.attribution, &topic, p.id, encode(&e)).await;
+    }
+
+    /// Takes every `referral-attributed` record out of the outbox, as records of `partition`.
+    async fn take_attributed(&mut self, partition: i32) -> Vec<rdkafka::message::OwnedMessage> {
+        let topic = self.settings.topics.referral_attributed.clone();
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("DELETE FROM outbox WHERE topic = $1 RETURNING key, payload")
+            .bind(&topic)
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|(key, payload)| {
+                self.offset += 1;
+                refstream_e2e::record(&topic, key.as_bytes(), partition, self.offset, payload)
+            })
+            .collect()
+    }
+
+    async fn history_rows(&self) -> i64 {
+        self.db.scalar_i64("SELECT count(*) FROM assessment_history").await
+    }
+}
+
+/// A whole batch at once, as a busy partition delivers it: a device burst, a ring and clean
+/// referrals are all scored in one set-based apply, each with its final verdict in its first
+/// revision (the burst counted on both sides of each registration, the ring from the links of
+/// the whole batch), and nothing is revised twice.
+#[tokio::test]
+async fn one_batch_scores_a_burst_a_ring_and_clean_referrals_in_their_first_revision() {
+    let mut h = Harness::new().await;
+    h.register(&person("promoter"), None, 0).await;
+    h.register(&person("friend"), None, 1).await;
+    let burst = ["z1", "z2", "z3", "z4", "z5"];
+    for (i, id) in burst.iter().enumerate() {
+        h.register_only(&Person { device: "dev-burst-batch".into(), ..person(id) }, Some("promoter"), 10 + i as i64).await;
+    }
+    let ring =
+        [person("ra"), Person { device: person("ra").device, ..person("rb") }, Person { device: person("ra").device, ..person("rc") }];
+    h.register_only(&ring[0], None, 30).await;
+    h.register_only(&ring[1], Some("ra"), 31).await;
+    h.register_only(&ring[2], Some("rb"), 32).await;
+    let clean: Vec<&'static str> = vec!["c01", "c02", "c03", "c04", "c05", "c06", "c07", "c08"];
+    for (i, id) in clean.iter().enumerate() {
+        h.register_only(&person(id), Some("friend"), 200 + 60 * i as i64).await;
+    }
+    let records = h.take_attributed(3).await;
+    assert_eq!(records.len(), burst.len() + 2 + clean.len());
+    assert_eq!(apply_partition(&h.scorer, &h.db.pool, &records).await, Applied::Committed);
+    h.relay().await;
+    for id in burst {
+        let (decision, reasons, revision) = h.assessment_of(id).await;
+        assert_ne!(decision, "APPROVE", "{id}: {reasons:?}");
+        assert_eq!(revision, 1, "{id}: {reasons:?}");
+        assert!(reasons.contains(&"VELOCITY_DEVICE".to_owned()), "{id}: {reasons:?}");
+    }
+    for id in ["rb", "rc"] {
+        let (decision, reasons, revision) = h.assessment_of(id).await;
+        assert_eq!((decision.as_str(), revision), ("REJECT", 1), "{id}: {reasons:?}");
+        assert!(reasons.contains(&FRAUD_RING.to_owned()), "{id}: {reasons:?}");
+    }
+    for id in &clean {
+        let (decision, reasons, _) = h.assessment_of(id).await;
+        assert_eq!(decision, "APPROVE", "{id}: {reasons:?}");
+        assert_eq!(h.status_of(id).await, "eligible");
+    }
+    assert_eq!(h.history_rows().await, (burst.len() + 2 + clean.len()) as i64, "one revision each");
+    // Each first revision names its own input event.
+    let cause: Uuid =
+        sqlx::query_scalar("SELECT cause_event_id FROM assessments WHERE referee_id = 'z1'").fetch_one(&h.db.pool).await.unwrap();
+    assert_eq!(cause, DerivedId::event("referral-attributed", referral_id("z1")));
+    // Replaying the batch changes nothing.
+    assert_eq!(apply_partition(&h.scorer, &h.db.pool, &records).await, Applied::Committed);
+    assert_eq!(h.history_rows().await, (burst.len() + 2 + clean.len()) as i64);
+}
+
+/// Two partitions applied at the same time, each adding one bridge of a ring: p referred o
+/// earlier; m1 shares p's device, m2 shares o's device, m1 and m2 share an email. Neither
+/// batch's links make a ring alone; together they make {p, m1, m2, o} one. The ring lock orders
+/// the two graph sections, so the later one sees both bridges: every referral into the ring is
+/// rejected, p → o (scored long before) included, whatever the interleaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_partitions_completing_a_ring_at_the_same_time_never_both_miss_it() {
+    for round in 0..4 {
+        let mut h = Harness::new().await;
+        let p = Person { device: "dev-x".into(), ..person("p") };
+        let o = Person { device: "dev-q".into(), ..person("o") };
+        h.register(&p, None, 0).await;
+        h.register(&person("r1"), None, 1).await;
+        h.register(&person("r2"), None, 2).await;
+        h.register(&o, Some("p"), 5).await;
+        assert_eq!(h.assessment_of("o").await.0, "APPROVE");
+        let m1 = Person { device: "dev-x".into(), email: "shared.mailbox@example.com".into(), ..person("m1") };
+        let m2 = Person { device: "dev-q".into(), email: "shared.mailbox@example.com".into(), ..person("m2") };
+        h.register_only(&m1, Some("r1"), 60).await;
+        let first = h.take_attributed(1).await;
+        h.register_only(&m2, Some("r2"), 61).await;
+        let second = h.take_attributed(2).await;
+        let (a, b) = tokio::join!(apply_partition(&h.scorer, &h.db.pool, &first), apply_partition(&h.scorer, &h.db.pool, &second));
+        assert_eq!((a, b), (Applied::Committed, Applied::Committed));
+        h.relay().await;
+        for id in ["o", "m1", "m2"] {
+            let (decision, reasons, _) = h.assessment_of(id).await;
+            assert_eq!(decision, "REJECT", "round {round}, {id}: {reasons:?}");
+            assert!(reasons.contains(&FRAUD_RING.to_owned()), "round {round}, {id}: {reasons:?}");
+        }
+        // p → o was revised by one of the two inputs, committed with it.
+        let cause: Uuid =
+            sqlx::query_scalar("SELECT cause_event_id FROM assessments WHERE referee_id = 'o'").fetch_one(&h.db.pool).await.unwrap();
+        assert!(
+            [DerivedId::event("referral-attributed", referral_id("m1")), DerivedId::event("referral-attributed", referral_id("m2"))]
+                .contains(&cause),
+            "round {round}: {cause}"
+        );
+    }
+}

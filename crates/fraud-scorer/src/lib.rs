@@ -212,7 +212,7 @@ impl FraudScorer {
         let referees: Vec<&str> = subjects.iter().map(|s| s.referee_id.as_str()).collect();
         let at: Vec<DateTime<Utc>> = subjects.iter().map(|s| s.referee_registered_at).collect();
         let rows: Vec<EvidenceRow> = sqlx::query_as(
-            "SELECT b.n, \
+            "SELECT \
                COALESCE(e.device_id = r.device_id, false) AS same_device, \
                COALESCE(e.ip_hash = r.ip_hash, false) AS same_ip, \
                COALESCE(e.ip_prefix_hash = r.ip_prefix_hash, false) AS same_ip_prefix, \
@@ -245,7 +245,6 @@ impl FraudScorer {
             .iter()
             .zip(rows)
             .map(|(s, row)| {
-                debug_assert_eq!(usize::try_from(row.n).ok(), Some(row.n as usize));
                 let evidence = Evidence {
                     referrer_id: s.referrer_id.clone(),
                     referee_id: s.referee_id.clone(),
@@ -406,8 +405,9 @@ impl FraudScorer {
         // The deposits whose link is new, the first of each (user, card).
         let mut causes = Vec::new();
         let mut fresh: Vec<(&str, &str)> = Vec::new();
+        let mut seen = BTreeSet::new();
         for (d, (user, card)) in with_card.iter().zip(&cards) {
-            if new.contains(&((*user).to_owned(), (*card).to_owned())) && !fresh.contains(&(*user, *card)) {
+            if new.contains(&((*user).to_owned(), (*card).to_owned())) && seen.insert((*user, *card)) {
                 fresh.push((user, card));
                 causes.push(Cause {
                     text: format!("deposit {} by {user} linked a payment instrument", d.deposit_id),
@@ -562,7 +562,6 @@ fn ring_candidates(components: &Components, touched: &[(&str, usize)]) -> (Vec<S
 
 #[derive(sqlx::FromRow)]
 struct EvidenceRow {
-    n: i64,
     same_device: bool,
     same_ip: bool,
     same_ip_prefix: bool,
