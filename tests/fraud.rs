@@ -663,39 +663,67 @@ async fn one_batch_scores_a_burst_a_ring_and_clean_referrals_in_their_first_revi
     assert_eq!(h.history_rows().await, (burst.len() + 2 + clean.len()) as i64);
 }
 
-/// Two partitions applied at the same time, each adding one bridge of a ring: p referred o
-/// earlier; m1 shares p's device, m2 shares o's device, m1 and m2 share an email. Neither
-/// batch's links make a ring alone; together they make {p, m1, m2, o} one. The ring lock orders
-/// the two graph sections, so the later one sees both bridges: every referral into the ring is
-/// rejected, p → o (scored long before) included, whatever the interleaving.
+/// Two partitions applied at the same time, each adding one bridge of a ring, with no device,
+/// mailbox or referrer in common (so only the ring lock orders them). Rings need 4 accounts
+/// here. q referred c earlier, both on device D. Partition 1 brings m1, who shares c's mailbox;
+/// partition 2 brings m2, who shares device D. Each batch alone sees a component of 3; together
+/// {q, c, m1, m2} is a ring. The ring lock orders the two graph sections, so the later one sees
+/// both bridges: every referral into the ring is rejected, q → c (scored long before) included,
+/// whatever the interleaving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_partitions_completing_a_ring_at_the_same_time_never_both_miss_it() {
     for round in 0..4 {
         let mut h = Harness::new().await;
-        let p = Person { device: "dev-x".into(), ..person("p") };
-        let o = Person { device: "dev-q".into(), ..person("o") };
-        h.register(&p, None, 0).await;
+        let mut settings = h.settings.clone();
+        settings.fraud.ring_min_size = 4;
+        h.scorer = fraud_scorer::FraudScorer::new(&settings).unwrap();
+        let q = Person { device: "dev-d".into(), ..person("q") };
+        let c = Person { device: "dev-d".into(), email: "c.mailbox@example.com".into(), ..person("c") };
+        h.register(&q, None, 0).await;
         h.register(&person("r1"), None, 1).await;
         h.register(&person("r2"), None, 2).await;
-        h.register(&o, Some("p"), 5).await;
-        assert_eq!(h.assessment_of("o").await.0, "APPROVE");
-        let m1 = Person { device: "dev-x".into(), email: "shared.mailbox@example.com".into(), ..person("m1") };
-        let m2 = Person { device: "dev-q".into(), email: "shared.mailbox@example.com".into(), ..person("m2") };
+        h.register(&c, Some("q"), 5).await;
+        let (_, reasons, _) = h.assessment_of("c").await;
+        assert!(!reasons.contains(&FRAUD_RING.to_owned()), "{reasons:?}");
+        let m1 = Person { email: "c.mailbox@example.com".into(), ..person("m1") };
+        let m2 = Person { device: "dev-d".into(), ..person("m2") };
         h.register_only(&m1, Some("r1"), 60).await;
         let first = h.take_attributed(1).await;
         h.register_only(&m2, Some("r2"), 61).await;
         let second = h.take_attributed(2).await;
-        let (a, b) = tokio::join!(apply_partition(&h.scorer, &h.db.pool, &first), apply_partition(&h.scorer, &h.db.pool, &second));
+        // Hold the ring lock until both batches wait for it: both have written their links (not
+        // committed yet) and read the graph without each other's; only the ring section can
+        // still see the whole ring.
+        let mut gate = h.db.pool.acquire().await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(fraud_scorer::RING_LOCK).execute(&mut *gate).await.unwrap();
+        let release = async {
+            for _ in 0..500 {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+                     WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()",
+                )
+                .fetch_one(&mut *gate)
+                .await
+                .unwrap();
+                if waiting >= 2 {
+                    break;
+                }
+                tokio::time::sleep(StdDuration::from_millis(10)).await;
+            }
+            sqlx::query("SELECT pg_advisory_unlock($1)").bind(fraud_scorer::RING_LOCK).execute(&mut *gate).await.unwrap();
+        };
+        let (a, b, ()) =
+            tokio::join!(apply_partition(&h.scorer, &h.db.pool, &first), apply_partition(&h.scorer, &h.db.pool, &second), release);
         assert_eq!((a, b), (Applied::Committed, Applied::Committed));
         h.relay().await;
-        for id in ["o", "m1", "m2"] {
+        for id in ["c", "m1", "m2"] {
             let (decision, reasons, _) = h.assessment_of(id).await;
             assert_eq!(decision, "REJECT", "round {round}, {id}: {reasons:?}");
             assert!(reasons.contains(&FRAUD_RING.to_owned()), "round {round}, {id}: {reasons:?}");
         }
-        // p → o was revised by one of the two inputs, committed with it.
+        // q → c was revised by one of the two inputs, committed with it.
         let cause: Uuid =
-            sqlx::query_scalar("SELECT cause_event_id FROM assessments WHERE referee_id = 'o'").fetch_one(&h.db.pool).await.unwrap();
+            sqlx::query_scalar("SELECT cause_event_id FROM assessments WHERE referee_id = 'c'").fetch_one(&h.db.pool).await.unwrap();
         assert!(
             [DerivedId::event("referral-attributed", referral_id("m1")), DerivedId::event("referral-attributed", referral_id("m2"))]
                 .contains(&cause),

@@ -176,44 +176,73 @@ pub async fn link_payments(
     Ok(inserted.into_iter().collect())
 }
 
+/// Takes the transaction's advisory locks (sorted, so batches cannot deadlock) of the values a
+/// batch of referrals reads velocity and late arrivals through: each referee's device and email
+/// hash, and each referrer. Two batches touching one device, mailbox or referrer run one after the
+/// other, the second seeing everything the first committed.
+pub async fn lock_cluster_values(conn: &mut PgConnection, referees: &[&str], referrers: &[&str]) -> sqlx::Result<()> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 2718) AS h FROM ( \
+           SELECT 'device:' || device_id AS k FROM users WHERE user_id = ANY($1) AND device_id IS NOT NULL \
+           UNION ALL SELECT 'email:' || email_hash FROM users WHERE user_id = ANY($1) AND email_hash IS NOT NULL \
+           UNION ALL SELECT 'referrer:' || r FROM unnest($2::text[]) AS r) AS keys) AS locks ORDER BY h",
+    )
+    .bind(referees)
+    .bind(referrers)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The components of `users`, and which of them are rings of at least `ring_min_size` accounts:
-/// three statements whatever the number of users.
+/// one statement whatever the number of users.
 pub async fn components(conn: &mut PgConnection, users: &[String], ring_min_size: u32) -> sqlx::Result<Components> {
     if users.is_empty() {
         return Ok(Components::default());
     }
-    let mut members: Vec<String> = sqlx::query_scalar(
+    // Tagged rows: 'g' a shared identifier (kind, its accounts), 'r' a referral among linked
+    // accounts ([referrer, referee]), 'n' how many accounts the walk reached.
+    let rows: Vec<(String, Option<String>, Vec<String>)> = sqlx::query_as(
         "WITH RECURSIVE comp(user_id) AS ( \
            SELECT DISTINCT u FROM unnest($1::text[]) AS u \
            UNION \
            SELECT b.user_id FROM comp \
              JOIN identity_links a ON a.user_id = comp.user_id \
              JOIN identity_links b ON b.kind = a.kind AND b.value = a.value \
-         ) SELECT user_id FROM comp LIMIT $2",
+         ), \
+         m AS MATERIALIZED (SELECT user_id FROM comp LIMIT $2), \
+         g AS MATERIALIZED (SELECT l.kind, array_agg(l.user_id ORDER BY l.user_id) AS users FROM identity_links l \
+           WHERE l.user_id IN (SELECT user_id FROM m) GROUP BY l.kind, l.value HAVING count(*) > 1), \
+         linked AS MATERIALIZED (SELECT DISTINCT unnest(users) AS user_id FROM g) \
+         SELECT 'g', kind, users FROM g \
+         UNION ALL \
+         SELECT 'r', NULL, ARRAY[r.referrer_id, r.referee_id] FROM referrals r \
+           WHERE r.referee_id IN (SELECT user_id FROM linked) AND r.referrer_id IN (SELECT user_id FROM linked) \
+         UNION ALL \
+         SELECT 'n', NULL, ARRAY[count(*)::text] FROM m",
     )
     .bind(users)
     .bind(MAX_WALK + 1)
     .fetch_all(&mut *conn)
     .await?;
-    let truncated = members.len() > usize::try_from(MAX_WALK).unwrap_or(usize::MAX);
-    members.truncate(usize::try_from(MAX_WALK).unwrap_or(usize::MAX));
-    members.sort();
-    let groups: Vec<(String, Vec<String>)> = sqlx::query_as(
-        "SELECT kind, array_agg(user_id ORDER BY user_id) FROM identity_links WHERE user_id = ANY($1) \
-         GROUP BY kind, value HAVING count(*) > 1",
-    )
-    .bind(&members)
-    .fetch_all(&mut *conn)
-    .await?;
-    let referrals: Vec<(String, String)> = if groups.is_empty() {
-        Vec::new()
-    } else {
-        let linked: Vec<&String> = groups.iter().flat_map(|(_, users)| users).collect::<BTreeSet<_>>().into_iter().collect();
-        sqlx::query_as("SELECT referrer_id, referee_id FROM referrals WHERE referee_id = ANY($1) AND referrer_id = ANY($1)")
-            .bind(&linked)
-            .fetch_all(&mut *conn)
-            .await?
-    };
+    let mut groups = Vec::new();
+    let mut referrals = Vec::new();
+    let mut truncated = false;
+    for (tag, kind, mut users) in rows {
+        match (tag.as_str(), kind) {
+            ("g", Some(kind)) => groups.push((kind, users)),
+            ("r", _) if users.len() == 2 => {
+                let referee = users.pop().unwrap_or_default();
+                let referrer = users.pop().unwrap_or_default();
+                referrals.push((referrer, referee));
+            }
+            ("n", _) => truncated = users.first().and_then(|n| n.parse::<i64>().ok()).is_some_and(|n| n > MAX_WALK),
+            _ => {}
+        }
+    }
+    // Every account the walk reached beyond the seeds shares an identifier with another.
+    let members: BTreeSet<String> = users.iter().cloned().chain(groups.iter().flat_map(|(_, u)| u.iter().cloned())).collect();
+    let accounts: Vec<String> = members.iter().cloned().collect();
     let min = usize::try_from(ring_min_size).unwrap_or(usize::MAX);
-    Ok(Components { graph: Graph::build(&members, &groups, &referrals, min), members: members.into_iter().collect(), truncated })
+    Ok(Components { graph: Graph::build(&accounts, &groups, &referrals, min), members, truncated })
 }

@@ -293,20 +293,23 @@ impl FraudScorer {
             .zip(&events)
             .flat_map(|(s, r)| [(s.referrer_id.as_str(), r.occurred_at), (s.referee_id.as_str(), r.occurred_at)])
             .collect();
-        // (1) Without the ring lock: links, then the evidence of the new referrals.
+        let referees: Vec<&str> = subjects.iter().map(|s| s.referee_id.as_str()).collect();
+        let referrers: Vec<&str> = subjects.iter().map(|s| s.referrer_id.as_str()).collect();
+        let seeds: Vec<String> = users.iter().map(|(u, _)| (*u).to_owned()).collect::<BTreeSet<_>>().into_iter().collect();
+        let accounts: Vec<&str> = seeds.iter().map(String::as_str).collect();
+        // (1) Under the locks of the devices, mailboxes and referrers the batch touches, without the
+        // ring lock: links, the evidence of the new referrals, their first assessments (the ring
+        // verdict read here is confirmed in the ring section), and the velocity and late-arrival
+        // clusters they complete.
+        graph::lock_cluster_values(conn, &accounts, &referrers).await?;
         let newly_linked = graph::link_users(conn, &users).await?;
         let evidence = self.evidence(conn, &subjects).await?;
-        // (2) The ring section, held to the commit.
-        ring_lock(conn).await?;
-        let seeds: Vec<String> = users.iter().map(|(u, _)| (*u).to_owned()).collect::<BTreeSet<_>>().into_iter().collect();
-        let components = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
-        let firsts: Vec<(Assessment, Json)> = subjects
-            .iter()
-            .zip(evidence)
-            .map(|(s, (e, domain))| self.assess_one(e, domain.as_deref(), &components.of(&s.referee_id)))
-            .collect();
+        let early = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
+        let firsts: Vec<(Assessment, Json)> =
+            subjects.iter().zip(evidence).map(|(s, (e, domain))| self.assess_one(e, domain.as_deref(), &early.of(&s.referee_id))).collect();
         let inserted = insert_first(conn, &subjects, &firsts, &causes).await?;
         let mut candidates: BTreeMap<Uuid, usize> = BTreeMap::new();
+        let mut first_revisions = Vec::new();
         for (i, (s, (assessment, signals))) in subjects.iter().zip(firsts).enumerate() {
             if !inserted.contains(&s.referral_id) {
                 // Already assessed (a replay under another event id): only a re-assessment can apply.
@@ -316,15 +319,12 @@ impl FraudScorer {
             OUTCOMES.with_label_values(&["fraud-scorer", assessment.decision.as_str()]).inc();
             let event_id = DerivedId::event("referral-scored", s.referral_id);
             w.out.push(self.scored(s, &assessment, event_id, causes[i].at));
-            w.history.push(Revision { referral_id: s.referral_id, revision: 1, assessment, signals, cause: i, event_id });
+            first_revisions.push(Revision { referral_id: s.referral_id, revision: 1, assessment, signals, cause: i, event_id });
         }
-        // The cluster each event touches: its ring, its device and referrer windows, and the
-        // later accounts on the devices and mailboxes of accounts that got new links.
-        let touched: Vec<(&str, usize)> =
-            subjects.iter().enumerate().flat_map(|(i, s)| [(s.referrer_id.as_str(), i), (s.referee_id.as_str(), i)]).collect();
-        let ring = ring_candidates(&components, &touched);
-        let referees: Vec<&str> = subjects.iter().map(|s| s.referee_id.as_str()).collect();
-        let referrers: Vec<&str> = subjects.iter().map(|s| s.referrer_id.as_str()).collect();
+        insert_history(conn, &first_revisions, &causes).await?;
+        // The clusters each event touches: its device and referrer windows, and the later accounts
+        // on the devices and mailboxes of accounts that got new links (own fresh rows included:
+        // their evidence may predate a registration committed since).
         let referrer_linked: Vec<bool> = subjects.iter().map(|s| newly_linked.contains(&s.referrer_id)).collect();
         let index: Vec<i32> = (0..subjects.len()).map(|i| i32::try_from(i).unwrap_or(i32::MAX)).collect();
         let found: Vec<(Uuid, i32)> = sqlx::query_as(
@@ -352,11 +352,9 @@ impl FraudScorer {
                    AND NOT ($8 = ANY(s.reasons)) \
                    AND (SELECT count(*) FROM referrals o WHERE o.referrer_id = r.referrer_id \
                         AND o.referee_registered_at > r.referee_registered_at - w.w AND o.referee_registered_at <= r.referee_registered_at + w.w) > $9 \
-                 LIMIT $10) f), \
-             ring AS (SELECT s.referral_id, m.n FROM unnest($11::text[], $12::int[]) AS m(user_id, n) \
-                 JOIN assessments s ON s.referee_id = m.user_id WHERE NOT ($13 = ANY(s.reasons))) \
-             SELECT referral_id, max(n) FROM (SELECT * FROM late UNION ALL SELECT * FROM device UNION ALL SELECT * FROM farm \
-               UNION ALL SELECT * FROM ring) c GROUP BY referral_id",
+                 LIMIT $10) f) \
+             SELECT referral_id, max(n) FROM (SELECT * FROM late UNION ALL SELECT * FROM device UNION ALL SELECT * FROM farm) c \
+             GROUP BY referral_id",
         )
         .bind(&referees)
         .bind(&referrers)
@@ -368,14 +366,28 @@ impl FraudScorer {
         .bind(VELOCITY_REFERRER)
         .bind(i64::from(self.policy.velocity_per_referrer))
         .bind(MAX_CLUSTER_RESCORES)
-        .bind(&ring.0)
-        .bind(&ring.1)
-        .bind(FRAUD_RING)
         .fetch_all(&mut *conn)
         .await?;
-        for (referral_id, n) in found {
-            let n = usize::try_from(n).unwrap_or(0);
-            candidates.entry(referral_id).and_modify(|c| *c = (*c).max(n)).or_insert(n);
+        merge(&mut candidates, found);
+        // (2) The ring section, held to the commit: the graph again, now complete (see the crate
+        // documentation); the referrals of every ring the batch touches that lack FRAUD_RING, own
+        // fresh rows included; then every re-assessment.
+        ring_lock(conn).await?;
+        let components = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
+        let touched: Vec<(&str, usize)> =
+            subjects.iter().enumerate().flat_map(|(i, s)| [(s.referrer_id.as_str(), i), (s.referee_id.as_str(), i)]).collect();
+        let ring = ring_candidates(&components, &touched);
+        if !ring.0.is_empty() {
+            let found: Vec<(Uuid, i32)> = sqlx::query_as(
+                "SELECT s.referral_id, max(m.n) FROM unnest($1::text[], $2::int[]) AS m(user_id, n) \
+                 JOIN assessments s ON s.referee_id = m.user_id WHERE NOT ($3 = ANY(s.reasons)) GROUP BY s.referral_id",
+            )
+            .bind(&ring.0)
+            .bind(&ring.1)
+            .bind(FRAUD_RING)
+            .fetch_all(&mut *conn)
+            .await?;
+            merge(&mut candidates, found);
         }
         self.revise(conn, candidates, &causes, &components, w).await?;
         Ok(causes)
@@ -535,6 +547,15 @@ impl FraudScorer {
             occurred_at: at,
         };
         OutboxMessage::record(&self.topic_out, &r.referee_id, &scored)
+    }
+}
+
+/// Adds `found` (referral, index of the batch event that found it) to `candidates`, keeping the
+/// latest event for each referral.
+fn merge(candidates: &mut BTreeMap<Uuid, usize>, found: Vec<(Uuid, i32)>) {
+    for (referral_id, n) in found {
+        let n = usize::try_from(n).unwrap_or(0);
+        candidates.entry(referral_id).and_modify(|c| *c = (*c).max(n)).or_insert(n);
     }
 }
 
