@@ -31,8 +31,10 @@ clean:
 
 # Measures the fraud rules: starts the local stack, produces a labeled adversarial stream of
 # 10,000 registrations through it, prints precision, recall and false-positive rate per fraud
-# kind, and stops everything. More options: make fraud-eval FRAUD_EVAL_ARGS="--seed 7".
+# kind, and stops everything. More options: make fraud-eval FRAUD_EVAL_ARGS="--seed 7 --json";
+# the lag case: FRAUD_EVAL_ARGS="--scorer-delay 120" (the fleet then starts without its scorer,
+# and fraud-eval starts one 120 s after the stream began).
 .PHONY: fraud-eval
 fraud-eval:
 	cargo build --bins
-	bash -c 'set -euo pipefail; trap "scripts/fleet.sh down" EXIT; scripts/pg.sh destroy >/dev/null 2>&1 || true; scripts/fleet.sh up; . .local/fleet.env; "$${CARGO_TARGET_DIR:-target}/debug/refstream" fraud-eval --registrations 10000 $(FRAUD_EVAL_ARGS)'
+	bash -c 'set -euo pipefail; trap "scripts/fleet.sh down" EXIT; scripts/pg.sh destroy >/dev/null 2>&1 || true; $(if $(findstring --scorer-delay,$(FRAUD_EVAL_ARGS)),FLEET_SKIP=fraud-scorer) scripts/fleet.sh up; . .local/fleet.env; "$${CARGO_TARGET_DIR:-target}/debug/refstream" fraud-eval --registrations 10000 $(FRAUD_EVAL_ARGS)'

@@ -3,11 +3,15 @@
 # four workers as separate processes. State lives in .local/ (git-ignored).
 #   scripts/fleet.sh up     start everything, write .local/fleet.env
 #   scripts/fleet.sh down   stop everything this script started
+#   FLEET_SKIP="w1 w2"      workers `up` does not start (e.g. fraud-scorer, for
+#                           `refstream fraud-eval --scorer-delay`, which starts it later)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${FLEET_BIN:-${CARGO_TARGET_DIR:-target}/debug}
 LOCAL=.local
 mkdir -p "$LOCAL/logs"
+
+skipped() { case " ${FLEET_SKIP:-} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 up() {
   scripts/pg.sh start >/dev/null
@@ -29,11 +33,13 @@ ENV
   "$BIN/refstream" migrate >/dev/null
   port=9101
   for w in attribution fraud-scorer reward-engine outbox-relay; do
+    if skipped "$w"; then rm -f "$LOCAL/$w.pid"; port=$((port + 1)); continue; fi
     REFSTREAM__METRICS__LISTEN=127.0.0.1:$port "$BIN/$w" >"$LOCAL/logs/$w.log" 2>&1 &
     echo $! >"$LOCAL/$w.pid"
     port=$((port + 1))
   done
   for w in attribution fraud-scorer reward-engine outbox-relay; do
+    skipped "$w" && continue
     port=$((9101 + $(echo "attribution fraud-scorer reward-engine outbox-relay" | tr ' ' '\n' | grep -n "^$w$" | cut -d: -f1) - 1))
     for _ in $(seq 1 150); do
       curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break

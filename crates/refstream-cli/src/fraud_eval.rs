@@ -19,20 +19,17 @@
 //! credited for it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Utc};
 use clap::Parser;
-use rand::seq::SliceRandom;
-use rdkafka::producer::FutureProducer;
-use refstream_core::events::{DepositCompleted, UserRegistered};
-use refstream_core::{Currency, DerivedId, Money, UserId};
-use refstream_runtime::codec::encode;
 use refstream_runtime::consumer::client_config;
 use refstream_runtime::Settings;
 use refstream_workload::adversarial::{Kind, Plan};
-use refstream_workload::produce::{wait_for_codes, Sender};
-use sqlx::PgPool;
+use refstream_workload::produce::Sender;
+use refstream_workload::stream::{self, Topics};
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -49,56 +46,16 @@ pub struct Args {
     /// Print one JSON object with every kind's numbers as the last line of stdout.
     #[arg(long)]
     json: bool,
-    /// Start the fraud scorer this many seconds after the stream starts (the running one, if
-    /// any, is stopped first): the lag case. Its pid goes to `.local/fraud-scorer.pid`.
-    #[arg(long)]
+    /// The lag case: start the fraud scorer this many seconds after the stream begins (a
+    /// running one, found through `.local/fraud-scorer.pid`, is stopped before the stream; run
+    /// the fleet with `FLEET_SKIP=fraud-scorer` to have none). The started scorer is the
+    /// `fraud-scorer` binary beside this one, with this environment; its pid goes to
+    /// `.local/fraud-scorer.pid`, so `scripts/fleet.sh down` stops it.
+    #[arg(long, value_name = "SECS")]
     scorer_delay: Option<u64>,
-}
-
-/// outbox rows, events the scorer and the reward engine consumed, referrals, assessments, and
-/// ReferralScored + ReviewDecided events announced.
-type Progress = (i64, i64, i64, i64, i64, i64);
-
-/// Counters that reach their expected values, and stay there, once the fleet is done.
-async fn progress(pool: &PgPool) -> sqlx::Result<Progress> {
-    sqlx::query_as(
-        "SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM pending_payouts), \
-                (SELECT count(*) FROM processed_events WHERE consumer = 'fraud-scorer'), \
-                (SELECT count(*) FROM processed_events WHERE consumer = 'reward-engine'), \
-                (SELECT count(*) FROM referrals), (SELECT count(*) FROM assessments), \
-                (SELECT count(*) FROM assessment_history) + (SELECT count(*) FROM review_decisions)",
-    )
-    .fetch_one(pool)
-    .await
-}
-
-/// Waits until the scorer consumed every referral and deposit, the reward engine every deposit
-/// and score, and the outbox is empty, stable for three seconds.
-async fn wait_quiet(pool: &PgPool, baseline: Progress, deposits: i64, timeout: StdDuration) -> anyhow::Result<()> {
-    let (_, scorer0, engine0, referrals0, _, scores0) = baseline;
-    let started = Instant::now();
-    let mut last = None;
-    let mut stable_since = Instant::now();
-    loop {
-        let p = progress(pool).await?;
-        let (outbox, scorer, engine, referrals, assessed, scores) = p;
-        let settled = outbox == 0
-            && referrals == assessed
-            && scorer - scorer0 >= (referrals - referrals0) + deposits
-            && engine - engine0 >= deposits + (scores - scores0);
-        if last != Some(p) {
-            last = Some(p);
-            stable_since = Instant::now();
-        } else if settled && stable_since.elapsed() >= StdDuration::from_secs(3) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            started.elapsed() < timeout,
-            "fleet not quiet after {timeout:?}: outbox {outbox}, scorer consumed {scorer}, engine consumed {engine}, \
-             referrals {referrals}, assessed {assessed}"
-        );
-        tokio::time::sleep(StdDuration::from_millis(500)).await;
-    }
+    /// The metrics address of the scorer `--scorer-delay` starts.
+    #[arg(long, default_value = "127.0.0.1:9102")]
+    scorer_listen: String,
 }
 
 /// What the fleet decided about one referral.
@@ -111,8 +68,9 @@ struct Outcome {
     /// A reward is credited and not reversed.
     paid: bool,
     clawed_back: bool,
-    /// When the hold of its (first) reward ended; None when nothing was ever credited.
-    hold_ended_at: Option<DateTime<Utc>>,
+    /// When the hold of its last credited reward ended (reversed or not); None when nothing
+    /// was ever credited. A cause known before this is known before some reward's hold ended.
+    last_hold_ended_at: Option<DateTime<Utc>>,
     /// The input event behind the first assessment revision that flagged it.
     flag_cause: Option<Uuid>,
 }
@@ -143,7 +101,7 @@ impl Tally {
         }
         self.clawed_back += u64::from(o.clawed_back);
         // Credited although what flagged it had reached the broker before the hold ended.
-        if let (Some(hold), Some(cause)) = (o.hold_ended_at, o.flag_cause) {
+        if let (Some(hold), Some(cause)) = (o.last_hold_ended_at, o.flag_cause) {
             if known_since.get(&cause).is_some_and(|at| *at < hold) {
                 self.paid_while_known += 1;
             }
@@ -188,99 +146,41 @@ fn percent(n: u64, d: u64) -> String {
 pub async fn run(args: Args, settings: &Settings) -> anyhow::Result<()> {
     anyhow::ensure!(args.registrations >= 200, "--registrations must be at least 200 for every kind to appear");
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_with(settings.database_options()?).await?;
-    let producer: FutureProducer = client_config(settings)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "10")
-        .set("queue.buffering.max.messages", "100000")
-        .create()?;
-    let mut sender = Sender { producer, pending: Vec::new(), sent: 0, sent_at: HashMap::new() };
-    let late_scorer = args.scorer_delay.map(|delay| tokio::spawn(start_scorer_later(StdDuration::from_secs(delay))));
+    let mut sender = Sender::new(
+        client_config(settings).set("enable.idempotence", "true").set("linger.ms", "10").set("queue.buffering.max.messages", "100000"),
+    )?;
     let timeout = StdDuration::from_secs(args.timeout_secs);
     let run = format!("{:08x}", Uuid::new_v4().as_u128() as u32);
     let mut plan = Plan::build(args.seed, run.clone(), args.registrations);
+    if args.scorer_delay.is_some() {
+        stop_running_scorer().await?;
+    }
+    let baseline = stream::progress(&pool).await?;
     let started = Instant::now();
-    let baseline = progress(&pool).await?;
-
-    // Registrations, wave by wave (a referee needs its referrer's code), shuffled within a wave.
-    let waves = plan.accounts.iter().map(|a| a.wave).max().unwrap_or(0);
-    let mut codes: HashMap<String, String> = HashMap::new();
-    let mut registration_events: Vec<(String, Uuid)> = Vec::new();
-    for wave in 0..=waves {
-        let mut members: Vec<usize> = (0..plan.accounts.len()).filter(|&i| plan.accounts[i].wave == wave).collect();
-        members.shuffle(&mut plan.rng);
-        let needed: Vec<String> = members
-            .iter()
-            .filter_map(|&i| plan.accounts[i].referrer)
-            .map(|r| plan.accounts[r].id.clone())
-            .filter(|id| !codes.contains_key(id))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if !needed.is_empty() {
-            sender.flush().await?;
-            codes.extend(wait_for_codes(&pool, &needed, timeout).await?);
-        }
-        let topic = settings.topics.user_registered.clone();
-        for i in members {
-            let a = &plan.accounts[i];
-            let e = UserRegistered {
-                event_id: Uuid::new_v4(),
-                user_id: UserId::parse(a.id.clone())?,
-                occurred_at: a.at,
-                referral_code: a.referrer.map(|r| codes[&plan.accounts[r].id].clone()),
-                click_id: None,
-                platform: ["ios", "android", "web"][i % 3].into(),
-                device_id: Some(a.device.clone()),
-                ip: Some(a.ip),
-                email: Some(a.email.clone()),
-                country: Some("DE".into()),
-            };
-            sender.send(&topic, &a.id, &encode(&e), e.event_id).await?;
-            registration_events.push((a.id.clone(), e.event_id));
-        }
-        println!("wave {wave}: registrations produced ({} so far)", sender.sent);
-    }
-    // Deposits, in event-time order.
-    let mut deposits: Vec<(DateTime<Utc>, usize, usize)> = Vec::new();
-    for (i, a) in plan.accounts.iter().enumerate() {
-        for (n, (at, _, _)) in a.deposits.iter().enumerate() {
-            deposits.push((*at, i, n));
-        }
-    }
-    deposits.sort();
-    let topic = settings.topics.deposit_completed.clone();
-    for &(_, i, n) in &deposits {
-        let a = &plan.accounts[i];
-        let (at, amount, card) = &a.deposits[n];
-        let e = DepositCompleted {
-            event_id: Uuid::new_v4(),
-            deposit_id: format!("{}-d{n}", a.id),
-            user_id: UserId::parse(a.id.clone())?,
-            amount: Money::new(*amount, Currency::USD),
-            payment_fingerprint: Some(card.clone()),
-            occurred_at: *at,
-        };
-        sender.send(&topic, &a.id, &encode(&e), e.event_id).await?;
-    }
-    sender.flush().await?;
+    let late_scorer = args.scorer_delay.map(|delay| tokio::spawn(start_scorer_later(StdDuration::from_secs(delay), args.scorer_listen)));
+    let topics = Topics { user_registered: &settings.topics.user_registered, deposit_completed: &settings.topics.deposit_completed };
+    let produced = stream::produce(&mut plan, &mut sender, &pool, &topics, timeout, |wave, sent| {
+        println!("wave {wave}: registrations produced ({sent} so far)");
+    })
+    .await?;
+    let produced_in = started.elapsed();
+    println!(
+        "{} registrations and {} deposits produced in {produced_in:.1?} (the deposits in {} ms); waiting for the fleet to go quiet",
+        produced.registrations.len(),
+        produced.deposits.len(),
+        produced.deposits_took.as_millis()
+    );
     if let Some(task) = late_scorer {
         task.await??;
     }
-    let produced = started.elapsed();
-    println!(
-        "{} registrations and {} deposits produced in {produced:.1?}; waiting for the fleet to go quiet",
-        plan.accounts.len(),
-        deposits.len()
-    );
-    let deposit_count = i64::try_from(deposits.len())?;
-    wait_quiet(&pool, baseline, deposit_count, timeout).await?;
+    stream::wait_quiet(&pool, baseline, i64::try_from(produced.deposits.len())?, timeout).await?;
     let settled = started.elapsed();
 
     let outcomes: Vec<Outcome> = sqlx::query_as(
         "SELECT r.referee_id, r.status, a.decision, a.reasons, \
                 EXISTS (SELECT 1 FROM rewards w WHERE w.referral_id = r.referral_id AND w.reversed_at IS NULL) AS paid, \
                 EXISTS (SELECT 1 FROM rewards w WHERE w.referral_id = r.referral_id AND w.reversal_reason = 'FRAUD') AS clawed_back, \
-                (SELECT min(w.hold_ended_at) FROM rewards w WHERE w.referral_id = r.referral_id) AS hold_ended_at, \
+                (SELECT max(w.hold_ended_at) FROM rewards w WHERE w.referral_id = r.referral_id) AS last_hold_ended_at, \
                 (SELECT h.cause_event_id FROM assessment_history h WHERE h.referral_id = r.referral_id AND h.decision <> 'APPROVE' \
                  ORDER BY h.revision LIMIT 1) AS flag_cause \
          FROM referrals r LEFT JOIN assessments a USING (referral_id) WHERE r.referee_id LIKE $1",
@@ -288,14 +188,7 @@ pub async fn run(args: Args, settings: &Settings) -> anyhow::Result<()> {
     .bind(format!("fe-{run}-%"))
     .fetch_all(&pool)
     .await?;
-    // When the input behind each possible cause reached the broker: a deposit's own event, or
-    // for a ReferralAttributed the registration it derives from.
-    let mut known_since: HashMap<Uuid, DateTime<Utc>> = sender.sent_at.clone();
-    for (account, event) in &registration_events {
-        if let (Ok(user), Some(at)) = (UserId::parse(account.clone()), sender.sent_at.get(event)) {
-            known_since.insert(DerivedId::event("referral-attributed", DerivedId::referral(&user)), *at);
-        }
-    }
+    let known_since = produced.known_since(&sender);
     let labels: HashMap<&str, Kind> = plan.accounts.iter().filter(|a| a.referrer.is_some()).map(|a| (a.id.as_str(), a.kind)).collect();
     let mut tallies: BTreeMap<Kind, Tally> = BTreeMap::new();
     let mut fraud_reasons: BTreeMap<String, u64> = BTreeMap::new();
@@ -309,7 +202,7 @@ pub async fn run(args: Args, settings: &Settings) -> anyhow::Result<()> {
         }
     }
     let missing = labels.len().saturating_sub(outcomes.len());
-    let sizes = Sizes { registrations: plan.accounts.len(), deposits: deposits.len(), produced, settled, missing };
+    let sizes = Sizes { registrations: plan.accounts.len(), deposits: produced.deposits.len(), produced: produced_in, settled, missing };
     report(&tallies, &fraud_reasons, &sizes, args.seed, args.json)
 }
 
@@ -444,34 +337,45 @@ fn report(
     Ok(())
 }
 
-/// The lag case: stops the fleet's fraud scorer (its pid in `.local/fraud-scorer.pid`), waits
-/// `delay`, and starts the `fraud-scorer` binary beside this one with the same environment.
-async fn start_scorer_later(delay: StdDuration) -> anyhow::Result<()> {
-    let pid_file = std::path::Path::new(".local/fraud-scorer.pid");
-    if let Ok(pid) = std::fs::read_to_string(pid_file) {
-        let pid = pid.trim().to_owned();
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
-        for _ in 0..150 {
-            let alive = std::process::Command::new("kill").args(["-0", &pid]).stderr(std::process::Stdio::null()).status()?.success();
-            if !alive {
-                break;
-            }
-            tokio::time::sleep(StdDuration::from_millis(100)).await;
-        }
-        println!("fraud scorer {pid} stopped; starting it again in {delay:?}");
+const SCORER_PID: &str = ".local/fraud-scorer.pid";
+
+/// True when process `pid` exists.
+fn alive(pid: &str) -> bool {
+    Command::new("kill").args(["-0", pid]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Stops the scorer named by `.local/fraud-scorer.pid`, if it runs, and waits until it exited.
+async fn stop_running_scorer() -> anyhow::Result<()> {
+    let Ok(pid) = std::fs::read_to_string(SCORER_PID) else { return Ok(()) };
+    let pid = pid.trim().to_owned();
+    if !alive(&pid) {
+        return Ok(());
     }
+    Command::new("kill").args(["-TERM", &pid]).status()?;
+    let started = Instant::now();
+    while alive(&pid) {
+        anyhow::ensure!(started.elapsed() < StdDuration::from_secs(30), "fraud scorer {pid} did not stop within 30 s");
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    println!("fraud scorer {pid} stopped before the stream");
+    Ok(())
+}
+
+/// The lag case: after `delay`, starts the `fraud-scorer` binary beside this one, with this
+/// environment and its metrics on `listen`; its pid goes to `.local/fraud-scorer.pid`.
+async fn start_scorer_later(delay: StdDuration, listen: String) -> anyhow::Result<()> {
     tokio::time::sleep(delay).await;
     let exe = std::env::current_exe()?.with_file_name("fraud-scorer");
     std::fs::create_dir_all(".local/logs")?;
     let log = std::fs::File::create(".local/logs/fraud-scorer.log")?;
-    let child = std::process::Command::new(&exe)
-        // Any free port: the fleet's own scorer may still be releasing its port.
-        .env("REFSTREAM__METRICS__LISTEN", "127.0.0.1:0")
+    let child = Command::new(&exe)
+        .env("REFSTREAM__METRICS__LISTEN", &listen)
+        .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", exe.display()))?;
-    std::fs::write(pid_file, child.id().to_string())?;
-    println!("fraud scorer started {delay:?} after the stream began (pid {})", child.id());
+    std::fs::write(Path::new(SCORER_PID), child.id().to_string())?;
+    println!("fraud scorer started {delay:?} after the stream began (pid {}, metrics on {listen})", child.id());
     Ok(())
 }

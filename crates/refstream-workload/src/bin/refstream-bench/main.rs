@@ -1,0 +1,207 @@
+//! `refstream-bench` (run by `make bench`): drives the bench workload through a running fleet
+//! (settings from the environment, as every binary), reads RewardGranted back from Kafka, and
+//! prints one table: registrations/s, burst rewards/s with end-to-end p50/p99, paced p50/p99,
+//! each worker's and Postgres' CPU seconds and peak RSS, and the pgbench baselines of the same
+//! reward transaction on the same Postgres with the ratios, each against the issue's target.
+//! It fails only when a reward was lost or repeated: timings are printed, never asserted.
+
+mod pgbench;
+mod procstat;
+mod report;
+mod rewards;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use refstream_runtime::codec::encode;
+use refstream_runtime::consumer::client_config;
+use refstream_runtime::Settings;
+use refstream_workload::bench::{deposit, registration, Person, Shape};
+use refstream_workload::produce::{wait_for_codes, Sender};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+
+use crate::report::Measured;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 2_875)]
+    referrers: usize,
+    /// Referees (default: the burst plus the paced phase's deposits).
+    #[arg(long)]
+    referees: Option<usize>,
+    /// Qualifying deposits pushed at once.
+    #[arg(long, default_value_t = 20_000)]
+    burst: usize,
+    /// Deposits per second in the paced phase.
+    #[arg(long, default_value_t = 300)]
+    pace: u64,
+    /// Length of the paced phase.
+    #[arg(long, default_value_t = 20)]
+    paced_secs: u64,
+    /// The repository: where `bench/pgbench/` and the fleet's `.local/<worker>.pid` are.
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    /// Postgres URL of a migrated database prepared with `bench/pgbench/setup.sql` (pgbench is
+    /// skipped without it).
+    #[arg(long)]
+    pgbench_url: Option<String>,
+}
+
+pub const WORKERS: [&str; 4] = ["attribution", "fraud-scorer", "reward-engine", "outbox-relay"];
+
+async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
+}
+
+/// `n` per second over `d`, whole.
+fn per_second(n: usize, d: Duration) -> Decimal {
+    let ms = Decimal::from(d.as_millis().max(1));
+    (Decimal::from(n) * Decimal::from(1000) / ms).round()
+}
+
+/// Produces the referrers and then every referee; returns referees attributed and scored per
+/// second (from the first referee's registration to the last assessment).
+async fn registrations(sender: &mut Sender, pool: &PgPool, settings: &Settings, shape: &Shape) -> anyhow::Result<Decimal> {
+    let topic = &settings.topics.user_registered;
+    for p in &shape.referrers {
+        let e = registration(p, None)?;
+        sender.send(topic, &p.id, &encode(&e), e.event_id).await?;
+    }
+    sender.flush().await?;
+    let ids: Vec<String> = shape.referrers.iter().map(|p| p.id.clone()).collect();
+    let codes = wait_for_codes(pool, &ids, Duration::from_secs(600)).await?;
+    let want = count(pool, "SELECT count(*) FROM assessments").await? + i64::try_from(shape.referees.len())?;
+    let started = Instant::now();
+    for p in &shape.referees {
+        let code = p.referrer.map(|r| codes[&shape.referrers[r].id].clone());
+        let e = registration(p, code)?;
+        sender.send(topic, &p.id, &encode(&e), e.event_id).await?;
+    }
+    sender.flush().await?;
+    while count(pool, "SELECT count(*) FROM assessments").await? < want {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(1800), "referrals not scored in 30 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("registrations: {} referees attributed and scored in {:.1?}", shape.referees.len(), started.elapsed());
+    Ok(per_second(shape.referees.len(), started.elapsed()))
+}
+
+/// Produces the deposits of `people`, `gap` apart (all at once when `gap` is zero), while a
+/// reader thread collects their rewards; returns the send times and what arrived.
+async fn deposits(
+    sender: &mut Sender,
+    settings: &Settings,
+    people: &[Person],
+    gap: Duration,
+) -> anyhow::Result<(HashMap<String, DateTime<Utc>>, rewards::Arrivals)> {
+    let consumer = rewards::reader(settings)?;
+    let want = people.len();
+    let reading = std::thread::spawn(move || rewards::read(&consumer, want, Duration::from_secs(900)));
+    let mut sent = HashMap::with_capacity(people.len());
+    let started = tokio::time::Instant::now();
+    for (i, p) in people.iter().enumerate() {
+        if !gap.is_zero() {
+            tokio::time::sleep_until(started + gap * u32::try_from(i)?).await;
+        }
+        let d = deposit(p)?;
+        sender.send(&settings.topics.deposit_completed, &p.id, &encode(&d), d.event_id).await?;
+        sent.insert(d.deposit_id, sender.sent_at(&d.event_id).unwrap_or_else(Utc::now));
+    }
+    sender.flush().await?;
+    let got = tokio::task::spawn_blocking(move || reading.join()).await?.map_err(|_| anyhow::anyhow!("reward reader panicked"))?;
+    Ok((sent, got))
+}
+
+/// The postmaster of the Postgres behind `pool` (the parent of our backend).
+async fn postmaster(pool: &PgPool) -> anyhow::Result<Option<u32>> {
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(pool).await?;
+    Ok(u32::try_from(backend).ok().and_then(procstat::parent))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let settings = Settings::load(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_with(settings.database_options()?).await?;
+    let mut sender = Sender::new(
+        client_config(&settings).set("enable.idempotence", "true").set("linger.ms", "2").set("queue.buffering.max.messages", "200000"),
+    )?;
+    let paced_n = usize::try_from(args.pace * args.paced_secs)?;
+    let referees = args.referees.unwrap_or(args.burst + paced_n);
+    anyhow::ensure!(args.burst <= referees, "--burst must not exceed --referees");
+    let run = format!("{:06x}", uuid::Uuid::new_v4().as_u128() as u32 & 0xff_ffff);
+    let shape = Shape::new(&run, args.referrers, referees, Utc::now() - chrono::Duration::days(60));
+    let postgres = postmaster(&pool).await?;
+    let root = args.root.as_path();
+
+    // 1. Registrations.
+    let registrations = registrations(&mut sender, &pool, &settings, &shape).await?;
+
+    // 2. The burst: qualifying deposits pushed at once.
+    let (before, pg_before) = (procstat::workers(root, &WORKERS), postgres.and_then(procstat::postgres_usage));
+    let burst_started = Utc::now();
+    let (burst_sent, burst) = deposits(&mut sender, &settings, &shape.referees[..args.burst], Duration::ZERO).await?;
+    let (after, pg_after) = (procstat::workers(root, &WORKERS), postgres.and_then(procstat::postgres_usage));
+    let last = burst.by_deposit.values().max().copied().unwrap_or_else(Utc::now);
+    let burst_time = (last - burst_started).to_std().unwrap_or_default();
+    println!("burst: {} of {} rewards back in {burst_time:.1?}", burst.by_deposit.len(), args.burst);
+
+    // 3. The paced load: the remaining referees' deposits at `pace` per second.
+    let gap = Duration::from_micros(1_000_000 / args.pace.max(1));
+    let (paced_sent, paced) = deposits(&mut sender, &settings, &shape.referees[args.burst..], gap).await?;
+    println!("paced: {} of {} rewards back", paced.by_deposit.len(), referees - args.burst);
+    let peak = procstat::workers(root, &WORKERS);
+    // What the settlement gate added at the paced load: from the hold's end to its barrier
+    // opening (the scorer, caught up, applying what had arrived by then).
+    let paced_ids: Vec<&String> = paced_sent.keys().collect();
+    let gate: (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(percentile_disc(0.5) WITHIN GROUP (ORDER BY ms), 0)::int8, \
+                COALESCE(percentile_disc(0.99) WITHIN GROUP (ORDER BY ms), 0)::int8 \
+         FROM (SELECT extract(epoch FROM b.opened_at - b.hold_ended_at) * 1000 AS ms FROM rewards w \
+               JOIN settlement_barriers b USING (barrier_id) WHERE w.qualifying_deposit_id = ANY($1)) g",
+    )
+    .bind(&paced_ids)
+    .fetch_one(&pool)
+    .await?;
+
+    // Exactly once: every deposit's reward arrived, none twice; the database agrees.
+    let rows = count(&pool, &format!("SELECT count(*) FROM rewards WHERE beneficiary_id LIKE 'bn-{run}-%'")).await?;
+    let doubles =
+        count(&pool, "SELECT count(*) FROM (SELECT 1 FROM rewards GROUP BY referral_id, reward_type HAVING count(*) > 1) d").await?;
+
+    // pgbench on the same Postgres, after the fleet is done with it.
+    let baseline = match &args.pgbench_url {
+        Some(url) => Some(pgbench::run(url, &Path::new(root).join("bench/pgbench"))?),
+        None => None,
+    };
+
+    let m = Measured {
+        referrers: args.referrers,
+        referees,
+        burst_n: args.burst,
+        pace: args.pace,
+        registrations,
+        burst_rate: per_second(burst.by_deposit.len(), burst_time),
+        burst_latency: rewards::percentiles(&burst_sent, &burst),
+        paced_latency: rewards::percentiles(&paced_sent, &paced),
+        gate,
+        baseline,
+        before,
+        after,
+        peak,
+        postgres: pg_before.zip(pg_after),
+        expected: referees,
+        distinct: burst.reward_ids.len() + paced.reward_ids.len(),
+        repeated_events: burst.repeated_events + paced.repeated_events,
+        repeated_rewards: burst.repeated_rewards + paced.repeated_rewards,
+        rows,
+        doubles,
+    };
+    report::print(&m);
+    anyhow::ensure!(m.exactly_once(), "a reward was lost or repeated");
+    Ok(())
+}

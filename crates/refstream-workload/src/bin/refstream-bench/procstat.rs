@@ -1,0 +1,83 @@
+//! CPU seconds and peak memory of processes, from `/proc` (Linux only; a process that is gone
+//! or unreadable is simply absent from the result).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Clock ticks per second of `/proc/PID/stat` times (USER_HZ, 100 on every Linux we run on).
+const TICKS_PER_SEC: u64 = 100;
+
+/// What one process has used so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    /// utime + stime, in clock ticks (for Postgres also its reaped backends' cutime + cstime).
+    pub cpu_ticks: u64,
+    /// VmHWM: the peak resident set, KiB.
+    pub peak_rss_kib: u64,
+}
+
+impl Usage {
+    /// CPU seconds between `self` (earlier) and `later`, with two decimals.
+    pub fn cpu_secs_until(&self, later: &Usage) -> String {
+        let ticks = later.cpu_ticks.saturating_sub(self.cpu_ticks);
+        format!("{}.{:02}", ticks / TICKS_PER_SEC, ticks % TICKS_PER_SEC * 100 / TICKS_PER_SEC)
+    }
+
+    /// The peak RSS in MiB with one decimal.
+    pub fn peak_rss_mib(&self) -> String {
+        format!("{}.{}", self.peak_rss_kib / 1024, self.peak_rss_kib % 1024 * 10 / 1024)
+    }
+}
+
+/// The fields of `/proc/PID/stat` after the command name (field 3, `state`, is index 0).
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Non-numeric fields (the state letter) become 0; only numeric ones are read.
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
+}
+
+/// utime + stime (+ cutime + cstime when `with_children`), ticks.
+fn cpu_ticks(pid: u32, with_children: bool) -> Option<u64> {
+    let f = stat_fields(pid)?;
+    let own = f.get(11)? + f.get(12)?;
+    Some(if with_children { own + f.get(13)? + f.get(14)? } else { own })
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The usage of one process.
+pub fn usage(pid: u32) -> Option<Usage> {
+    Some(Usage { cpu_ticks: cpu_ticks(pid, false)?, peak_rss_kib: peak_rss_kib(pid)? })
+}
+
+/// The parent of `pid`.
+pub fn parent(pid: u32) -> Option<u32> {
+    u32::try_from(*stat_fields(pid)?.get(1)?).ok()
+}
+
+/// A Postgres instance's CPU: the postmaster with every backend it reaped, plus the live
+/// backends. Peak RSS is the postmaster's own.
+pub fn postgres_usage(postmaster: u32) -> Option<Usage> {
+    let mut ticks = cpu_ticks(postmaster, true)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if parent(pid) == Some(postmaster) {
+            ticks += cpu_ticks(pid, false).unwrap_or(0);
+        }
+    }
+    Some(Usage { cpu_ticks: ticks, peak_rss_kib: peak_rss_kib(postmaster)? })
+}
+
+/// The fleet's workers: name → usage, pids read from `<root>/.local/<worker>.pid`.
+pub fn workers(root: &Path, names: &[&'static str]) -> BTreeMap<&'static str, Usage> {
+    names
+        .iter()
+        .filter_map(|w| {
+            let pid = std::fs::read_to_string(root.join(format!(".local/{w}.pid"))).ok()?.trim().parse().ok()?;
+            Some((*w, usage(pid)?))
+        })
+        .collect()
+}

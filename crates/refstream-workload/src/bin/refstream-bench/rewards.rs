@@ -1,0 +1,88 @@
+//! Reading RewardGranted back from Kafka as an outside consumer would: from the topic's end at
+//! the moment the reader is made, each record stamped with the wall clock when it arrived, and
+//! every repeat counted (the same event id again is a relay resend; the same reward id under
+//! another event id would be a reward paid twice).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use refstream_core::events::RewardGranted;
+use refstream_runtime::codec::Decoder;
+use refstream_runtime::consumer::client_config;
+use refstream_runtime::Settings;
+use uuid::Uuid;
+
+/// What came back.
+#[derive(Default)]
+pub struct Arrivals {
+    /// Qualifying deposit id → when its reward arrived.
+    pub by_deposit: HashMap<String, DateTime<Utc>>,
+    /// Distinct reward ids.
+    pub reward_ids: HashSet<Uuid>,
+    /// Records whose event id was already seen (relay resends, dropped by event id).
+    pub repeated_events: usize,
+    /// Records with a new event id but a reward id already seen (a reward announced twice).
+    pub repeated_rewards: usize,
+}
+
+/// A reader of reward-granted assigned to every partition at its current end, fetching with a
+/// short `fetch.wait.max.ms` so arrival times are not padded by the fetch wait.
+pub fn reader(settings: &Settings) -> anyhow::Result<BaseConsumer> {
+    let topic = &settings.topics.reward_granted;
+    let consumer: BaseConsumer = client_config(settings)
+        .set("group.id", format!("bench-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// Reads until `want` distinct rewards arrived (or `timeout`), then one more second to catch
+/// repeats. Blocking: run it on a thread of its own.
+pub fn read(consumer: &BaseConsumer, want: usize, timeout: Duration) -> Arrivals {
+    let decoder = Decoder::default();
+    let mut got = Arrivals::default();
+    let mut events = HashSet::new();
+    let started = Instant::now();
+    let mut complete_at: Option<Instant> = None;
+    while started.elapsed() < timeout && complete_at.is_none_or(|at| at.elapsed() < Duration::from_secs(1)) {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else { continue };
+        let now = Utc::now();
+        let Ok(g) = decoder.decode::<RewardGranted>(m.payload().unwrap_or_default(), now) else { continue };
+        if !events.insert(g.event_id) {
+            got.repeated_events += 1;
+        } else if !got.reward_ids.insert(g.reward_id) {
+            got.repeated_rewards += 1;
+        } else {
+            got.by_deposit.insert(g.qualifying_deposit_id, now);
+        }
+        if complete_at.is_none() && got.reward_ids.len() >= want {
+            complete_at = Some(Instant::now());
+        }
+    }
+    got
+}
+
+/// p50 and p99 (nearest rank) of arrival − send, in milliseconds; None without arrivals.
+pub fn percentiles(sent: &HashMap<String, DateTime<Utc>>, got: &Arrivals) -> Option<(i64, i64)> {
+    let mut ms: Vec<i64> = got.by_deposit.iter().filter_map(|(d, at)| Some((*at - *sent.get(d)?).num_milliseconds())).collect();
+    if ms.is_empty() {
+        return None;
+    }
+    ms.sort_unstable();
+    let rank = |q: usize| ms[(ms.len() * q).div_ceil(100).clamp(1, ms.len()) - 1];
+    Some((rank(50), rank(99)))
+}
