@@ -6,9 +6,8 @@
 //! three, whatever the batch's size. What counts as a ring is decided by the pure
 //! [`refstream_core::fraud::Graph`], so the rule is the one the domain tests pin down.
 //!
-//! Guarantees: links are inserted in one sorted statement that skips links already present, so
-//! two concurrent batches never wait on each other in opposite orders, and a link already stored
-//! takes no lock at all. The components are read as of the statement; the caller decides which
+//! Guarantees: links are inserted in one sorted statement that skips links already present or
+//! being inserted by another transaction, so concurrent batches never wait on each other's links. The components are read as of the statement; the caller decides which
 //! lock makes that read complete (see the crate documentation).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -99,6 +98,14 @@ impl Components {
 
 /// Records the device and email links of `users` (each with when the scorer first met it) from
 /// their `users` rows, in one sorted insert. Returns the users that got a new link.
+///
+/// A link another transaction is inserting right now (a referrer shared by two partitions'
+/// batches) is skipped instead of waited for: each link is claimed with a transaction-scoped
+/// try-lock, and the transaction that claimed it has the link's account among the seeds of its
+/// own ring section, which runs after its insert. If that transaction commits first, this
+/// batch's ring section sees the link; if it commits later, its section sees this batch's links;
+/// if it aborts, its batch is redelivered and inserts the link again. No batch waits on another's
+/// uncommitted link.
 pub async fn link_users(conn: &mut PgConnection, users: &[(&str, DateTime<Utc>)]) -> sqlx::Result<BTreeSet<String>> {
     let ids: Vec<&str> = users.iter().map(|(u, _)| *u).collect();
     let at: Vec<DateTime<Utc>> = users.iter().map(|(_, t)| *t).collect();
@@ -110,6 +117,7 @@ pub async fn link_users(conn: &mut PgConnection, users: &[(&str, DateTime<Utc>)]
            LATERAL (VALUES ('device', u.device_id), ('email', u.email_hash)) AS x(kind, value) \
          WHERE x.value IS NOT NULL \
            AND NOT EXISTS (SELECT 1 FROM identity_links l WHERE l.kind = x.kind AND l.value = x.value AND l.user_id = u.user_id) \
+           AND pg_try_advisory_xact_lock(hashtextextended('link:' || x.kind || ':' || x.value || ':' || u.user_id, 2718)) \
          ORDER BY x.kind, x.value, u.user_id \
          ON CONFLICT DO NOTHING RETURNING user_id",
     )
@@ -176,19 +184,18 @@ pub async fn link_payments(
     Ok(inserted.into_iter().collect())
 }
 
-/// Takes the transaction's advisory locks (sorted, so batches cannot deadlock) of the values a
-/// batch of referrals reads velocity and late arrivals through: each referee's device and email
-/// hash, and each referrer. Two batches touching one device, mailbox or referrer run one after the
-/// other, the second seeing everything the first committed.
-pub async fn lock_cluster_values(conn: &mut PgConnection, referees: &[&str], referrers: &[&str]) -> sqlx::Result<()> {
+/// Takes the transaction's advisory locks (sorted, so batches cannot deadlock) of each referee's
+/// device and email hash: two batches whose referees share a device or a mailbox run one after
+/// the other, the second seeing everything the first committed. Legitimate users rarely share
+/// either, so these locks rarely wait.
+pub async fn lock_cluster_values(conn: &mut PgConnection, referees: &[&str]) -> sqlx::Result<()> {
     sqlx::query(
         "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 2718) AS h FROM ( \
            SELECT 'device:' || device_id AS k FROM users WHERE user_id = ANY($1) AND device_id IS NOT NULL \
-           UNION ALL SELECT 'email:' || email_hash FROM users WHERE user_id = ANY($1) AND email_hash IS NOT NULL \
-           UNION ALL SELECT 'referrer:' || r FROM unnest($2::text[]) AS r) AS keys) AS locks ORDER BY h",
+           UNION ALL SELECT 'email:' || email_hash FROM users WHERE user_id = ANY($1) AND email_hash IS NOT NULL) AS keys) AS locks \
+         ORDER BY h",
     )
     .bind(referees)
-    .bind(referrers)
     .execute(conn)
     .await?;
     Ok(())

@@ -296,12 +296,11 @@ impl FraudScorer {
         let referees: Vec<&str> = subjects.iter().map(|s| s.referee_id.as_str()).collect();
         let referrers: Vec<&str> = subjects.iter().map(|s| s.referrer_id.as_str()).collect();
         let seeds: Vec<String> = users.iter().map(|(u, _)| (*u).to_owned()).collect::<BTreeSet<_>>().into_iter().collect();
-        let accounts: Vec<&str> = seeds.iter().map(String::as_str).collect();
-        // (1) Under the locks of the devices, mailboxes and referrers the batch touches, without the
+        // (1) Under the locks of the referees' devices and mailboxes, without the
         // ring lock: links, the evidence of the new referrals, their first assessments (the ring
         // verdict read here is confirmed in the ring section), and the velocity and late-arrival
         // clusters they complete.
-        graph::lock_cluster_values(conn, &accounts, &referrers).await?;
+        graph::lock_cluster_values(conn, &referees).await?;
         let newly_linked = graph::link_users(conn, &users).await?;
         let evidence = self.evidence(conn, &subjects).await?;
         let early = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
@@ -322,38 +321,78 @@ impl FraudScorer {
             first_revisions.push(Revision { referral_id: s.referral_id, revision: 1, assessment, signals, cause: i, event_id });
         }
         insert_history(conn, &first_revisions, &causes).await?;
-        // The clusters each event touches: its device and referrer windows, and the later accounts
-        // on the devices and mailboxes of accounts that got new links (own fresh rows included:
-        // their evidence may predate a registration committed since).
-        let referrer_linked: Vec<bool> = subjects.iter().map(|s| newly_linked.contains(&s.referrer_id)).collect();
+        // The device clusters each referee completes (its device's window, counted on both sides
+        // of every registration in it) and the later accounts on its device or mailbox: all read
+        // through values this batch holds the locks of, so a concurrent batch on the same device
+        // or mailbox has either committed (and is seen) or waits (and will see this one). Own
+        // fresh rows are included: their evidence may predate a registration committed since.
         let index: Vec<i32> = (0..subjects.len()).map(|i| i32::try_from(i).unwrap_or(i32::MAX)).collect();
         let found: Vec<(Uuid, i32)> = sqlx::query_as(
-            "WITH b AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bool[]) AS b(referee, referrer, n, referrer_linked)), \
-             w AS (SELECT $5::bigint * interval '1 second' AS w), \
-             around AS (SELECT referee AS user_id, n FROM b UNION ALL SELECT referrer, n FROM b WHERE referrer_linked), \
-             late AS (SELECT l.referral_id, a.n FROM around a JOIN users n ON n.user_id = a.user_id, LATERAL ( \
+            "WITH b AS (SELECT * FROM unnest($1::text[], $2::int[]) AS b(referee, n)), \
+             w AS (SELECT $3::bigint * interval '1 second' AS w), \
+             late AS (SELECT l.referral_id, b.n FROM b JOIN users n ON n.user_id = b.referee, LATERAL ( \
                  SELECT x.referral_id FROM ( \
                    SELECT s.referral_id, u.registered_at FROM users u JOIN assessments s ON s.referee_id = u.user_id \
                     WHERE u.device_id = n.device_id AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
                    UNION \
                    SELECT s.referral_id, u.registered_at FROM users u JOIN assessments s ON s.referee_id = u.user_id \
                     WHERE u.email_hash = n.email_hash AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
-                 ) x ORDER BY x.registered_at, x.referral_id LIMIT $10) l), \
+                 ) x ORDER BY x.registered_at, x.referral_id LIMIT $6) l), \
              device AS (SELECT d.referral_id, b.n FROM b JOIN users n ON n.user_id = b.referee CROSS JOIN w, LATERAL ( \
                  SELECT s.referral_id FROM users u JOIN assessments s ON s.referee_id = u.user_id \
                  WHERE u.device_id = n.device_id AND u.registered_at BETWEEN n.registered_at - w.w AND n.registered_at + w.w \
-                   AND NOT ($6 = ANY(s.reasons)) \
+                   AND NOT ($4 = ANY(s.reasons)) \
                    AND (SELECT count(*) FROM users o WHERE o.device_id = u.device_id \
-                        AND o.registered_at > u.registered_at - w.w AND o.registered_at <= u.registered_at + w.w) > $7 \
-                 LIMIT $10) d), \
+                        AND o.registered_at > u.registered_at - w.w AND o.registered_at <= u.registered_at + w.w) > $5 \
+                 LIMIT $6) d \
+               WHERE (SELECT count(*) FROM users o WHERE o.device_id = n.device_id \
+                      AND o.registered_at BETWEEN n.registered_at - 2 * w.w AND n.registered_at + 2 * w.w) > $5) \
+             SELECT referral_id, max(n) FROM (SELECT * FROM late UNION ALL SELECT * FROM device) c GROUP BY referral_id",
+        )
+        .bind(&referees)
+        .bind(&index)
+        .bind(self.window_secs())
+        .bind(VELOCITY_DEVICE)
+        .bind(i64::from(self.policy.velocity_per_device))
+        .bind(MAX_CLUSTER_RESCORES)
+        .fetch_all(&mut *conn)
+        .await?;
+        merge(&mut candidates, found);
+        // (2) The ring section, held to the commit (see the crate documentation): the graph again,
+        // now complete; then, in one statement, the referrals of every ring the batch touches
+        // that lack FRAUD_RING (own fresh rows included), the referrer windows the batch completes
+        // (a referrer is not locked: many batches share one), and the later accounts on the
+        // devices and mailboxes of referrers the scorer meets for the first time; then every
+        // re-assessment.
+        ring_lock(conn).await?;
+        let components = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
+        let touched: Vec<(&str, usize)> =
+            subjects.iter().enumerate().flat_map(|(i, s)| [(s.referrer_id.as_str(), i), (s.referee_id.as_str(), i)]).collect();
+        let ring = ring_candidates(&components, &touched);
+        let referrer_linked: Vec<bool> = subjects.iter().map(|s| newly_linked.contains(&s.referrer_id)).collect();
+        let found: Vec<(Uuid, i32)> = sqlx::query_as(
+            "WITH b AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bool[]) AS b(referee, referrer, n, referrer_linked)), \
+             w AS (SELECT $5::bigint * interval '1 second' AS w), \
+             late AS (SELECT l.referral_id, b.n FROM b JOIN users n ON n.user_id = b.referrer, LATERAL ( \
+                 SELECT x.referral_id FROM ( \
+                   SELECT s.referral_id, u.registered_at FROM users u JOIN assessments s ON s.referee_id = u.user_id \
+                    WHERE u.device_id = n.device_id AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
+                   UNION \
+                   SELECT s.referral_id, u.registered_at FROM users u JOIN assessments s ON s.referee_id = u.user_id \
+                    WHERE u.email_hash = n.email_hash AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
+                 ) x ORDER BY x.registered_at, x.referral_id LIMIT $8) l WHERE b.referrer_linked), \
              farm AS (SELECT f.referral_id, b.n FROM b JOIN users n ON n.user_id = b.referee CROSS JOIN w, LATERAL ( \
                  SELECT s.referral_id FROM referrals r JOIN assessments s USING (referral_id) \
                  WHERE r.referrer_id = b.referrer AND r.referee_registered_at BETWEEN n.registered_at - w.w AND n.registered_at + w.w \
-                   AND NOT ($8 = ANY(s.reasons)) \
+                   AND NOT ($6 = ANY(s.reasons)) \
                    AND (SELECT count(*) FROM referrals o WHERE o.referrer_id = r.referrer_id \
-                        AND o.referee_registered_at > r.referee_registered_at - w.w AND o.referee_registered_at <= r.referee_registered_at + w.w) > $9 \
-                 LIMIT $10) f) \
-             SELECT referral_id, max(n) FROM (SELECT * FROM late UNION ALL SELECT * FROM device UNION ALL SELECT * FROM farm) c \
+                        AND o.referee_registered_at > r.referee_registered_at - w.w AND o.referee_registered_at <= r.referee_registered_at + w.w) > $7 \
+                 LIMIT $8) f \
+               WHERE (SELECT count(*) FROM referrals o WHERE o.referrer_id = b.referrer \
+                      AND o.referee_registered_at BETWEEN n.registered_at - 2 * w.w AND n.registered_at + 2 * w.w) > $7), \
+             ring AS (SELECT s.referral_id, m.n FROM unnest($9::text[], $10::int[]) AS m(user_id, n) \
+                 JOIN assessments s ON s.referee_id = m.user_id WHERE NOT ($11 = ANY(s.reasons))) \
+             SELECT referral_id, max(n) FROM (SELECT * FROM late UNION ALL SELECT * FROM farm UNION ALL SELECT * FROM ring) c \
              GROUP BY referral_id",
         )
         .bind(&referees)
@@ -361,34 +400,15 @@ impl FraudScorer {
         .bind(&index)
         .bind(&referrer_linked)
         .bind(self.window_secs())
-        .bind(VELOCITY_DEVICE)
-        .bind(i64::from(self.policy.velocity_per_device))
         .bind(VELOCITY_REFERRER)
         .bind(i64::from(self.policy.velocity_per_referrer))
         .bind(MAX_CLUSTER_RESCORES)
+        .bind(&ring.0)
+        .bind(&ring.1)
+        .bind(FRAUD_RING)
         .fetch_all(&mut *conn)
         .await?;
         merge(&mut candidates, found);
-        // (2) The ring section, held to the commit: the graph again, now complete (see the crate
-        // documentation); the referrals of every ring the batch touches that lack FRAUD_RING, own
-        // fresh rows included; then every re-assessment.
-        ring_lock(conn).await?;
-        let components = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
-        let touched: Vec<(&str, usize)> =
-            subjects.iter().enumerate().flat_map(|(i, s)| [(s.referrer_id.as_str(), i), (s.referee_id.as_str(), i)]).collect();
-        let ring = ring_candidates(&components, &touched);
-        if !ring.0.is_empty() {
-            let found: Vec<(Uuid, i32)> = sqlx::query_as(
-                "SELECT s.referral_id, max(m.n) FROM unnest($1::text[], $2::int[]) AS m(user_id, n) \
-                 JOIN assessments s ON s.referee_id = m.user_id WHERE NOT ($3 = ANY(s.reasons)) GROUP BY s.referral_id",
-            )
-            .bind(&ring.0)
-            .bind(&ring.1)
-            .bind(FRAUD_RING)
-            .fetch_all(&mut *conn)
-            .await?;
-            merge(&mut candidates, found);
-        }
         self.revise(conn, candidates, &causes, &components, w).await?;
         Ok(causes)
     }
