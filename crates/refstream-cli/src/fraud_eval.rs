@@ -86,6 +86,10 @@ struct Tally {
     paid_while_known: u64,
     flagged_after_payment: u64,
     unscored: u64,
+    /// Referrals the scorer flagged, and those of them whose first flagging revision names an
+    /// input this run produced (`paid_while_known` can only be judged for these).
+    scorer_flagged: u64,
+    traced: u64,
 }
 
 impl Tally {
@@ -101,11 +105,14 @@ impl Tally {
         }
         self.clawed_back += u64::from(o.clawed_back);
         // Credited although what flagged it had reached the broker before the hold ended.
-        if let (Some(hold), Some(cause)) = (o.last_hold_ended_at, o.flag_cause) {
-            if known_since.get(&cause).is_some_and(|at| *at < hold) {
+        let known = o.flag_cause.and_then(|cause| known_since.get(&cause));
+        if let (Some(hold), Some(at)) = (o.last_hold_ended_at, known) {
+            if *at < hold {
                 self.paid_while_known += 1;
             }
         }
+        self.scorer_flagged += u64::from(scored_flag);
+        self.traced += u64::from(scored_flag && known.is_some());
         self.held += u64::from(o.status == "held");
         self.rejected += u64::from(o.status == "rejected");
         self.paid += u64::from(o.paid);
@@ -122,6 +129,8 @@ impl Tally {
         self.paid_while_known += o.paid_while_known;
         self.flagged_after_payment += o.flagged_after_payment;
         self.unscored += o.unscored;
+        self.scorer_flagged += o.scorer_flagged;
+        self.traced += o.traced;
     }
 }
 
@@ -294,6 +303,11 @@ fn report(
     reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     let top: Vec<String> = reasons.iter().take(8).map(|(r, n)| format!("{r} ({n})")).collect();
     println!("reasons on fraud referrals: {}", top.join(", "));
+    println!(
+        "referrals the scorer flagged whose flagging input is traced to this stream (paid-known judges these): {} of {}",
+        fraud.traced + legit.traced,
+        fraud.scorer_flagged + legit.scorer_flagged
+    );
     let unscored = fraud.unscored + legit.unscored;
     if sizes.missing > 0 || unscored > 0 {
         println!("WARNING: {} labeled referrals were not attributed and {unscored} not scored", sizes.missing);
