@@ -113,7 +113,7 @@ pub async fn link_users(conn: &mut PgConnection, users: &[(&str, DateTime<Utc>)]
         "INSERT INTO identity_links (kind, value, user_id, first_seen_at) \
          SELECT x.kind, x.value, u.user_id, b.at \
          FROM (SELECT u, min(t) AS at FROM unnest($1::text[], $2::timestamptz[]) AS b(u, t) GROUP BY u) AS b \
-         JOIN users u ON u.user_id = b.u, \
+         CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.u) AS u, \
            LATERAL (VALUES ('device', u.device_id), ('email', u.email_hash)) AS x(kind, value) \
          WHERE x.value IS NOT NULL \
            AND NOT EXISTS (SELECT 1 FROM identity_links l WHERE l.kind = x.kind AND l.value = x.value AND l.user_id = u.user_id) \
@@ -214,17 +214,19 @@ pub async fn components(conn: &mut PgConnection, users: &[String], ring_min_size
            SELECT DISTINCT u FROM unnest($1::text[]) AS u \
            UNION \
            SELECT b.user_id FROM comp \
-             JOIN identity_links a ON a.user_id = comp.user_id \
-             JOIN identity_links b ON b.kind = a.kind AND b.value = a.value \
+             CROSS JOIN LATERAL (SELECT kind, value FROM identity_links WHERE user_id = comp.user_id) AS a \
+             CROSS JOIN LATERAL (SELECT user_id FROM identity_links WHERE kind = a.kind AND value = a.value) AS b \
          ), \
          m AS MATERIALIZED (SELECT user_id FROM comp LIMIT $2), \
-         g AS MATERIALIZED (SELECT l.kind, array_agg(l.user_id ORDER BY l.user_id) AS users FROM identity_links l \
-           WHERE l.user_id IN (SELECT user_id FROM m) GROUP BY l.kind, l.value HAVING count(*) > 1), \
+         g AS MATERIALIZED (SELECT l.kind, array_agg(l.user_id ORDER BY l.user_id) AS users FROM m \
+           CROSS JOIN LATERAL (SELECT kind, value, user_id FROM identity_links WHERE user_id = m.user_id) AS l \
+           GROUP BY l.kind, l.value HAVING count(*) > 1), \
          linked AS MATERIALIZED (SELECT DISTINCT unnest(users) AS user_id FROM g) \
          SELECT 'g', kind, users FROM g \
          UNION ALL \
-         SELECT 'r', NULL, ARRAY[r.referrer_id, r.referee_id] FROM referrals r \
-           WHERE r.referee_id IN (SELECT user_id FROM linked) AND r.referrer_id IN (SELECT user_id FROM linked) \
+         SELECT 'r', NULL, ARRAY[r.referrer_id, r.referee_id] FROM linked e \
+           CROSS JOIN LATERAL (SELECT referrer_id, referee_id FROM referrals WHERE referee_id = e.user_id) AS r \
+           WHERE r.referrer_id IN (SELECT user_id FROM linked) \
          UNION ALL \
          SELECT 'n', NULL, ARRAY[count(*)::text] FROM m",
     )

@@ -230,8 +230,8 @@ impl FraudScorer {
                        WHERE a.kind = 'payment' AND a.user_id = b.referrer AND c.user_id = b.referee) AS shared_instrument \
              FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS b(referrer, referee, at, n) \
              CROSS JOIN (SELECT $4::bigint * interval '1 second' AS w) AS w \
-             LEFT JOIN users r ON r.user_id = b.referrer \
-             LEFT JOIN users e ON e.user_id = b.referee \
+             LEFT JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referrer) AS r ON true \
+             LEFT JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referee) AS e ON true \
              ORDER BY b.n",
         )
         .bind(&referrers)
@@ -330,16 +330,16 @@ impl FraudScorer {
         let found: Vec<(Uuid, i32)> = sqlx::query_as(
             "WITH b AS (SELECT * FROM unnest($1::text[], $2::int[]) AS b(referee, n)), \
              w AS (SELECT $3::bigint * interval '1 second' AS w), \
-             late AS (SELECT l.referral_id, b.n FROM b JOIN users n ON n.user_id = b.referee, LATERAL ( \
+             late AS (SELECT l.referral_id, b.n FROM b CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referee) AS n, LATERAL ( \
                  SELECT x.referral_id FROM ( \
-                   SELECT s.referral_id, u.registered_at FROM users u JOIN assessments s ON s.referee_id = u.user_id \
+                   SELECT s.referral_id, u.registered_at FROM users u CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = u.user_id) AS s \
                     WHERE u.device_id = n.device_id AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
                    UNION \
-                   SELECT s.referral_id, u.registered_at FROM users u JOIN assessments s ON s.referee_id = u.user_id \
+                   SELECT s.referral_id, u.registered_at FROM users u CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = u.user_id) AS s \
                     WHERE u.email_hash = n.email_hash AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
                  ) x ORDER BY x.registered_at, x.referral_id LIMIT $6) l), \
-             device AS (SELECT d.referral_id, b.n FROM b JOIN users n ON n.user_id = b.referee CROSS JOIN w, LATERAL ( \
-                 SELECT s.referral_id FROM users u JOIN assessments s ON s.referee_id = u.user_id \
+             device AS (SELECT d.referral_id, b.n FROM b CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referee) AS n CROSS JOIN w, LATERAL ( \
+                 SELECT s.referral_id FROM users u CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = u.user_id) AS s \
                  WHERE u.device_id = n.device_id AND u.registered_at BETWEEN n.registered_at - w.w AND n.registered_at + w.w \
                    AND NOT ($4 = ANY(s.reasons)) \
                    AND (SELECT count(*) FROM users o WHERE o.device_id = u.device_id \
@@ -373,16 +373,16 @@ impl FraudScorer {
         let found: Vec<(Uuid, i32)> = sqlx::query_as(
             "WITH b AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bool[]) AS b(referee, referrer, n, referrer_linked)), \
              w AS (SELECT $5::bigint * interval '1 second' AS w), \
-             late AS (SELECT l.referral_id, b.n FROM b JOIN users n ON n.user_id = b.referrer, LATERAL ( \
+             late AS (SELECT l.referral_id, b.n FROM b CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referrer) AS n, LATERAL ( \
                  SELECT x.referral_id FROM ( \
-                   SELECT s.referral_id, u.registered_at FROM users u JOIN assessments s ON s.referee_id = u.user_id \
+                   SELECT s.referral_id, u.registered_at FROM users u CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = u.user_id) AS s \
                     WHERE u.device_id = n.device_id AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
                    UNION \
-                   SELECT s.referral_id, u.registered_at FROM users u JOIN assessments s ON s.referee_id = u.user_id \
+                   SELECT s.referral_id, u.registered_at FROM users u CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = u.user_id) AS s \
                     WHERE u.email_hash = n.email_hash AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
                  ) x ORDER BY x.registered_at, x.referral_id LIMIT $8) l WHERE b.referrer_linked), \
-             farm AS (SELECT f.referral_id, b.n FROM b JOIN users n ON n.user_id = b.referee CROSS JOIN w, LATERAL ( \
-                 SELECT s.referral_id FROM referrals r JOIN assessments s USING (referral_id) \
+             farm AS (SELECT f.referral_id, b.n FROM b CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referee) AS n CROSS JOIN w, LATERAL ( \
+                 SELECT s.referral_id FROM referrals r CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referral_id = r.referral_id) AS s \
                  WHERE r.referrer_id = b.referrer AND r.referee_registered_at BETWEEN n.registered_at - w.w AND n.registered_at + w.w \
                    AND NOT ($6 = ANY(s.reasons)) \
                    AND (SELECT count(*) FROM referrals o WHERE o.referrer_id = r.referrer_id \
@@ -391,7 +391,7 @@ impl FraudScorer {
                WHERE (SELECT count(*) FROM referrals o WHERE o.referrer_id = b.referrer \
                       AND o.referee_registered_at BETWEEN n.registered_at - 2 * w.w AND n.registered_at + 2 * w.w) > $7), \
              ring AS (SELECT s.referral_id, m.n FROM unnest($9::text[], $10::int[]) AS m(user_id, n) \
-                 JOIN assessments s ON s.referee_id = m.user_id WHERE NOT ($11 = ANY(s.reasons))) \
+                 CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = m.user_id) AS s WHERE NOT ($11 = ANY(s.reasons))) \
              SELECT referral_id, max(n) FROM (SELECT * FROM late UNION ALL SELECT * FROM farm UNION ALL SELECT * FROM ring) c \
              GROUP BY referral_id",
         )
@@ -464,13 +464,13 @@ impl FraudScorer {
         let found: Vec<(Uuid, i32)> = sqlx::query_as(
             "SELECT referral_id, max(n) FROM ( \
                SELECT a.referral_id, b.n FROM unnest($1::text[], $2::text[], $3::int[]) AS b(u, v, n) \
-               JOIN assessments a ON a.referee_id = b.u OR a.referrer_id = b.u \
-               JOIN identity_links l ON l.kind = 'payment' AND l.value = b.v \
-                 AND l.user_id = CASE WHEN a.referee_id = b.u THEN a.referrer_id ELSE a.referee_id END \
+               CROSS JOIN LATERAL (SELECT referral_id, referrer_id AS other, reasons FROM assessments WHERE referee_id = b.u \
+                 UNION ALL SELECT referral_id, referee_id, reasons FROM assessments WHERE referrer_id = b.u) AS a \
                WHERE NOT ($4 = ANY(a.reasons)) \
+                 AND EXISTS (SELECT 1 FROM identity_links l WHERE l.kind = 'payment' AND l.value = b.v AND l.user_id = a.other) \
                UNION ALL \
                SELECT s.referral_id, m.n FROM unnest($5::text[], $6::int[]) AS m(user_id, n) \
-               JOIN assessments s ON s.referee_id = m.user_id WHERE NOT ($7 = ANY(s.reasons)) \
+               CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = m.user_id) AS s WHERE NOT ($7 = ANY(s.reasons)) \
              ) c GROUP BY referral_id",
         )
         .bind(&users)
