@@ -32,9 +32,14 @@ impl Harness {
     }
 
     async fn feed<W: Worker>(&mut self, worker: &W, topic: &str, records: Vec<(String, Vec<u8>)>) {
+        self.apply(worker, topic, records).await;
+        self.settle().await;
+    }
+
+    /// Applies one batch of one partition, without the settlement sweep.
+    async fn apply<W: Worker>(&mut self, worker: &W, topic: &str, records: Vec<(String, Vec<u8>)>) {
         let msgs: Vec<OwnedMessage> = records.into_iter().map(|(k, p)| self.message(topic, &k, p)).collect();
         assert_eq!(apply_partition(worker, &self.db.pool, &msgs).await, Applied::Committed);
-        self.settle().await;
     }
 
     /// What the engine's background sweep does, with no broker: nothing is in front of a
@@ -46,21 +51,9 @@ impl Harness {
     }
 
     async fn register(&mut self, user: &str, code: Option<&str>, device: &str) {
-        let e = UserRegistered {
-            event_id: Uuid::new_v4(),
-            user_id: UserId::parse(user).unwrap(),
-            occurred_at: t0(),
-            referral_code: code.map(str::to_owned),
-            click_id: None,
-            platform: "web".into(),
-            device_id: Some(device.into()),
-            ip: Some("203.0.113.9".parse().unwrap()),
-            email: Some(format!("{user}@example.com")),
-            country: None,
-        };
         let w = attribution::Attribution::new(&self.settings).unwrap();
         let topic = self.settings.topics.user_registered.clone();
-        self.feed(&w, &topic, vec![(user.into(), encode(&e))]).await;
+        self.feed(&w, &topic, vec![(user.into(), encode(&registration(user, code, None, device)))]).await;
     }
 
     async fn code_of(&self, user: &str) -> String {
@@ -132,6 +125,21 @@ impl Harness {
         let code = self.code_of(r).await;
         self.register(e, Some(&code), &format!("dev-{e}")).await;
         assert_eq!(self.status_of(e).await, "pending");
+    }
+}
+
+fn registration(user: &str, code: Option<&str>, click: Option<&str>, device: &str) -> UserRegistered {
+    UserRegistered {
+        event_id: Uuid::new_v4(),
+        user_id: UserId::parse(user).unwrap(),
+        occurred_at: t0(),
+        referral_code: code.map(str::to_owned),
+        click_id: click.map(str::to_owned),
+        platform: "web".into(),
+        device_id: Some(device.into()),
+        ip: Some("203.0.113.9".parse().unwrap()),
+        email: Some(format!("{user}@example.com")),
+        country: None,
     }
 }
 
@@ -293,6 +301,42 @@ async fn attribution_refuses_unknown_codes_and_second_attributions() {
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM referral_codes").await, 4, "one code per user: r8, e8, stray, r9");
     let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM referral_codes").fetch_all(&h.db.pool).await.unwrap();
     assert!(codes.iter().all(|c| refstream_core::code::normalize(c).as_deref() == Some(c.as_str())));
+}
+
+#[tokio::test]
+async fn attribution_decides_a_whole_batch_as_it_would_one_event_at_a_time() {
+    let mut h = Harness::new().await;
+    h.register("r1", None, "dev-r1").await;
+    let code = h.code_of("r1").await;
+    sqlx::query("INSERT INTO referral_clicks (click_id, code) VALUES ('clk-1', $1)").bind(&code).execute(&h.db.pool).await.unwrap();
+    let typed = format!("{}-{}", code[..4].to_lowercase(), &code[4..]);
+    let w = attribution::Attribution::new(&h.settings).unwrap();
+    let topic = h.settings.topics.user_registered.clone();
+    let batch = [
+        registration("e1", Some(&code), None, "dev-e1"),
+        registration("e1", Some(&code), None, "dev-second"), // the same user again: the first event wins
+        registration("e2", None, Some("clk-1"), "dev-e2"),
+        registration("e3", None, Some("clk-404"), "dev-e3"),
+        registration("e4", Some("not a code!"), None, "dev-e4"),
+        registration("e5", None, None, "dev-e5"),
+        registration("e6", Some(&typed), None, "dev-e6"),
+    ];
+    h.apply(&w, &topic, batch.iter().map(|e| (e.user_id.to_string(), encode(e))).collect()).await;
+    let referrals: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT referee_id, referrer_id, attribution FROM referrals ORDER BY referee_id").fetch_all(&h.db.pool).await.unwrap();
+    let expected = [("e1", "CODE"), ("e2", "CLICK"), ("e6", "CODE")].map(|(e, a)| (e.to_owned(), "r1".to_owned(), a.to_owned()));
+    assert_eq!(referrals, expected.to_vec());
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM users").await, 7);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM users WHERE user_id = 'e1' AND device_id = 'dev-e1'").await, 1);
+    assert_eq!(h.db.scalar_i64("SELECT count(DISTINCT code) FROM referral_codes").await, 7, "one code per user");
+    let announced: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM outbox WHERE topic = 'referral-attributed' ORDER BY key").fetch_all(&h.db.pool).await.unwrap();
+    assert_eq!(announced, ["e1", "e2", "e6"], "one ReferralAttributed per referral, in the same transaction");
+    assert_eq!(
+        h.db.scalar_i64("SELECT count(*) FROM processed_events WHERE consumer = 'attribution'").await,
+        8,
+        "every event applied once, duplicates of a user included"
+    );
 }
 
 #[tokio::test]

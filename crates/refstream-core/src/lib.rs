@@ -2,6 +2,7 @@
 //! campaigns and fraud rules. Nothing here performs I/O, so every rule is unit-testable and
 //! deterministic: the same inputs always give the same decision.
 
+pub mod attribution;
 pub mod campaign;
 pub mod code;
 pub mod events;
