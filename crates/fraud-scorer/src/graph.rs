@@ -153,8 +153,8 @@ pub async fn any_card_shared(conn: &mut PgConnection, cards: &[(&str, &str)]) ->
     let users: Vec<&str> = cards.iter().map(|(u, _)| *u).collect();
     let values: Vec<&str> = cards.iter().map(|(_, v)| *v).collect();
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM identity_links l JOIN unnest($1::text[], $2::text[]) AS b(u, v) \
-         ON l.kind = 'payment' AND l.value = b.v AND l.user_id <> b.u)",
+        "SELECT EXISTS (SELECT 1 FROM unnest($1::text[], $2::text[]) AS b(u, v) CROSS JOIN LATERAL ( \
+           SELECT 1 FROM identity_links l WHERE l.kind = 'payment' AND l.value = b.v AND l.user_id <> b.u LIMIT 1) AS l)",
     )
     .bind(&users)
     .bind(&values)
