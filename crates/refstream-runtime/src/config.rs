@@ -57,6 +57,9 @@ pub struct DatabaseSettings {
     pub url: SecretString,
     pub max_connections: u32,
     pub connect_timeout_secs: u64,
+    /// Server settings for every session refstream opens (`-c key=value` at connect).
+    #[serde(default)]
+    pub session: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,7 +257,17 @@ impl Settings {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(ConfigError::new("database.url", "must start with postgres:// or postgresql://"));
         }
-        PgConnectOptions::from_str(url).map_err(|e| ConfigError::new("database.url", format!("not a Postgres URL: {e}")))
+        let options = PgConnectOptions::from_str(url).map_err(|e| ConfigError::new("database.url", format!("not a Postgres URL: {e}")))?;
+        for (key, value) in &self.database.session {
+            let plain = |t: &str, extra: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.".contains(c) || extra.contains(c));
+            if !plain(key, "") || !plain(value, "-:") {
+                return Err(ConfigError::new(
+                    &format!("database.session.{key}"),
+                    format!("`{key} = {value}` is not a plain Postgres setting (letters, digits, `_`, `.`; values also `-`, `:`)"),
+                ));
+            }
+        }
+        Ok(options.options(&self.database.session))
     }
 
     /// The metrics address, or `127.0.0.1:<default_port>` when unset.
@@ -361,6 +374,7 @@ mod tests {
         let c = s.campaign().unwrap();
         assert_eq!(c.rewards[0].amount.to_string(), "10.00 USD");
         assert_eq!(c.min_deposit, Decimal::new(20, 0));
+        assert_eq!(s.database_options().unwrap().get_options(), Some("-c jit=off -c random_page_cost=1.1"));
     }
 
     #[test]
@@ -390,6 +404,7 @@ mod tests {
             ("REFSTREAM__CAMPAIGN__CURRENCY", "XXQ", "campaign.currency"),
             ("REFSTREAM__TELEMETRY__FORMAT", "xml", "telemetry.format"),
             ("REFSTREAM__KAFKA__BATCH_MAX_RECORDS", "many", "kafka.batch_max_records"),
+            ("REFSTREAM__DATABASE__SESSION__JIT", "off -c x=y", "database.session.jit"),
         ] {
             let err = Settings::load_from(None, env(&[(var, value)])).err().unwrap_or_else(|| panic!("{var} accepted"));
             assert_eq!(err.setting, setting, "{var}: {err}");
