@@ -208,14 +208,15 @@ pub async fn components(conn: &mut PgConnection, users: &[String], ring_min_size
         return Ok(Components::default());
     }
     // Tagged rows: 'g' a shared identifier (kind, its accounts), 'r' a referral among linked
-    // accounts ([referrer, referee]), 'n' how many accounts the walk reached.
+    // accounts ([referrer, referee]), 'n' how many accounts the walk reached. `OFFSET 0` keeps
+    // each step an index lookup: flattened, the planner hashes all of identity_links per step.
     let rows: Vec<(String, Option<String>, Vec<String>)> = sqlx::query_as(
         "WITH RECURSIVE comp(user_id) AS ( \
            SELECT DISTINCT u FROM unnest($1::text[]) AS u \
            UNION \
            SELECT b.user_id FROM comp \
              CROSS JOIN LATERAL (SELECT kind, value FROM identity_links WHERE user_id = comp.user_id) AS a \
-             CROSS JOIN LATERAL (SELECT user_id FROM identity_links WHERE kind = a.kind AND value = a.value) AS b \
+             CROSS JOIN LATERAL (SELECT user_id FROM identity_links WHERE kind = a.kind AND value = a.value OFFSET 0) AS b \
          ), \
          m AS MATERIALIZED (SELECT user_id FROM comp LIMIT $2), \
          g AS MATERIALIZED (SELECT l.kind, array_agg(l.user_id ORDER BY l.user_id) AS users FROM m \
