@@ -295,13 +295,18 @@ impl FraudScorer {
             .collect();
         let referees: Vec<&str> = subjects.iter().map(|s| s.referee_id.as_str()).collect();
         let referrers: Vec<&str> = subjects.iter().map(|s| s.referrer_id.as_str()).collect();
-        let seeds: Vec<String> = users.iter().map(|(u, _)| (*u).to_owned()).collect::<BTreeSet<_>>().into_iter().collect();
         // (1) Under the locks of the referees' devices and mailboxes, without the
         // ring lock: links, the evidence of the new referrals, their first assessments (the ring
         // verdict read here is confirmed in the ring section), and the velocity and late-arrival
         // clusters they complete.
         graph::lock_cluster_values(conn, &referees).await?;
         let newly_linked = graph::link_users(conn, &users).await?;
+        // Where the graph walks start: the referees, and the referrers this batch linked. A
+        // referrer linked before needs no walk of its own: its component changes only through
+        // a new link, and the batch that inserts a link walks from that link's account; a ring
+        // the new referral closes contains its referee, whose walk reaches the referrer.
+        let seeds: Vec<String> =
+            referees.iter().map(|u| (*u).to_owned()).chain(newly_linked.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
         let evidence = self.evidence(conn, &subjects).await?;
         let early = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
         let firsts: Vec<(Assessment, Json)> =
