@@ -323,7 +323,10 @@ async fn attribution_decides_a_whole_batch_as_it_would_one_event_at_a_time() {
     ];
     h.apply(&w, &topic, batch.iter().map(|e| (e.user_id.to_string(), encode(e))).collect()).await;
     let referrals: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT referee_id, referrer_id, attribution FROM referrals ORDER BY referee_id").fetch_all(&h.db.pool).await.unwrap();
+        sqlx::query_as("SELECT referee_id, referrer_id, attribution FROM referrals ORDER BY referee_id")
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
     let expected = [("e1", "CODE"), ("e2", "CLICK"), ("e6", "CODE")].map(|(e, a)| (e.to_owned(), "r1".to_owned(), a.to_owned()));
     assert_eq!(referrals, expected.to_vec());
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM users").await, 7);

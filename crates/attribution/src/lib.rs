@@ -69,7 +69,11 @@ impl Attribution {
     }
 
     /// Registers the batch's users and attributes the new ones; one outcome per event, in order.
-    async fn register(&self, conn: &mut PgConnection, events: &[UserRegistered]) -> sqlx::Result<Vec<Result<ReferralAttributed, NoReferral>>> {
+    async fn register(
+        &self,
+        conn: &mut PgConnection,
+        events: &[UserRegistered],
+    ) -> sqlx::Result<Vec<Result<ReferralAttributed, NoReferral>>> {
         let mut first = HashSet::new();
         let rows: Vec<UserRow> = events.iter().filter(|e| first.insert(e.user_id.as_str())).map(|e| self.user_row(e)).collect();
         let inserted = insert_users(conn, &rows).await?;
@@ -182,10 +186,8 @@ async fn click_codes(conn: &mut PgConnection, click_ids: Vec<String>) -> sqlx::R
     if click_ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT click_id, code FROM referral_clicks WHERE click_id = ANY($1)")
-        .bind(click_ids)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT click_id, code FROM referral_clicks WHERE click_id = ANY($1)").bind(click_ids).fetch_all(&mut *conn).await?;
     Ok(rows.into_iter().collect())
 }
 
@@ -195,7 +197,10 @@ async fn code_owners(conn: &mut PgConnection, codes: Vec<String>) -> sqlx::Resul
         return Ok(BTreeMap::new());
     }
     let rows: Vec<(String, String, String, Option<DateTime<Utc>>)> =
-        sqlx::query_as("SELECT code, user_id, campaign_id, expires_at FROM referral_codes WHERE code = ANY($1)").bind(codes).fetch_all(&mut *conn).await?;
+        sqlx::query_as("SELECT code, user_id, campaign_id, expires_at FROM referral_codes WHERE code = ANY($1)")
+            .bind(codes)
+            .fetch_all(&mut *conn)
+            .await?;
     Ok(rows
         .into_iter()
         .map(|(code, user_id, campaign_id, expires_at)| (code.clone(), CodeOwner { code, user_id, campaign_id, expires_at }))

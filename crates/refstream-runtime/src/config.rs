@@ -259,7 +259,9 @@ impl Settings {
         }
         let options = PgConnectOptions::from_str(url).map_err(|e| ConfigError::new("database.url", format!("not a Postgres URL: {e}")))?;
         for (key, value) in &self.database.session {
-            let plain = |t: &str, extra: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.".contains(c) || extra.contains(c));
+            let plain = |t: &str, extra: &str| {
+                !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.".contains(c) || extra.contains(c))
+            };
             if !plain(key, "") || !plain(value, "-:") {
                 return Err(ConfigError::new(
                     &format!("database.session.{key}"),
