@@ -109,6 +109,9 @@ pub struct FraudScorer {
     topic_out: String,
     policy: FraudPolicy,
     disposable: DisposableDomains,
+    /// Bounds the `referral-attributed` batches worked on at once (`fraud.attributed_batches_in_flight`):
+    /// they queue on the ring lock anyway, so more in flight would only hold memory.
+    attributed_slots: tokio::sync::Semaphore,
 }
 
 /// A referral as the scorer needs it.
@@ -189,6 +192,7 @@ impl FraudScorer {
             topic_out: settings.topics.referral_scored.clone(),
             policy,
             disposable,
+            attributed_slots: tokio::sync::Semaphore::new(f.attributed_batches_in_flight),
         })
     }
 
@@ -804,6 +808,7 @@ impl Worker for FraudScorer {
         let mut writes = Writes::default();
         let mut causes = Vec::new();
         if !attributed.is_empty() {
+            let _slot = self.attributed_slots.acquire().await.map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
             causes = self.apply_attributed(batch.conn, &attributed, &mut writes).await?;
         }
         if !deposits.is_empty() {

@@ -161,6 +161,7 @@ pub struct FraudSettings {
     pub velocity_per_ip: u32,
     pub disposable_domains_file: String,
     pub hash_key: SecretString,
+    pub attributed_batches_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +236,9 @@ impl Settings {
         }
         self.campaign()?;
         self.fraud_after_payment()?;
+        if self.fraud.attributed_batches_in_flight < 1 {
+            return Err(ConfigError::new("fraud.attributed_batches_in_flight", "must be at least 1"));
+        }
         if self.settlement.batch_size < 1 {
             return Err(ConfigError::new("settlement.batch_size", "must be at least 1"));
         }
