@@ -91,7 +91,9 @@ impl Attribution {
         for e in &fresh {
             let outcome = claims[e.user_id.as_str()].clone().and_then(|c| {
                 let owner = referrer(owners.get(&c.code), e.user_id.as_str(), e.occurred_at)?;
-                Ok(attributed(e, c, owner))
+                // Stored owners were written from validated ids; one that no longer reads as an id
+                // (edited by hand) attributes nobody rather than stopping the partition.
+                attributed(e, c, owner).ok_or(NoReferral::UnknownCode)
             });
             decided.insert(e.user_id.as_str(), outcome);
         }
@@ -113,19 +115,19 @@ impl Attribution {
     }
 }
 
-fn attributed(e: &UserRegistered, c: Claim, owner: &CodeOwner) -> ReferralAttributed {
+fn attributed(e: &UserRegistered, c: Claim, owner: &CodeOwner) -> Option<ReferralAttributed> {
     let referral_id = DerivedId::referral(&e.user_id);
-    ReferralAttributed {
+    Some(ReferralAttributed {
         event_id: DerivedId::event("referral-attributed", referral_id),
         referral_id,
-        referrer_id: UserId::parse(owner.user_id.clone()).expect("stored user ids are valid"),
+        referrer_id: UserId::parse(owner.user_id.clone()).ok()?,
         referee_id: e.user_id.clone(),
         referral_code: c.code,
         campaign_id: owner.campaign_id.clone(),
         attribution: c.source,
         referee_registered_at: e.occurred_at,
         occurred_at: e.occurred_at,
-    }
+    })
 }
 
 /// Inserts the users not registered yet; returns their ids.
