@@ -226,9 +226,14 @@ impl OffsetWatch {
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 for (worker, topics) in GROUPS {
-                    let at = Utc::now();
                     let group = format!("{prefix}.{worker}");
-                    for (t, p, o) in committed(&b, &group, topics) {
+                    let offsets = committed(&b, &group, topics);
+                    // Stamped when the answer is in hand: an offset the read returns was
+                    // committed before this moment, so everything below it must have been
+                    // processed by then. (Stamped before the read, which can take seconds while
+                    // the broker is down, a batch applied during the read looked premature.)
+                    let at = Utc::now();
+                    for (t, p, o) in offsets {
                         s.lock().unwrap().push((at, worker.to_owned(), t, p, o));
                     }
                 }
