@@ -203,10 +203,7 @@ async fn code_owners(conn: &mut PgConnection, codes: Vec<String>) -> sqlx::Resul
             .bind(codes)
             .fetch_all(&mut *conn)
             .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(code, user_id, campaign_id, expires_at)| (code.clone(), CodeOwner { code, user_id, campaign_id, expires_at }))
-        .collect())
+    Ok(rows.into_iter().map(|(code, user_id, campaign_id, expires_at)| (code, CodeOwner { user_id, campaign_id, expires_at })).collect())
 }
 
 /// Inserts the referrals of referees not referred yet (in `referral_id` order); returns those

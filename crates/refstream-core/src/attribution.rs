@@ -61,10 +61,9 @@ pub fn claim(
     }
 }
 
-/// A code as stored: who owns it, the campaign it belongs to, when it stops attributing.
+/// A code's owner as stored: who owns it, the campaign it belongs to, when it stops attributing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodeOwner {
-    pub code: String,
     pub user_id: String,
     pub campaign_id: String,
     pub expires_at: Option<DateTime<Utc>>,
@@ -92,7 +91,7 @@ mod tests {
     }
 
     fn owner(user: &str, expires: Option<&str>) -> CodeOwner {
-        CodeOwner { code: "ABCD2345".into(), user_id: user.into(), campaign_id: "default".into(), expires_at: expires.map(at) }
+        CodeOwner { user_id: user.into(), campaign_id: "default".into(), expires_at: expires.map(at) }
     }
 
     #[test]
