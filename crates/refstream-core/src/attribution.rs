@@ -1,8 +1,11 @@
-//! Attribution decisions: which code a registration claims, and whether that code's owner
-//! referred it or why nobody did. Pure functions of what the attribution worker loaded for
-//! its batch, so a registration is decided the same way whatever batch it lands in.
+//! Attribution decisions: which touch (a code typed at signup, the click the registration
+//! carries, or another click of the same cookie or device) wins a registration under the
+//! campaign's touch policy, and whether that code's owner referred it or why nobody did.
+//! Pure functions of what the attribution worker loaded, with every time taken from the
+//! events themselves (registration time, click time), so a registration is decided the same
+//! way whatever batch it lands in and however late its click is read.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 
 use crate::code;
 use crate::events::AttributionSource;
@@ -16,8 +19,10 @@ pub enum NoReferral {
     UnknownCode,
     /// The user's own code.
     OwnCode,
-    /// The code had expired when the user registered.
+    /// The code had expired when the user clicked or registered.
     Expired,
+    /// The only click was made outside the attribution window of the registration.
+    ClickOutsideWindow,
     /// The user already has a referral.
     AlreadyReferred,
     /// The user was registered before (another event for the same user id).
@@ -31,34 +36,75 @@ impl NoReferral {
             Self::UnknownCode => "unknown_code",
             Self::OwnCode => "own_code",
             Self::Expired => "expired_code",
+            Self::ClickOutsideWindow => "click_outside_window",
             Self::AlreadyReferred => "already_referred",
             Self::AlreadyRegistered => "duplicate_registration",
         }
     }
+
+    /// When several touches fail, the reason reported is the most telling one.
+    fn rank(self) -> u8 {
+        match self {
+            Self::Expired => 5,
+            Self::OwnCode => 4,
+            Self::ClickOutsideWindow => 3,
+            Self::UnknownCode => 2,
+            _ => 0,
+        }
+    }
 }
 
-/// The code a registration claims and how it came by it.
+/// Which touch wins when a registration has several: the campaign's `touch` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TouchPolicy {
+    First,
+    Last,
+}
+
+impl TouchPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "first" => Some(Self::First),
+            "last" => Some(Self::Last),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::First => "first",
+            Self::Last => "last",
+        }
+    }
+}
+
+/// How the click a registration carries was matched to the device that registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClickMatch {
+    /// The click id came back as issued (a link's URL, the install referrer, an SDK).
+    Exact,
+    /// The app was handed the click id by a signal match; `confidence_pct` of 100.
+    Probabilistic { confidence_pct: u8 },
+}
+
+impl ClickMatch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Probabilistic { .. } => "probabilistic",
+        }
+    }
+}
+
+/// A recorded click, as attribution loads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
+pub struct Click {
+    pub click_id: String,
     pub code: String,
-    pub source: AttributionSource,
-}
-
-/// What a registration claims: its typed code when that reads as a code, else the code of the
-/// link its click id was issued for (`click_code` resolves click ids).
-pub fn claim(
-    referral_code: Option<&str>,
-    click_id: Option<&str>,
-    click_code: impl Fn(&str) -> Option<String>,
-) -> Result<Claim, NoReferral> {
-    if let Some(code) = referral_code.and_then(code::normalize) {
-        return Ok(Claim { code, source: AttributionSource::Code });
-    }
-    match click_id {
-        Some(click) => click_code(click).map(|code| Claim { code, source: AttributionSource::Click }).ok_or(NoReferral::UnknownCode),
-        None if referral_code.is_some() => Err(NoReferral::UnknownCode),
-        None => Err(NoReferral::NoCode),
-    }
+    pub clicked_at: DateTime<Utc>,
+    /// The code had expired when the click was made (recorded, never attributes).
+    pub expired: bool,
+    pub matched: ClickMatch,
 }
 
 /// A code's owner as stored: who owns it, the campaign it belongs to, when it stops attributing.
@@ -69,57 +115,126 @@ pub struct CodeOwner {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-/// Whether the owner of the claimed code (`None`: nobody owns it) referred `referee`, who
-/// registered at `registered_at`.
-pub fn referrer<'a>(owner: Option<&'a CodeOwner>, referee: &str, registered_at: DateTime<Utc>) -> Result<&'a CodeOwner, NoReferral> {
-    let owner = owner.ok_or(NoReferral::UnknownCode)?;
-    if owner.user_id == referee {
-        return Err(NoReferral::OwnCode);
+/// A registration as far as attribution is concerned.
+#[derive(Debug, Clone, Copy)]
+pub struct Registration<'a> {
+    pub user_id: &'a str,
+    pub registered_at: DateTime<Utc>,
+    pub typed_code: Option<&'a str>,
+    pub click_id: Option<&'a str>,
+}
+
+/// The rules of the program that decide between touches.
+#[derive(Debug, Clone, Copy)]
+pub struct TouchRules {
+    pub policy: TouchPolicy,
+    /// A click counts when made at most this long before the registration.
+    pub click_window: Duration,
+    /// ... or at most this long after it: a click recorded after the registration raced ahead.
+    pub click_wait: Duration,
+}
+
+/// What the winning touch was, with the click behind it if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Won {
+    pub code: String,
+    pub source: AttributionSource,
+    pub click: Option<Click>,
+    pub owner: CodeOwner,
+    /// Which touch won and why, for the referral row and reviewers.
+    pub touch: String,
+}
+
+/// The outcome for one registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Attribute(Won),
+    /// The click id is not recorded (yet): decided when its click lands.
+    AwaitClick,
+    NoReferral(NoReferral),
+}
+
+/// One candidate touch.
+struct Touch {
+    code: String,
+    at: DateTime<Utc>,
+    click: Option<Click>,
+}
+
+/// Decides a registration. `carried` is the click its click id resolves to (`None`: not
+/// recorded), `related` the other clicks of the carried click's cookie or the registration's
+/// device, `owner` resolves codes to their owners.
+pub fn decide<'o>(
+    reg: Registration<'_>,
+    carried: Option<&Click>,
+    related: &[Click],
+    owner: impl Fn(&str) -> Option<&'o CodeOwner>,
+    rules: TouchRules,
+) -> Decision {
+    let typed = reg.typed_code.and_then(code::normalize);
+    if reg.click_id.is_some() && carried.is_none() && (typed.is_none() || rules.policy == TouchPolicy::First) {
+        // Under `last` a typed code is the latest touch whatever the click; otherwise the click
+        // may win, so the registration waits for it rather than being decided without it.
+        return Decision::AwaitClick;
     }
-    if owner.expires_at.is_some_and(|x| x < registered_at) {
-        return Err(NoReferral::Expired);
+    let mut failed = if reg.typed_code.is_some() && typed.is_none() { Some(NoReferral::UnknownCode) } else { None };
+    let mut fail = |why: NoReferral| {
+        if failed.is_none_or(|f| why.rank() > f.rank()) {
+            failed = Some(why);
+        }
+    };
+    let mut touches: Vec<Touch> = Vec::new();
+    if let Some(code) = typed {
+        touches.push(Touch { code, at: reg.registered_at, click: None });
     }
-    Ok(owner)
+    let earliest = reg.registered_at - rules.click_window;
+    let latest = reg.registered_at + rules.click_wait;
+    let mut seen = std::collections::HashSet::new();
+    for c in carried.into_iter().chain(related) {
+        if !seen.insert(c.click_id.as_str()) {
+            continue;
+        }
+        if c.clicked_at < earliest || c.clicked_at > latest {
+            fail(NoReferral::ClickOutsideWindow);
+        } else if c.expired {
+            fail(NoReferral::Expired);
+        } else {
+            touches.push(Touch { code: c.code.clone(), at: c.clicked_at, click: Some(c.clone()) });
+        }
+    }
+    let mut valid: Vec<(Touch, &CodeOwner)> = Vec::new();
+    for t in touches {
+        match owner(&t.code) {
+            None => fail(NoReferral::UnknownCode),
+            Some(o) if o.user_id == reg.user_id => fail(NoReferral::OwnCode),
+            Some(o) if o.expires_at.is_some_and(|x| x < reg.registered_at || x < t.at) => fail(NoReferral::Expired),
+            Some(o) => valid.push((t, o)),
+        }
+    }
+    // Order by time; at equal times a click counts as earlier than the code typed at signup, and
+    // clicks by id, so the order the clicks were loaded in never matters.
+    let key = |t: &Touch| (t.at, t.click.is_none(), t.click.as_ref().map(|c| c.click_id.clone()));
+    valid.sort_by_key(|(t, _)| key(t));
+    let count = valid.len();
+    let pick = match rules.policy {
+        TouchPolicy::First => valid.into_iter().next(),
+        TouchPolicy::Last => valid.into_iter().last(),
+    };
+    let Some((t, o)) = pick else {
+        return Decision::NoReferral(failed.unwrap_or(NoReferral::NoCode));
+    };
+    let what = match &t.click {
+        Some(c) => format!("click {} ({})", c.click_id, c.matched.as_str()),
+        None => "code typed at registration".to_owned(),
+    };
+    let touch = if count == 1 {
+        format!("only touch: {what}")
+    } else {
+        format!("{}_touch: {what}, {} of {count} valid touches", rules.policy.as_str(), if rules.policy == TouchPolicy::First { "earliest" } else { "latest" })
+    };
+    let source = if t.click.is_some() { AttributionSource::Click } else { AttributionSource::Code };
+    Decision::Attribute(Won { code: t.code, source, click: t.click, owner: o.clone(), touch })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        s.parse().unwrap()
-    }
-
-    fn owner(user: &str, expires: Option<&str>) -> CodeOwner {
-        CodeOwner { user_id: user.into(), campaign_id: "default".into(), expires_at: expires.map(at) }
-    }
-
-    #[test]
-    fn a_typed_code_wins_over_a_click_and_is_normalized() {
-        let c = claim(Some(" abcd-2345 "), Some("click-1"), |_| Some("ZZZZ9999".into())).unwrap();
-        assert_eq!(c, Claim { code: "ABCD2345".into(), source: AttributionSource::Code });
-    }
-
-    #[test]
-    fn a_click_resolves_to_its_links_code() {
-        let c = claim(None, Some("click-1"), |id| (id == "click-1").then(|| "ABCD2345".into())).unwrap();
-        assert_eq!(c.source, AttributionSource::Click);
-        assert_eq!(claim(None, Some("click-2"), |_| None), Err(NoReferral::UnknownCode));
-    }
-
-    #[test]
-    fn an_unreadable_code_without_a_click_is_unknown_and_nothing_is_organic() {
-        assert_eq!(claim(Some("not a code!"), None, |_| None), Err(NoReferral::UnknownCode));
-        assert_eq!(claim(None, None, |_| None), Err(NoReferral::NoCode));
-    }
-
-    #[test]
-    fn the_owner_refers_unless_it_is_the_referee_or_the_code_expired() {
-        let t = at("2026-01-10T00:00:00Z");
-        assert_eq!(referrer(None, "u2", t), Err(NoReferral::UnknownCode));
-        assert_eq!(referrer(Some(&owner("u2", None)), "u2", t), Err(NoReferral::OwnCode));
-        assert_eq!(referrer(Some(&owner("u1", Some("2026-01-09T00:00:00Z"))), "u2", t), Err(NoReferral::Expired));
-        assert_eq!(referrer(Some(&owner("u1", Some("2026-01-10T00:00:00Z"))), "u2", t).unwrap().user_id, "u1");
-        assert_eq!(referrer(Some(&owner("u1", None)), "u2", t).unwrap().user_id, "u1");
-    }
-}
+mod tests;

@@ -226,6 +226,21 @@ pub struct RewardReversed {
     pub assessment_event_id: Option<Uuid>,
 }
 
+/// A referral link was opened, by a browser (`/r/{code}`) or reported by an app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferralClicked {
+    pub event_id: Uuid,
+    pub click_id: String,
+    pub code: String,
+    pub referrer_id: UserId,
+    pub campaign_id: String,
+    pub platform: crate::links::Platform,
+    /// `true` when an app or SDK reported the click (`POST /v1/clicks`).
+    pub from_sdk: bool,
+    pub expired: bool,
+    pub occurred_at: DateTime<Utc>,
+}
+
 /// A reviewer's verdict on a held referral.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewDecided {

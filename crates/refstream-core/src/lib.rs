@@ -9,6 +9,7 @@ pub mod events;
 pub mod fraud;
 pub mod ids;
 pub mod lifecycle;
+pub mod links;
 pub mod money;
 pub mod settlement;
 pub mod validate;

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
+use refstream_core::attribution::{TouchPolicy, TouchRules};
 use refstream_core::campaign::{Campaign, RewardSpec, Role};
 use refstream_core::settlement::{AfterPayment, FraudAfterPayment};
 use refstream_core::{Currency, Money};
@@ -50,6 +51,8 @@ pub struct Settings {
     pub deposits: DepositSettings,
     pub shutdown: ShutdownSettings,
     pub avro: AvroSettings,
+    pub attribution: AttributionSettings,
+    pub links: LinksSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +84,7 @@ pub struct Topics {
     pub referral_attributed: String,
     pub referral_scored: String,
     pub review_decided: String,
+    pub referral_clicked: String,
     pub reward_granted: String,
     pub reward_reversed: String,
     pub partitions: i32,
@@ -97,6 +101,7 @@ impl Topics {
             &self.referral_attributed,
             &self.referral_scored,
             &self.review_decided,
+            &self.referral_clicked,
             &self.reward_granted,
             &self.reward_reversed,
         ];
@@ -135,6 +140,8 @@ pub struct CampaignSettings {
     pub fraud_after_payment_reject: String,
     /// What happens to a paid referral the scorer later sends to review: `clawback` or `review`.
     pub fraud_after_payment_review: String,
+    /// Which touch wins when a registration has several (a typed code, clicks): `first` or `last`.
+    pub touch: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,6 +169,46 @@ pub struct FraudSettings {
     pub disposable_domains_file: String,
     pub hash_key: SecretString,
     pub attributed_batches_in_flight: usize,
+    /// Clicks on one code from one network (/24, /64) within an hour before the referee's click
+    /// at which CLICK_FLOOD fires.
+    pub click_flood_per_network: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AttributionSettings {
+    /// A click attributes a registration made at most this many days after it.
+    pub click_window_days: i64,
+    /// A registration whose click id is not recorded yet waits for it: a click recorded at most
+    /// this long after the registration still attributes it.
+    pub click_wait_secs: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LinksSettings {
+    pub listen: String,
+    /// Mark cookies `Secure` (HTTPS only). Keep true in production.
+    pub cookie_secure: bool,
+    /// Take the client address from the first `X-Forwarded-For` hop (behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// Requests per minute one client address may make to the public endpoints.
+    pub rate_limit_per_ip_per_min: u32,
+    /// Clicks per minute one code may receive.
+    pub rate_limit_per_code_per_min: u32,
+    pub max_body_bytes: usize,
+    /// A deferred-attribution claim matches clicks made at most this long before it.
+    pub probabilistic_window_secs: i64,
+    /// Probabilistic matches below this confidence (percent) are not returned.
+    pub probabilistic_min_confidence_pct: u8,
+    pub destinations: LinkDestinations,
+}
+
+/// Where `/r/{code}` sends each platform; an empty value has no destination.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LinkDestinations {
+    pub web: String,
+    pub desktop: String,
+    pub ios: String,
+    pub android: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,7 +299,56 @@ impl Settings {
             return Err(ConfigError::new("fraud.hash_key", "must be at least 16 characters"));
         }
         self.confluent_ids()?;
+        self.touch_rules()?;
+        self.links_addr()?;
+        if self.fraud.click_flood_per_network < 2 {
+            return Err(ConfigError::new("fraud.click_flood_per_network", "must be at least 2"));
+        }
+        let l = &self.links;
+        for (name, url) in
+            [("web", &l.destinations.web), ("desktop", &l.destinations.desktop), ("ios", &l.destinations.ios), ("android", &l.destinations.android)]
+        {
+            let ok = url.is_empty()
+                || ((url.starts_with("https://") || url.starts_with("http://")) && !url.contains(char::is_whitespace) && !url.contains('#'));
+            if !ok {
+                return Err(ConfigError::new(&format!("links.destinations.{name}"), format!("`{url}` is not an http(s) URL without a fragment")));
+            }
+        }
+        if l.rate_limit_per_ip_per_min < 1 || l.rate_limit_per_code_per_min < 1 {
+            return Err(ConfigError::new("links.rate_limit_per_ip_per_min", "rate limits must be at least 1 per minute"));
+        }
+        if l.max_body_bytes < 256 {
+            return Err(ConfigError::new("links.max_body_bytes", "must be at least 256"));
+        }
+        if l.probabilistic_window_secs < 1 {
+            return Err(ConfigError::new("links.probabilistic_window_secs", "must be at least 1"));
+        }
+        if l.probabilistic_min_confidence_pct > 100 {
+            return Err(ConfigError::new("links.probabilistic_min_confidence_pct", "is a percentage: at most 100"));
+        }
         Ok(())
+    }
+
+    /// The attribution rules between touches.
+    pub fn touch_rules(&self) -> Result<TouchRules, ConfigError> {
+        let policy = TouchPolicy::parse(self.campaign.touch.trim())
+            .ok_or_else(|| ConfigError::new("campaign.touch", format!("`{}` is neither first nor last", self.campaign.touch)))?;
+        if self.attribution.click_window_days < 1 {
+            return Err(ConfigError::new("attribution.click_window_days", "must be at least 1"));
+        }
+        if self.attribution.click_wait_secs < 0 {
+            return Err(ConfigError::new("attribution.click_wait_secs", "must not be negative"));
+        }
+        Ok(TouchRules {
+            policy,
+            click_window: chrono::Duration::days(self.attribution.click_window_days),
+            click_wait: chrono::Duration::seconds(self.attribution.click_wait_secs),
+        })
+    }
+
+    /// The address the links service listens on.
+    pub fn links_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.links.listen.parse().map_err(|e| ConfigError::new("links.listen", format!("`{}` is not host:port: {e}", self.links.listen)))
     }
 
     /// Connection options for Postgres.
@@ -411,6 +507,11 @@ mod tests {
             ("REFSTREAM__TELEMETRY__FORMAT", "xml", "telemetry.format"),
             ("REFSTREAM__KAFKA__BATCH_MAX_RECORDS", "many", "kafka.batch_max_records"),
             ("REFSTREAM__DATABASE__SESSION__JIT", "off -c x=y", "database.session.jit"),
+            ("REFSTREAM__CAMPAIGN__TOUCH", "middle", "campaign.touch"),
+            ("REFSTREAM__LINKS__LISTEN", "port 80", "links.listen"),
+            ("REFSTREAM__LINKS__DESTINATIONS__IOS", "itms://x y", "links.destinations.ios"),
+            ("REFSTREAM__ATTRIBUTION__CLICK_WINDOW_DAYS", "0", "attribution.click_window_days"),
+            ("REFSTREAM__LINKS__PROBABILISTIC_MIN_CONFIDENCE_PCT", "150", "links.probabilistic_min_confidence_pct"),
         ] {
             let err = Settings::load_from(None, env(&[(var, value)])).err().unwrap_or_else(|| panic!("{var} accepted"));
             assert_eq!(err.setting, setting, "{var}: {err}");

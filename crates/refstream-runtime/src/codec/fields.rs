@@ -63,6 +63,13 @@ impl Fields {
         }
     }
 
+    pub fn boolean(&mut self, name: &'static str) -> Result<bool, FieldError> {
+        match self.take(name)? {
+            Value::Boolean(b) => Ok(b),
+            other => Err(unexpected(name, "a boolean", &other)),
+        }
+    }
+
     pub fn int(&mut self, name: &'static str) -> Result<i32, FieldError> {
         match self.take(name)? {
             Value::Int(i) => Ok(i),

@@ -5,7 +5,7 @@ use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
 use refstream_core::campaign::Role;
 use refstream_core::events::{
-    AttributionSource, DepositCompleted, DepositReversed, RawUserRegistered, ReferralAttributed, ReferralScored, ReversalReason,
+    AttributionSource, DepositCompleted, DepositReversed, RawUserRegistered, ReferralAttributed, ReferralClicked, ReferralScored, ReversalReason,
     ReviewDecided, RewardGranted, RewardReversed, UserRegistered, MAX_SHORT_TEXT,
 };
 use refstream_core::validate::{check_text, FieldError};
@@ -357,5 +357,45 @@ impl AvroRecord for ReviewDecided {
             reason: f.string("reason")?,
             occurred_at: f.timestamp("occurred_at")?,
         })
+    }
+}
+
+const PLATFORMS: [&str; 4] = ["IOS", "ANDROID", "DESKTOP", "WEB"];
+
+impl AvroRecord for ReferralClicked {
+    const KIND: EventKind = EventKind::ReferralClicked;
+    fn event_id(&self) -> Uuid {
+        self.event_id
+    }
+    fn to_value(&self) -> Value {
+        record(vec![
+            ("event_id", Value::Uuid(self.event_id)),
+            ("click_id", s(&self.click_id)),
+            ("code", s(&self.code)),
+            ("referrer_id", s(self.referrer_id.as_str())),
+            ("campaign_id", s(&self.campaign_id)),
+            ("platform", enm(&PLATFORMS, &self.platform.as_str().to_uppercase())),
+            ("source", enm(&["LINK", "SDK"], if self.from_sdk { "SDK" } else { "LINK" })),
+            ("expired", Value::Boolean(self.expired)),
+            ("occurred_at", ts(self.occurred_at)),
+        ])
+    }
+    fn from_value(value: Value, now: DateTime<Utc>) -> Result<Self, FieldError> {
+        let mut f = Fields::of(value)?;
+        let event_id = f.uuid("event_id")?;
+        let click_id = f.string("click_id")?;
+        check_text("click_id", &click_id, MAX_SHORT_TEXT)?;
+        let code = f.string("code")?;
+        check_text("code", &code, MAX_SHORT_TEXT)?;
+        let referrer_id = UserId::parse(f.string("referrer_id")?)?;
+        let campaign_id = f.string("campaign_id")?;
+        let symbol = f.enum_symbol("platform")?;
+        let platform = refstream_core::links::Platform::parse(&symbol)
+            .ok_or_else(|| FieldError::new("platform", format!("unknown platform `{symbol}`")))?;
+        let from_sdk = f.enum_symbol("source")? == "SDK";
+        let expired = f.boolean("expired")?;
+        let occurred_at = f.timestamp("occurred_at")?;
+        refstream_core::events::check_occurred_at("occurred_at", occurred_at, now)?;
+        Ok(ReferralClicked { event_id, click_id, code, referrer_id, campaign_id, platform, from_sdk, expired, occurred_at })
     }
 }

@@ -17,10 +17,11 @@ pub enum EventKind {
     RewardGranted,
     RewardReversed,
     ReviewDecided,
+    ReferralClicked,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         Self::UserRegistered,
         Self::DepositCompleted,
         Self::DepositReversed,
@@ -29,6 +30,7 @@ impl EventKind {
         Self::RewardGranted,
         Self::RewardReversed,
         Self::ReviewDecided,
+        Self::ReferralClicked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +43,7 @@ impl EventKind {
             Self::RewardGranted => "RewardGranted",
             Self::RewardReversed => "RewardReversed",
             Self::ReviewDecided => "ReviewDecided",
+            Self::ReferralClicked => "ReferralClicked",
         }
     }
 
@@ -58,6 +61,7 @@ impl EventKind {
             Self::RewardGranted => include_str!("../../../../schemas/RewardGranted.avsc"),
             Self::RewardReversed => include_str!("../../../../schemas/RewardReversed.avsc"),
             Self::ReviewDecided => include_str!("../../../../schemas/ReviewDecided.avsc"),
+            Self::ReferralClicked => include_str!("../../../../schemas/ReferralClicked.avsc"),
         }
     }
 

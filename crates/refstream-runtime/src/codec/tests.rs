@@ -2,7 +2,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
-use refstream_core::events::{DepositCompleted, DepositReversed, ReversalReason, UserRegistered};
+use refstream_core::events::{DepositCompleted, DepositReversed, ReferralClicked, ReversalReason, UserRegistered};
+use refstream_core::links::Platform;
 use refstream_core::{Currency, Money, UserId};
 use serde_json::Value as Json;
 use uuid::Uuid;
@@ -57,6 +58,20 @@ fn round_trips_every_input_record() {
         occurred_at: now(),
     };
     assert_eq!(decoder().decode::<DepositReversed>(&encode(&rev), now()).unwrap(), rev);
+    for (platform, from_sdk, expired) in [(Platform::Ios, false, false), (Platform::Desktop, true, true), (Platform::Web, false, true)] {
+        let click = ReferralClicked {
+            event_id: Uuid::new_v4(),
+            click_id: "c_0123456789ABCDEFGHJKMNPQRS".into(),
+            code: "ABCD2345".into(),
+            referrer_id: UserId::parse("u-1").unwrap(),
+            campaign_id: "default".into(),
+            platform,
+            from_sdk,
+            expired,
+            occurred_at: DateTime::from_timestamp_millis(now().timestamp_millis() - 5).unwrap(),
+        };
+        assert_eq!(decoder().decode::<ReferralClicked>(&encode(&click), now()).unwrap(), click);
+    }
 }
 
 #[test]
