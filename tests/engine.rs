@@ -308,7 +308,12 @@ async fn attribution_decides_a_whole_batch_as_it_would_one_event_at_a_time() {
     let mut h = Harness::new().await;
     h.register("r1", None, "dev-r1").await;
     let code = h.code_of("r1").await;
-    sqlx::query("INSERT INTO referral_clicks (click_id, code) VALUES ('clk-1', $1)").bind(&code).execute(&h.db.pool).await.unwrap();
+    sqlx::query("INSERT INTO referral_clicks (click_id, code, clicked_at) VALUES ('clk-1', $1, $2)")
+        .bind(&code)
+        .bind(t0() - Duration::hours(1))
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
     let typed = format!("{}-{}", code[..4].to_lowercase(), &code[4..]);
     let w = attribution::Attribution::new(&h.settings).unwrap();
     let topic = h.settings.topics.user_registered.clone();

@@ -1,21 +1,27 @@
-//! The attribution worker: consumes `user-registered`, mints every new user a unique referral
-//! code, and attributes a user who arrived with a code (or a referral-link click id) to the
-//! code's owner. A user is registered once (`users.user_id`), referred at most once
-//! (`referrals.referee_id`), and never by themself; an unknown or expired code creates no
-//! referral. Each referral and its `ReferralAttributed` commit in one transaction.
+//! The attribution worker: consumes `user-registered` and `referral-clicked`, mints every new
+//! user a unique referral code, and attributes a user who arrived with a code, a referral-link
+//! click id, or earlier clicks of the same cookie or device, to the owner of the winning touch
+//! (`campaign.touch`: first or last). A user is registered once (`users.user_id`), referred at
+//! most once (`referrals.referee_id`), and never by themself; an unknown or expired code, or a
+//! click outside `attribution.click_window_days`, creates no referral. A registration whose
+//! click id is not recorded yet waits, and is decided when the click lands, from the same
+//! event times: the outcome does not depend on which of the two was read first. Each referral
+//! and its `ReferralAttributed` commit in one transaction.
 //!
 //! A batch is set-based: users, codes and referrals are each written with one `UNNEST` insert
-//! (codes drawn again only for the rare collision), the clicks and codes the batch claims are
+//! (codes drawn again only for the rare collision), the clicks and codes the batch needs are
 //! read with one query each, and every decision is a pure function of
 //! `refstream_core::attribution` over what was loaded. Within a batch the first registration
 //! of a user id wins, as it would one event at a time.
 
+mod clicks;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use refstream_core::attribution::{claim, referrer, Claim, CodeOwner, NoReferral};
+use refstream_core::attribution::{decide, ClickMatch, CodeOwner, Decision, NoReferral, Registration, TouchRules, Won};
 use refstream_core::code;
-use refstream_core::events::{ReferralAttributed, UserRegistered};
+use refstream_core::events::{ReferralAttributed, ReferralClicked, UserRegistered};
 use refstream_core::fraud::{canonical_email, email_domain, ip_prefix, keyed_hash};
 use refstream_core::{DerivedId, UserId};
 use refstream_runtime::codec::{AvroRecord, Decoder};
@@ -23,17 +29,29 @@ use refstream_runtime::consumer::{Batch, Inbound, Rejection, Worker};
 use refstream_runtime::metrics::OUTCOMES;
 use refstream_runtime::outbox::{enqueue, OutboxMessage};
 use refstream_runtime::Settings;
+use rust_decimal::Decimal;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use clicks::{RelatedTo, Waiting};
+
 pub struct Attribution {
     decoder: Decoder,
-    topic_in: String,
+    topic_registered: String,
+    topic_clicked: String,
     topic_out: String,
     campaign_id: String,
+    rules: TouchRules,
     /// Key of the HMAC that turns emails and IPs into stored hashes.
     hash_key: SecretString,
+}
+
+/// One input of the attribution worker.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Registered(UserRegistered),
+    Clicked(ReferralClicked),
 }
 
 /// A `users` row as attribution writes it (hashes already keyed).
@@ -45,13 +63,24 @@ struct UserRow<'a> {
     email_domain: Option<String>,
 }
 
+/// A decided referral, ready to insert and announce.
+struct Referral {
+    event: ReferralAttributed,
+    won: Won,
+    network_clicks: Option<i32>,
+}
+
+type Outcome = Result<Referral, Option<NoReferral>>;
+
 impl Attribution {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
             decoder: Decoder::new(settings.confluent_ids()?),
-            topic_in: settings.topics.user_registered.clone(),
+            topic_registered: settings.topics.user_registered.clone(),
+            topic_clicked: settings.topics.referral_clicked.clone(),
             topic_out: settings.topics.referral_attributed.clone(),
             campaign_id: settings.campaign.id.clone(),
+            rules: settings.touch_rules()?,
             hash_key: settings.fraud.hash_key.clone(),
         })
     }
@@ -68,65 +97,144 @@ impl Attribution {
         }
     }
 
-    /// Registers the batch's users and attributes the new ones; one outcome per event, in order.
+    /// Registers the batch's users and attributes the new ones. One outcome per event, in
+    /// order: the referral, or why there is none (`None`: waiting for its click).
     async fn register(
         &self,
         conn: &mut PgConnection,
-        events: &[UserRegistered],
-    ) -> sqlx::Result<Vec<Result<ReferralAttributed, NoReferral>>> {
+        events: &[&UserRegistered],
+    ) -> sqlx::Result<Vec<Result<ReferralAttributed, Option<NoReferral>>>> {
         let mut first = HashSet::new();
         let rows: Vec<UserRow> = events.iter().filter(|e| first.insert(e.user_id.as_str())).map(|e| self.user_row(e)).collect();
         let inserted = insert_users(conn, &rows).await?;
         let fresh: Vec<&UserRegistered> = rows.iter().map(|r| r.event).filter(|e| inserted.contains(e.user_id.as_str())).collect();
         mint_codes(conn, &fresh, &self.campaign_id).await?;
-
-        let clicks = click_codes(conn, fresh.iter().filter_map(|e| e.click_id.clone()).collect()).await?;
-        let claims: HashMap<&str, Result<Claim, NoReferral>> = fresh
+        let pending: Vec<Waiting> = fresh
             .iter()
-            .map(|e| (e.user_id.as_str(), claim(e.referral_code.as_deref(), e.click_id.as_deref(), |id| clicks.get(id).cloned())))
+            .map(|e| Waiting {
+                user_id: e.user_id.to_string(),
+                registered_at: e.occurred_at,
+                typed_code: e.referral_code.clone(),
+                click_id: e.click_id.clone(),
+                device_id: e.device_id.clone(),
+            })
             .collect();
-        let owners = code_owners(conn, claims.values().filter_map(|c| c.as_ref().ok()).map(|c| c.code.clone()).collect()).await?;
-
-        let mut decided: HashMap<&str, Result<ReferralAttributed, NoReferral>> = HashMap::new();
-        for e in &fresh {
-            let outcome = claims[e.user_id.as_str()].clone().and_then(|c| {
-                let owner = referrer(owners.get(&c.code), e.user_id.as_str(), e.occurred_at)?;
-                // Stored owners were written from validated ids; one that no longer reads as an id
-                // (edited by hand) attributes nobody rather than stopping the partition.
-                attributed(e, c, owner).ok_or(NoReferral::UnknownCode)
-            });
-            decided.insert(e.user_id.as_str(), outcome);
-        }
-        let referred = insert_referrals(conn, decided.values().filter_map(|d| d.as_ref().ok()).collect()).await?;
+        let mut decided = self.attribute(conn, &pending).await?;
 
         let mut outcomes = Vec::with_capacity(events.len());
         let mut answered = HashSet::new();
         for e in events {
             let user = e.user_id.as_str();
-            let outcome = match decided.get(user) {
-                Some(_) if !answered.insert(user) => Err(NoReferral::AlreadyRegistered),
-                None => Err(NoReferral::AlreadyRegistered),
-                Some(Ok(_)) if !referred.contains(user) => Err(NoReferral::AlreadyReferred),
-                Some(d) => d.clone(),
+            let outcome = match decided.get_mut(user) {
+                Some(_) if !answered.insert(user) => Err(Some(NoReferral::AlreadyRegistered)),
+                None => Err(Some(NoReferral::AlreadyRegistered)),
+                Some(d) => std::mem::replace(d, Err(Some(NoReferral::AlreadyRegistered))).map(|r| r.event),
             };
             outcomes.push(outcome);
         }
         Ok(outcomes)
     }
+
+    /// Decides `pending` registrations (none referred yet) from the clicks and codes they name,
+    /// inserts the referrals, and returns each user's outcome.
+    async fn attribute(&self, conn: &mut PgConnection, pending: &[Waiting]) -> sqlx::Result<HashMap<String, Outcome>> {
+        let mut click_ids: Vec<&str> = pending.iter().filter_map(|p| p.click_id.as_deref()).collect();
+        click_ids.sort_unstable();
+        click_ids.dedup();
+        clicks::lock_click_ids(conn, &click_ids).await?;
+        let carried = clicks::by_id(conn, click_ids.iter().map(|c| c.to_string()).collect()).await?;
+        let asking: Vec<RelatedTo> = pending
+            .iter()
+            .map(|p| RelatedTo {
+                user_id: &p.user_id,
+                cookie_id: p.click_id.as_ref().and_then(|c| carried.get(c)).and_then(|c| c.cookie_id.as_deref()),
+                device_id: p.device_id.as_deref(),
+                registered_at: p.registered_at,
+            })
+            .collect();
+        let related = clicks::related(conn, &asking, self.rules.click_window).await?;
+        let no_related = Vec::new();
+
+        let mut codes: Vec<String> = pending.iter().filter_map(|p| p.typed_code.as_deref().and_then(code::normalize)).collect();
+        codes.extend(carried.values().chain(related.values().flatten()).map(|c| c.click.code.clone()));
+        let owners = code_owners(conn, codes).await?;
+
+        let mut decided: HashMap<String, Outcome> = HashMap::new();
+        for p in pending {
+            let carried_click = p.click_id.as_ref().and_then(|c| carried.get(c));
+            let related_clicks = related.get(&p.user_id).unwrap_or(&no_related);
+            let plain: Vec<_> = related_clicks.iter().map(|c| c.click.clone()).collect();
+            let reg = Registration {
+                user_id: &p.user_id,
+                registered_at: p.registered_at,
+                typed_code: p.typed_code.as_deref(),
+                click_id: p.click_id.as_deref(),
+            };
+            let outcome = match decide(reg, carried_click.map(|c| &c.click), &plain, |c| owners.get(c), self.rules) {
+                Decision::AwaitClick => Err(None),
+                Decision::NoReferral(why) => Err(Some(why)),
+                Decision::Attribute(won) => {
+                    let network = won.click.as_ref().and_then(|w| {
+                        carried_click.into_iter().chain(related_clicks).find(|c| c.click.click_id == w.click_id).map(|c| c.network_clicks)
+                    });
+                    // Stored owners were written from validated ids; one that no longer reads as an id
+                    // (edited by hand) attributes nobody rather than stopping the partition.
+                    attributed(p, &won).map(|event| Referral { event, won, network_clicks: network }).ok_or(Some(NoReferral::UnknownCode))
+                }
+            };
+            decided.insert(p.user_id.clone(), outcome);
+        }
+        let referred = insert_referrals(conn, decided.values().filter_map(|d| d.as_ref().ok()).collect()).await?;
+        for (user, outcome) in decided.iter_mut() {
+            if outcome.is_ok() && !referred.contains(user) {
+                *outcome = Err(Some(NoReferral::AlreadyReferred));
+            }
+        }
+        Ok(decided)
+    }
+
+    /// Decides the registrations that were waiting for the clicks of `events`.
+    async fn clicked(&self, conn: &mut PgConnection, events: &[&ReferralClicked]) -> sqlx::Result<Vec<ReferralAttributed>> {
+        let mut ids: Vec<&str> = events.iter().map(|e| e.click_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        clicks::lock_click_ids(conn, &ids).await?;
+        let waiting = clicks::waiting_for(conn, ids.iter().map(|c| c.to_string()).collect()).await?;
+        if waiting.is_empty() {
+            return Ok(Vec::new());
+        }
+        let decided = self.attribute(conn, &waiting).await?;
+        let mut out = Vec::new();
+        for w in &waiting {
+            match decided.get(&w.user_id) {
+                Some(Ok(r)) => {
+                    OUTCOMES.with_label_values(&["attribution", "referral_attributed_on_click"]).inc();
+                    out.push(r.event.clone());
+                }
+                Some(Err(Some(why))) => {
+                    OUTCOMES.with_label_values(&["attribution", why.label()]).inc();
+                    tracing::info!(user = %w.user_id, outcome = why.label(), "click landed: no referral");
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
 }
 
-fn attributed(e: &UserRegistered, c: Claim, owner: &CodeOwner) -> Option<ReferralAttributed> {
-    let referral_id = DerivedId::referral(&e.user_id);
+fn attributed(p: &Waiting, won: &Won) -> Option<ReferralAttributed> {
+    let referee = UserId::parse(p.user_id.clone()).ok()?;
+    let referral_id = DerivedId::referral(&referee);
     Some(ReferralAttributed {
         event_id: DerivedId::event("referral-attributed", referral_id),
         referral_id,
-        referrer_id: UserId::parse(owner.user_id.clone()).ok()?,
-        referee_id: e.user_id.clone(),
-        referral_code: c.code,
-        campaign_id: owner.campaign_id.clone(),
-        attribution: c.source,
-        referee_registered_at: e.occurred_at,
-        occurred_at: e.occurred_at,
+        referrer_id: UserId::parse(won.owner.user_id.clone()).ok()?,
+        referee_id: referee,
+        referral_code: won.code.clone(),
+        campaign_id: won.owner.campaign_id.clone(),
+        attribution: won.source,
+        referee_registered_at: p.registered_at,
+        occurred_at: p.registered_at,
     })
 }
 
@@ -137,8 +245,8 @@ async fn insert_users(conn: &mut PgConnection, rows: &[UserRow<'_>]) -> sqlx::Re
     }
     let col = |f: &dyn Fn(&UserRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
     let ids: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO users (user_id, registered_at, platform, device_id, ip_hash, ip_prefix_hash, email_hash, email_domain, country) \
-         SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) \
+        "INSERT INTO users (user_id, registered_at, platform, device_id, ip_hash, ip_prefix_hash, email_hash, email_domain, country, typed_code, click_id) \
+         SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) \
          ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
     )
     .bind(col(&|r| Some(r.event.user_id.to_string())))
@@ -150,6 +258,8 @@ async fn insert_users(conn: &mut PgConnection, rows: &[UserRow<'_>]) -> sqlx::Re
     .bind(col(&|r| r.email_hash.clone()))
     .bind(col(&|r| r.email_domain.clone()))
     .bind(col(&|r| r.event.country.clone()))
+    .bind(col(&|r| r.event.referral_code.clone()))
+    .bind(col(&|r| r.event.click_id.clone()))
     .fetch_all(&mut *conn)
     .await?;
     Ok(ids.into_iter().collect())
@@ -183,16 +293,6 @@ async fn mint_codes(conn: &mut PgConnection, users: &[&UserRegistered], campaign
     Ok(())
 }
 
-/// The codes of the links these click ids were issued for.
-async fn click_codes(conn: &mut PgConnection, click_ids: Vec<String>) -> sqlx::Result<HashMap<String, String>> {
-    if click_ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT click_id, code FROM referral_clicks WHERE click_id = ANY($1)").bind(click_ids).fetch_all(&mut *conn).await?;
-    Ok(rows.into_iter().collect())
-}
-
 /// Who owns each of `codes` (codes nobody owns are absent).
 async fn code_owners(conn: &mut PgConnection, codes: Vec<String>) -> sqlx::Result<BTreeMap<String, CodeOwner>> {
     if codes.is_empty() {
@@ -206,63 +306,102 @@ async fn code_owners(conn: &mut PgConnection, codes: Vec<String>) -> sqlx::Resul
     Ok(rows.into_iter().map(|(code, user_id, campaign_id, expires_at)| (code, CodeOwner { user_id, campaign_id, expires_at })).collect())
 }
 
-/// Inserts the referrals of referees not referred yet (in `referral_id` order); returns those
-/// referees.
-async fn insert_referrals(conn: &mut PgConnection, mut referrals: Vec<&ReferralAttributed>) -> sqlx::Result<HashSet<String>> {
+/// Inserts the referrals of referees not referred yet (in `referral_id` order), with how each
+/// was attributed; returns those referees.
+async fn insert_referrals(conn: &mut PgConnection, mut referrals: Vec<&Referral>) -> sqlx::Result<HashSet<String>> {
     if referrals.is_empty() {
         return Ok(HashSet::new());
     }
-    referrals.sort_by_key(|r| r.referral_id);
+    referrals.sort_by_key(|r| r.event.referral_id);
+    let click = |f: &dyn Fn(&refstream_core::attribution::Click) -> Option<String>| -> Vec<Option<String>> {
+        referrals.iter().map(|r| r.won.click.as_ref().and_then(f)).collect()
+    };
+    let confidence: Vec<Option<Decimal>> = referrals
+        .iter()
+        .map(|r| match r.won.click.as_ref().map(|c| c.matched) {
+            Some(ClickMatch::Probabilistic { confidence_pct }) => Some(Decimal::new(i64::from(confidence_pct), 2)),
+            Some(ClickMatch::Exact) => Some(Decimal::ONE),
+            None => None,
+        })
+        .collect();
     let referees: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO referrals (referral_id, referrer_id, referee_id, code, campaign_id, attribution, referee_registered_at) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]) \
+        "INSERT INTO referrals (referral_id, referrer_id, referee_id, code, campaign_id, attribution, referee_registered_at, \
+                                click_id, click_match, match_confidence, touch, network_clicks) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], \
+                              $8::text[], $9::text[], $10::numeric[], $11::text[], $12::int[]) \
          ON CONFLICT (referee_id) DO NOTHING RETURNING referee_id",
     )
-    .bind(referrals.iter().map(|r| r.referral_id).collect::<Vec<Uuid>>())
-    .bind(referrals.iter().map(|r| r.referrer_id.to_string()).collect::<Vec<_>>())
-    .bind(referrals.iter().map(|r| r.referee_id.to_string()).collect::<Vec<_>>())
-    .bind(referrals.iter().map(|r| r.referral_code.clone()).collect::<Vec<_>>())
-    .bind(referrals.iter().map(|r| r.campaign_id.clone()).collect::<Vec<_>>())
-    .bind(referrals.iter().map(|r| r.attribution.as_str().to_owned()).collect::<Vec<_>>())
-    .bind(referrals.iter().map(|r| r.referee_registered_at).collect::<Vec<_>>())
+    .bind(referrals.iter().map(|r| r.event.referral_id).collect::<Vec<Uuid>>())
+    .bind(referrals.iter().map(|r| r.event.referrer_id.to_string()).collect::<Vec<_>>())
+    .bind(referrals.iter().map(|r| r.event.referee_id.to_string()).collect::<Vec<_>>())
+    .bind(referrals.iter().map(|r| r.event.referral_code.clone()).collect::<Vec<_>>())
+    .bind(referrals.iter().map(|r| r.event.campaign_id.clone()).collect::<Vec<_>>())
+    .bind(referrals.iter().map(|r| r.event.attribution.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(referrals.iter().map(|r| r.event.referee_registered_at).collect::<Vec<_>>())
+    .bind(click(&|c| Some(c.click_id.clone())))
+    .bind(click(&|c| Some(c.matched.as_str().to_owned())))
+    .bind(confidence)
+    .bind(referrals.iter().map(|r| r.won.touch.clone()).collect::<Vec<_>>())
+    .bind(referrals.iter().map(|r| r.network_clicks).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
     Ok(referees.into_iter().collect())
 }
 
 impl Worker for Attribution {
-    type Event = UserRegistered;
+    type Event = Input;
 
     fn name(&self) -> &'static str {
         "attribution"
     }
 
     fn topics(&self) -> Vec<String> {
-        vec![self.topic_in.clone()]
+        vec![self.topic_registered.clone(), self.topic_clicked.clone()]
     }
 
-    fn decode(&self, record: &Inbound<'_>, now: DateTime<Utc>) -> Result<UserRegistered, Rejection> {
-        Ok(self.decoder.decode(record.payload, now)?)
+    fn decode(&self, record: &Inbound<'_>, now: DateTime<Utc>) -> Result<Input, Rejection> {
+        Ok(match record.topic {
+            t if t == self.topic_registered => Input::Registered(self.decoder.decode(record.payload, now)?),
+            t if t == self.topic_clicked => Input::Clicked(self.decoder.decode(record.payload, now)?),
+            other => return Err(Rejection { label: "unknown_topic", reason: format!("no handler for topic {other}") }),
+        })
     }
 
-    fn event_id(&self, event: &UserRegistered) -> Uuid {
-        event.event_id()
+    fn event_id(&self, event: &Input) -> Uuid {
+        match event {
+            Input::Registered(e) => e.event_id(),
+            Input::Clicked(e) => e.event_id(),
+        }
     }
 
-    async fn apply(&self, batch: &mut Batch<'_>, events: &[UserRegistered]) -> sqlx::Result<()> {
+    async fn apply(&self, batch: &mut Batch<'_>, events: &[Input]) -> sqlx::Result<()> {
+        let registered: Vec<&UserRegistered> =
+            events.iter().filter_map(|e| if let Input::Registered(r) = e { Some(r) } else { None }).collect();
+        let clicked: Vec<&ReferralClicked> = events.iter().filter_map(|e| if let Input::Clicked(c) = e { Some(c) } else { None }).collect();
         let mut out = Vec::new();
-        for (e, outcome) in events.iter().zip(self.register(batch.conn, events).await?) {
-            match outcome {
-                Ok(attributed) => {
-                    OUTCOMES.with_label_values(&["attribution", "referral_attributed"]).inc();
-                    out.push(OutboxMessage::record(&self.topic_out, attributed.referee_id.as_str(), &attributed));
-                }
-                Err(why) => {
-                    OUTCOMES.with_label_values(&["attribution", why.label()]).inc();
-                    if why != NoReferral::NoCode {
-                        tracing::info!(user = %e.user_id, outcome = why.label(), "no referral");
+        if !registered.is_empty() {
+            for (e, outcome) in registered.iter().zip(self.register(batch.conn, &registered).await?) {
+                match outcome {
+                    Ok(attributed) => {
+                        OUTCOMES.with_label_values(&["attribution", "referral_attributed"]).inc();
+                        out.push(OutboxMessage::record(&self.topic_out, attributed.referee_id.as_str(), &attributed));
+                    }
+                    Err(None) => {
+                        OUTCOMES.with_label_values(&["attribution", "awaiting_click"]).inc();
+                        tracing::info!(user = %e.user_id, "click not recorded yet: the registration waits for it");
+                    }
+                    Err(Some(why)) => {
+                        OUTCOMES.with_label_values(&["attribution", why.label()]).inc();
+                        if why != NoReferral::NoCode {
+                            tracing::info!(user = %e.user_id, outcome = why.label(), "no referral");
+                        }
                     }
                 }
+            }
+        }
+        if !clicked.is_empty() {
+            for attributed in self.clicked(batch.conn, &clicked).await? {
+                out.push(OutboxMessage::record(&self.topic_out, attributed.referee_id.as_str(), &attributed));
             }
         }
         enqueue(batch.conn, 0, &out).await

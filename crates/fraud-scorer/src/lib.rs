@@ -72,6 +72,7 @@ use refstream_runtime::consumer::{Batch, Inbound, Rejection, Worker};
 use refstream_runtime::metrics::OUTCOMES;
 use refstream_runtime::outbox::{enqueue, OutboxMessage};
 use refstream_runtime::Settings;
+use rust_decimal::prelude::ToPrimitive;
 use serde_json::{json, Value as Json};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -174,6 +175,7 @@ impl FraudScorer {
             velocity_per_device: f.velocity_per_device,
             velocity_per_ip: f.velocity_per_ip,
             velocity_window: Duration::hours(f.velocity_window_hours),
+            click_flood_per_network: f.click_flood_per_network,
         };
         policy.validate().map_err(|e| anyhow::anyhow!("configuration error in `fraud`: {e:?}"))?;
         let disposable = if f.disposable_domains_file.is_empty() {
@@ -231,11 +233,14 @@ impl FraudScorer {
                (SELECT count(*) FROM users u WHERE u.ip_hash = e.ip_hash AND u.registered_at > b.at - w.w AND u.registered_at <= b.at) AS from_ip, \
                (SELECT count(*) FROM users u WHERE u.device_id = e.device_id AND u.user_id <> e.user_id AND u.registered_at <= b.at) AS others_on_device, \
                EXISTS (SELECT 1 FROM identity_links a JOIN identity_links c ON c.kind = a.kind AND c.value = a.value \
-                       WHERE a.kind = 'payment' AND a.user_id = b.referrer AND c.user_id = b.referee) AS shared_instrument \
+                       WHERE a.kind = 'payment' AND a.user_id = b.referrer AND c.user_id = b.referee) AS shared_instrument, \
+               x.match_confidence AS probabilistic_confidence, COALESCE(x.network_clicks, 0) AS network_clicks \
              FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS b(referrer, referee, at, n) \
              CROSS JOIN (SELECT $4::bigint * interval '1 second' AS w) AS w \
              LEFT JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referrer) AS r ON true \
              LEFT JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referee) AS e ON true \
+             LEFT JOIN LATERAL (SELECT CASE WHEN click_match = 'probabilistic' THEN match_confidence END AS match_confidence, network_clicks \
+                                FROM referrals WHERE referee_id = b.referee) AS x ON true \
              ORDER BY b.n",
         )
         .bind(&referrers)
@@ -264,6 +269,10 @@ impl FraudScorer {
                     other_accounts_on_referee_device: count(row.others_on_device),
                     shared_payment_instrument: row.shared_instrument,
                     ring_size: 0,
+                    probabilistic_match_pct: row
+                        .probabilistic_confidence
+                        .map(|c| (c * rust_decimal::Decimal::ONE_HUNDRED).trunc().to_u8().unwrap_or(0)),
+                    network_clicks_on_code: u32::try_from(row.network_clicks).unwrap_or(0),
                 };
                 (evidence, row.email_domain)
             })
@@ -623,6 +632,8 @@ struct EvidenceRow {
     from_ip: i64,
     others_on_device: i64,
     shared_instrument: bool,
+    probabilistic_confidence: Option<rust_decimal::Decimal>,
+    network_clicks: i32,
 }
 
 /// The evidence as stored with the assessment, for `refstream explain`.
@@ -643,6 +654,8 @@ fn evidence_json(e: &Evidence, email_domain: Option<&str>, component: &Component
         "other_accounts_on_referee_device": e.other_accounts_on_referee_device,
         "shared_payment_instrument": e.shared_payment_instrument,
         "ring_size": e.ring_size,
+        "probabilistic_match_pct": e.probabilistic_match_pct,
+        "network_clicks_on_code": e.network_clicks_on_code,
         "component": component.to_json(),
     })
 }

@@ -230,7 +230,11 @@ pub fn decide<'o>(
     let touch = if count == 1 {
         format!("only touch: {what}")
     } else {
-        format!("{}_touch: {what}, {} of {count} valid touches", rules.policy.as_str(), if rules.policy == TouchPolicy::First { "earliest" } else { "latest" })
+        format!(
+            "{}_touch: {what}, {} of {count} valid touches",
+            rules.policy.as_str(),
+            if rules.policy == TouchPolicy::First { "earliest" } else { "latest" }
+        )
     };
     let source = if t.click.is_some() { AttributionSource::Click } else { AttributionSource::Code };
     Decision::Attribute(Won { code: t.code, source, click: t.click, owner: o.clone(), touch })

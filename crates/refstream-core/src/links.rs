@@ -184,7 +184,10 @@ mod tests {
         let w = Duration::hours(1);
         assert_eq!(match_signals(&[cand("c1", "A", -30, false, Platform::Android)], Some(Platform::Ios), t(0), w, 50), None);
         assert_eq!(match_signals(&[cand("c1", "A", -3700, true, Platform::Ios)], Some(Platform::Ios), t(0), w, 50), None);
-        assert_eq!(match_signals(&[cand("c1", "A", -2000, true, Platform::Ios)], Some(Platform::Ios), t(0), w, 50).unwrap().confidence_pct, 80);
+        assert_eq!(
+            match_signals(&[cand("c1", "A", -2000, true, Platform::Ios)], Some(Platform::Ios), t(0), w, 50).unwrap().confidence_pct,
+            80
+        );
         let two = [cand("c1", "A", -30, true, Platform::Ios), cand("c2", "B", -20, true, Platform::Ios)];
         assert_eq!(match_signals(&two, Some(Platform::Ios), t(0), w, 50), None, "two referrers alike: 45 each");
         let m = match_signals(&two, Some(Platform::Ios), t(0), w, 40).unwrap();

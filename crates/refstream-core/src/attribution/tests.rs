@@ -22,7 +22,13 @@ fn rules(policy: TouchPolicy) -> TouchRules {
 }
 
 fn click(id: &str, code: &str, mins_before: i64) -> Click {
-    Click { click_id: id.into(), code: code.into(), clicked_at: at(T) - Duration::minutes(mins_before), expired: false, matched: ClickMatch::Exact }
+    Click {
+        click_id: id.into(),
+        code: code.into(),
+        clicked_at: at(T) - Duration::minutes(mins_before),
+        expired: false,
+        matched: ClickMatch::Exact,
+    }
 }
 
 fn reg<'a>(typed: Option<&'a str>, click_id: Option<&'a str>) -> Registration<'a> {

@@ -26,7 +26,7 @@ pub use rings::{ring_members, ComponentSummary, Components, Graph};
 
 /// The version of the rules below, recorded with every score. Change it with any change to a
 /// rule, weight or decision so that scores stay explainable.
-pub const RULE_VERSION: &str = "rules-2026.11.1";
+pub const RULE_VERSION: &str = "rules-2026.11.2";
 
 /// What the scorer knows about one referral, gathered from its tables.
 ///
@@ -59,6 +59,11 @@ pub struct Evidence {
     pub shared_payment_instrument: bool,
     /// Accounts in the referee's ring component (see [`ring_members`]); 0 when not in a ring.
     pub ring_size: u32,
+    /// The app got the referee's click id by a signal match, this sure (percent); `None` for
+    /// a code or a click id that came back as issued.
+    pub probabilistic_match_pct: Option<u8>,
+    /// Clicks on the referral's code from the referee click's network in the hour up to it.
+    pub network_clicks_on_code: u32,
 }
 
 /// The operator's thresholds and limits.
@@ -79,6 +84,8 @@ pub struct FraudPolicy {
     pub velocity_per_ip: u32,
     /// The window the velocity counts cover.
     pub velocity_window: Duration,
+    /// Clicks on one code from one network within an hour at which CLICK_FLOOD fires.
+    pub click_flood_per_network: u32,
 }
 
 impl Default for FraudPolicy {
@@ -91,6 +98,7 @@ impl Default for FraudPolicy {
             velocity_per_device: 3,
             velocity_per_ip: 20,
             velocity_window: Duration::hours(24),
+            click_flood_per_network: 20,
         }
     }
 }
@@ -122,6 +130,7 @@ impl FraudPolicy {
             ("velocity_per_referrer", self.velocity_per_referrer),
             ("velocity_per_device", self.velocity_per_device),
             ("velocity_per_ip", self.velocity_per_ip),
+            ("click_flood_per_network", self.click_flood_per_network),
         ] {
             if limit == 0 {
                 return Err(PolicyError::ZeroVelocityLimit(name));

@@ -22,6 +22,8 @@ pub const VELOCITY_REFERRER: &str = "VELOCITY_REFERRER";
 pub const SAME_IP: &str = "SAME_IP";
 pub const VELOCITY_IP: &str = "VELOCITY_IP";
 pub const SAME_IP_PREFIX: &str = "SAME_IP_PREFIX";
+pub const CLICK_FLOOD: &str = "CLICK_FLOOD";
+pub const PROBABILISTIC_ATTRIBUTION: &str = "PROBABILISTIC_ATTRIBUTION";
 
 /// Every rule, strongest first. Signals and reasons are reported in this order.
 pub const RULES: &[(&str, RuleFn)] = &[
@@ -35,9 +37,11 @@ pub const RULES: &[(&str, RuleFn)] = &[
     (VELOCITY_DEVICE, velocity_device),
     (DISPOSABLE_EMAIL, disposable_email),
     (VELOCITY_REFERRER, velocity_referrer),
+    (CLICK_FLOOD, click_flood),
     (SAME_IP, same_ip),
     (VELOCITY_IP, velocity_ip),
     (SAME_IP_PREFIX, same_ip_prefix),
+    (PROBABILISTIC_ATTRIBUTION, probabilistic_attribution),
 ];
 
 /// Rules that reject whatever the score and thresholds.
@@ -47,12 +51,36 @@ pub const ALWAYS_REJECT: &[&str] = &[SELF_REFERRAL];
 /// review, whatever the score and thresholds.
 pub const AT_LEAST_REVIEW: &[&str] = &[FRAUD_RING, EMAIL_VARIANT_OF_REFERRER, SAME_DEVICE, SHARED_PAYMENT_INSTRUMENT];
 
-/// Soft rules: IP addresses are shared by households, offices and carrier NAT, so these add to
-/// the score but never hold a referral on their own.
-pub const SOFT: &[&str] = &[SAME_IP, VELOCITY_IP, SAME_IP_PREFIX];
+/// Soft rules: IP addresses are shared by households, offices and carrier NAT, and a
+/// probabilistic attribution is how most app installs are matched, so these add to the score
+/// but never hold a referral on their own.
+pub const SOFT: &[&str] = &[SAME_IP, VELOCITY_IP, SAME_IP_PREFIX, PROBABILISTIC_ATTRIBUTION];
 
 fn signal(code: &'static str, weight: u8, detail: impl Into<String>) -> Option<Signal> {
     Some(Signal { code, weight, detail: detail.into() })
+}
+
+/// Many clicks on the referrer's link from one network in an hour: a click farm or a script
+/// pushing the link, whose signups are rarely real people.
+fn click_flood(e: &Evidence, p: &FraudPolicy) -> Option<Signal> {
+    if e.network_clicks_on_code < p.click_flood_per_network {
+        return None;
+    }
+    signal(
+        CLICK_FLOOD,
+        45,
+        format!(
+            "{} clicks on the referrer's link from the referee's network within an hour (limit {})",
+            e.network_clicks_on_code, p.click_flood_per_network
+        ),
+    )
+}
+
+/// The referee was matched to the click by signals only (IP, User-Agent, time), not by a click
+/// id that came back: the referrer may not be who brought them.
+fn probabilistic_attribution(e: &Evidence, _: &FraudPolicy) -> Option<Signal> {
+    let pct = e.probabilistic_match_pct?;
+    signal(PROBABILISTIC_ATTRIBUTION, 10, format!("attributed by a probabilistic signal match ({pct}% confidence), not an exact click id"))
 }
 
 fn self_referral(e: &Evidence, _: &FraudPolicy) -> Option<Signal> {
@@ -359,6 +387,8 @@ mod tests {
             other_accounts_on_referee_device: 5,
             shared_payment_instrument: true,
             ring_size: 9,
+            probabilistic_match_pct: Some(55),
+            network_clicks_on_code: 99,
         };
         let with_variants = Evidence { same_ip: true, email_matches_referrer: true, ..everything.clone() };
         for (code, rule) in RULES {

@@ -91,6 +91,19 @@ fn ip_signals_still_add_to_other_signals() {
 }
 
 #[test]
+fn a_probabilistic_match_alone_never_holds_and_a_click_flood_does() {
+    let probabilistic = Evidence { probabilistic_match_pct: Some(60), ..clean() };
+    let a = assess(&probabilistic, &strictest());
+    assert_eq!((a.reasons(), a.decision), (vec![PROBABILISTIC_ATTRIBUTION.to_owned()], Decision::Approve));
+    let flood = Evidence { network_clicks_on_code: 20, ..clean() };
+    let a = assess(&flood, &FraudPolicy::default());
+    assert_eq!((a.reasons(), a.score, a.decision), (vec![CLICK_FLOOD.to_owned()], 45, Decision::Review));
+    assert!(assess(&Evidence { network_clicks_on_code: 19, ..clean() }, &FraudPolicy::default()).signals.is_empty());
+    let both = Evidence { probabilistic_match_pct: Some(60), network_clicks_on_code: 25, ..clean() };
+    assert_eq!(assess(&both, &FraudPolicy::default()).score, 55);
+}
+
+#[test]
 fn self_referral_is_always_rejected() {
     let e = Evidence { referee_id: "referrer".into(), ..clean() };
     for policy in [FraudPolicy::default(), most_lenient()] {
@@ -161,6 +174,8 @@ fn any_evidence() -> impl Strategy<Value = Evidence> {
             registrations_from_ip_in_window: counts.2,
             other_accounts_on_referee_device: counts.3,
             ring_size: if flags[7] { counts.4 } else { 0 },
+            probabilistic_match_pct: flags[1].then_some(60),
+            network_clicks_on_code: counts.2,
         })
 }
 
@@ -174,6 +189,7 @@ fn any_policy() -> impl Strategy<Value = FraudPolicy> {
             velocity_per_device: per_device,
             velocity_per_ip: per_ip,
             velocity_window: Duration::hours(hours),
+            click_flood_per_network: 20,
         },
     )
 }
