@@ -21,7 +21,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --bins --locked \
     && mkdir -p /out \
     && cp target/release/attribution target/release/fraud-scorer target/release/reward-engine \
-          target/release/outbox-relay target/release/refstream /out/
+          target/release/outbox-relay target/release/links target/release/refstream /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts or stops the local stack: a throwaway Postgres (scripts/pg.sh), the devbroker and the
-# four workers as separate processes. State lives in .local/ (git-ignored).
+# Starts or stops the local stack: a throwaway Postgres (scripts/pg.sh), the devbroker, the
+# four workers and the links service (http://127.0.0.1:8080, plain HTTP: cookies not Secure) as
+# separate processes. State lives in .local/ (git-ignored).
 #   scripts/fleet.sh up     start everything, write .local/fleet.env
 #   scripts/fleet.sh down   stop everything this script started
 #   FLEET_SKIP="w1 w2"      workers `up` does not start (e.g. fraud-scorer, for
@@ -10,6 +11,9 @@ cd "$(dirname "$0")/.."
 BIN=${FLEET_BIN:-${CARGO_TARGET_DIR:-target}/debug}
 LOCAL=.local
 mkdir -p "$LOCAL/logs"
+
+# Metrics ports 9101.. in this order.
+SERVICES="attribution fraud-scorer reward-engine outbox-relay links"
 
 skipped() { case " ${FLEET_SKIP:-} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
@@ -32,31 +36,31 @@ ENV
   source "$LOCAL/fleet.env"
   "$BIN/refstream" migrate >/dev/null
   port=9101
-  for w in attribution fraud-scorer reward-engine outbox-relay; do
+  for w in $SERVICES; do
     if skipped "$w"; then rm -f "$LOCAL/$w.pid"; port=$((port + 1)); continue; fi
-    REFSTREAM__METRICS__LISTEN=127.0.0.1:$port "$BIN/$w" >"$LOCAL/logs/$w.log" 2>&1 &
+    REFSTREAM__METRICS__LISTEN=127.0.0.1:$port REFSTREAM__LINKS__COOKIE_SECURE=false "$BIN/$w" >"$LOCAL/logs/$w.log" 2>&1 &
     echo $! >"$LOCAL/$w.pid"
     port=$((port + 1))
   done
-  for w in attribution fraud-scorer reward-engine outbox-relay; do
+  for w in $SERVICES; do
     skipped "$w" && continue
-    port=$((9101 + $(echo "attribution fraud-scorer reward-engine outbox-relay" | tr ' ' '\n' | grep -n "^$w$" | cut -d: -f1) - 1))
+    port=$((9101 + $(echo "$SERVICES" | tr ' ' '\n' | grep -n "^$w$" | cut -d: -f1) - 1))
     for _ in $(seq 1 150); do
       curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
       kill -0 "$(cat "$LOCAL/$w.pid")" 2>/dev/null || { echo "$w exited: see $LOCAL/logs/$w.log" >&2; tail -5 "$LOCAL/logs/$w.log" >&2; exit 1; }
       sleep 0.2
     done
   done
-  echo "fleet up: broker $(cat "$LOCAL/broker.addr"), logs in $LOCAL/logs/"
+  echo "fleet up: broker $(cat "$LOCAL/broker.addr"), links http://127.0.0.1:8080, logs in $LOCAL/logs/"
 }
 
 down() {
-  for w in attribution fraud-scorer reward-engine outbox-relay devbroker; do
+  for w in $SERVICES devbroker; do
     if [ -f "$LOCAL/$w.pid" ]; then
       kill -TERM "$(cat "$LOCAL/$w.pid")" 2>/dev/null || true
     fi
   done
-  for w in attribution fraud-scorer reward-engine outbox-relay devbroker; do
+  for w in $SERVICES devbroker; do
     if [ -f "$LOCAL/$w.pid" ]; then
       pid=$(cat "$LOCAL/$w.pid")
       for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
