@@ -21,6 +21,11 @@ struct Referral {
     status: String,
     cleared_by_review: bool,
     created_at: DateTime<Utc>,
+    click_id: Option<String>,
+    click_match: Option<String>,
+    match_confidence: Option<Decimal>,
+    touch: Option<String>,
+    network_clicks: Option<i32>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -58,7 +63,7 @@ fn time(t: DateTime<Utc>) -> String {
 /// Finds the referral by id, or by its referee's user id.
 async fn find(pool: &PgPool, id: &str) -> anyhow::Result<Referral> {
     const COLUMNS: &str = "referral_id, referrer_id, referee_id, code, campaign_id, attribution, referee_registered_at, \
-                           status, cleared_by_review, created_at";
+                           status, cleared_by_review, created_at, click_id, click_match, match_confidence, touch, network_clicks";
     let by_id = match Uuid::parse_str(id.trim()) {
         Ok(uuid) => {
             sqlx::query_as::<_, Referral>(&format!("SELECT {COLUMNS} FROM referrals WHERE referral_id = $1"))
@@ -84,6 +89,15 @@ pub async fn run(pool: &PgPool, id: &str) -> anyhow::Result<()> {
     println!("referrer    {}", r.referrer_id);
     println!("referee     {} (registered {})", r.referee_id, time(r.referee_registered_at));
     println!("attributed  by {} {} in campaign {} (recorded {})", r.attribution.to_lowercase(), r.code, r.campaign_id, time(r.created_at));
+    if let Some(click) = &r.click_id {
+        let how = r.click_match.as_deref().unwrap_or("exact");
+        let sure = r.match_confidence.filter(|_| how == "probabilistic").map(|c| format!(", confidence {c}")).unwrap_or_default();
+        let net = r.network_clicks.map(|n| format!("; {n} clicks on the link from its network in the hour up to it")).unwrap_or_default();
+        println!("click       {click} ({how} match{sure}){net}");
+    }
+    if let Some(touch) = &r.touch {
+        println!("touch       {touch}");
+    }
     let cleared = if r.cleared_by_review { " (cleared by a reviewer)" } else { "" };
     println!("status      {}{cleared}", r.status);
 
