@@ -11,6 +11,19 @@ scripts/pg.sh start
 # shellcheck disable=SC1091
 source .local/pg.env
 export REFSTREAM_TEST_DATABASE_URL="$DATABASE_URL"
+# The browser test (tests/links.rs) follows a referral link in Debian's Chromium, headless.
+if ! command -v chromium >/dev/null 2>&1; then
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "test.sh: error: chromium is not installed and we are not root (no sudo)" >&2; exit 1; }
+    sudo=(sudo)
+  fi
+  echo "test.sh: chromium not found; installing it for the browser test:" >&2
+  echo "test.sh: + apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium" >&2
+  "${sudo[@]}" apt-get update
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+  command -v chromium >/dev/null 2>&1 || { echo "test.sh: error: installed chromium but it is not on PATH" >&2; exit 1; }
+fi
 cargo build --workspace --bins
 if [ -z "${ONLY_FAULTS:-}" ]; then
   # docker-compose.yml cannot run here (no Docker engine): at least check that it parses.

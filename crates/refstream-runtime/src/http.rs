@@ -45,12 +45,18 @@ async fn metrics() -> String {
     crate::metrics::render()
 }
 
+/// `/healthz` and `/metrics` as a router of their own, for a service that also serves them
+/// beside its own routes.
+pub fn routes(health: Health) -> Router {
+    Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(health)
+}
+
 /// Binds `addr` and serves until `stop` is cancelled. Binding fails at start, naming the address.
 pub async fn serve(addr: SocketAddr, health: Health, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on metrics.listen = {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    let app = Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(health);
+    let app = routes(health);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
     });
