@@ -130,8 +130,11 @@ async fn a_link_click_attributes_the_signup_and_its_reward_arrives() {
     eventually(Duration::from_secs(60), "dan attributed, marked probabilistic", || {
         let pool = pool.clone();
         async move {
-            count(&pool, "SELECT count(*) FROM referrals WHERE referee_id = 'dan' AND referrer_id = 'ana' AND click_match = 'probabilistic'")
-                .await
+            count(
+                &pool,
+                "SELECT count(*) FROM referrals WHERE referee_id = 'dan' AND referrer_id = 'ana' AND click_match = 'probabilistic'",
+            )
+            .await
                 == 1
         }
     })
@@ -139,7 +142,8 @@ async fn a_link_click_attributes_the_signup_and_its_reward_arrives() {
     eventually(Duration::from_secs(60), "dan's assessment weighs the probabilistic match", || {
         let pool = pool.clone();
         async move {
-            count(&pool, "SELECT count(*) FROM assessments WHERE referee_id = 'dan' AND 'PROBABILISTIC_ATTRIBUTION' = ANY(reasons)").await == 1
+            count(&pool, "SELECT count(*) FROM assessments WHERE referee_id = 'dan' AND 'PROBABILISTIC_ATTRIBUTION' = ANY(reasons)").await
+                == 1
         }
     })
     .await;

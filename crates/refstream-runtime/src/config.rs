@@ -305,13 +305,21 @@ impl Settings {
             return Err(ConfigError::new("fraud.click_flood_per_network", "must be at least 2"));
         }
         let l = &self.links;
-        for (name, url) in
-            [("web", &l.destinations.web), ("desktop", &l.destinations.desktop), ("ios", &l.destinations.ios), ("android", &l.destinations.android)]
-        {
+        for (name, url) in [
+            ("web", &l.destinations.web),
+            ("desktop", &l.destinations.desktop),
+            ("ios", &l.destinations.ios),
+            ("android", &l.destinations.android),
+        ] {
             let ok = url.is_empty()
-                || ((url.starts_with("https://") || url.starts_with("http://")) && !url.contains(char::is_whitespace) && !url.contains('#'));
+                || ((url.starts_with("https://") || url.starts_with("http://"))
+                    && !url.contains(char::is_whitespace)
+                    && !url.contains('#'));
             if !ok {
-                return Err(ConfigError::new(&format!("links.destinations.{name}"), format!("`{url}` is not an http(s) URL without a fragment")));
+                return Err(ConfigError::new(
+                    &format!("links.destinations.{name}"),
+                    format!("`{url}` is not an http(s) URL without a fragment"),
+                ));
             }
         }
         if l.rate_limit_per_ip_per_min < 1 || l.rate_limit_per_code_per_min < 1 {

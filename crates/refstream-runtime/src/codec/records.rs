@@ -5,8 +5,8 @@ use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
 use refstream_core::campaign::Role;
 use refstream_core::events::{
-    AttributionSource, DepositCompleted, DepositReversed, RawUserRegistered, ReferralAttributed, ReferralClicked, ReferralScored, ReversalReason,
-    ReviewDecided, RewardGranted, RewardReversed, UserRegistered, MAX_SHORT_TEXT,
+    AttributionSource, DepositCompleted, DepositReversed, RawUserRegistered, ReferralAttributed, ReferralClicked, ReferralScored,
+    ReversalReason, ReviewDecided, RewardGranted, RewardReversed, UserRegistered, MAX_SHORT_TEXT,
 };
 use refstream_core::validate::{check_text, FieldError};
 use refstream_core::{Currency, Money, UserId};
