@@ -215,3 +215,18 @@ async fn how_a_referral_was_attributed_reaches_the_fraud_scorer() {
         sqlx::query_scalar("SELECT decision FROM assessments WHERE referee_id = 'e2'").fetch_one(&h.db.pool).await.unwrap();
     assert_eq!(decision, "REVIEW");
 }
+
+#[tokio::test]
+async fn codes_of_a_campaign_limited_program_expire() {
+    let mut h = Harness::new(&[("REFSTREAM__CAMPAIGN__CODE_VALID_DAYS", "1")]).await;
+    h.register("r1", None, None, t0() - Duration::days(2)).await;
+    h.register("r2", None, None, t0() - Duration::hours(12)).await;
+    let expires: DateTime<Utc> =
+        sqlx::query_scalar("SELECT expires_at FROM referral_codes WHERE user_id = 'r1'").fetch_one(&h.db.pool).await.unwrap();
+    assert_eq!(expires, t0() - Duration::days(1), "a day after its owner registered");
+    let (old, fresh) = (h.code_of("r1").await, h.code_of("r2").await);
+    h.register("e1", Some(&old), None, t0()).await;
+    assert_eq!(h.referral("e1").await, None, "the code expired before e1 registered");
+    h.register("e2", Some(&fresh), None, t0()).await;
+    assert_eq!(h.referral("e2").await.map(|r| r.0).as_deref(), Some("r2"));
+}

@@ -43,6 +43,8 @@ pub struct Attribution {
     topic_out: String,
     campaign_id: String,
     rules: TouchRules,
+    /// How long a minted code attributes (`None`: for ever).
+    code_validity: Option<chrono::Duration>,
     /// Key of the HMAC that turns emails and IPs into stored hashes.
     hash_key: SecretString,
 }
@@ -81,6 +83,7 @@ impl Attribution {
             topic_out: settings.topics.referral_attributed.clone(),
             campaign_id: settings.campaign.id.clone(),
             rules: settings.touch_rules()?,
+            code_validity: settings.code_validity(),
             hash_key: settings.fraud.hash_key.clone(),
         })
     }
@@ -108,7 +111,7 @@ impl Attribution {
         let rows: Vec<UserRow> = events.iter().filter(|e| first.insert(e.user_id.as_str())).map(|e| self.user_row(e)).collect();
         let inserted = insert_users(conn, &rows).await?;
         let fresh: Vec<&UserRegistered> = rows.iter().map(|r| r.event).filter(|e| inserted.contains(e.user_id.as_str())).collect();
-        mint_codes(conn, &fresh, &self.campaign_id).await?;
+        mint_codes(conn, &fresh, &self.campaign_id, self.code_validity).await?;
         let pending: Vec<Waiting> = fresh
             .iter()
             .map(|e| Waiting {
@@ -267,20 +270,26 @@ async fn insert_users(conn: &mut PgConnection, rows: &[UserRow<'_>]) -> sqlx::Re
 
 /// Gives each of `users` a fresh code, drawing again for the (rare: 1 in 2^40 per existing
 /// code) collision.
-async fn mint_codes(conn: &mut PgConnection, users: &[&UserRegistered], campaign_id: &str) -> sqlx::Result<()> {
+async fn mint_codes(
+    conn: &mut PgConnection,
+    users: &[&UserRegistered],
+    campaign_id: &str,
+    validity: Option<chrono::Duration>,
+) -> sqlx::Result<()> {
     let mut pending: Vec<&UserRegistered> = users.to_vec();
     while !pending.is_empty() {
         let mut draws: Vec<(String, &UserRegistered)> = pending.iter().map(|u| (code::mint(), *u)).collect();
         draws.sort_by(|a, b| a.0.cmp(&b.0));
         let minted: HashSet<String> = sqlx::query_scalar(
-            "INSERT INTO referral_codes (code, user_id, campaign_id, created_at) \
-             SELECT c, u, $3, t FROM unnest($1::text[], $2::text[], $4::timestamptz[]) AS d(c, u, t) \
+            "INSERT INTO referral_codes (code, user_id, campaign_id, created_at, expires_at) \
+             SELECT c, u, $3, t, x FROM unnest($1::text[], $2::text[], $4::timestamptz[], $5::timestamptz[]) AS d(c, u, t, x) \
              ON CONFLICT (code) DO NOTHING RETURNING user_id",
         )
         .bind(draws.iter().map(|d| d.0.clone()).collect::<Vec<_>>())
         .bind(draws.iter().map(|d| d.1.user_id.to_string()).collect::<Vec<_>>())
         .bind(campaign_id)
         .bind(draws.iter().map(|d| d.1.occurred_at).collect::<Vec<_>>())
+        .bind(draws.iter().map(|d| validity.map(|v| d.1.occurred_at + v)).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?
         .into_iter()

@@ -142,6 +142,9 @@ pub struct CampaignSettings {
     pub fraud_after_payment_review: String,
     /// Which touch wins when a registration has several (a typed code, clicks): `first` or `last`.
     pub touch: String,
+    /// Codes minted from now on stop attributing this many days after their owner registered
+    /// (`referral_codes.expires_at`); 0: they never expire.
+    pub code_valid_days: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -354,6 +357,11 @@ impl Settings {
         })
     }
 
+    /// How long a minted code attributes, `None` for ever (`campaign.code_valid_days`).
+    pub fn code_validity(&self) -> Option<chrono::Duration> {
+        (self.campaign.code_valid_days > 0).then(|| chrono::Duration::days(self.campaign.code_valid_days))
+    }
+
     /// The address the links service listens on.
     pub fn links_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.links.listen.parse().map_err(|e| ConfigError::new("links.listen", format!("`{}` is not host:port: {e}", self.links.listen)))
@@ -417,6 +425,9 @@ impl Settings {
         }
         if c.id.trim().is_empty() {
             return Err(ConfigError::new("campaign.id", "is empty"));
+        }
+        if c.code_valid_days < 0 {
+            return Err(ConfigError::new("campaign.code_valid_days", "must not be negative (0: codes never expire)"));
         }
         Ok(Campaign {
             id: c.id.clone(),
