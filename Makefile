@@ -15,6 +15,12 @@ test:
 bench:
 	scripts/bench.sh $(BENCH_ARGS)
 
+# refstream through a Kafka-compatible broker its tests never use (Tansu, from PyPI), driven by a
+# pure-Python client: 20,000 deposits at once must come back as 20,000 RewardGranted, each once.
+.PHONY: trial-outside
+trial-outside:
+	scripts/outside-broker.sh $(TRIAL_ARGS)
+
 # The full fault-injection suite: every scenario, over a hundred kills.
 test-faults:
 	ONLY_FAULTS=1 FAULT_SCALE=9 scripts/test.sh

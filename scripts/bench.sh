@@ -3,13 +3,19 @@
 # (settlement delay 0), then refstream-bench: registrations, a burst of qualifying deposits, a
 # paced load, read back from Kafka, and pgbench on the same Postgres with the same reward
 # transaction once per event and in batches of 100. Prints one table; stops everything.
+#   BENCH_BROKER=tansu   run against Tansu (scripts/tansu.sh), an independent Kafka-compatible
+#                        broker, instead of the devbroker (librdkafka's mock cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bins
 REL=${CARGO_TARGET_DIR:-target}/release
-trap 'scripts/fleet.sh down' EXIT
+trap 'scripts/fleet.sh down; scripts/tansu.sh stop' EXIT
 scripts/pg.sh destroy >/dev/null 2>&1 || true
 export REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS=0
+if [ "${BENCH_BROKER:-devbroker}" = tansu ]; then
+  export FLEET_BROKER
+  FLEET_BROKER=$(scripts/tansu.sh start)
+fi
 FLEET_BIN=$REL scripts/fleet.sh up
 # shellcheck disable=SC1091
 source .local/fleet.env

@@ -4,6 +4,8 @@
 # separate processes. State lives in .local/ (git-ignored).
 #   scripts/fleet.sh up     start everything, write .local/fleet.env
 #   scripts/fleet.sh down   stop everything this script started
+#   FLEET_BROKER=host:port  use that Kafka-protocol broker (topics already created) instead of
+#                           starting the devbroker
 #   FLEET_SKIP="w1 w2"      workers `up` does not start (e.g. fraud-scorer, for
 #                           `refstream fraud-eval --scorer-delay`, which starts it later)
 set -euo pipefail
@@ -22,8 +24,12 @@ up() {
   # shellcheck disable=SC1091
   source "$LOCAL/pg.env"
   rm -f "$LOCAL/broker.addr"
-  "$BIN/devbroker" --bootstrap-file "$LOCAL/broker.addr" >"$LOCAL/logs/devbroker.log" 2>&1 &
-  echo $! >"$LOCAL/devbroker.pid"
+  if [ -n "${FLEET_BROKER:-}" ]; then
+    echo "$FLEET_BROKER" >"$LOCAL/broker.addr"
+  else
+    "$BIN/devbroker" --bootstrap-file "$LOCAL/broker.addr" >"$LOCAL/logs/devbroker.log" 2>&1 &
+    echo $! >"$LOCAL/devbroker.pid"
+  fi
   for _ in $(seq 1 100); do [ -s "$LOCAL/broker.addr" ] && break; sleep 0.1; done
   [ -s "$LOCAL/broker.addr" ] || { echo "devbroker did not start: see $LOCAL/logs/devbroker.log" >&2; exit 1; }
   cat >"$LOCAL/fleet.env" <<ENV
