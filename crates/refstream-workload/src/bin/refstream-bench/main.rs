@@ -179,6 +179,10 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
 
+    let counted = rewards::tally(&[&burst, &paced]);
+    if counted.reread > 0 {
+        println!("(the paced reader started {} records early: the broker's end offsets lagged what it had served)", counted.reread);
+    }
     let m = Measured {
         referrers: args.referrers,
         referees,
@@ -195,9 +199,9 @@ async fn main() -> anyhow::Result<()> {
         peak,
         postgres: pg_before.zip(pg_after),
         expected: referees,
-        distinct: burst.reward_ids.len() + paced.reward_ids.len(),
-        repeated_events: burst.repeated_events + paced.repeated_events,
-        repeated_rewards: burst.repeated_rewards + paced.repeated_rewards,
+        distinct: counted.distinct,
+        repeated_events: counted.repeated_events,
+        repeated_rewards: counted.repeated_rewards,
         rows,
         doubles,
     };

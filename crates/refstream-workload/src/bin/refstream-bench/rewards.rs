@@ -27,6 +27,42 @@ pub struct Arrivals {
     pub repeated_events: usize,
     /// Records with a new event id but a reward id already seen (a reward announced twice).
     pub repeated_rewards: usize,
+    /// Every record read: (event id, reward id, partition, offset).
+    pub records: Vec<(Uuid, Uuid, i32, i64)>,
+}
+
+/// Rewards counted over several phases' readers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub distinct: usize,
+    /// A record at a new position with an event id already read: a relay resend.
+    pub repeated_events: usize,
+    /// A new event id for a reward id already read: a reward announced twice.
+    pub repeated_rewards: usize,
+    /// The same record (same partition and offset) read again by a later phase's reader,
+    /// which started at an end offset the broker reported behind what it had already served.
+    pub reread: usize,
+}
+
+/// Counts the records of every phase once: a record at a position already read is a re-read,
+/// not a second delivery.
+pub fn tally(phases: &[&Arrivals]) -> Tally {
+    let mut positions: HashSet<(i32, i64)> = HashSet::new();
+    let mut events: HashSet<Uuid> = HashSet::new();
+    let mut rewards: HashSet<Uuid> = HashSet::new();
+    let mut t = Tally::default();
+    for (event, reward, partition, offset) in phases.iter().flat_map(|p| &p.records) {
+        if !positions.insert((*partition, *offset)) {
+            t.reread += 1;
+        } else if !events.insert(*event) {
+            t.repeated_events += 1;
+        } else if !rewards.insert(*reward) {
+            t.repeated_rewards += 1;
+        } else {
+            t.distinct += 1;
+        }
+    }
+    t
 }
 
 /// A reader of reward-granted assigned to every partition at its current end, fetching with a
@@ -62,6 +98,7 @@ pub fn read(consumer: &BaseConsumer, want: usize, timeout: Duration) -> Arrivals
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else { continue };
         let now = Utc::now();
         let Ok(g) = decoder.decode::<RewardGranted>(m.payload().unwrap_or_default(), now) else { continue };
+        got.records.push((g.event_id, g.reward_id, m.partition(), m.offset()));
         if !events.insert(g.event_id) {
             got.repeated_events += 1;
         } else if !got.reward_ids.insert(g.reward_id) {
@@ -85,4 +122,17 @@ pub fn percentiles(sent: &HashMap<String, DateTime<Utc>>, got: &Arrivals) -> Opt
     ms.sort_unstable();
     let rank = |q: usize| ms[(ms.len() * q).div_ceil(100).clamp(1, ms.len()) - 1];
     Some((rank(50), rank(99)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_read_again_at_its_position_is_not_a_second_delivery() {
+        let (e1, e2, e3, r1, r2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let burst = Arrivals { records: vec![(e1, r1, 0, 10)], ..Arrivals::default() };
+        let paced = Arrivals { records: vec![(e1, r1, 0, 10), (e1, r1, 0, 11), (e2, r1, 1, 3), (e3, r2, 1, 4)], ..Arrivals::default() };
+        assert_eq!(tally(&[&burst, &paced]), Tally { distinct: 2, repeated_events: 1, repeated_rewards: 1, reread: 1 });
+    }
 }
