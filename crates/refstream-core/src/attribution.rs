@@ -172,9 +172,12 @@ pub fn decide<'o>(
     rules: TouchRules,
 ) -> Decision {
     let typed = reg.typed_code.and_then(code::normalize);
-    if reg.click_id.is_some() && carried.is_none() && (typed.is_none() || rules.policy == TouchPolicy::First) {
-        // Under `last` a typed code is the latest touch whatever the click; otherwise the click
-        // may win, so the registration waits for it rather than being decided without it.
+    let typed_attributes =
+        typed.as_deref().and_then(&owner).is_some_and(|o| o.user_id != reg.user_id && o.expires_at.is_none_or(|x| x >= reg.registered_at));
+    if reg.click_id.is_some() && carried.is_none() && (!typed_attributes || rules.policy == TouchPolicy::First) {
+        // Under `last` a typed code that attributes is the latest touch whatever the click;
+        // otherwise the click may win, so the registration waits for it rather than being
+        // decided without it (the same outcome whichever of the two is read first).
         return Decision::AwaitClick;
     }
     let mut failed = if reg.typed_code.is_some() && typed.is_none() { Some(NoReferral::UnknownCode) } else { None };
@@ -227,7 +230,9 @@ pub fn decide<'o>(
         Some(c) => format!("click {} ({})", c.click_id, c.matched.as_str()),
         None => "code typed at registration".to_owned(),
     };
-    let touch = if count == 1 {
+    let touch = if let (Some(id), None) = (reg.click_id, carried) {
+        format!("last_touch: {what}, over click {id} not recorded yet (a code typed at signup is later than any click)")
+    } else if count == 1 {
         format!("only touch: {what}")
     } else {
         format!(

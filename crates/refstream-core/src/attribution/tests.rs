@@ -98,7 +98,40 @@ fn a_click_outside_the_window_attributes_nothing() {
 fn an_unrecorded_click_waits_unless_a_typed_code_wins_anyway() {
     assert_eq!(run(reg(None, Some("c9")), None, &[], TouchPolicy::Last), Decision::AwaitClick);
     assert_eq!(run(reg(Some(CODE_A), Some("c9")), None, &[], TouchPolicy::First), Decision::AwaitClick);
-    assert_eq!(won(run(reg(Some(CODE_A), Some("c9")), None, &[], TouchPolicy::Last)).owner.user_id, "ra");
+    let early = won(run(reg(Some(CODE_A), Some("c9")), None, &[], TouchPolicy::Last));
+    assert_eq!(early.owner.user_id, "ra");
+    assert!(early.touch.contains("over click c9 not recorded yet"), "{}", early.touch);
+    // A typed code that cannot attribute (nobody's, the user's own) does not stop the wait.
+    assert_eq!(run(reg(Some("ZZZZ9999"), Some("c9")), None, &[], TouchPolicy::Last), Decision::AwaitClick);
+    let own = Registration { user_id: "ra", ..reg(Some(CODE_A), Some("c9")) };
+    assert_eq!(run(own, None, &[], TouchPolicy::Last), Decision::AwaitClick);
+}
+
+proptest! {
+    /// A registration decided when its click lands is decided as if the click had been there
+    /// from the start: waiting never changes the outcome.
+    #[test]
+    fn waiting_for_the_click_decides_as_having_it(
+        typed in proptest::sample::select(vec![None, Some(CODE_A), Some("ZZZZ9999"), Some("bad!")]),
+        mins in -9i64..20_000,
+        first in any::<bool>(),
+        own in any::<bool>(),
+    ) {
+        let policy = if first { TouchPolicy::First } else { TouchPolicy::Last };
+        let c = click("c1", CODE_B, mins);
+        let user = if own { "rb" } else { "u1" };
+        let r = Registration { user_id: user, ..reg(typed, Some("c1")) };
+        let with_click = run(r, Some(&c), &[], policy);
+        // The winner is the same; only the recorded explanation says the click was not known.
+        let winner = |d: Decision| match d {
+            Decision::Attribute(w) => Ok((w.code, w.source, w.click, w.owner)),
+            other => Err(other),
+        };
+        match run(r, None, &[], policy) {
+            Decision::AwaitClick => {}
+            early => prop_assert_eq!(winner(early), winner(with_click)),
+        }
+    }
 }
 
 #[test]
