@@ -7,8 +7,22 @@ cargo build --bins
 trap 'scripts/fleet.sh down' EXIT
 # The demo settles rewards 2 s after their deposit (production default: 30 s).
 export REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS=2
+# Where the links service sends phones (a real deployment names its store pages here).
+export REFSTREAM__LINKS__DESTINATIONS__IOS=https://apps.apple.com/app/id0000000000
+export REFSTREAM__LINKS__DESTINATIONS__ANDROID=https://play.google.com/store/apps/details?id=example.app
 scripts/pg.sh destroy >/dev/null 2>&1 || true
 scripts/fleet.sh up
 # shellcheck disable=SC1091
 source .local/fleet.env
 "${CARGO_TARGET_DIR:-target}/debug/refstream" demo "$@"
+
+# A referral link, as a phone opens it, and the app's deferred-attribution claim on first open.
+IPHONE='Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148'
+code=$(psql "$REFSTREAM__DATABASE__URL" -AtXq -c "SELECT code FROM referral_codes ORDER BY created_at LIMIT 1")
+echo
+echo "== a referral link: GET http://127.0.0.1:8080/r/$code from an iPhone =="
+curl -s -o /dev/null -A "$IPHONE" -w '%{http_code} -> %{redirect_url}\n' "http://127.0.0.1:8080/r/$code"
+echo "== the app's first open: POST /v1/attribution/claim with its signals only =="
+curl -s -X POST -H 'Content-Type: application/json' -d "{\"platform\": \"ios\", \"user_agent\": \"$IPHONE\"}" \
+  http://127.0.0.1:8080/v1/attribution/claim
+echo
