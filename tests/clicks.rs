@@ -23,6 +23,14 @@ struct Harness {
     offset: i64,
 }
 
+/// A click id of the shape the links service issues, from a readable name (distinct names give
+/// distinct ids).
+fn cid(name: &str) -> String {
+    let digits: String = name.bytes().map(|b| char::from(b'0' + b % 10)).collect();
+    let hash = name.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    format!("c_{:0>26}", format!("{}{}", hash % 1_000_000_000, digits).chars().take(26).collect::<String>())
+}
+
 /// Registration time of the referees: a whole second (timestamps round-trip through millis).
 fn t0() -> DateTime<Utc> {
     (Utc::now() - Duration::days(1)).duration_trunc(Duration::seconds(1)).unwrap()
@@ -128,6 +136,11 @@ impl Harness {
             .unwrap()
     }
 
+    /// How attribution decided `user` (`users.attribution`).
+    async fn attribution_of(&self, user: &str) -> String {
+        sqlx::query_scalar("SELECT attribution FROM users WHERE user_id = $1").bind(user).fetch_one(&self.db.pool).await.unwrap()
+    }
+
     async fn reasons(&self, referee: &str) -> Vec<String> {
         sqlx::query_scalar("SELECT reasons FROM assessments WHERE referee_id = $1").bind(referee).fetch_one(&self.db.pool).await.unwrap()
     }
@@ -139,22 +152,27 @@ async fn a_registration_waits_for_its_click_and_is_attributed_when_it_lands() {
     h.register("r1", None, None, t0() - Duration::days(1)).await;
     let code = h.code_of("r1").await;
     // The app registered before the click it carries was recorded.
-    h.register("e1", None, Some("c-late"), t0()).await;
-    h.register("e2", None, Some("c-too-late"), t0()).await;
+    h.register("e1", None, Some(cid("c-late").as_str()), t0()).await;
+    h.register("e2", None, Some(cid("c-too-late").as_str()), t0()).await;
     assert_eq!(h.referral("e1").await, None, "nothing to attribute yet");
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM users WHERE click_id IS NOT NULL").await, 2, "both wait, with their click ids");
 
-    h.click("c-late", &code, t0() + Duration::minutes(3), "net-a").await;
+    h.click(&cid("c-late"), &code, t0() + Duration::minutes(3), "net-a").await;
     let (referrer, source, click, matched, touch) = h.referral("e1").await.expect("attributed when the click landed");
-    assert_eq!((referrer.as_str(), source.as_str(), click.as_deref(), matched.as_deref()), ("r1", "CLICK", Some("c-late"), Some("exact")));
-    assert_eq!(touch, "only touch: click c-late (exact)");
+    assert_eq!(
+        (referrer.as_str(), source.as_str(), click.as_deref(), matched.as_deref()),
+        ("r1", "CLICK", Some(cid("c-late").as_str()), Some("exact"))
+    );
+    assert_eq!(touch, format!("only touch: click {} (exact)", cid("c-late")));
+    assert_eq!(h.attribution_of("e1").await, "attributed");
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM assessments WHERE referee_id = 'e1'").await, 1, "announced and scored");
 
     // Recorded 11 minutes after the registration: beyond attribution.click_wait_secs.
-    h.click("c-too-late", &code, t0() + Duration::minutes(11), "net-b").await;
+    h.click(&cid("c-too-late"), &code, t0() + Duration::minutes(11), "net-b").await;
     assert_eq!(h.referral("e2").await, None);
+    assert_eq!(h.attribution_of("e2").await, "click_outside_window", "decided, with the reason");
     // Neither the same click again nor a re-delivery attributes anything twice.
-    h.click("c-late-2", &code, t0() + Duration::minutes(4), "net-a").await;
+    h.click(&cid("c-late-2"), &code, t0() + Duration::minutes(4), "net-a").await;
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM referrals").await, 1);
 }
 
@@ -165,15 +183,15 @@ async fn the_touch_policy_and_the_click_window_decide_between_touches() {
         h.register("ra", None, None, t0() - Duration::days(2)).await;
         h.register("rb", None, None, t0() - Duration::days(2)).await;
         let (code_a, code_b) = (h.code_of("ra").await, h.code_of("rb").await);
-        h.click("c-b", &code_b, t0() - Duration::hours(5), "net-b").await;
-        h.register("e1", Some(&code_a), Some("c-b"), t0()).await;
+        h.click(&cid("c-b"), &code_b, t0() - Duration::hours(5), "net-b").await;
+        h.register("e1", Some(&code_a), Some(cid("c-b").as_str()), t0()).await;
         let (referrer, _, _, _, touch) = h.referral("e1").await.unwrap();
         assert_eq!(referrer, winner, "touch = {policy}: {touch}");
         assert!(touch.starts_with(&format!("{policy}_touch:")), "{touch}");
 
         // A click older than attribution.click_window_days (7) attributes nothing.
-        h.click("c-old", &code_b, t0() - Duration::days(7) - Duration::minutes(1), "net-c").await;
-        h.register("e2", None, Some("c-old"), t0()).await;
+        h.click(&cid("c-old"), &code_b, t0() - Duration::days(7) - Duration::minutes(1), "net-c").await;
+        h.register("e2", None, Some(cid("c-old").as_str()), t0()).await;
         assert_eq!(h.referral("e2").await, None);
     }
 }
@@ -183,16 +201,15 @@ async fn how_a_referral_was_attributed_reaches_the_fraud_scorer() {
     let mut h = Harness::new(&[]).await;
     h.register("r1", None, None, t0() - Duration::days(1)).await;
     let code = h.code_of("r1").await;
-    h.click("c-app", &code, t0() - Duration::minutes(30), "net-a").await;
+    h.click(&cid("c-app"), &code, t0() - Duration::minutes(30), "net-a").await;
     // The app was handed c-app by a signal match (POST /v1/attribution/claim), 60% sure.
-    sqlx::query(
-        "INSERT INTO click_claims (claim_id, click_id, method, confidence, candidates) VALUES ($1, 'c-app', 'probabilistic', 0.60, 1)",
-    )
-    .bind(Uuid::new_v4())
-    .execute(&h.db.pool)
-    .await
-    .unwrap();
-    h.register("e1", None, Some("c-app"), t0()).await;
+    sqlx::query("INSERT INTO click_claims (claim_id, click_id, method, confidence, candidates) VALUES ($1, $2, 'probabilistic', 0.60, 1)")
+        .bind(Uuid::new_v4())
+        .bind(cid("c-app"))
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    h.register("e1", None, Some(cid("c-app").as_str()), t0()).await;
     let (_, _, _, matched, _) = h.referral("e1").await.unwrap();
     assert_eq!(matched.as_deref(), Some("probabilistic"));
     let confidence: String =
@@ -203,10 +220,10 @@ async fn how_a_referral_was_attributed_reaches_the_fraud_scorer() {
 
     // 24 clicks on r1's link from one network within the hour, then the referee's own.
     for i in 0..24 {
-        h.click(&format!("c-farm-{i}"), &code, t0() - Duration::minutes(50) + Duration::minutes(i), "net-farm").await;
+        h.click(&cid(&format!("c-farm-{i}")), &code, t0() - Duration::minutes(50) + Duration::minutes(i), "net-farm").await;
     }
-    h.click("c-farm-referee", &code, t0() - Duration::minutes(5), "net-farm").await;
-    h.register("e2", None, Some("c-farm-referee"), t0()).await;
+    h.click(&cid("c-farm-referee"), &code, t0() - Duration::minutes(5), "net-farm").await;
+    h.register("e2", None, Some(cid("c-farm-referee").as_str()), t0()).await;
     let network: i32 =
         sqlx::query_scalar("SELECT network_clicks FROM referrals WHERE referee_id = 'e2'").fetch_one(&h.db.pool).await.unwrap();
     assert_eq!(network, 25);
@@ -229,4 +246,30 @@ async fn codes_of_a_campaign_limited_program_expire() {
     assert_eq!(h.referral("e1").await, None, "the code expired before e1 registered");
     h.register("e2", Some(&fresh), None, t0()).await;
     assert_eq!(h.referral("e2").await.map(|r| r.0).as_deref(), Some("r2"));
+}
+
+#[tokio::test]
+async fn a_wait_for_a_click_that_never_lands_ends_and_a_foreign_click_id_never_waits() {
+    let mut h = Harness::new(&[("REFSTREAM__CAMPAIGN__TOUCH", "first")]).await;
+    h.register("r1", None, None, t0() - Duration::days(1)).await;
+    let code = h.code_of("r1").await;
+    // Under `first` a click could beat the typed code, so e1 waits for the click it carries.
+    h.register("e1", Some(&code), Some(cid("never").as_str()), t0()).await;
+    h.register("e2", None, Some(cid("never-2").as_str()), t0()).await;
+    assert_eq!(h.attribution_of("e1").await, "awaiting_click");
+    // An id of a shape refstream never issues cannot be recorded later: decided at once.
+    h.register("e3", None, Some("undefined"), t0()).await;
+    assert_eq!(h.attribution_of("e3").await, "unknown_code");
+
+    // Registered a day ago: the wait (10 minutes) is long over.
+    assert_eq!(h.attribution.end_overdue_waits(&h.db.pool).await.unwrap(), 2);
+    assert_eq!(h.referral("e1").await.map(|r| r.0).as_deref(), Some("r1"), "decided without the click: the typed code");
+    assert_eq!(h.attribution_of("e1").await, "attributed");
+    assert_eq!(h.attribution_of("e2").await, "unknown_code");
+    let announced: i64 = h.db.scalar_i64("SELECT count(*) FROM outbox WHERE topic = 'referral-attributed' AND key = 'e1'").await;
+    assert_eq!(announced, 1, "announced in the sweep's transaction");
+    // A click arriving now changes nothing: both are decided.
+    h.click(&cid("never-2"), &code, t0() + Duration::minutes(1), "net-a").await;
+    assert_eq!(h.referral("e2").await, None);
+    assert_eq!(h.attribution.end_overdue_waits(&h.db.pool).await.unwrap(), 0);
 }

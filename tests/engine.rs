@@ -308,7 +308,7 @@ async fn attribution_decides_a_whole_batch_as_it_would_one_event_at_a_time() {
     let mut h = Harness::new().await;
     h.register("r1", None, "dev-r1").await;
     let code = h.code_of("r1").await;
-    sqlx::query("INSERT INTO referral_clicks (click_id, code, clicked_at) VALUES ('clk-1', $1, $2)")
+    sqlx::query("INSERT INTO referral_clicks (click_id, code, clicked_at) VALUES ('c_00000000000000000000000001', $1, $2)")
         .bind(&code)
         .bind(t0() - Duration::hours(1))
         .execute(&h.db.pool)
@@ -320,8 +320,8 @@ async fn attribution_decides_a_whole_batch_as_it_would_one_event_at_a_time() {
     let batch = [
         registration("e1", Some(&code), None, "dev-e1"),
         registration("e1", Some(&code), None, "dev-second"), // the same user again: the first event wins
-        registration("e2", None, Some("clk-1"), "dev-e2"),
-        registration("e3", None, Some("clk-404"), "dev-e3"),
+        registration("e2", None, Some("c_00000000000000000000000001"), "dev-e2"),
+        registration("e3", None, Some("c_00000000000000000000000404"), "dev-e3"),
         registration("e4", Some("not a code!"), None, "dev-e4"),
         registration("e5", None, None, "dev-e5"),
         registration("e6", Some(&typed), None, "dev-e6"),

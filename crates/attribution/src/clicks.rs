@@ -144,14 +144,41 @@ pub struct Waiting {
     pub device_id: Option<String>,
 }
 
-/// Registrations that carry one of `click_ids` and have no referral yet.
+/// Registrations still waiting for one of `click_ids` (decided ones are never decided again).
 pub async fn waiting_for(conn: &mut PgConnection, click_ids: Vec<String>) -> sqlx::Result<Vec<Waiting>> {
     sqlx::query_as(
         "SELECT u.user_id, u.registered_at, u.typed_code, u.click_id, u.device_id FROM users u \
-         WHERE u.click_id = ANY($1) AND NOT EXISTS (SELECT 1 FROM referrals r WHERE r.referee_id = u.user_id) \
-         ORDER BY u.user_id",
+         WHERE u.click_id = ANY($1) AND u.attribution = 'awaiting_click' ORDER BY u.user_id",
     )
     .bind(click_ids)
     .fetch_all(conn)
     .await
+}
+
+/// The click ids of registrations that have waited past `wait` (at most `limit`, oldest first).
+pub async fn overdue(conn: &mut PgConnection, wait: Duration, limit: i64) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT click_id FROM users WHERE attribution = 'awaiting_click' \
+           AND registered_at < now() - $1 * interval '1 second' ORDER BY registered_at LIMIT $2",
+    )
+    .bind(wait.num_seconds())
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Records how attribution decided each user (`attributed`, `awaiting_click` or a reason).
+pub async fn record_outcomes(conn: &mut PgConnection, outcomes: &[(&str, &str)]) -> sqlx::Result<()> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE users u SET attribution = d.outcome FROM unnest($1::text[], $2::text[]) AS d(user_id, outcome) \
+         WHERE u.user_id = d.user_id",
+    )
+    .bind(outcomes.iter().map(|o| o.0).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.1).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -19,7 +19,9 @@ mod clicks;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use refstream_core::attribution::{decide, ClickMatch, CodeOwner, Decision, NoReferral, Registration, TouchRules, Won};
+use refstream_core::attribution::{
+    decide, decide_without_click, ClickMatch, CodeOwner, Decision, NoReferral, Registration, TouchRules, Won,
+};
 use refstream_core::code;
 use refstream_core::events::{ReferralAttributed, ReferralClicked, UserRegistered};
 use refstream_core::fraud::{canonical_email, email_domain, ip_prefix, keyed_hash};
@@ -122,7 +124,7 @@ impl Attribution {
                 device_id: e.device_id.clone(),
             })
             .collect();
-        let mut decided = self.attribute(conn, &pending).await?;
+        let mut decided = self.attribute(conn, &pending, false).await?;
 
         let mut outcomes = Vec::with_capacity(events.len());
         let mut answered = HashSet::new();
@@ -139,8 +141,9 @@ impl Attribution {
     }
 
     /// Decides `pending` registrations (none referred yet) from the clicks and codes they name,
-    /// inserts the referrals, and returns each user's outcome.
-    async fn attribute(&self, conn: &mut PgConnection, pending: &[Waiting]) -> sqlx::Result<HashMap<String, Outcome>> {
+    /// inserts the referrals, records each user's outcome on `users.attribution`, and returns
+    /// the outcomes. `wait_over`: a click still not recorded is given up on.
+    async fn attribute(&self, conn: &mut PgConnection, pending: &[Waiting], wait_over: bool) -> sqlx::Result<HashMap<String, Outcome>> {
         let mut click_ids: Vec<&str> = pending.iter().filter_map(|p| p.click_id.as_deref()).collect();
         click_ids.sort_unstable();
         click_ids.dedup();
@@ -173,7 +176,11 @@ impl Attribution {
                 typed_code: p.typed_code.as_deref(),
                 click_id: p.click_id.as_deref(),
             };
-            let outcome = match decide(reg, carried_click.map(|c| &c.click), &plain, |c| owners.get(c), self.rules) {
+            let decision = match decide(reg, carried_click.map(|c| &c.click), &plain, |c| owners.get(c), self.rules) {
+                Decision::AwaitClick if wait_over => decide_without_click(reg, &plain, |c| owners.get(c), self.rules),
+                other => other,
+            };
+            let outcome = match decision {
                 Decision::AwaitClick => Err(None),
                 Decision::NoReferral(why) => Err(Some(why)),
                 Decision::Attribute(won) => {
@@ -193,12 +200,45 @@ impl Attribution {
                 *outcome = Err(Some(NoReferral::AlreadyReferred));
             }
         }
+        let labels: Vec<(&str, &str)> = decided
+            .iter()
+            .map(|(user, outcome)| {
+                let label = match outcome {
+                    Ok(_) => "attributed",
+                    Err(None) => "awaiting_click",
+                    Err(Some(why)) => why.label(),
+                };
+                (user.as_str(), label)
+            })
+            .collect();
+        clicks::record_outcomes(conn, &labels).await?;
         Ok(decided)
     }
 
-    /// Decides the registrations that were waiting for the clicks of `events`.
+    /// Decides the registrations waiting for the clicks of `events`.
     async fn clicked(&self, conn: &mut PgConnection, events: &[&ReferralClicked]) -> sqlx::Result<Vec<ReferralAttributed>> {
-        let mut ids: Vec<&str> = events.iter().map(|e| e.click_id.as_str()).collect();
+        self.decide_waiting(conn, events.iter().map(|e| e.click_id.as_str()).collect(), false).await
+    }
+
+    /// Ends the wait of registrations whose click was not recorded within
+    /// `attribution.click_wait_secs` (plus a minute for clocks and commits): each is decided
+    /// with its click if it was recorded meanwhile (its event not read yet), else without it.
+    /// Returns how many were decided. Safe to run from several processes at once.
+    pub async fn end_overdue_waits(&self, pool: &sqlx::PgPool) -> sqlx::Result<usize> {
+        let mut tx = pool.begin().await?;
+        let overdue = clicks::overdue(&mut tx, self.rules.click_wait + chrono::Duration::minutes(1), 500).await?;
+        if overdue.is_empty() {
+            return Ok(0);
+        }
+        let events = self.decide_waiting(&mut tx, overdue.iter().map(String::as_str).collect(), true).await?;
+        let out: Vec<OutboxMessage> = events.iter().map(|a| OutboxMessage::record(&self.topic_out, a.referee_id.as_str(), a)).collect();
+        enqueue(&mut tx, 0, &out).await?;
+        tx.commit().await?;
+        Ok(overdue.len())
+    }
+
+    /// Decides the registrations still waiting for one of `click_ids`, under their click locks.
+    async fn decide_waiting(&self, conn: &mut PgConnection, mut ids: Vec<&str>, wait_over: bool) -> sqlx::Result<Vec<ReferralAttributed>> {
         ids.sort_unstable();
         ids.dedup();
         clicks::lock_click_ids(conn, &ids).await?;
@@ -206,7 +246,7 @@ impl Attribution {
         if waiting.is_empty() {
             return Ok(Vec::new());
         }
-        let decided = self.attribute(conn, &waiting).await?;
+        let decided = self.attribute(conn, &waiting, wait_over).await?;
         let mut out = Vec::new();
         for w in &waiting {
             match decided.get(&w.user_id) {
@@ -216,7 +256,7 @@ impl Attribution {
                 }
                 Some(Err(Some(why))) => {
                     OUTCOMES.with_label_values(&["attribution", why.label()]).inc();
-                    tracing::info!(user = %w.user_id, outcome = why.label(), "click landed: no referral");
+                    tracing::info!(user = %w.user_id, outcome = why.label(), "wait for the click ended: no referral");
                 }
                 _ => {}
             }

@@ -163,7 +163,9 @@ struct Touch {
 
 /// Decides a registration. `carried` is the click its click id resolves to (`None`: not
 /// recorded), `related` the other clicks of the carried click's cookie or the registration's
-/// device, `owner` resolves codes to their owners.
+/// device, `owner` resolves codes to their owners. A click id without the shape refstream
+/// issues (`links::is_click_id`) is unknown at once; a well-formed one not recorded yet makes
+/// the registration wait, see [`decide_without_click`] for when the wait ends.
 pub fn decide<'o>(
     reg: Registration<'_>,
     carried: Option<&Click>,
@@ -171,6 +173,9 @@ pub fn decide<'o>(
     owner: impl Fn(&str) -> Option<&'o CodeOwner>,
     rules: TouchRules,
 ) -> Decision {
+    // A click id refstream never issues can never be recorded: nothing to wait for.
+    let bogus_click = reg.click_id.is_some_and(|c| !crate::links::is_click_id(c));
+    let reg = if bogus_click { Registration { click_id: None, ..reg } } else { reg };
     let typed = reg.typed_code.and_then(code::normalize);
     let typed_attributes =
         typed.as_deref().and_then(&owner).is_some_and(|o| o.user_id != reg.user_id && o.expires_at.is_none_or(|x| x >= reg.registered_at));
@@ -180,7 +185,7 @@ pub fn decide<'o>(
         // decided without it (the same outcome whichever of the two is read first).
         return Decision::AwaitClick;
     }
-    let mut failed = if reg.typed_code.is_some() && typed.is_none() { Some(NoReferral::UnknownCode) } else { None };
+    let mut failed = if (reg.typed_code.is_some() && typed.is_none()) || bogus_click { Some(NoReferral::UnknownCode) } else { None };
     let mut fail = |why: NoReferral| {
         if failed.is_none_or(|f| why.rank() > f.rank()) {
             failed = Some(why);
@@ -202,7 +207,9 @@ pub fn decide<'o>(
         } else if c.expired {
             fail(NoReferral::Expired);
         } else {
-            touches.push(Touch { code: c.code.clone(), at: c.clicked_at, click: Some(c.clone()) });
+            // A click recorded after the registration was made before it (it raced behind): it
+            // counts as made at the registration, so it never comes after a code typed there.
+            touches.push(Touch { code: c.code.clone(), at: c.clicked_at.min(reg.registered_at), click: Some(c.clone()) });
         }
     }
     let mut valid: Vec<(Touch, &CodeOwner)> = Vec::new();
@@ -243,6 +250,22 @@ pub fn decide<'o>(
     };
     let source = if t.click.is_some() { AttributionSource::Click } else { AttributionSource::Code };
     Decision::Attribute(Won { code: t.code, source, click: t.click, owner: o.clone(), touch })
+}
+
+/// Decides a registration whose click never landed (its wait is over): as if it carried no
+/// click id, reporting an unknown click rather than an organic signup when nothing else
+/// attributes it.
+pub fn decide_without_click<'o>(
+    reg: Registration<'_>,
+    related: &[Click],
+    owner: impl Fn(&str) -> Option<&'o CodeOwner>,
+    rules: TouchRules,
+) -> Decision {
+    let carried_an_id = reg.click_id.is_some();
+    match decide(Registration { click_id: None, ..reg }, None, related, owner, rules) {
+        Decision::NoReferral(NoReferral::NoCode) if carried_an_id => Decision::NoReferral(NoReferral::UnknownCode),
+        other => other,
+    }
 }
 
 #[cfg(test)]

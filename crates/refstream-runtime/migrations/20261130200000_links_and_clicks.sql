@@ -35,11 +35,15 @@ CREATE TABLE click_claims (
 );
 CREATE INDEX click_claims_click ON click_claims (click_id);
 
--- What a registration carried, so one whose click is not recorded yet is decided when it lands.
+-- What a registration carried, so one whose click is not recorded yet is decided when it lands,
+-- and how attribution decided it: 'attributed', 'awaiting_click', or why nobody referred it
+-- (organic, unknown_code, own_code, expired_code, click_outside_window, already_referred).
 ALTER TABLE users
-    ADD COLUMN typed_code text,
-    ADD COLUMN click_id   text;
-CREATE INDEX users_click ON users (click_id) WHERE click_id IS NOT NULL;
+    ADD COLUMN typed_code  text,
+    ADD COLUMN click_id    text,
+    ADD COLUMN attribution text;
+CREATE INDEX users_awaiting_click ON users (click_id) WHERE attribution = 'awaiting_click';
+CREATE INDEX users_awaiting_since ON users (registered_at) WHERE attribution = 'awaiting_click';
 
 -- How a referral was attributed: the click behind it (if any), whether the app got that click
 -- by an exact or a probabilistic match and how sure, which touch won and why, and the clicks on

@@ -21,9 +21,15 @@ fn rules(policy: TouchPolicy) -> TouchRules {
     TouchRules { policy, click_window: Duration::days(7), click_wait: Duration::minutes(10) }
 }
 
+/// A click id of the shape refstream issues, from a short name.
+fn cid(name: &str) -> &'static str {
+    let digits: String = name.bytes().map(|b| char::from(b'0' + b % 10)).collect();
+    Box::leak(format!("c_{digits:0>26}").into_boxed_str())
+}
+
 fn click(id: &str, code: &str, mins_before: i64) -> Click {
     Click {
-        click_id: id.into(),
+        click_id: cid(id).into(),
         code: code.into(),
         clicked_at: at(T) - Duration::minutes(mins_before),
         expired: false,
@@ -57,54 +63,68 @@ fn a_typed_code_is_normalized_and_attributes_to_its_owner() {
 #[test]
 fn a_click_alone_attributes_to_its_links_owner() {
     let c = click("c1", CODE_B, 60);
-    let w = won(run(reg(None, Some("c1")), Some(&c), &[], TouchPolicy::Last));
+    let w = won(run(reg(None, Some(cid("c1"))), Some(&c), &[], TouchPolicy::Last));
     assert_eq!((w.source, w.owner.user_id.as_str()), (AttributionSource::Click, "rb"));
-    assert_eq!(w.click.unwrap().click_id, "c1");
+    assert_eq!(w.click.unwrap().click_id, cid("c1"));
 }
 
 #[test]
 fn the_touch_policy_decides_between_a_code_and_a_click() {
     let c = click("c1", CODE_B, 60);
-    let last = won(run(reg(Some(CODE_A), Some("c1")), Some(&c), &[], TouchPolicy::Last));
+    let last = won(run(reg(Some(CODE_A), Some(cid("c1"))), Some(&c), &[], TouchPolicy::Last));
     assert_eq!(last.owner.user_id, "ra", "the code typed at signup is the last touch");
     assert!(last.touch.starts_with("last_touch: code typed at registration"), "{}", last.touch);
-    let first = won(run(reg(Some(CODE_A), Some("c1")), Some(&c), &[], TouchPolicy::First));
+    let first = won(run(reg(Some(CODE_A), Some(cid("c1"))), Some(&c), &[], TouchPolicy::First));
     assert_eq!(first.owner.user_id, "rb");
-    assert!(first.touch.starts_with("first_touch: click c1"), "{}", first.touch);
+    assert!(first.touch.starts_with(&format!("first_touch: click {}", cid("c1"))), "{}", first.touch);
 }
 
 #[test]
 fn several_clicks_of_one_cookie_or_device_are_ordered_by_time() {
     let carried = click("c2", CODE_A, 30);
     let related = [click("c1", CODE_B, 120), click("c3", CODE_B, 5)];
-    assert_eq!(won(run(reg(None, Some("c2")), Some(&carried), &related, TouchPolicy::Last)).click.unwrap().click_id, "c3");
-    assert_eq!(won(run(reg(None, Some("c2")), Some(&carried), &related, TouchPolicy::First)).click.unwrap().click_id, "c1");
+    assert_eq!(won(run(reg(None, Some(cid("c2"))), Some(&carried), &related, TouchPolicy::Last)).click.unwrap().click_id, cid("c3"));
+    assert_eq!(won(run(reg(None, Some(cid("c2"))), Some(&carried), &related, TouchPolicy::First)).click.unwrap().click_id, cid("c1"));
 }
 
 #[test]
 fn a_click_outside_the_window_attributes_nothing() {
     let old = click("c1", CODE_A, 7 * 24 * 60 + 1);
-    assert_eq!(run(reg(None, Some("c1")), Some(&old), &[], TouchPolicy::Last), Decision::NoReferral(NoReferral::ClickOutsideWindow));
+    assert_eq!(run(reg(None, Some(cid("c1"))), Some(&old), &[], TouchPolicy::Last), Decision::NoReferral(NoReferral::ClickOutsideWindow));
     let edge = click("c1", CODE_A, 7 * 24 * 60);
-    assert_eq!(won(run(reg(None, Some("c1")), Some(&edge), &[], TouchPolicy::Last)).owner.user_id, "ra");
+    assert_eq!(won(run(reg(None, Some(cid("c1"))), Some(&edge), &[], TouchPolicy::Last)).owner.user_id, "ra");
     // A click recorded after the registration (it raced ahead) counts within the wait.
     let late = click("c1", CODE_A, -9);
-    assert_eq!(won(run(reg(None, Some("c1")), Some(&late), &[], TouchPolicy::Last)).owner.user_id, "ra");
+    assert_eq!(won(run(reg(None, Some(cid("c1"))), Some(&late), &[], TouchPolicy::Last)).owner.user_id, "ra");
     let too_late = click("c1", CODE_A, -11);
-    assert_eq!(run(reg(None, Some("c1")), Some(&too_late), &[], TouchPolicy::Last), Decision::NoReferral(NoReferral::ClickOutsideWindow));
+    assert_eq!(
+        run(reg(None, Some(cid("c1"))), Some(&too_late), &[], TouchPolicy::Last),
+        Decision::NoReferral(NoReferral::ClickOutsideWindow)
+    );
 }
 
 #[test]
 fn an_unrecorded_click_waits_unless_a_typed_code_wins_anyway() {
-    assert_eq!(run(reg(None, Some("c9")), None, &[], TouchPolicy::Last), Decision::AwaitClick);
-    assert_eq!(run(reg(Some(CODE_A), Some("c9")), None, &[], TouchPolicy::First), Decision::AwaitClick);
-    let early = won(run(reg(Some(CODE_A), Some("c9")), None, &[], TouchPolicy::Last));
+    assert_eq!(run(reg(None, Some(cid("c9"))), None, &[], TouchPolicy::Last), Decision::AwaitClick);
+    assert_eq!(run(reg(Some(CODE_A), Some(cid("c9"))), None, &[], TouchPolicy::First), Decision::AwaitClick);
+    let early = won(run(reg(Some(CODE_A), Some(cid("c9"))), None, &[], TouchPolicy::Last));
     assert_eq!(early.owner.user_id, "ra");
-    assert!(early.touch.contains("over click c9 not recorded yet"), "{}", early.touch);
+    assert!(early.touch.contains(&format!("over click {} not recorded yet", cid("c9"))), "{}", early.touch);
     // A typed code that cannot attribute (nobody's, the user's own) does not stop the wait.
-    assert_eq!(run(reg(Some("ZZZZ9999"), Some("c9")), None, &[], TouchPolicy::Last), Decision::AwaitClick);
-    let own = Registration { user_id: "ra", ..reg(Some(CODE_A), Some("c9")) };
+    assert_eq!(run(reg(Some("ZZZZ9999"), Some(cid("c9"))), None, &[], TouchPolicy::Last), Decision::AwaitClick);
+    let own = Registration { user_id: "ra", ..reg(Some(CODE_A), Some(cid("c9"))) };
     assert_eq!(run(own, None, &[], TouchPolicy::Last), Decision::AwaitClick);
+    // A click id refstream never issues is unknown at once; the typed code still counts.
+    assert_eq!(run(reg(None, Some("clk-1")), None, &[], TouchPolicy::First), Decision::NoReferral(NoReferral::UnknownCode));
+    assert_eq!(won(run(reg(Some(CODE_A), Some("undefined")), None, &[], TouchPolicy::First)).owner.user_id, "ra");
+}
+
+#[test]
+fn when_the_wait_is_over_the_registration_is_decided_without_its_click() {
+    let o = owners();
+    let after = |typed, policy| decide_without_click(reg(typed, Some(cid("c9"))), &[], |c| o.get(c), rules(policy));
+    assert_eq!(won(after(Some(CODE_A), TouchPolicy::First)).owner.user_id, "ra");
+    assert_eq!(after(None, TouchPolicy::Last), Decision::NoReferral(NoReferral::UnknownCode));
 }
 
 proptest! {
@@ -113,14 +133,14 @@ proptest! {
     #[test]
     fn waiting_for_the_click_decides_as_having_it(
         typed in proptest::sample::select(vec![None, Some(CODE_A), Some("ZZZZ9999"), Some("bad!")]),
-        mins in -9i64..20_000,
+        mins in prop_oneof![-10i64..10, -9i64..20_000],
         first in any::<bool>(),
         own in any::<bool>(),
     ) {
         let policy = if first { TouchPolicy::First } else { TouchPolicy::Last };
         let c = click("c1", CODE_B, mins);
         let user = if own { "rb" } else { "u1" };
-        let r = Registration { user_id: user, ..reg(typed, Some("c1")) };
+        let r = Registration { user_id: user, ..reg(typed, Some(cid("c1"))) };
         let with_click = run(r, Some(&c), &[], policy);
         // The winner is the same; only the recorded explanation says the click was not known.
         let winner = |d: Decision| match d {
@@ -142,7 +162,7 @@ fn expired_own_and_unknown_codes_never_attribute_and_say_why() {
     assert_eq!(d, Decision::NoReferral(NoReferral::Expired));
     let mut expired_click = click("c1", CODE_B, 5);
     expired_click.expired = true;
-    assert_eq!(run(reg(None, Some("c1")), Some(&expired_click), &[], TouchPolicy::Last), Decision::NoReferral(NoReferral::Expired));
+    assert_eq!(run(reg(None, Some(cid("c1"))), Some(&expired_click), &[], TouchPolicy::Last), Decision::NoReferral(NoReferral::Expired));
     let own = Registration { user_id: "ra", ..reg(Some(CODE_A), None) };
     assert_eq!(run(own, None, &[], TouchPolicy::Last), Decision::NoReferral(NoReferral::OwnCode));
     assert_eq!(run(reg(Some("ZZZZ9999"), None), None, &[], TouchPolicy::Last), Decision::NoReferral(NoReferral::UnknownCode));
@@ -155,7 +175,7 @@ fn an_expired_touch_gives_way_to_a_valid_one() {
     let mut o = owners();
     o.get_mut(CODE_A).unwrap().expires_at = Some(at(T) - Duration::hours(1));
     let c = click("c1", CODE_B, 120);
-    let d = decide(reg(Some(CODE_A), Some("c1")), Some(&c), &[], |x| o.get(x), rules(TouchPolicy::Last));
+    let d = decide(reg(Some(CODE_A), Some(cid("c1"))), Some(&c), &[], |x| o.get(x), rules(TouchPolicy::Last));
     assert_eq!(won(d).owner.user_id, "rb");
 }
 
@@ -168,8 +188,8 @@ proptest! {
             .map(|(i, m)| click(&format!("c{i}"), if i % 2 == 0 { CODE_A } else { CODE_B }, *m)).collect();
         let mut reversed = clicks.clone();
         reversed.reverse();
-        let a = run(reg(Some(CODE_A), Some("c0")), Some(&clicks[0]), &clicks, policy);
-        let b = run(reg(Some(CODE_A), Some("c0")), Some(&clicks[0]), &reversed, policy);
+        let a = run(reg(Some(CODE_A), Some(cid("c0"))), Some(&clicks[0]), &clicks, policy);
+        let b = run(reg(Some(CODE_A), Some(cid("c0"))), Some(&clicks[0]), &reversed, policy);
         prop_assert_eq!(a, b);
     }
 }
