@@ -284,7 +284,8 @@ async fn apps_report_clicks_and_bad_requests_are_named() {
     let expired = seed(&db, "dave", Some(-2)).await;
     let links = Links::start(&db, &[]);
 
-    let body = format!(r#"{{"code": "{code}", "platform": "android", "device_id": "dev-42", "cookie_id": "ck-1", "extra": [1, 2]}}"#);
+    let browser = "0123456789abcdef0123456789abcdef";
+    let body = format!(r#"{{"code": "{code}", "platform": "android", "device_id": "dev-42", "cookie_id": "{browser}", "extra": [1, 2]}}"#);
     let r = links.post_json("/v1/clicks", &body, &[("User-Agent", "ExampleApp/2.1 okhttp/4.12")]);
     assert_eq!(r.status, 201, "{r:?}");
     let click_id = json(&r)["click_id"].as_str().expect("click_id").to_owned();
@@ -292,7 +293,13 @@ async fn apps_report_clicks_and_bad_requests_are_named() {
     let row = click_row(&db, &click_id).await;
     assert_eq!(row.source, "sdk");
     assert_eq!(row.platform.as_deref(), Some("android"));
-    assert_eq!((row.device_id.as_deref(), row.cookie_id.as_deref()), (Some("dev-42"), Some("ck-1")));
+    assert_eq!((row.device_id.as_deref(), row.cookie_id.as_deref()), (Some("dev-42"), Some(browser)));
+    // Ids that would tie strangers together are refused: a cookie id this service never issued,
+    // a placeholder device id.
+    for bad in [r#""cookie_id": "ck-1""#, r#""device_id": "00000000-0000-0000-0000-000000000000""#] {
+        let r = links.post_json("/v1/clicks", &format!(r#"{{"code": "{code}", {bad}}}"#), &[]);
+        assert_eq!((r.status, json(&r)["error"].as_str()), (400, Some("invalid_field")), "{bad}: {r:?}");
+    }
     assert_eq!(row.ua_hash.as_deref(), Some(keyed_hash(&hash_key(), "ExampleApp/2.1 okhttp/4.12").as_str()));
     let (_, key, event) = outbox_event(&db, &click_id).await;
     assert_eq!(key, "carol");

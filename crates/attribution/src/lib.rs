@@ -154,7 +154,8 @@ impl Attribution {
             .map(|p| RelatedTo {
                 user_id: &p.user_id,
                 cookie_id: p.click_id.as_ref().and_then(|c| carried.get(c)).and_then(|c| c.cookie_id.as_deref()),
-                device_id: p.device_id.as_deref(),
+                // A placeholder device id (zeroed advertising id, "unknown") links nobody.
+                device_id: p.device_id.as_deref().filter(|d| !refstream_core::links::is_placeholder_device(d)),
                 registered_at: p.registered_at,
             })
             .collect();

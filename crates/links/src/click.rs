@@ -274,7 +274,16 @@ pub async fn report(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let invalid = |e: refstream_core::validate::FieldError| ApiError::invalid("invalid_field", e.to_string());
     let device_id = optional_text("device_id", req.device_id, MAX_SHORT_TEXT).map_err(invalid)?;
+    if device_id.as_deref().is_some_and(refstream_core::links::is_placeholder_device) {
+        return Err(ApiError::invalid(
+            "invalid_field",
+            "field `device_id`: a placeholder id (all zeros, unknown, null) identifies no device",
+        ));
+    }
     let cookie_id = optional_text("cookie_id", req.cookie_id, MAX_SHORT_TEXT).map_err(invalid)?;
+    if cookie_id.as_deref().is_some_and(|c| !client::is_browser_id(c)) {
+        return Err(ApiError::invalid("invalid_field", "field `cookie_id`: not a browser id this service issued (the `rs_cid` cookie)"));
+    }
     let cookie_id =
         cookie_id.or_else(|| client::cookie(&headers, client::BROWSER_COOKIE).filter(|c| client::is_browser_id(c)).map(str::to_owned));
     let user_agent = reported_user_agent(req.user_agent.as_deref(), &headers)?;

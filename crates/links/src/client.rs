@@ -1,5 +1,6 @@
-//! What a request tells about its client: its address (the TCP peer, or the first
-//! `X-Forwarded-For` hop only when `links.trust_forwarded_for` says a proxy we trust sets it),
+//! What a request tells about its client: its address (the TCP peer, or the last
+//! `X-Forwarded-For` hop — the one our own proxy appended — only when
+//! `links.trust_forwarded_for` says such a proxy is in front),
 //! its User-Agent, and the first-party cookies `rs_cid` (a browser id) and `rs_click` (the
 //! last click id). Cookie values we did not mint are ignored. A raw address or User-Agent is
 //! never logged or kept: [`Signals`] is what is stored, keyed hashes (`fraud.hash_key`) made
@@ -35,13 +36,16 @@ impl FromRequestParts<AppState> for ClientAddr {
     }
 }
 
-/// The client address: the first `X-Forwarded-For` hop when `trust_forwarded_for` and it
-/// parses, else the TCP peer (unspecified when unknown). IPv4-mapped IPv6 reads as IPv4, so
-/// one client hashes alike whichever way it arrived.
+/// The client address: the last `X-Forwarded-For` hop when `trust_forwarded_for` and it
+/// parses, else the TCP peer (unspecified when unknown). The last hop is the address the
+/// trusted proxy in front saw and appended; earlier hops come from the client and can be forged.
+/// IPv4-mapped IPv6 reads as IPv4, so one client hashes alike whichever way it arrived.
 pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trust_forwarded_for: bool) -> IpAddr {
-    let forwarded = trust_forwarded_for
-        .then(|| headers.get("x-forwarded-for")?.to_str().ok()?.split(',').next()?.trim().parse::<IpAddr>().ok())
-        .flatten();
+    let last_hop = || {
+        let last_line = headers.get_all("x-forwarded-for").iter().next_back()?.to_str().ok()?;
+        last_line.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
+    };
+    let forwarded = trust_forwarded_for.then(last_hop).flatten();
     forwarded.or(peer).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)).to_canonical()
 }
 
@@ -123,7 +127,7 @@ mod tests {
         let peer = Some("10.0.0.9".parse().unwrap());
         let h = headers(&[("x-forwarded-for", "203.0.113.7, 10.0.0.1")]);
         assert_eq!(client_ip(peer, &h, false), "10.0.0.9".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip(peer, &h, true), "203.0.113.7".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(peer, &h, true), "10.0.0.1".parse::<IpAddr>().unwrap(), "the hop our proxy appended, not the client's claim");
         let bad = headers(&[("x-forwarded-for", "unknown")]);
         assert_eq!(client_ip(peer, &bad, true), "10.0.0.9".parse::<IpAddr>().unwrap(), "an unparsable hop falls back to the peer");
         assert_eq!(client_ip(peer, &HeaderMap::new(), true), "10.0.0.9".parse::<IpAddr>().unwrap());

@@ -100,19 +100,11 @@ pub fn landing(l: &Landing<'_>) -> String {
 mod tests {
     use super::*;
 
+    /// The default campaign of the embedded settings, with `referee` as the referee's reward.
     fn campaign(referee: &str) -> CampaignSettings {
-        CampaignSettings {
-            id: "default".into(),
-            currency: "USD".into(),
-            referrer_reward: "10.00".into(),
-            referee_reward: referee.into(),
-            min_deposit: "20.00".into(),
-            window_days: 30,
-            settle_delay_secs: 0,
-            fraud_after_payment_reject: "clawback".into(),
-            fraud_after_payment_review: "review".into(),
-            touch: "last".into(),
-        }
+        let mut c = refstream_runtime::Settings::load_from(None, vec![]).expect("the embedded defaults load").campaign;
+        c.referee_reward = referee.into();
+        c
     }
 
     #[test]

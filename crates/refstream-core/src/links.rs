@@ -69,6 +69,16 @@ pub fn is_click_id(s: &str) -> bool {
     s.len() == CLICK_ID_CHARS + 2 && s.starts_with("c_") && s.bytes().skip(2).all(|b| crate::code::ALPHABET.contains(&b))
 }
 
+/// Whether a device id is a placeholder many devices report (an advertising id zeroed by the
+/// user's privacy settings, "unknown", "null"...): such an id says nothing about who clicked,
+/// so it never links a click to a registration.
+pub fn is_placeholder_device(id: &str) -> bool {
+    let id = id.trim();
+    id.is_empty()
+        || id.chars().all(|c| c == '0' || c == '-')
+        || ["unknown", "null", "undefined", "none", "n/a", "default"].iter().any(|p| id.eq_ignore_ascii_case(p))
+}
+
 /// A click that shares the claiming app's network, as the claim endpoint loads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -153,6 +163,15 @@ mod tests {
         for (ua, want) in cases {
             assert_eq!(Platform::from_user_agent(ua), want, "{ua}");
         }
+    }
+
+    #[test]
+    fn placeholder_device_ids_are_recognised() {
+        for p in ["00000000-0000-0000-0000-000000000000", "0", "unknown", "NULL", " undefined ", ""] {
+            assert!(is_placeholder_device(p), "{p}");
+        }
+        assert!(!is_placeholder_device("6D92078A-8246-4BA4-AE5B-76104861E7DC"));
+        assert!(!is_placeholder_device("device-ana"));
     }
 
     #[test]
