@@ -242,6 +242,10 @@ async fn links_redirect_each_platform_and_record_the_click_with_its_event() {
         assert!(r.header("location").is_none() && set_cookie(&r, "rs_click").is_none(), "{path}: {r:?}");
     }
     assert_eq!(count(&db, "SELECT count(*) FROM referral_clicks").await, before);
+    // A link preview's HEAD records nothing either.
+    let head = http(links.port, "HEAD", &format!("/r/{code}"), &[("User-Agent", IPHONE)], b"");
+    assert_eq!((head.status, head.header("location"), set_cookie(&head, "rs_click").is_some()), (200, None, false), "{head:?}");
+    assert_eq!(count(&db, "SELECT count(*) FROM referral_clicks").await, before);
 
     // An expired code: 404, the click recorded as expired (and announced), no cookie.
     let r = links.get(&format!("/r/{expired}"), &[("User-Agent", IPHONE)]);

@@ -224,6 +224,13 @@ pub async fn follow(
     response
 }
 
+/// `HEAD /r/{code}`: link checkers and chat apps building a preview ask before anyone clicks;
+/// they get an empty 200 and nothing is recorded (without this route axum would answer HEAD
+/// with the GET handler and record a click per preview).
+pub async fn peek() -> impl IntoResponse {
+    (StatusCode::OK, [(CACHE_CONTROL, "no-store")])
+}
+
 /// `POST /v1/clicks` body. Fields not listed are ignored.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClickRequest {

@@ -120,7 +120,7 @@ async fn limit_per_ip(State(state): State<AppState>, ClientAddr(ip): ClientAddr,
 /// The service's routes.
 pub fn app(state: AppState) -> Router {
     let public = Router::new()
-        .route("/r/{code}", get(click::follow))
+        .route("/r/{code}", get(click::follow).head(click::peek))
         .route("/v1/clicks", post(click::report))
         .route("/v1/attribution/claim", post(claim::claim))
         .route_layer(middleware::from_fn_with_state(state.clone(), limit_per_ip))
