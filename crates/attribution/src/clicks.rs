@@ -8,7 +8,6 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use refstream_core::attribution::{Click, ClickMatch};
-use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
@@ -47,9 +46,7 @@ struct ClickRow {
 impl From<ClickRow> for LoadedClick {
     fn from(r: ClickRow) -> Self {
         let matched = match r.probabilistic_confidence {
-            Some(c) if !r.exact_claim => {
-                ClickMatch::Probabilistic { confidence_pct: (c * Decimal::ONE_HUNDRED).trunc().to_u8().unwrap_or(0) }
-            }
+            Some(c) if !r.exact_claim => ClickMatch::Probabilistic { confidence_pct: refstream_core::links::confidence_pct(c) },
             _ => ClickMatch::Exact,
         };
         LoadedClick {

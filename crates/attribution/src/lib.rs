@@ -124,6 +124,10 @@ impl Attribution {
                 device_id: e.device_id.clone(),
             })
             .collect();
+        let mut click_ids: Vec<&str> = pending.iter().filter_map(|p| p.click_id.as_deref()).collect();
+        click_ids.sort_unstable();
+        click_ids.dedup();
+        clicks::lock_click_ids(conn, &click_ids).await?;
         let mut decided = self.attribute(conn, &pending, false).await?;
 
         let mut outcomes = Vec::with_capacity(events.len());
@@ -142,13 +146,14 @@ impl Attribution {
 
     /// Decides `pending` registrations (none referred yet) from the clicks and codes they name,
     /// inserts the referrals, records each user's outcome on `users.attribution`, and returns
-    /// the outcomes. `wait_over`: a click still not recorded is given up on.
+    /// the outcomes. The caller holds the click locks of `pending` (so a waiting registration
+    /// and its click's arrival cannot miss each other). `wait_over`: a click still not recorded
+    /// is given up on.
     async fn attribute(&self, conn: &mut PgConnection, pending: &[Waiting], wait_over: bool) -> sqlx::Result<HashMap<String, Outcome>> {
-        let mut click_ids: Vec<&str> = pending.iter().filter_map(|p| p.click_id.as_deref()).collect();
+        let mut click_ids: Vec<String> = pending.iter().filter_map(|p| p.click_id.clone()).collect();
         click_ids.sort_unstable();
         click_ids.dedup();
-        clicks::lock_click_ids(conn, &click_ids).await?;
-        let carried = clicks::by_id(conn, click_ids.iter().map(|c| c.to_string()).collect()).await?;
+        let carried = clicks::by_id(conn, click_ids).await?;
         let asking: Vec<RelatedTo> = pending
             .iter()
             .map(|p| RelatedTo {

@@ -72,7 +72,6 @@ use refstream_runtime::consumer::{Batch, Inbound, Rejection, Worker};
 use refstream_runtime::metrics::OUTCOMES;
 use refstream_runtime::outbox::{enqueue, OutboxMessage};
 use refstream_runtime::Settings;
-use rust_decimal::prelude::ToPrimitive;
 use serde_json::{json, Value as Json};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -269,9 +268,7 @@ impl FraudScorer {
                     other_accounts_on_referee_device: count(row.others_on_device),
                     shared_payment_instrument: row.shared_instrument,
                     ring_size: 0,
-                    probabilistic_match_pct: row
-                        .probabilistic_confidence
-                        .map(|c| (c * rust_decimal::Decimal::ONE_HUNDRED).trunc().to_u8().unwrap_or(0)),
+                    probabilistic_match_pct: row.probabilistic_confidence.map(refstream_core::links::confidence_pct),
                     network_clicks_on_code: u32::try_from(row.network_clicks).unwrap_or(0),
                 };
                 (evidence, row.email_domain)

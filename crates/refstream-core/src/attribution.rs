@@ -177,8 +177,7 @@ pub fn decide<'o>(
     let bogus_click = reg.click_id.is_some_and(|c| !crate::links::is_click_id(c));
     let reg = if bogus_click { Registration { click_id: None, ..reg } } else { reg };
     let typed = reg.typed_code.and_then(code::normalize);
-    let typed_attributes =
-        typed.as_deref().and_then(&owner).is_some_and(|o| o.user_id != reg.user_id && o.expires_at.is_none_or(|x| x >= reg.registered_at));
+    let typed_attributes = typed.as_deref().and_then(&owner).is_some_and(|o| refusal(o, &reg, reg.registered_at).is_none());
     if reg.click_id.is_some() && carried.is_none() && (!typed_attributes || rules.policy == TouchPolicy::First) {
         // Under `last` a typed code that attributes is the latest touch whatever the click;
         // otherwise the click may win, so the registration waits for it rather than being
@@ -216,9 +215,10 @@ pub fn decide<'o>(
     for t in touches {
         match owner(&t.code) {
             None => fail(NoReferral::UnknownCode),
-            Some(o) if o.user_id == reg.user_id => fail(NoReferral::OwnCode),
-            Some(o) if o.expires_at.is_some_and(|x| x < reg.registered_at || x < t.at) => fail(NoReferral::Expired),
-            Some(o) => valid.push((t, o)),
+            Some(o) => match refusal(o, &reg, t.at) {
+                Some(why) => fail(why),
+                None => valid.push((t, o)),
+            },
         }
     }
     // Order by time; at equal times a click counts as earlier than the code typed at signup, and
@@ -250,6 +250,18 @@ pub fn decide<'o>(
     };
     let source = if t.click.is_some() { AttributionSource::Click } else { AttributionSource::Code };
     Decision::Attribute(Won { code: t.code, source, click: t.click, owner: o.clone(), touch })
+}
+
+/// Why the owner `o` of a code does not refer `reg` through a touch at `at` (their own code, or
+/// one expired by the touch or the registration), or `None` when they do.
+fn refusal(o: &CodeOwner, reg: &Registration<'_>, at: DateTime<Utc>) -> Option<NoReferral> {
+    if o.user_id == reg.user_id {
+        Some(NoReferral::OwnCode)
+    } else if o.expires_at.is_some_and(|x| x < reg.registered_at || x < at) {
+        Some(NoReferral::Expired)
+    } else {
+        None
+    }
 }
 
 /// Decides a registration whose click never landed (its wait is over): as if it carried no

@@ -139,6 +139,12 @@ pub fn match_signals(
     (confidence >= min_pct).then(|| SignalMatch { click_id: top[0].click_id.clone(), confidence_pct: confidence, candidates: scored.len() })
 }
 
+/// A stored confidence (`numeric(3,2)`, 0.00–1.00) as a whole percentage, truncated.
+pub fn confidence_pct(fraction: rust_decimal::Decimal) -> u8 {
+    use rust_decimal::prelude::ToPrimitive;
+    (fraction * rust_decimal::Decimal::ONE_HUNDRED).trunc().to_u8().unwrap_or(0)
+}
+
 /// `pct` as a decimal fraction for JSON (`90` → `"0.90"`), without floating point.
 pub fn confidence_text(pct: u8) -> String {
     format!("{}.{:02}", pct / 100, pct % 100)
@@ -220,5 +226,7 @@ mod tests {
         assert_eq!(confidence_text(90), "0.90");
         assert_eq!(confidence_text(5), "0.05");
         assert_eq!(confidence_text(100), "1.00");
+        assert_eq!(confidence_pct(rust_decimal::Decimal::new(60, 2)), 60);
+        assert_eq!(confidence_pct(rust_decimal::Decimal::ONE), 100);
     }
 }

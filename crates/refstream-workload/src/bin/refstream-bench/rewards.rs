@@ -21,13 +21,9 @@ use uuid::Uuid;
 pub struct Arrivals {
     /// Qualifying deposit id → when its reward arrived.
     pub by_deposit: HashMap<String, DateTime<Utc>>,
-    /// Distinct reward ids.
+    /// Distinct reward ids (the phase is complete when it has them all).
     pub reward_ids: HashSet<Uuid>,
-    /// Records whose event id was already seen (relay resends, dropped by event id).
-    pub repeated_events: usize,
-    /// Records with a new event id but a reward id already seen (a reward announced twice).
-    pub repeated_rewards: usize,
-    /// Every record read: (event id, reward id, partition, offset).
+    /// Every record read: (event id, reward id, partition, offset); [`tally`] counts repeats.
     pub records: Vec<(Uuid, Uuid, i32, i64)>,
 }
 
@@ -99,11 +95,7 @@ pub fn read(consumer: &BaseConsumer, want: usize, timeout: Duration) -> Arrivals
         let now = Utc::now();
         let Ok(g) = decoder.decode::<RewardGranted>(m.payload().unwrap_or_default(), now) else { continue };
         got.records.push((g.event_id, g.reward_id, m.partition(), m.offset()));
-        if !events.insert(g.event_id) {
-            got.repeated_events += 1;
-        } else if !got.reward_ids.insert(g.reward_id) {
-            got.repeated_rewards += 1;
-        } else {
+        if events.insert(g.event_id) && got.reward_ids.insert(g.reward_id) {
             got.by_deposit.insert(g.qualifying_deposit_id, now);
         }
         if complete_at.is_none() && got.reward_ids.len() >= want {
