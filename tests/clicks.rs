@@ -236,15 +236,17 @@ async fn how_a_referral_was_attributed_reaches_the_fraud_scorer() {
 #[tokio::test]
 async fn codes_of_a_campaign_limited_program_expire() {
     let mut h = Harness::new(&[("REFSTREAM__CAMPAIGN__CODE_VALID_DAYS", "1")]).await;
-    h.register("r1", None, None, t0() - Duration::days(2)).await;
-    h.register("r2", None, None, t0() - Duration::hours(12)).await;
+    // One instant for the whole test: t0() moves with the clock and the test compares equality.
+    let t = t0();
+    h.register("r1", None, None, t - Duration::days(2)).await;
+    h.register("r2", None, None, t - Duration::hours(12)).await;
     let expires: DateTime<Utc> =
         sqlx::query_scalar("SELECT expires_at FROM referral_codes WHERE user_id = 'r1'").fetch_one(&h.db.pool).await.unwrap();
-    assert_eq!(expires, t0() - Duration::days(1), "a day after its owner registered");
+    assert_eq!(expires, t - Duration::days(1), "a day after its owner registered");
     let (old, fresh) = (h.code_of("r1").await, h.code_of("r2").await);
-    h.register("e1", Some(&old), None, t0()).await;
+    h.register("e1", Some(&old), None, t).await;
     assert_eq!(h.referral("e1").await, None, "the code expired before e1 registered");
-    h.register("e2", Some(&fresh), None, t0()).await;
+    h.register("e2", Some(&fresh), None, t).await;
     assert_eq!(h.referral("e2").await.map(|r| r.0).as_deref(), Some("r2"));
 }
 
@@ -272,4 +274,38 @@ async fn a_wait_for_a_click_that_never_lands_ends_and_a_foreign_click_id_never_w
     h.click(&cid("never-2"), &code, t0() + Duration::minutes(1), "net-a").await;
     assert_eq!(h.referral("e2").await, None);
     assert_eq!(h.attribution.end_overdue_waits(&h.db.pool).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_bad_referral_clicked_record_becomes_a_dead_letter_and_the_partition_flows_on() {
+    let mut h = Harness::new(&[]).await;
+    h.register("r1", None, None, t0() - Duration::days(1)).await;
+    let code = h.code_of("r1").await;
+    h.register("e1", None, Some(cid("good").as_str()), t0()).await;
+    let topic = h.settings.topics.referral_clicked.clone();
+    // A record that is not Avro, then one whose click id is longer than any id: both rejected.
+    let long = ReferralClicked {
+        event_id: Uuid::new_v4(),
+        click_id: "c".repeat(200),
+        code: code.clone(),
+        referrer_id: UserId::parse("r1").unwrap(),
+        campaign_id: "default".into(),
+        platform: Platform::Web,
+        from_sdk: false,
+        expired: false,
+        occurred_at: t0(),
+    };
+    Harness::feed(&h.db, &mut h.offset, &h.attribution, &topic, "r1", b"{\"not\": \"avro\"}".to_vec()).await;
+    Harness::feed(&h.db, &mut h.offset, &h.attribution, &topic, "r1", encode(&long)).await;
+    let reasons: Vec<(String, String)> =
+        sqlx::query_as("SELECT reason_label, reason FROM dead_letters WHERE consumer = 'attribution' ORDER BY \"offset\"")
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!(reasons[0].0, "unknown_framing", "{reasons:?}");
+    assert!(reasons[1].1.contains("click_id"), "the reason names the field: {reasons:?}");
+    // The partition flows on: the next good click still attributes its waiting registration.
+    h.click(&cid("good"), &code, t0() + Duration::minutes(1), "net-a").await;
+    assert_eq!(h.referral("e1").await.map(|r| r.0).as_deref(), Some("r1"));
 }
