@@ -7,6 +7,8 @@
 #                        broker, instead of the devbroker (librdkafka's mock cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A development run: the development fraud.hash_key of the defaults is allowed.
+export REFSTREAM__DEV_MODE=true
 cargo build --release --bins
 REL=${CARGO_TARGET_DIR:-target}/release
 trap 'scripts/fleet.sh down; scripts/tansu.sh stop' EXIT

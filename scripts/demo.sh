@@ -3,6 +3,8 @@
 # demo workload, print the summary, and stop everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A development run: the development fraud.hash_key of the defaults is allowed.
+export REFSTREAM__DEV_MODE=true
 cargo build --bins
 trap 'scripts/fleet.sh down' EXIT
 # The demo settles rewards 2 s after their deposit (production default: 30 s).

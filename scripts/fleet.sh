@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 BIN=${FLEET_BIN:-${CARGO_TARGET_DIR:-target}/debug}
 LOCAL=.local
 mkdir -p "$LOCAL/logs"
+# A development stack: the development fraud.hash_key of the defaults is allowed here.
+export REFSTREAM__DEV_MODE=${REFSTREAM__DEV_MODE:-true}
 
 # Metrics ports 9101.. in this order.
 SERVICES="attribution fraud-scorer reward-engine outbox-relay links"
@@ -37,6 +39,7 @@ export REFSTREAM__DATABASE__URL=$REFSTREAM__DATABASE__URL
 export REFSTREAM__KAFKA__BROKERS=$(cat "$LOCAL/broker.addr")
 export REFSTREAM__KAFKA__SESSION_TIMEOUT_MS=6000
 export REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS=${REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS:-30}
+export REFSTREAM__DEV_MODE=$REFSTREAM__DEV_MODE
 ENV
   # shellcheck disable=SC1091
   source "$LOCAL/fleet.env"

@@ -7,6 +7,8 @@
 # RewardGranted, each once, with the ledger balanced. Stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A development run: the development fraud.hash_key of the defaults is allowed.
+export REFSTREAM__DEV_MODE=true
 cargo build --release --bins
 REL=${CARGO_TARGET_DIR:-target}/release
 trap 'FLEET_BIN=$REL scripts/fleet.sh down || true; scripts/tansu.sh stop' EXIT

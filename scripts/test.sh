@@ -11,18 +11,30 @@ scripts/pg.sh start
 # shellcheck disable=SC1091
 source .local/pg.env
 export REFSTREAM_TEST_DATABASE_URL="$DATABASE_URL"
-# The browser test (tests/links.rs) follows a referral link in Debian's Chromium, headless.
-if ! command -v chromium >/dev/null 2>&1; then
+# Tests run in development mode: the binaries accept the development fraud.hash_key.
+export REFSTREAM__DEV_MODE=true
+# The browser tests (tests/links.rs, tests/dashboard.rs) drive Debian's Chromium, headless,
+# directly and through chromedriver (package chromium-driver).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
   sudo=()
   if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || { echo "test.sh: error: chromium is not installed and we are not root (no sudo)" >&2; exit 1; }
+    command -v sudo >/dev/null 2>&1 || { echo "test.sh: error: chromium/chromedriver are not installed and we are not root (no sudo)" >&2; exit 1; }
     sudo=(sudo)
   fi
-  echo "test.sh: chromium not found; installing it for the browser test:" >&2
-  echo "test.sh: + apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium" >&2
+  echo "test.sh: chromium or chromedriver not found; installing them for the browser tests:" >&2
+  echo "test.sh: + apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver" >&2
   "${sudo[@]}" apt-get update
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver
   command -v chromium >/dev/null 2>&1 || { echo "test.sh: error: installed chromium but it is not on PATH" >&2; exit 1; }
+  command -v chromedriver >/dev/null 2>&1 || { echo "test.sh: error: installed chromium-driver but chromedriver is not on PATH" >&2; exit 1; }
+fi
+# tests/api.rs validates the OpenAPI document with an independent validator (PyPI's
+# openapi-spec-validator), installed once into .local/api-venv.
+if ! .local/api-venv/bin/python -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+  echo "test.sh: installing openapi-spec-validator into .local/api-venv" >&2
+  mkdir -p .local
+  python3 -m venv .local/api-venv
+  .local/api-venv/bin/pip install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7,<0.8'
 fi
 cargo build --workspace --bins
 if [ -z "${ONLY_FAULTS:-}" ]; then

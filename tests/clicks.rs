@@ -40,7 +40,7 @@ impl Harness {
     async fn new(env: &[(&str, &str)]) -> Self {
         let mut vars: Vec<(String, String)> = vec![("REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS".into(), "0".into())];
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let settings = Settings::load_from(None, vars).unwrap();
+        let settings = Settings::load_dev(vars).unwrap();
         Self {
             db: TestDb::new().await,
             attribution: attribution::Attribution::new(&settings).unwrap(),

@@ -391,7 +391,7 @@ async fn event_ids_are_deterministic_for_derived_records() {
 #[tokio::test]
 async fn settlement_delay_pays_when_due_and_catches_a_late_shared_card() {
     let mut h = Harness::new().await;
-    h.settings = Settings::load_from(None, vec![("REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS".into(), "1".into())]).unwrap();
+    h.settings = Settings::load_dev(vec![("REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS".into(), "1".into())]).unwrap();
     h.referral("r20", "e20").await;
     h.referral("r21", "e21").await;
     h.score("e20", "r20", Decision::Approve).await;

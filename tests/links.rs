@@ -72,7 +72,7 @@ impl Links {
 
 /// The default hash key, as the service uses it (the tests do not override it).
 fn hash_key() -> Vec<u8> {
-    let settings = refstream_runtime::Settings::load_from(None, vec![]).expect("default settings");
+    let settings = refstream_runtime::Settings::load_dev(vec![]).expect("default settings");
     settings.fraud.hash_key.expose_secret().as_bytes().to_vec()
 }
 

@@ -21,6 +21,28 @@ fn a_bad_setting_stops_every_binary_naming_the_setting() {
     assert!(p.log_text().contains("campaign.min_deposit"), "{}", p.log_text());
 }
 
+/// Outside development mode no binary runs with the public development hash key of the
+/// defaults, nor with an empty one: it exits 2 naming `fraud.hash_key`, before touching
+/// Postgres or Kafka.
+#[test]
+fn outside_dev_mode_the_development_hash_key_and_an_empty_one_are_refused() {
+    let binaries = WORKERS.iter().copied().chain(["links", "refstream"]);
+    for w in binaries {
+        for key in [None, Some("")] {
+            let mut env = vec![("REFSTREAM__DEV_MODE".to_owned(), "false".to_owned())];
+            if let Some(k) = key {
+                env.push(("REFSTREAM__FRAUD__HASH_KEY".to_owned(), k.to_owned()));
+            }
+            let args: &[&str] = if w == "refstream" { &["summary"] } else { &[] };
+            let mut p = spawn(w, args, &env);
+            let status = p.child.wait().unwrap();
+            assert_eq!(status.code(), Some(2), "{w} with key {key:?}: {}", p.log_text());
+            assert!(p.log_text().contains("fraud.hash_key"), "{w}: {}", p.log_text());
+            assert!(p.log_text().contains("REFSTREAM__FRAUD__HASH_KEY"), "{w}: {}", p.log_text());
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_and_exits_within_the_deadline() {
     let db = TestDb::new().await;

@@ -2,6 +2,8 @@
 //! binaries as child processes, and Kafka helpers to produce and read records. Nothing here
 //! mocks the database or the broker: they are the real servers over real connections.
 
+pub mod api;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -141,6 +143,9 @@ pub fn spawn(name: &str, args: &[&str], env: &[(String, String)]) -> Proc {
     let err = out.try_clone().expect("log file");
     let mut cmd = Command::new(bin(name));
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    // Test processes run in development mode (the defaults' development hash key); `env` may
+    // say otherwise.
+    cmd.env("REFSTREAM__DEV_MODE", "true");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -174,7 +179,7 @@ impl Broker {
 /// Settings for workers driven inside a test process: the defaults, except that rewards
 /// settle at once (the settlement delay has its own tests).
 pub fn test_settings() -> refstream_runtime::Settings {
-    refstream_runtime::Settings::load_from(None, vec![("REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS".into(), "0".into())]).expect("settings")
+    refstream_runtime::Settings::load_dev(vec![("REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS".into(), "0".into())]).expect("settings")
 }
 
 /// The environment a worker gets: the three contract variables, a short session timeout

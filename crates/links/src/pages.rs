@@ -102,7 +102,7 @@ mod tests {
 
     /// The default campaign of the embedded settings, with `referee` as the referee's reward.
     fn campaign(referee: &str) -> CampaignSettings {
-        let mut c = refstream_runtime::Settings::load_from(None, vec![]).expect("the embedded defaults load").campaign;
+        let mut c = refstream_runtime::Settings::load_dev(vec![]).expect("the embedded defaults load").campaign;
         c.referee_reward = referee.into();
         c
     }

@@ -4,87 +4,17 @@
 //! assessment revision, the status transitions with their causes, review decisions and rewards.
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
+use refstream_api::ops::explain;
 use serde_json::Value as Json;
 use sqlx::PgPool;
-use uuid::Uuid;
-
-#[derive(sqlx::FromRow)]
-struct Referral {
-    referral_id: Uuid,
-    referrer_id: String,
-    referee_id: String,
-    code: String,
-    campaign_id: String,
-    attribution: String,
-    referee_registered_at: DateTime<Utc>,
-    status: String,
-    cleared_by_review: bool,
-    created_at: DateTime<Utc>,
-    click_id: Option<String>,
-    click_match: Option<String>,
-    match_confidence: Option<Decimal>,
-    touch: Option<String>,
-    network_clicks: Option<i32>,
-}
-
-#[derive(sqlx::FromRow)]
-struct Revision {
-    revision: i32,
-    score: i32,
-    decision: String,
-    reasons: Vec<String>,
-    signals: Json,
-    rule_version: String,
-    cause: String,
-    assessed_at: DateTime<Utc>,
-}
-
-#[derive(sqlx::FromRow)]
-struct Reward {
-    reward_type: String,
-    beneficiary_id: String,
-    amount: Decimal,
-    currency: String,
-    qualifying_deposit_id: String,
-    granted_at: DateTime<Utc>,
-    reversed_at: Option<DateTime<Utc>>,
-    reversal_reason: Option<String>,
-    hold_ended_at: Option<DateTime<Utc>>,
-    barrier_id: Option<i64>,
-    reversal_assessment_event_id: Option<uuid::Uuid>,
-    reversal_assessment_revision: Option<i32>,
-}
 
 fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
 }
 
-/// Finds the referral by id, or by its referee's user id.
-async fn find(pool: &PgPool, id: &str) -> anyhow::Result<Referral> {
-    const COLUMNS: &str = "referral_id, referrer_id, referee_id, code, campaign_id, attribution, referee_registered_at, \
-                           status, cleared_by_review, created_at, click_id, click_match, match_confidence, touch, network_clicks";
-    let by_id = match Uuid::parse_str(id.trim()) {
-        Ok(uuid) => {
-            sqlx::query_as::<_, Referral>(&format!("SELECT {COLUMNS} FROM referrals WHERE referral_id = $1"))
-                .bind(uuid)
-                .fetch_optional(pool)
-                .await?
-        }
-        Err(_) => None,
-    };
-    if let Some(r) = by_id {
-        return Ok(r);
-    }
-    sqlx::query_as::<_, Referral>(&format!("SELECT {COLUMNS} FROM referrals WHERE referee_id = $1"))
-        .bind(id.trim())
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no referral with id {id} (nor one whose referee is {id})"))
-}
-
 pub async fn run(pool: &PgPool, id: &str) -> anyhow::Result<()> {
-    let r = find(pool, id).await?;
+    let explain::Explained { referral: r, assessments: revisions, transitions, reviews, rewards } =
+        explain::load(pool, id).await?.ok_or_else(|| anyhow::anyhow!("no referral with id {id} (nor one whose referee is {id})"))?;
     println!("referral    {}", r.referral_id);
     println!("referrer    {}", r.referrer_id);
     println!("referee     {} (registered {})", r.referee_id, time(r.referee_registered_at));
@@ -101,25 +31,8 @@ pub async fn run(pool: &PgPool, id: &str) -> anyhow::Result<()> {
     let cleared = if r.cleared_by_review { " (cleared by a reviewer)" } else { "" };
     println!("status      {}{cleared}", r.status);
 
-    let revisions: Vec<Revision> = sqlx::query_as(
-        "SELECT revision, score, decision, reasons, signals, rule_version, cause, assessed_at FROM assessment_history \
-         WHERE referral_id = $1 ORDER BY revision",
-    )
-    .bind(r.referral_id)
-    .fetch_all(pool)
-    .await?;
-    let latest: Option<Revision> = match revisions.last() {
-        Some(_) => None,
-        // Assessed before assessment_history existed: the row itself is all there is.
-        None => sqlx::query_as(
-            "SELECT revision, score, decision, reasons, signals, rule_version, cause, assessed_at FROM assessments WHERE referral_id = $1",
-        )
-        .bind(r.referral_id)
-        .fetch_optional(pool)
-        .await?,
-    };
     println!();
-    match revisions.last().or(latest.as_ref()) {
+    match revisions.last() {
         None => println!("assessment  none yet (the fraud scorer has not scored it)"),
         Some(a) => {
             println!("assessment  score {} → {}   rule set {}", a.score, a.decision, a.rule_version);
@@ -144,40 +57,21 @@ pub async fn run(pool: &PgPool, id: &str) -> anyhow::Result<()> {
         }
     }
 
-    let transitions: Vec<(String, String, String, DateTime<Utc>)> =
-        sqlx::query_as("SELECT from_status, to_status, cause, at FROM referral_transitions WHERE referral_id = $1 ORDER BY id")
-            .bind(r.referral_id)
-            .fetch_all(pool)
-            .await?;
     println!();
     println!("status transitions");
     println!("  {}  (created) → pending: attributed", time(r.created_at));
-    for (from, to, cause, at) in transitions {
-        println!("  {}  {from} → {to}: {cause}", time(at));
+    for t in transitions {
+        println!("  {}  {} → {}: {}", time(t.at), t.from_status, t.to_status, t.cause);
     }
 
-    let reviews: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT decision, reviewer, reason, decided_at FROM review_decisions WHERE referral_id = $1 ORDER BY decided_at, decision_id",
-    )
-    .bind(r.referral_id)
-    .fetch_all(pool)
-    .await?;
     if !reviews.is_empty() {
         println!();
         println!("review decisions");
-        for (decision, reviewer, reason, at) in reviews {
-            println!("  {}  {decision} by {reviewer}: {reason}", time(at));
+        for v in reviews {
+            println!("  {}  {} by {}: {}", time(v.decided_at), v.decision, v.reviewer, v.reason);
         }
     }
 
-    let rewards: Vec<Reward> = sqlx::query_as(
-        "SELECT reward_type, beneficiary_id, amount, currency::text AS currency, qualifying_deposit_id, granted_at, reversed_at, reversal_reason, \
-                hold_ended_at, barrier_id, reversal_assessment_event_id, reversal_assessment_revision \
-         FROM rewards WHERE referral_id = $1 ORDER BY granted_at, reward_type",
-    )
-    .bind(r.referral_id)
-    .fetch_all(pool)
-    .await?;
     println!();
     if rewards.is_empty() {
         println!("rewards     none");

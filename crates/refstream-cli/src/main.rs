@@ -1,12 +1,14 @@
 //! `refstream`: the operator's command line — migrate, create topics, show codes, drive the
 //! demo workload, print the summary, inspect and re-drive dead letters, work the review queue,
-//! explain a referral's decision, and measure the fraud rules on a labeled adversarial stream.
+//! explain a referral's decision, measure the fraud rules on a labeled adversarial stream, serve
+//! the HTTP API and dashboard, and manage the API's tokens.
 
 mod demo;
 mod dlq;
 mod explain;
 mod fraud_eval;
 mod review;
+mod serve;
 mod summary;
 mod topics;
 
@@ -58,6 +60,15 @@ enum Command {
     },
     /// Produce a labeled adversarial stream through a running fleet and measure the fraud rules.
     FraudEval(fraud_eval::Args),
+    /// Serve the HTTP API, its OpenAPI document and the dashboard on `api.listen`.
+    Serve,
+    /// Print the API's OpenAPI 3.1 document.
+    Openapi,
+    /// Manage the API's bearer tokens.
+    ApiToken {
+        #[command(subcommand)]
+        action: serve::TokenAction,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +102,11 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Topics { action } => return topics::run(action, &settings).await,
         Command::Demo(args) => return demo::run(args, &settings).await,
         Command::FraudEval(args) => return fraud_eval::run(args, &settings).await,
+        Command::Serve => return serve::serve(settings).await,
+        Command::Openapi => {
+            println!("{}", refstream_api::openapi().to_pretty_json()?);
+            return Ok(());
+        }
         _ => {}
     }
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_with(settings.database_options()?).await?;
@@ -111,7 +127,13 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Dlq { action } => dlq::run(action, &settings, &pool).await?,
         Command::Review { action } => review::run(action, &settings, &pool).await?,
         Command::Explain { referral_id } => explain::run(&pool, &referral_id).await?,
-        Command::Topics { .. } | Command::Demo(_) | Command::FraudEval(_) => unreachable!("handled above"),
+        Command::ApiToken { action } => {
+            refstream_runtime::db::migrate(&pool).await?;
+            serve::token(action, &pool).await?
+        }
+        Command::Topics { .. } | Command::Demo(_) | Command::FraudEval(_) | Command::Serve | Command::Openapi => {
+            unreachable!("handled above")
+        }
     }
     Ok(())
 }

@@ -22,6 +22,10 @@ use crate::codec::EventKind;
 
 const DEFAULTS: &str = include_str!("defaults.toml");
 
+/// The `fraud.hash_key` shipped in the embedded defaults: public, so hashes made with it can be
+/// reversed by anyone who reads the repository. Accepted only with `dev_mode = true`.
+pub const DEVELOPMENT_HASH_KEY: &str = "refstream-development-key";
+
 /// A setting that is missing or malformed, by its name.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error in `{setting}` (env REFSTREAM__{env}): {reason}")]
@@ -39,6 +43,9 @@ impl ConfigError {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
+    /// Development mode (`REFSTREAM__DEV_MODE=true`, set by `make demo` and the tests): allows
+    /// the development `fraud.hash_key` of the embedded defaults. Off in production.
+    pub dev_mode: bool,
     pub database: DatabaseSettings,
     pub kafka: KafkaSettings,
     pub topics: Topics,
@@ -53,6 +60,18 @@ pub struct Settings {
     pub avro: AvroSettings,
     pub attribution: AttributionSettings,
     pub links: LinksSettings,
+    pub api: ApiSettings,
+}
+
+/// The HTTP API and dashboard (`refstream serve`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    pub listen: String,
+    /// Request bodies larger than this are refused with 413.
+    pub max_body_bytes: usize,
+    /// The base of the share links the API gives users (where the `links` service is reachable
+    /// from the internet), e.g. `https://r.example.com`: a link is `<base>/r/<code>`.
+    pub share_base_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -247,6 +266,14 @@ impl Settings {
         Self::load_from(file, vars)
     }
 
+    /// As [`Settings::load_from`] in development mode (`dev_mode = true` unless `vars` says
+    /// otherwise): what tests and the demo use.
+    pub fn load_dev(vars: Vec<(String, String)>) -> Result<Self, ConfigError> {
+        let mut all = vec![("REFSTREAM__DEV_MODE".to_owned(), "true".to_owned())];
+        all.extend(vars);
+        Self::load_from(None, all)
+    }
+
     /// As [`Settings::load`], with the environment given explicitly (tests).
     pub fn load_from(file: Option<&Path>, vars: Vec<(String, String)>) -> Result<Self, ConfigError> {
         let env_file = vars.iter().find(|(k, _)| k == "REFSTREAM_CONFIG").map(|(_, v)| v.clone());
@@ -298,12 +325,18 @@ impl Settings {
         if self.fraud.review_at > self.fraud.reject_at || self.fraud.reject_at > 100 {
             return Err(ConfigError::new("fraud.review_at", "must satisfy review_at <= reject_at <= 100"));
         }
-        if self.fraud.hash_key.expose_secret().len() < 16 {
-            return Err(ConfigError::new("fraud.hash_key", "must be at least 16 characters"));
-        }
+        self.check_hash_key()?;
         self.confluent_ids()?;
         self.touch_rules()?;
         self.links_addr()?;
+        self.api_addr()?;
+        if self.api.max_body_bytes < 256 {
+            return Err(ConfigError::new("api.max_body_bytes", "must be at least 256"));
+        }
+        let base = &self.api.share_base_url;
+        if !(base.starts_with("https://") || base.starts_with("http://")) || base.contains(char::is_whitespace) {
+            return Err(ConfigError::new("api.share_base_url", format!("`{base}` is not an http(s) URL")));
+        }
         if self.fraud.click_flood_per_network < 2 {
             return Err(ConfigError::new("fraud.click_flood_per_network", "must be at least 2"));
         }
@@ -338,6 +371,32 @@ impl Settings {
             return Err(ConfigError::new("links.probabilistic_min_confidence_pct", "is a percentage: at most 100"));
         }
         Ok(())
+    }
+
+    /// The hash key must be a secret of at least 16 characters; the development key of the
+    /// embedded defaults is refused outside `dev_mode`.
+    fn check_hash_key(&self) -> Result<(), ConfigError> {
+        let key = self.fraud.hash_key.expose_secret();
+        if key.trim().is_empty() {
+            return Err(ConfigError::new("fraud.hash_key", "is empty: set it to a secret of at least 16 characters"));
+        }
+        if key.len() < 16 {
+            return Err(ConfigError::new("fraud.hash_key", "must be at least 16 characters"));
+        }
+        if key == DEVELOPMENT_HASH_KEY && !self.dev_mode {
+            return Err(ConfigError::new(
+                "fraud.hash_key",
+                "is the development key shipped in the defaults, which makes the stored email and IP hashes reversible by \
+                 anyone who reads the repository: set REFSTREAM__FRAUD__HASH_KEY to a secret of at least 16 characters \
+                 (or REFSTREAM__DEV_MODE=true on a development machine)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The address the API (`refstream serve`) listens on.
+    pub fn api_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.api.listen.parse().map_err(|e| ConfigError::new("api.listen", format!("`{}` is not host:port: {e}", self.api.listen)))
     }
 
     /// The attribution rules between touches.
@@ -490,7 +549,7 @@ mod tests {
 
     #[test]
     fn defaults_load() {
-        let s = Settings::load_from(None, vec![]).unwrap();
+        let s = Settings::load_dev(vec![]).unwrap();
         assert_eq!(s.topics.user_registered, "user-registered");
         let c = s.campaign().unwrap();
         assert_eq!(c.rewards[0].amount.to_string(), "10.00 USD");
@@ -500,8 +559,7 @@ mod tests {
 
     #[test]
     fn the_three_contract_variables_override() {
-        let s = Settings::load_from(
-            None,
+        let s = Settings::load_dev(
             env(&[
                 ("REFSTREAM__DATABASE__URL", "postgres://u:p@db:5433/x"),
                 ("REFSTREAM__KAFKA__BROKERS", "k1:9092,k2:9092"),
@@ -531,10 +589,26 @@ mod tests {
             ("REFSTREAM__LINKS__DESTINATIONS__IOS", "itms://x y", "links.destinations.ios"),
             ("REFSTREAM__ATTRIBUTION__CLICK_WINDOW_DAYS", "0", "attribution.click_window_days"),
             ("REFSTREAM__LINKS__PROBABILISTIC_MIN_CONFIDENCE_PCT", "150", "links.probabilistic_min_confidence_pct"),
+            ("REFSTREAM__API__LISTEN", "localhost", "api.listen"),
+            ("REFSTREAM__API__SHARE_BASE_URL", "r.example.com", "api.share_base_url"),
+            ("REFSTREAM__FRAUD__HASH_KEY", "", "fraud.hash_key"),
+            ("REFSTREAM__FRAUD__HASH_KEY", "short", "fraud.hash_key"),
         ] {
-            let err = Settings::load_from(None, env(&[(var, value)])).err().unwrap_or_else(|| panic!("{var} accepted"));
+            let err = Settings::load_dev(env(&[(var, value)])).err().unwrap_or_else(|| panic!("{var} accepted"));
             assert_eq!(err.setting, setting, "{var}: {err}");
             assert!(err.to_string().contains(setting));
         }
+    }
+
+    #[test]
+    fn the_development_hash_key_is_refused_outside_dev_mode() {
+        let err = Settings::load_from(None, vec![]).err().expect("the development key is refused without dev_mode");
+        assert_eq!(err.setting, "fraud.hash_key");
+        assert!(err.to_string().contains("REFSTREAM__FRAUD__HASH_KEY"), "{err}");
+        let prod = env(&[("REFSTREAM__FRAUD__HASH_KEY", "a-production-secret-of-some-length")]);
+        assert!(!Settings::load_from(None, prod).unwrap().dev_mode);
+        assert!(Settings::load_dev(vec![]).unwrap().dev_mode);
+        let empty = env(&[("REFSTREAM__DEV_MODE", "true"), ("REFSTREAM__FRAUD__HASH_KEY", "")]);
+        assert_eq!(Settings::load_from(None, empty).err().expect("empty key refused").setting, "fraud.hash_key");
     }
 }

@@ -1,0 +1,99 @@
+//! Client endpoints, for a user's own screen: their code and share link, their referrals with
+//! status, their rewards. A client token acts for exactly one user and these endpoints read
+//! nothing else: another user appears only as a referral's status and dates, never by id,
+//! email or address.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::problem::Problem;
+use crate::AppState;
+
+/// The caller's referral code and the link to share.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MyCode {
+    pub user_id: String,
+    pub code: String,
+    pub share_link: String,
+    pub campaign_id: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The caller's code and share link.
+#[utoipa::path(get, path = "/v1/me/code", tag = "client", security(("bearer" = [])),
+    responses((status = 200, body = MyCode), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn my_code(State(state): State<AppState>, caller: Caller) -> Result<Json<MyCode>, Problem> {
+    let user = caller.user()?;
+    let row: Option<(String, String, Option<DateTime<Utc>>)> =
+        sqlx::query_as("SELECT code, campaign_id, expires_at FROM referral_codes WHERE user_id = $1").bind(user).fetch_optional(&state.pool).await?;
+    let (code, campaign_id, expires_at) = row.ok_or_else(|| Problem::not_found("no referral code yet: the registration is still being processed"))?;
+    let share_link = format!("{}/r/{code}", state.settings.api.share_base_url.trim_end_matches('/'));
+    Ok(Json(MyCode { user_id: user.to_owned(), code, share_link, campaign_id, expires_at }))
+}
+
+/// One of the caller's referrals: who it was is not shown, only where it stands.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct MyReferral {
+    pub referral_id: Uuid,
+    /// When the invited user registered.
+    pub registered_at: DateTime<Utc>,
+    /// pending, held, eligible, rewarded, rejected, expired or reversed.
+    pub status: String,
+    /// What the caller earned from it (net of reversals), in the campaign's currency.
+    #[schema(value_type = Option<String>)]
+    pub earned: Option<Decimal>,
+    pub currency: Option<String>,
+}
+
+/// The people the caller invited, newest first, with status.
+#[utoipa::path(get, path = "/v1/me/referrals", tag = "client", security(("bearer" = [])),
+    responses((status = 200, body = Vec<MyReferral>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub async fn my_referrals(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<MyReferral>>, Problem> {
+    let user = caller.user()?;
+    let rows = sqlx::query_as(
+        "SELECT r.referral_id, r.referee_registered_at AS registered_at, r.status, w.earned, w.currency \
+         FROM referrals r LEFT JOIN LATERAL ( \
+           SELECT sum(amount) FILTER (WHERE reversed_at IS NULL) AS earned, min(currency::text) AS currency \
+           FROM rewards WHERE referral_id = r.referral_id AND beneficiary_id = $1) w ON true \
+         WHERE r.referrer_id = $1 ORDER BY r.referee_registered_at DESC, r.referral_id LIMIT 500",
+    )
+    .bind(user)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(rows))
+}
+
+/// A reward credited to the caller.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct MyReward {
+    pub reward_id: Uuid,
+    pub referral_id: Uuid,
+    pub reward_type: String,
+    #[schema(value_type = String)]
+    pub amount: Decimal,
+    pub currency: String,
+    pub granted_at: DateTime<Utc>,
+    pub reversed_at: Option<DateTime<Utc>>,
+    pub reversal_reason: Option<String>,
+}
+
+/// The caller's rewards, newest first (reversed ones included, marked).
+#[utoipa::path(get, path = "/v1/me/rewards", tag = "client", security(("bearer" = [])),
+    responses((status = 200, body = Vec<MyReward>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub async fn my_rewards(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<MyReward>>, Problem> {
+    let user = caller.user()?;
+    let rows = sqlx::query_as(
+        "SELECT reward_id, referral_id, reward_type, amount, currency::text AS currency, granted_at, reversed_at, reversal_reason \
+         FROM rewards WHERE beneficiary_id = $1 ORDER BY granted_at DESC, reward_id LIMIT 500",
+    )
+    .bind(user)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(rows))
+}

@@ -1,0 +1,5 @@
+//! The API's routes, by audience.
+
+pub mod admin;
+pub mod client;
+pub mod meta;
