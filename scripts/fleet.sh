@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts or stops the local stack: a throwaway Postgres (scripts/pg.sh), the devbroker, the
-# four workers and the links service (http://127.0.0.1:8080, plain HTTP: cookies not Secure) as
-# separate processes. State lives in .local/ (git-ignored).
+# four workers, the links service (http://127.0.0.1:8080, plain HTTP: cookies not Secure) and the
+# analytics worker (metrics 9106) as separate processes. State lives in .local/ (git-ignored).
 #   scripts/fleet.sh up     start everything, write .local/fleet.env
 #   scripts/fleet.sh down   stop everything this script started
 #   FLEET_BROKER=host:port  use that Kafka-protocol broker (topics already created) instead of
@@ -17,7 +17,7 @@ mkdir -p "$LOCAL/logs"
 export REFSTREAM__DEV_MODE=${REFSTREAM__DEV_MODE:-true}
 
 # Metrics ports 9101.. in this order.
-SERVICES="attribution fraud-scorer reward-engine outbox-relay links"
+SERVICES="attribution fraud-scorer reward-engine outbox-relay links analytics"
 
 skipped() { case " ${FLEET_SKIP:-} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
