@@ -21,7 +21,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --bins --locked \
     && mkdir -p /out \
     && cp target/release/attribution target/release/fraud-scorer target/release/reward-engine \
-          target/release/outbox-relay target/release/links target/release/refstream /out/
+          target/release/outbox-relay target/release/links target/release/analytics \
+          target/release/refstream /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -30,8 +31,9 @@ RUN apt-get update \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin refstream
 COPY --from=builder /out/ /usr/local/bin/
 USER 10001
-# /metrics and /healthz when REFSTREAM__METRICS__LISTEN=0.0.0.0:9100
-EXPOSE 9100
+# /metrics and /healthz when REFSTREAM__METRICS__LISTEN=0.0.0.0:9100; links serves on 8080 and
+# `refstream serve` (the API, with its own /metrics and /healthz) on 8081 when told to listen there.
+EXPOSE 9100 8080 8081
 # No ENTRYPOINT: compose / Kubernetes set the command (attribution, fraud-scorer, reward-engine,
-# outbox-relay, or `refstream migrate` / `refstream topics create`).
+# outbox-relay, links, analytics, `refstream serve`, or `refstream migrate` / `refstream topics create`).
 CMD ["refstream", "--help"]

@@ -18,7 +18,8 @@ if [ "${BENCH_BROKER:-devbroker}" = tansu ]; then
   export FLEET_BROKER
   FLEET_BROKER=$(scripts/tansu.sh start)
 fi
-FLEET_BIN=$REL scripts/fleet.sh up
+# The money path is measured: the analytics worker (a reader of the public topics) is not run.
+FLEET_SKIP=${FLEET_SKIP:-analytics} FLEET_BIN=$REL scripts/fleet.sh up
 # shellcheck disable=SC1091
 source .local/fleet.env
 # shellcheck disable=SC1091

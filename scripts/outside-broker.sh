@@ -14,7 +14,7 @@ REL=${CARGO_TARGET_DIR:-target}/release
 trap 'FLEET_BIN=$REL scripts/fleet.sh down || true; scripts/tansu.sh stop' EXIT
 BROKER=$(scripts/tansu.sh start)
 scripts/pg.sh destroy >/dev/null 2>&1 || true
-FLEET_BROKER=$BROKER FLEET_BIN=$REL REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS=0 scripts/fleet.sh up
+FLEET_SKIP=${FLEET_SKIP:-analytics} FLEET_BROKER=$BROKER FLEET_BIN=$REL REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS=0 scripts/fleet.sh up
 # shellcheck disable=SC1091
 source .local/fleet.env
 .local/outside-venv/bin/python bench/outside/trial.py --bootstrap "$BROKER" --database-url "$REFSTREAM__DATABASE__URL" "$@"

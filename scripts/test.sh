@@ -40,6 +40,9 @@ cargo build --workspace --bins
 if [ -z "${ONLY_FAULTS:-}" ]; then
   # docker-compose.yml cannot run here (no Docker engine): at least check that it parses.
   python3 -c 'import yaml; d = yaml.safe_load(open("docker-compose.yml")); assert {"kafka", "postgres", "attribution", "fraud-scorer", "reward-engine", "outbox-relay"} <= set(d["services"]), d["services"].keys()'
+  # The operator's kit (deploy/): Kubernetes manifests against the Kubernetes schemas, KEDA
+  # ScaledObjects against KEDA's CRD schema, the Grafana dashboard's metrics against the code.
+  scripts/check-deploy.sh
   cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}" --skip chaos_
 fi
 # The fault suite restarts Postgres itself (scenario c): it runs alone, one scenario at a time.

@@ -21,12 +21,14 @@ const PUBLIC: [&str; 4] = ["/", "/dashboard", "/healthz", "/openapi.json"];
 /// dan referred eve (pending). Returns the held referral's id.
 async fn seed(pool: &PgPool) -> Uuid {
     for (user, platform) in [("ana", "web"), ("bea", "ios"), ("cid", "android"), ("dan", "web"), ("eve", "web")] {
-        sqlx::query("INSERT INTO users (user_id, registered_at, platform, email_domain) VALUES ($1, now() - interval '1 day', $2, 'example.org')")
-            .bind(user)
-            .bind(platform)
-            .execute(pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO users (user_id, registered_at, platform, email_domain) VALUES ($1, now() - interval '1 day', $2, 'example.org')",
+        )
+        .bind(user)
+        .bind(platform)
+        .execute(pool)
+        .await
+        .unwrap();
     }
     for (user, code) in [("ana", "ANA0CODE"), ("dan", "DAN0CODE")] {
         sqlx::query("INSERT INTO referral_codes (code, user_id, campaign_id, created_at) VALUES ($1, $2, 'default', now())")
@@ -56,11 +58,13 @@ async fn seed(pool: &PgPool) -> Uuid {
         .await
         .unwrap();
     }
-    sqlx::query("INSERT INTO referral_transitions (referral_id, from_status, to_status, cause) VALUES ($1, 'pending', 'held', 'score 55 REVIEW')")
-        .bind(held)
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO referral_transitions (referral_id, from_status, to_status, cause) VALUES ($1, 'pending', 'held', 'score 55 REVIEW')",
+    )
+    .bind(held)
+    .execute(pool)
+    .await
+    .unwrap();
     sqlx::query("INSERT INTO deposits (deposit_id, user_id, amount, currency, occurred_at) VALUES ('dep-cid', 'cid', 25, 'USD', now())")
         .execute(pool)
         .await
@@ -101,9 +105,9 @@ fn assert_problem(r: &refstream_e2e::HttpResponse, status: u16, what: &str) -> J
 
 /// The Python interpreter of the venv `make test` prepares with openapi-spec-validator.
 fn validator_python() -> PathBuf {
-    let venv = std::env::var("REFSTREAM_API_VENV").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.local/api-venv")
-    });
+    let venv = std::env::var("REFSTREAM_API_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.local/api-venv"));
     let python = venv.join("bin/python");
     assert!(python.exists(), "{} missing: run `make test` (scripts/test.sh installs openapi-spec-validator there)", python.display());
     python
@@ -125,11 +129,19 @@ async fn every_endpoint_needs_a_token_and_its_role_and_the_document_validates() 
     let file = std::env::temp_dir().join(format!("refstream-openapi-{}.json", Uuid::new_v4().simple()));
     std::fs::write(&file, &r.body).unwrap();
     let out = Command::new(validator_python())
-        .args(["-c", "import sys, json; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print('valid')"])
+        .args([
+            "-c",
+            "import sys, json; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print('valid')",
+        ])
         .arg(&file)
         .output()
         .expect("run the validator");
-    assert!(out.status.success(), "openapi-spec-validator: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The same document as `refstream openapi` prints.
     let printed = Command::new(bin("refstream")).arg("openapi").env("REFSTREAM__DEV_MODE", "true").output().unwrap();
     assert_eq!(serde_json::from_slice::<Json>(&printed.stdout).unwrap(), doc);
@@ -161,7 +173,10 @@ async fn every_endpoint_needs_a_token_and_its_role_and_the_document_validates() 
     let r = api.call("GET", &format!("/v1/admin/referrals/{held}"), Some(&viewer), None);
     assert_eq!(json(&r)["referral"]["status"], "held", "{r:?}");
     let summary = json(&api.call("GET", "/v1/admin/summary", Some(&viewer), None));
-    assert_eq!((summary["users"].as_i64(), summary["referrals"].as_i64(), summary["rewards_granted"].as_i64()), (Some(5), Some(3), Some(1)));
+    assert_eq!(
+        (summary["users"].as_i64(), summary["referrals"].as_i64(), summary["rewards_granted"].as_i64()),
+        (Some(5), Some(3), Some(1))
+    );
     for (method, path) in [
         ("POST", format!("/v1/admin/reviews/{held}/approve")),
         ("POST", format!("/v1/admin/reviews/{held}/reject")),
@@ -185,13 +200,29 @@ async fn every_endpoint_needs_a_token_and_its_role_and_the_document_validates() 
     assert_problem(&api.call("POST", &approve, Some(&reviewer), Some(&json!({ "reason": " " }))), 400, "blank reason");
     assert_problem(&api.call("POST", &approve, Some(&reviewer), Some(&json!({ "reason": "ok", "extra": 1 }))), 400, "unknown field");
     assert_problem(&api.call("POST", &approve, Some(&reviewer), Some(&json!({ "why": "ok" }))), 400, "missing field");
-    let r = refstream_e2e::http(api.port, "POST", &approve, &[("Authorization", &format!("Bearer {reviewer}")), ("Content-Type", "application/json")], b"{not json");
+    let r = refstream_e2e::http(
+        api.port,
+        "POST",
+        &approve,
+        &[("Authorization", &format!("Bearer {reviewer}")), ("Content-Type", "application/json")],
+        b"{not json",
+    );
     assert_problem(&r, 400, "malformed JSON");
-    let r = refstream_e2e::http(api.port, "POST", &approve, &[("Authorization", &format!("Bearer {reviewer}")), ("Content-Type", "text/plain")], b"{}");
+    let r = refstream_e2e::http(
+        api.port,
+        "POST",
+        &approve,
+        &[("Authorization", &format!("Bearer {reviewer}")), ("Content-Type", "text/plain")],
+        b"{}",
+    );
     assert_problem(&r, 415, "not JSON");
     let huge = json!({ "reason": "x".repeat(20_000) });
     assert_problem(&api.call("POST", &approve, Some(&reviewer), Some(&huge)), 413, "a body over api.max_body_bytes");
-    assert_problem(&api.call("POST", "/v1/admin/reviews/not-a-uuid/approve", Some(&reviewer), Some(&json!({ "reason": "ok" }))), 400, "bad id");
+    assert_problem(
+        &api.call("POST", "/v1/admin/reviews/not-a-uuid/approve", Some(&reviewer), Some(&json!({ "reason": "ok" }))),
+        400,
+        "bad id",
+    );
     let unknown = format!("/v1/admin/reviews/{}/approve", Uuid::new_v4());
     assert_problem(&api.call("POST", &unknown, Some(&reviewer), Some(&json!({ "reason": "ok" }))), 404, "unknown referral");
 
@@ -199,21 +230,27 @@ async fn every_endpoint_needs_a_token_and_its_role_and_the_document_validates() 
     assert_eq!(r.status, 201, "{r:?}");
     let decided = json(&r);
     assert_eq!((decided["decision"].as_str(), decided["reviewer"].as_str()), (Some("APPROVE"), Some("api:rui")));
-    let (decision, by): (String, String) =
-        sqlx::query_as("SELECT decision, reviewer FROM review_decisions WHERE referral_id = $1").bind(held).fetch_one(&db.pool).await.unwrap();
-    assert_eq!((decision.as_str(), by.as_str()), ("APPROVE", "api:rui"));
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = 'review-decided' AND key = 'bea'").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(outbox, 1, "the decision's ReviewDecided is in the outbox");
-    let audit: (String, String, String) = sqlx::query_as("SELECT token_name, action, target FROM api_admin_actions ORDER BY id DESC LIMIT 1")
+    let (decision, by): (String, String) = sqlx::query_as("SELECT decision, reviewer FROM review_decisions WHERE referral_id = $1")
+        .bind(held)
         .fetch_one(&db.pool)
         .await
         .unwrap();
+    assert_eq!((decision.as_str(), by.as_str()), ("APPROVE", "api:rui"));
+    let outbox: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = 'review-decided' AND key = 'bea'").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(outbox, 1, "the decision's ReviewDecided is in the outbox");
+    let audit: (String, String, String) =
+        sqlx::query_as("SELECT token_name, action, target FROM api_admin_actions ORDER BY id DESC LIMIT 1")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(audit, ("rui".to_owned(), "review.approve".to_owned(), held.to_string()));
     // One decision per hold.
     assert_problem(&api.call("POST", &approve, Some(&reviewer), Some(&json!({ "reason": "again" }))), 409, "second decision");
 
     // Revoked and expired tokens stop working.
-    let out = Command::new(bin("refstream")).args(["api-token", "revoke", "vera"]).env("REFSTREAM__DATABASE__URL", &db.url).output().unwrap();
+    let out =
+        Command::new(bin("refstream")).args(["api-token", "revoke", "vera"]).env("REFSTREAM__DATABASE__URL", &db.url).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_problem(&api.call("GET", "/v1/admin/summary", Some(&viewer), None), 401, "revoked token");
     sqlx::query("UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE name = 'rui'").execute(&db.pool).await.unwrap();
@@ -230,7 +267,11 @@ async fn a_client_token_sees_its_own_user_and_nobody_else() {
     let admin = token(&db.url, "admin", "ops-backend", None);
 
     assert_problem(&api.call("POST", "/v1/admin/client-tokens", Some(&admin), Some(&json!({ "user_id": "nobody" }))), 400, "unknown user");
-    assert_problem(&api.call("POST", "/v1/admin/client-tokens", Some(&admin), Some(&json!({ "user_id": "ana", "ttl_secs": 5 }))), 400, "ttl");
+    assert_problem(
+        &api.call("POST", "/v1/admin/client-tokens", Some(&admin), Some(&json!({ "user_id": "ana", "ttl_secs": 5 }))),
+        400,
+        "ttl",
+    );
     let r = api.call("POST", "/v1/admin/client-tokens", Some(&admin), Some(&json!({ "user_id": "ana", "ttl_secs": 3600 })));
     assert_eq!(r.status, 201, "{r:?}");
     let ana = json(&r)["token"].as_str().unwrap().to_owned();

@@ -3,6 +3,7 @@
 //! mocks the database or the broker: they are the real servers over real connections.
 
 pub mod api;
+pub mod browser;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -380,12 +381,26 @@ pub fn http(port: u16, method: &str, target: &str, headers: &[(&str, &str)], bod
     loop {
         match stream.read(&mut chunk) {
             Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                raw.extend_from_slice(&chunk[..n]);
+                // A server that keeps the connection open (chromedriver) is done once the
+                // response its headers frame is complete.
+                if framed(&raw) && parse_response(&raw).is_some() {
+                    break;
+                }
+            }
             Err(e) if raw.is_empty() => panic!("{method} {target}: no answer: {e}"),
             Err(_) => break,
         }
     }
     parse_response(&raw).unwrap_or_else(|| panic!("{method} {target}: not an HTTP/1.1 answer: {:?}", String::from_utf8_lossy(&raw)))
+}
+
+/// True when the response head is complete and says how long its body is.
+fn framed(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    head.contains("\r\ncontent-length:") || head.contains("\r\ntransfer-encoding: chunked")
 }
 
 fn parse_response(raw: &[u8]) -> Option<HttpResponse> {

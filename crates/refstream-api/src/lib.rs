@@ -58,7 +58,8 @@ struct BearerScheme;
 impl Modify for BearerScheme {
     fn modify(&self, openapi: &mut OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("a token from `refstream api-token create`")).build();
+        let scheme =
+            HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("a token from `refstream api-token create`")).build();
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
 }

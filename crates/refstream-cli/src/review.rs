@@ -71,7 +71,15 @@ async fn list(pool: &PgPool, limit: i64) -> anyhow::Result<()> {
         println!();
         println!("paid before a later score flagged them (not reversed automatically; look at them):");
         for f in &q.flagged_after_payment {
-            println!("  {}  {} referred {}  {}  score {}  {}", f.referral_id, f.referrer_id, f.referee_id, f.status, f.score, f.reasons.join(", "));
+            println!(
+                "  {}  {} referred {}  {}  score {}  {}",
+                f.referral_id,
+                f.referrer_id,
+                f.referee_id,
+                f.status,
+                f.score,
+                f.reasons.join(", ")
+            );
         }
     }
     Ok(())

@@ -49,11 +49,17 @@ pub enum TokenAction {
     Revoke { id_or_name: String },
 }
 
+/// The API on `api.listen`; `/healthz` and `/metrics` for operators on `metrics.listen`
+/// (default 127.0.0.1:9107), as every refstream binary serves them.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     settings.api_addr()?;
+    let metrics = settings.metrics_addr(9107)?;
     let stop = refstream_runtime::shutdown::on_signal(settings.shutdown_deadline());
+    let health = refstream_runtime::http::Health::starting();
+    refstream_runtime::http::serve(metrics, health.clone(), stop.clone()).await?;
     let pool = refstream_runtime::db::connect(&settings, &stop).await?;
     refstream_runtime::db::migrate(&pool).await?;
+    health.ready();
     refstream_api::serve(settings, pool, stop).await
 }
 
@@ -78,7 +84,13 @@ pub async fn token(action: TokenAction, pool: &PgPool) -> anyhow::Result<()> {
                     _ => "live",
                 };
                 let user = t.user_id.map(|u| format!(" (user {u})")).unwrap_or_default();
-                println!("{:<36}  {:<8}  {:<24} {state:<10} {}{user}", t.token_id, t.role, t.created_at.format("%Y-%m-%d %H:%M:%S UTC"), t.name);
+                println!(
+                    "{:<36}  {:<8}  {:<24} {state:<10} {}{user}",
+                    t.token_id,
+                    t.role,
+                    t.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    t.name
+                );
             }
         }
         TokenAction::Revoke { id_or_name } => match tokens::revoke(pool, &id_or_name).await? {

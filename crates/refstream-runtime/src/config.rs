@@ -559,14 +559,12 @@ mod tests {
 
     #[test]
     fn the_three_contract_variables_override() {
-        let s = Settings::load_dev(
-            env(&[
-                ("REFSTREAM__DATABASE__URL", "postgres://u:p@db:5433/x"),
-                ("REFSTREAM__KAFKA__BROKERS", "k1:9092,k2:9092"),
-                ("REFSTREAM__METRICS__LISTEN", "0.0.0.0:9400"),
-                ("REFSTREAM__KAFKA__OPTIONS__FETCH_MAX_BYTES", "1048576"),
-            ]),
-        )
+        let s = Settings::load_dev(env(&[
+            ("REFSTREAM__DATABASE__URL", "postgres://u:p@db:5433/x"),
+            ("REFSTREAM__KAFKA__BROKERS", "k1:9092,k2:9092"),
+            ("REFSTREAM__METRICS__LISTEN", "0.0.0.0:9400"),
+            ("REFSTREAM__KAFKA__OPTIONS__FETCH_MAX_BYTES", "1048576"),
+        ]))
         .unwrap();
         assert_eq!(s.database_options().unwrap().get_port(), 5433);
         assert_eq!(s.kafka.brokers, "k1:9092,k2:9092");
@@ -602,13 +600,13 @@ mod tests {
 
     #[test]
     fn the_development_hash_key_is_refused_outside_dev_mode() {
-        let err = Settings::load_from(None, vec![]).err().expect("the development key is refused without dev_mode");
+        let err = Settings::load_from(None, vec![]).expect_err("the development key is refused without dev_mode");
         assert_eq!(err.setting, "fraud.hash_key");
         assert!(err.to_string().contains("REFSTREAM__FRAUD__HASH_KEY"), "{err}");
         let prod = env(&[("REFSTREAM__FRAUD__HASH_KEY", "a-production-secret-of-some-length")]);
         assert!(!Settings::load_from(None, prod).unwrap().dev_mode);
         assert!(Settings::load_dev(vec![]).unwrap().dev_mode);
         let empty = env(&[("REFSTREAM__DEV_MODE", "true"), ("REFSTREAM__FRAUD__HASH_KEY", "")]);
-        assert_eq!(Settings::load_from(None, empty).err().expect("empty key refused").setting, "fraud.hash_key");
+        assert_eq!(Settings::load_from(None, empty).expect_err("empty key refused").setting, "fraud.hash_key");
     }
 }

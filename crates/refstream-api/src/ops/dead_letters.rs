@@ -49,10 +49,8 @@ pub async fn replay(pool: &PgPool, settings: &Settings, id: i64) -> Result<Strin
     let row: Option<(String, Option<Vec<u8>>, Vec<u8>)> =
         sqlx::query_as("SELECT topic, key, payload FROM dead_letters WHERE id = $1").bind(id).fetch_optional(pool).await?;
     let Some((topic, key, payload)) = row else { return Err(ReplayError::NotFound(id)) };
-    let producer: FutureProducer = client_config(settings)
-        .set("enable.idempotence", "true")
-        .create()
-        .map_err(|e| ReplayError::Produce(id, e.to_string()))?;
+    let producer: FutureProducer =
+        client_config(settings).set("enable.idempotence", "true").create().map_err(|e| ReplayError::Produce(id, e.to_string()))?;
     let mut record = FutureRecord::to(&topic).payload(&payload);
     if let Some(k) = &key {
         record = record.key(k);

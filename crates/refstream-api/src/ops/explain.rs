@@ -104,7 +104,10 @@ async fn find(pool: &PgPool, id: &str) -> sqlx::Result<Option<Referral>> {
             return Ok(found);
         }
     }
-    sqlx::query_as::<_, Referral>(&format!("SELECT {COLUMNS} FROM referrals WHERE referee_id = $1")).bind(id.trim()).fetch_optional(pool).await
+    sqlx::query_as::<_, Referral>(&format!("SELECT {COLUMNS} FROM referrals WHERE referee_id = $1"))
+        .bind(id.trim())
+        .fetch_optional(pool)
+        .await
 }
 
 /// The referral with this id (or whose referee is this user), explained; `None` when unknown.

@@ -55,7 +55,12 @@ impl FunnelQuery {
                 return Err(Problem::bad_request("from is after to"));
             }
         }
-        Ok(analytics::report::Filter { from: self.from, to: self.to, campaign_id: self.campaign_id.clone(), platform: self.platform.clone() })
+        Ok(analytics::report::Filter {
+            from: self.from,
+            to: self.to,
+            campaign_id: self.campaign_id.clone(),
+            platform: self.platform.clone(),
+        })
     }
 }
 
@@ -63,7 +68,11 @@ impl FunnelQuery {
 /// rates and money per currency.
 #[utoipa::path(get, path = "/v1/admin/funnel", tag = "admin", params(FunnelQuery), security(("bearer" = [])),
     responses((status = 200, body = analytics::report::Report), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
-pub async fn funnel(State(state): State<AppState>, caller: Caller, Params(q): Params<FunnelQuery>) -> Result<Json<analytics::report::Report>, Problem> {
+pub async fn funnel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(q): Params<FunnelQuery>,
+) -> Result<Json<analytics::report::Report>, Problem> {
     caller.require(Role::Viewer)?;
     Ok(Json(analytics::report::report(&state.pool, &q.filter()?).await?))
 }
@@ -132,7 +141,13 @@ fn referral_id(segment: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(segment).map_err(|_| Problem::bad_request(format!("`{segment}` is not a referral id (a UUID)")))
 }
 
-async fn decide(state: &AppState, who: &Principal, segment: &str, reason: &str, approve: bool) -> Result<(StatusCode, Json<review::Decided>), Problem> {
+async fn decide(
+    state: &AppState,
+    who: &Principal,
+    segment: &str,
+    reason: &str,
+    approve: bool,
+) -> Result<(StatusCode, Json<review::Decided>), Problem> {
     let id = referral_id(segment)?;
     let mut tx = state.pool.begin().await?;
     let reviewer = format!("api:{}", who.name);
@@ -185,13 +200,20 @@ pub async fn explain(State(state): State<AppState>, caller: Caller, Segment(id):
     if id.len() > 128 {
         return Err(Problem::bad_request("id too long"));
     }
-    explain::load(&state.pool, &id).await?.map(Json).ok_or_else(|| Problem::not_found(format!("no referral {id} (nor one whose referee is {id})")))
+    explain::load(&state.pool, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(format!("no referral {id} (nor one whose referee is {id})")))
 }
 
 /// Dead letters, newest first (reasons and positions; payloads are not shown).
 #[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin", params(Limit), security(("bearer" = [])),
     responses((status = 200, body = Vec<dead_letters::Letter>), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
-pub async fn dead_letter_list(State(state): State<AppState>, caller: Caller, Params(q): Params<Limit>) -> Result<Json<Vec<dead_letters::Letter>>, Problem> {
+pub async fn dead_letter_list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(q): Params<Limit>,
+) -> Result<Json<Vec<dead_letters::Letter>>, Problem> {
     caller.require(Role::Viewer)?;
     Ok(Json(dead_letters::list(&state.pool, q.value()?).await?))
 }

@@ -31,8 +31,12 @@ pub struct MyCode {
 pub async fn my_code(State(state): State<AppState>, caller: Caller) -> Result<Json<MyCode>, Problem> {
     let user = caller.user()?;
     let row: Option<(String, String, Option<DateTime<Utc>>)> =
-        sqlx::query_as("SELECT code, campaign_id, expires_at FROM referral_codes WHERE user_id = $1").bind(user).fetch_optional(&state.pool).await?;
-    let (code, campaign_id, expires_at) = row.ok_or_else(|| Problem::not_found("no referral code yet: the registration is still being processed"))?;
+        sqlx::query_as("SELECT code, campaign_id, expires_at FROM referral_codes WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(&state.pool)
+            .await?;
+    let (code, campaign_id, expires_at) =
+        row.ok_or_else(|| Problem::not_found("no referral code yet: the registration is still being processed"))?;
     let share_link = format!("{}/r/{code}", state.settings.api.share_base_url.trim_end_matches('/'));
     Ok(Json(MyCode { user_id: user.to_owned(), code, share_link, campaign_id, expires_at }))
 }
