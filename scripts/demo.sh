@@ -29,36 +29,61 @@ curl -s -X POST -H 'Content-Type: application/json' -d "{\"platform\": \"ios\", 
   http://127.0.0.1:8080/v1/attribution/claim
 echo
 
-# The API and its dashboard: a fresh viewer token; the analytics worker's funnel next to the
-# summary's numbers (they must agree once analytics has read the topics).
+# The API and its dashboard: a fresh viewer token; the analytics worker's funnel next to what
+# `refstream summary` printed (they must agree once analytics has read the topics), then again
+# after analytics replayed every topic from offset zero into emptied tables.
 BIN=${CARGO_TARGET_DIR:-target}/debug
 "$BIN/refstream" serve >.local/logs/api.log 2>&1 &
 echo $! >.local/api.pid
 trap 'kill "$(cat .local/api.pid)" 2>/dev/null || true; scripts/fleet.sh down' EXIT
 for _ in $(seq 1 100); do curl -fs http://127.0.0.1:8081/healthz >/dev/null 2>&1 && break; sleep 0.2; done
 token=$("$BIN/refstream" api-token create --role viewer --name "demo-viewer-$$" 2>/dev/null)
-echo
-echo "== the API: GET http://127.0.0.1:8081/v1/admin/funnel with a fresh viewer token, next to the summary =="
-for attempt in $(seq 1 60); do
-  funnel=$(curl -fs -H "Authorization: Bearer $token" http://127.0.0.1:8081/v1/admin/funnel)
-  summary=$(curl -fs -H "Authorization: Bearer $token" http://127.0.0.1:8081/v1/admin/summary)
-  if FUNNEL="$funnel" SUMMARY="$summary" python3 - "$attempt" <<'PY'
+summary_json=$(psql "$REFSTREAM__DATABASE__URL" -AtXq -c "SELECT json_build_object('users', (SELECT count(*) FROM users), \
+  'referrals', (SELECT count(*) FROM referrals), 'rewards_granted', (SELECT count(*) FROM rewards), \
+  'rewards_reversed', (SELECT count(*) FROM rewards WHERE reversed_at IS NOT NULL))")
+
+# Polls the funnel until it equals the summary (60 s at most); prints both; fails otherwise.
+compare_funnel() {
+  local attempt funnel
+  for attempt in $(seq 1 60); do
+    funnel=$(curl -fs -H "Authorization: Bearer $token" http://127.0.0.1:8081/v1/admin/funnel || echo '{}')
+    if FUNNEL="$funnel" SUMMARY="$summary_json" python3 - "$attempt" <<'PY'
 import json, os, sys
-f = json.loads(os.environ["FUNNEL"])["totals"]
+f = json.loads(os.environ["FUNNEL"]).get("totals")
 s = json.loads(os.environ["SUMMARY"])
+last = sys.argv[1] == "60"
+if f is None:
+    sys.exit(2 if last else 1)
 pairs = [("signups", f["signups"], "users registered", s["users"]),
          ("attributed", f["attributed"], "referrals attributed", s["referrals"]),
          ("rewards", f["rewards"], "rewards granted", s["rewards_granted"]),
          ("reversals", f["reversals"], "rewards reversed", s["rewards_reversed"])]
-if any(a != b for _, a, _, b in pairs) and sys.argv[1] != "60":
+same = all(a == b for _, a, _, b in pairs)
+if not same and not last:
     sys.exit(1)
 for name, a, label, b in pairs:
-    print(f"  funnel {name:<11} {a:>6}   summary {label:<21} {b:>6}   {'equal' if a == b else 'DIFFERENT'}")
+    print(f"  funnel {name:<14} {a:>6}   summary {label:<21} {b:>6}   {'equal' if a == b else 'DIFFERENT'}")
 for stage in ("clicks", "approved", "held", "rejected", "first_deposits"):
-    print(f"  funnel {stage:<11} {f[stage]:>6}")
-sys.exit(0 if all(a == b for _, a, _, b in pairs) else 2)
+    print(f"  funnel {stage:<14} {f[stage]:>6}")
+sys.exit(0 if same else 2)
 PY
-  then break; fi
-  sleep 1
-done
+    then return 0; fi
+    [ "$attempt" = 60 ] && { echo "demo: the funnel does not match the summary" >&2; return 1; }
+    sleep 1
+  done
+}
+
+echo
+echo "== the API: GET http://127.0.0.1:8081/v1/admin/funnel with a fresh viewer token, next to the summary =="
+compare_funnel
+echo "== analytics replayed from offset zero into emptied tables (analytics --rebuild): the same numbers =="
+kill "$(cat .local/analytics.pid)" 2>/dev/null || true
+while kill -0 "$(cat .local/analytics.pid)" 2>/dev/null; do sleep 0.2; done
+: >.local/logs/analytics-rebuild.log
+REFSTREAM__METRICS__LISTEN=127.0.0.1:9106 "$BIN/analytics" --rebuild >.local/logs/analytics-rebuild.log 2>&1 &
+echo $! >.local/analytics.pid
+# Compare only once the tables were emptied and the group rewound.
+for _ in $(seq 1 300); do grep -q "replaying from the first record" .local/logs/analytics-rebuild.log && break; sleep 0.2; done
+grep -q "replaying from the first record" .local/logs/analytics-rebuild.log || { echo "demo: analytics --rebuild did not start:" >&2; tail -5 .local/logs/analytics-rebuild.log >&2; exit 1; }
+compare_funnel
 echo "   (dashboard: http://127.0.0.1:8081/dashboard while a fleet runs; OpenAPI: /openapi.json)"

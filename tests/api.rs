@@ -195,6 +195,19 @@ async fn every_endpoint_needs_a_token_and_its_role_and_the_document_validates() 
     let decisions: i64 = sqlx::query_scalar("SELECT count(*) FROM review_decisions").fetch_one(&db.pool).await.unwrap();
     assert_eq!(decisions, 0);
 
+    // A reviewer may decide reviews but not replay, issue client tokens or read the audit log.
+    for (method, path) in [("POST", "/v1/admin/dead-letters/1/replay"), ("POST", "/v1/admin/client-tokens"), ("GET", "/v1/admin/actions")] {
+        let body = json!({ "user_id": "ana" });
+        let body = (method == "POST").then_some(&body);
+        assert_problem(&api.call(method, path, Some(&reviewer), body), 403, &format!("reviewer {method} {path}"));
+    }
+    // Unknown routes and methods are problems too; answers are never cached.
+    assert_problem(&api.call("GET", "/v1/nothing-here", Some(&viewer), None), 404, "unknown route");
+    assert_problem(&api.call("DELETE", "/v1/admin/summary", Some(&viewer), None), 405, "wrong method");
+    let r = api.call("GET", &format!("/v1/admin/referrals/{held}"), Some(&viewer), None);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(!r.body.contains('@'), "no email in explain: {}", r.body);
+
     // A reviewer approves: the decision, its ReviewDecided in the outbox and the audit row.
     let approve = format!("/v1/admin/reviews/{held}/approve");
     assert_problem(&api.call("POST", &approve, Some(&reviewer), Some(&json!({ "reason": " " }))), 400, "blank reason");
@@ -264,7 +277,11 @@ async fn a_client_token_sees_its_own_user_and_nobody_else() {
     let db = TestDb::new().await;
     seed(&db.pool).await;
     let api = Api::start(&db.url, &[("REFSTREAM__API__SHARE_BASE_URL".to_owned(), "https://r.example.com".to_owned())]);
-    let admin = token(&db.url, "admin", "ops-backend", None);
+    let admin = token(&db.url, "admin", "ops-admin", None);
+    let issuer = token(&db.url, "issuer", "ops-backend", None);
+    // An issuer mints client tokens and can do nothing else.
+    assert_problem(&api.call("GET", "/v1/admin/summary", Some(&issuer), None), 403, "issuer reads");
+    assert_problem(&api.call("GET", "/v1/admin/actions", Some(&issuer), None), 403, "issuer audit log");
 
     assert_problem(&api.call("POST", "/v1/admin/client-tokens", Some(&admin), Some(&json!({ "user_id": "nobody" }))), 400, "unknown user");
     assert_problem(
@@ -272,7 +289,7 @@ async fn a_client_token_sees_its_own_user_and_nobody_else() {
         400,
         "ttl",
     );
-    let r = api.call("POST", "/v1/admin/client-tokens", Some(&admin), Some(&json!({ "user_id": "ana", "ttl_secs": 3600 })));
+    let r = api.call("POST", "/v1/admin/client-tokens", Some(&issuer), Some(&json!({ "user_id": "ana", "ttl_secs": 3600 })));
     assert_eq!(r.status, 201, "{r:?}");
     let ana = json(&r)["token"].as_str().unwrap().to_owned();
 
@@ -287,15 +304,31 @@ async fn a_client_token_sees_its_own_user_and_nobody_else() {
     assert_eq!(sorted, ["held", "rewarded"], "{referrals}");
     assert!(!r.body.contains("bea") && !r.body.contains("cid") && !r.body.contains("eve"), "no other user's id: {}", r.body);
     assert!(!r.body.contains('@'), "no email: {}", r.body);
-    let earned: Vec<&Json> = referrals.as_array().unwrap().iter().map(|x| &x["earned"]).collect();
-    assert!(earned.iter().any(|e| e.as_str() == Some("10.0000")), "{referrals}");
-    let rewards = json(&api.call("GET", "/v1/me/rewards", Some(&ana), None));
+    let earned: Vec<&Json> = referrals.as_array().unwrap().iter().flat_map(|x| x["earned"].as_array().unwrap()).collect();
+    assert_eq!(earned.len(), 1, "{referrals}");
+    assert_eq!((earned[0]["amount"].as_str(), earned[0]["currency"].as_str()), (Some("10.0000"), Some("USD")));
+    // No referral or reward id either: they are derived from the referee's user id.
+    let ids: Vec<String> = sqlx::query_scalar("SELECT referral_id::text FROM referrals UNION ALL SELECT reward_id::text FROM rewards")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    for id in &ids {
+        assert!(!r.body.contains(id.as_str()), "a derived id in the client's referrals: {}", r.body);
+    }
+    let r = api.call("GET", "/v1/me/rewards", Some(&ana), None);
+    assert_eq!(r.header("cache-control"), Some("no-store"), "{r:?}");
+    for id in &ids {
+        assert!(!r.body.contains(id.as_str()), "a derived id in the client's rewards: {}", r.body);
+    }
+    let rewards = json(&r);
     assert_eq!(rewards.as_array().unwrap().len(), 1, "{rewards}");
     assert_eq!((rewards[0]["amount"].as_str(), rewards[0]["currency"].as_str()), (Some("10.0000"), Some("USD")));
 
     // dan's client token sees dan's referral only; a client token is not staff.
     let dan = token(&db.url, "client", "dan-app", Some("dan"));
-    let mine = json(&api.call("GET", "/v1/me/referrals", Some(&dan), None));
+    let r = api.call("GET", "/v1/me/referrals", Some(&dan), None);
+    assert!(!r.body.contains("eve") && !r.body.contains("ana"), "{}", r.body);
+    let mine = json(&r);
     assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
     assert_eq!(json(&api.call("GET", "/v1/me/rewards", Some(&dan), None)).as_array().unwrap().len(), 0);
     assert_problem(&api.call("GET", "/v1/admin/summary", Some(&ana), None), 403, "client on admin");
@@ -307,4 +340,9 @@ async fn a_client_token_sees_its_own_user_and_nobody_else() {
     assert_eq!(actions[0]["action"], "client_token.create", "{actions}");
     assert_eq!(actions[0]["target"], "ana");
     assert_eq!(actions[0]["token_name"], "ops-backend");
+    let created: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE role = 'client' AND user_id = 'ana' AND created_by = 'api:ops-backend'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(created, 1);
 }

@@ -26,7 +26,7 @@ fn a_bad_setting_stops_every_binary_naming_the_setting() {
 /// Postgres or Kafka.
 #[test]
 fn outside_dev_mode_the_development_hash_key_and_an_empty_one_are_refused() {
-    let binaries = WORKERS.iter().copied().chain(["links", "refstream"]);
+    let binaries = WORKERS.iter().copied().chain(["analytics", "links", "refstream"]);
     for w in binaries {
         for key in [None, Some("")] {
             let mut env = vec![("REFSTREAM__DEV_MODE".to_owned(), "false".to_owned())];

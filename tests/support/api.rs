@@ -20,6 +20,7 @@ impl Api {
         let mut env = vec![
             ("REFSTREAM__DATABASE__URL".to_owned(), db_url.to_owned()),
             ("REFSTREAM__API__LISTEN".to_owned(), format!("127.0.0.1:{port}")),
+            ("REFSTREAM__METRICS__LISTEN".to_owned(), format!("127.0.0.1:{}", free_port())),
         ];
         env.extend(extra.iter().cloned());
         let proc = spawn("refstream", &["serve"], &env);

@@ -65,10 +65,10 @@ impl Required for ReviewerRole {
     const ROLE: Role = Role::Reviewer;
 }
 
-/// An admin.
-pub struct AdminRole;
-impl Required for AdminRole {
-    const ROLE: Role = Role::Admin;
+/// An issuer of client tokens (or an admin).
+pub struct IssuerRole;
+impl Required for IssuerRole {
+    const ROLE: Role = Role::Issuer;
 }
 
 /// The caller, known to hold role `R`.

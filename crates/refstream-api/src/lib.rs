@@ -10,7 +10,9 @@
 //!   are RFC 9457 problems; request bodies are bounded (`api.max_body_bytes`, 413 beyond).
 //! - Decisions go through [`ops`], the code the command line uses: the same rules whichever door.
 //!   Every admin action is recorded with the token that took it.
-//! - No endpoint returns a raw IP address or email: refstream never stores them.
+//! - No endpoint returns an IP address or an email (refstream keeps them only as keyed hashes,
+//!   and in dead letters' raw payloads, which no endpoint shows); client endpoints return no id
+//!   of another user, nor the referral and reward ids derived from one.
 
 pub mod auth;
 pub mod ops;
@@ -32,6 +34,7 @@ use utoipa::{Modify, OpenApi as _};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::problem::Problem;
 use crate::routes::{admin, client, meta};
 
 /// What every handler is given.
@@ -88,6 +91,24 @@ pub fn router() -> (Router<AppState>, OpenApi) {
         .split_for_parts()
 }
 
+async fn not_found() -> Problem {
+    Problem::not_found("no such route: see /openapi.json")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method: see /openapi.json")
+}
+
+/// Answers hold personal data and tokens: never cached, never sniffed into another type.
+async fn private_headers(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
 /// The OpenAPI document alone (`refstream openapi`).
 pub fn openapi() -> OpenApi {
     router().1
@@ -99,7 +120,12 @@ pub async fn serve(settings: Settings, pool: PgPool, stop: CancellationToken) ->
     let limit = settings.api.max_body_bytes;
     let (routes, doc) = router();
     let state = AppState { pool, settings: Arc::new(settings), openapi: Arc::new(doc.to_json()?) };
-    let app = routes.layer(DefaultBodyLimit::max(limit)).with_state(state);
+    let app = routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(private_headers))
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("api.listen {addr}: {e}"))?;
     tracing::info!(listen = %listener.local_addr()?, "api serving");
     println!("refstream api listening on http://{}/ (dashboard at /dashboard, OpenAPI at /openapi.json)", listener.local_addr()?);

@@ -7,20 +7,22 @@ use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 const PREFIX: &str = "rst_";
 
 /// What a token may do. Staff roles are ordered: a reviewer can do what a viewer can, an admin
-/// what a reviewer can. A client token is outside that order: it reads its own user's data only.
+/// what a reviewer can. An issuer (the operator's backend) only mints client tokens, which an
+/// admin may also do. A client token is outside that order: it reads its own user's data only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
     Reviewer,
     Admin,
+    Issuer,
     Client,
 }
 
@@ -30,6 +32,7 @@ impl Role {
             "viewer" => Some(Self::Viewer),
             "reviewer" => Some(Self::Reviewer),
             "admin" => Some(Self::Admin),
+            "issuer" => Some(Self::Issuer),
             "client" => Some(Self::Client),
             _ => None,
         }
@@ -40,17 +43,21 @@ impl Role {
             Self::Viewer => "viewer",
             Self::Reviewer => "reviewer",
             Self::Admin => "admin",
+            Self::Issuer => "issuer",
             Self::Client => "client",
         }
     }
 
     /// True when this role may do what `needed` may.
     pub fn grants(self, needed: Role) -> bool {
+        if needed == Role::Issuer {
+            return matches!(self, Role::Issuer | Role::Admin);
+        }
         let rank = |r: Role| match r {
             Role::Viewer => Some(1),
             Role::Reviewer => Some(2),
             Role::Admin => Some(3),
-            Role::Client => None,
+            Role::Issuer | Role::Client => None,
         };
         match (rank(self), rank(needed)) {
             (Some(have), Some(need)) => have >= need,
@@ -105,7 +112,7 @@ fn digest(token: &str) -> Vec<u8> {
 /// Creates a token. A `client` token needs `user_id` (a registered user); staff tokens must not
 /// have one, and their names are unique among unrevoked staff tokens.
 pub async fn create(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     name: &str,
     role: Role,
     user_id: Option<&str>,
@@ -113,13 +120,13 @@ pub async fn create(
     created_by: &str,
 ) -> Result<Created, TokenError> {
     let name = name.trim();
-    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-        return Err(TokenError::Invalid("name: 1 to 128 printable characters".into()));
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(TokenError::Invalid("name: 1 to 100 printable characters".into()));
     }
     match (role, user_id) {
         (Role::Client, None) => return Err(TokenError::Invalid("a client token needs the user it acts for (--user)".into())),
         (Role::Client, Some(u)) => {
-            let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1)").bind(u).fetch_one(pool).await?;
+            let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1)").bind(u).fetch_one(&mut *conn).await?;
             if !known {
                 return Err(TokenError::Invalid(format!("no registered user {u}")));
             }
@@ -141,7 +148,7 @@ pub async fn create(
     .bind(digest(&token))
     .bind(expires_at)
     .bind(created_by)
-    .execute(pool)
+    .execute(&mut *conn)
     .await;
     match inserted {
         Ok(_) => Ok(Created { token_id, token, expires_at }),
@@ -167,15 +174,17 @@ pub async fn verify(pool: &PgPool, token: &str) -> sqlx::Result<Option<Principal
     Ok(row.and_then(|(token_id, name, role, user_id)| Role::parse(&role).map(|role| Principal { token_id, name, role, user_id })))
 }
 
-/// Revokes the token with this id, or the unrevoked staff token with this name. Returns how
-/// many were revoked.
-pub async fn revoke(pool: &PgPool, id_or_name: &str) -> sqlx::Result<u64> {
+/// Revokes the token with this id, or the unrevoked staff token with this name, recording who
+/// revoked it. Returns how many were revoked.
+pub async fn revoke(pool: &PgPool, id_or_name: &str, revoked_by: &str) -> sqlx::Result<u64> {
     let id = Uuid::parse_str(id_or_name.trim()).ok();
     let done = sqlx::query(
-        "UPDATE api_tokens SET revoked_at = now() WHERE revoked_at IS NULL AND (token_id = $1 OR (role <> 'client' AND name = $2))",
+        "UPDATE api_tokens SET revoked_at = now(), revoked_by = $3 \
+         WHERE revoked_at IS NULL AND (token_id = $1 OR (role <> 'client' AND name = $2))",
     )
     .bind(id)
     .bind(id_or_name.trim())
+    .bind(revoked_by)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
@@ -202,7 +211,9 @@ mod tests {
         assert!(!Role::Admin.grants(Role::Client));
         assert!(!Role::Client.grants(Role::Viewer));
         assert!(Role::Client.grants(Role::Client));
-        for r in ["viewer", "reviewer", "admin", "client"] {
+        assert!(Role::Issuer.grants(Role::Issuer) && Role::Admin.grants(Role::Issuer));
+        assert!(!Role::Issuer.grants(Role::Viewer) && !Role::Reviewer.grants(Role::Issuer));
+        for r in ["viewer", "reviewer", "admin", "issuer", "client"] {
             assert_eq!(Role::parse(r).map(Role::as_str), Some(r));
         }
         assert_eq!(Role::parse("root"), None);

@@ -29,7 +29,9 @@ pub async fn run(action: Action, settings: &Settings, pool: &PgPool) -> anyhow::
             }
         }
         Action::Replay { id } => {
-            let topic = dead_letters::replay(pool, settings, id).await?;
+            let mut tx = pool.begin().await?;
+            let topic = dead_letters::replay(&mut tx, settings, id).await?;
+            tx.commit().await?;
             println!("replayed dead letter {id} to {topic}");
         }
     }

@@ -11,6 +11,8 @@ pub enum RoleArg {
     Viewer,
     Reviewer,
     Admin,
+    /// Mints client tokens only (the operator's backend).
+    Issuer,
     Client,
 }
 
@@ -20,6 +22,7 @@ impl From<RoleArg> for Role {
             RoleArg::Viewer => Role::Viewer,
             RoleArg::Reviewer => Role::Reviewer,
             RoleArg::Admin => Role::Admin,
+            RoleArg::Issuer => Role::Issuer,
             RoleArg::Client => Role::Client,
         }
     }
@@ -28,8 +31,8 @@ impl From<RoleArg> for Role {
 #[derive(Subcommand)]
 pub enum TokenAction {
     /// Create a token and print it (this once). Staff roles: viewer reads, reviewer also decides
-    /// reviews, admin also replays dead letters and issues client tokens. A client token acts
-    /// for one user (--user).
+    /// reviews, admin also replays dead letters, issues client tokens and reads the audit log;
+    /// issuer only issues client tokens. A client token acts for one user (--user).
     Create {
         #[arg(long, value_enum)]
         role: RoleArg,
@@ -71,7 +74,8 @@ pub async fn token(action: TokenAction, pool: &PgPool) -> anyhow::Result<()> {
                 anyhow::bail!("--days must be between 1 and 3650");
             }
             let expires = days.map(|d| chrono::Utc::now() + chrono::Duration::days(d));
-            let created = tokens::create(pool, &name, role.into(), user.as_deref(), expires, &operator).await?;
+            let mut conn = pool.acquire().await?;
+            let created = tokens::create(&mut conn, &name, role.into(), user.as_deref(), expires, &operator).await?;
             eprintln!("token {} created for {name}; it is shown once, store it now:", created.token_id);
             println!("{}", created.token);
         }
@@ -93,7 +97,7 @@ pub async fn token(action: TokenAction, pool: &PgPool) -> anyhow::Result<()> {
                 );
             }
         }
-        TokenAction::Revoke { id_or_name } => match tokens::revoke(pool, &id_or_name).await? {
+        TokenAction::Revoke { id_or_name } => match tokens::revoke(pool, &id_or_name, &operator).await? {
             0 => anyhow::bail!("no live token {id_or_name}"),
             n => println!("revoked {n} token(s)"),
         },

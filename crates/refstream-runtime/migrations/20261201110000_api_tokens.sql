@@ -4,7 +4,7 @@
 CREATE TABLE api_tokens (
     token_id    uuid PRIMARY KEY,
     name        text NOT NULL,
-    role        text NOT NULL CHECK (role IN ('viewer', 'reviewer', 'admin', 'client')),
+    role        text NOT NULL CHECK (role IN ('viewer', 'reviewer', 'admin', 'issuer', 'client')),
     -- A client token acts for this one user and sees nothing else.
     user_id     text,
     token_hash  bytea NOT NULL UNIQUE,
@@ -12,6 +12,7 @@ CREATE TABLE api_tokens (
     expires_at  timestamptz,
     revoked_at  timestamptz,
     created_by  text NOT NULL,
+    revoked_by  text,
     CHECK ((role = 'client') = (user_id IS NOT NULL))
 );
 CREATE UNIQUE INDEX api_tokens_staff_name ON api_tokens (name) WHERE role <> 'client' AND revoked_at IS NULL;

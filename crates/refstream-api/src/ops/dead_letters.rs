@@ -9,7 +9,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use refstream_runtime::consumer::client_config;
 use refstream_runtime::Settings;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 
 /// A dead letter as listed (its payload is not shown: it may carry personal data).
@@ -44,10 +44,14 @@ pub enum ReplayError {
     Db(#[from] sqlx::Error),
 }
 
-/// Produces dead letter `id` back to its topic and marks it replayed; returns the topic.
-pub async fn replay(pool: &PgPool, settings: &Settings, id: i64) -> Result<String, ReplayError> {
+/// Produces dead letter `id` back to its topic and marks it replayed, in `tx` (the caller
+/// commits, with its audit row): the letter is locked while it is produced, so two operators
+/// replaying it at once produce it once each in turn, never concurrently. A commit that fails
+/// after the produce leaves it unmarked; replaying again re-sends a record whose event id
+/// consumers already dedupe.
+pub async fn replay(tx: &mut PgConnection, settings: &Settings, id: i64) -> Result<String, ReplayError> {
     let row: Option<(String, Option<Vec<u8>>, Vec<u8>)> =
-        sqlx::query_as("SELECT topic, key, payload FROM dead_letters WHERE id = $1").bind(id).fetch_optional(pool).await?;
+        sqlx::query_as("SELECT topic, key, payload FROM dead_letters WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(&mut *tx).await?;
     let Some((topic, key, payload)) = row else { return Err(ReplayError::NotFound(id)) };
     let producer: FutureProducer =
         client_config(settings).set("enable.idempotence", "true").create().map_err(|e| ReplayError::Produce(id, e.to_string()))?;
@@ -56,6 +60,6 @@ pub async fn replay(pool: &PgPool, settings: &Settings, id: i64) -> Result<Strin
         record = record.key(k);
     }
     producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| ReplayError::Produce(id, e.to_string()))?;
-    sqlx::query("UPDATE dead_letters SET replayed_at = now() WHERE id = $1").bind(id).execute(pool).await?;
+    sqlx::query("UPDATE dead_letters SET replayed_at = now() WHERE id = $1").bind(id).execute(&mut *tx).await?;
     Ok(topic)
 }

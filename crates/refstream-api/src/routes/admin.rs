@@ -1,7 +1,8 @@
 //! Admin endpoints: the funnel and leaderboard (from the analytics worker's tables), the summary,
 //! the review queue with approve and reject (the same rules as `refstream review`), explain,
 //! dead letters (list, replay) and client-token issuance. Roles: a viewer reads, a reviewer also
-//! decides reviews, an admin also replays dead letters and issues client tokens. Every action
+//! decides reviews, an admin also replays dead letters and reads the audit log; client tokens are
+//! issued by an issuer token (the operator's backend) or an admin. Every action
 //! that changes something is recorded in `api_admin_actions` (which token, what, when) — in the
 //! same transaction as the change when the change is a database write.
 
@@ -15,7 +16,7 @@ use sqlx::PgConnection;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::{AdminRole, As, Body, Caller, Params, ReviewerRole, Segment};
+use crate::auth::{As, Body, Caller, IssuerRole, Params, ReviewerRole, Segment};
 use crate::ops::{dead_letters, explain, review, summary};
 use crate::problem::Problem;
 use crate::tokens::{self, Principal, Role};
@@ -167,7 +168,7 @@ async fn decide(
 #[utoipa::path(post, path = "/v1/admin/reviews/{referral_id}/approve", tag = "admin", security(("bearer" = [])),
     params(("referral_id" = Uuid, Path, description = "the held referral")), request_body = DecisionBody,
     responses((status = 201, body = review::Decided), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem)))]
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 pub async fn approve(
     State(state): State<AppState>,
     As(who, _): As<ReviewerRole>,
@@ -181,7 +182,7 @@ pub async fn approve(
 #[utoipa::path(post, path = "/v1/admin/reviews/{referral_id}/reject", tag = "admin", security(("bearer" = [])),
     params(("referral_id" = Uuid, Path, description = "the held referral")), request_body = DecisionBody,
     responses((status = 201, body = review::Decided), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem)))]
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 pub async fn reject(
     State(state): State<AppState>,
     As(who, _): As<ReviewerRole>,
@@ -232,12 +233,13 @@ pub struct Replayed {
 pub async fn dead_letter_replay(State(state): State<AppState>, caller: Caller, Segment(id): Segment) -> Result<Json<Replayed>, Problem> {
     let who = caller.require(Role::Admin)?;
     let id: i64 = id.parse().map_err(|_| Problem::bad_request(format!("`{id}` is not a dead letter id")))?;
-    let topic = dead_letters::replay(&state.pool, &state.settings, id).await.map_err(|e| match e {
+    let mut tx = state.pool.begin().await?;
+    let topic = dead_letters::replay(&mut tx, &state.settings, id).await.map_err(|e| match e {
         dead_letters::ReplayError::NotFound(_) => Problem::not_found(e.to_string()),
         other => Problem::internal(&other),
     })?;
-    let mut conn = state.pool.acquire().await?;
-    audit(&mut conn, who, "dead_letter.replay", &id.to_string(), json!({ "topic": topic })).await?;
+    audit(&mut tx, who, "dead_letter.replay", &id.to_string(), json!({ "topic": topic })).await?;
+    tx.commit().await?;
     Ok(Json(Replayed { id, topic }))
 }
 
@@ -250,12 +252,12 @@ pub struct ClientTokenRequest {
     pub ttl_secs: Option<i64>,
 }
 
-/// Issue a client token bound to one user (admin). The token is in this response only.
+/// Issue a client token bound to one user (issuer or admin). The token is in this response only.
 #[utoipa::path(post, path = "/v1/admin/client-tokens", tag = "admin", security(("bearer" = [])), request_body = ClientTokenRequest,
-    responses((status = 201, body = tokens::Created), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 413, body = Problem)))]
+    responses((status = 201, body = tokens::Created), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 pub async fn client_token(
     State(state): State<AppState>,
-    As(who, _): As<AdminRole>,
+    As(who, _): As<IssuerRole>,
     Body(body): Body<ClientTokenRequest>,
 ) -> Result<(StatusCode, Json<tokens::Created>), Problem> {
     let ttl = body.ttl_secs.unwrap_or(86_400);
@@ -264,14 +266,15 @@ pub async fn client_token(
     }
     let expires_at: DateTime<Utc> = Utc::now() + chrono::Duration::seconds(ttl);
     let name = format!("client:{}", body.user_id);
-    let created = tokens::create(&state.pool, &name, Role::Client, Some(&body.user_id), Some(expires_at), &format!("api:{}", who.name))
+    let mut tx = state.pool.begin().await?;
+    let created = tokens::create(&mut tx, &name, Role::Client, Some(&body.user_id), Some(expires_at), &format!("api:{}", who.name))
         .await
         .map_err(|e| match e {
             tokens::TokenError::Invalid(m) => Problem::bad_request(m),
             tokens::TokenError::Db(e) => Problem::from(e),
         })?;
-    let mut conn = state.pool.acquire().await?;
-    audit(&mut conn, &who, "client_token.create", &body.user_id, json!({ "token_id": created.token_id, "expires_at": expires_at })).await?;
+    audit(&mut tx, &who, "client_token.create", &body.user_id, json!({ "token_id": created.token_id, "expires_at": expires_at })).await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 

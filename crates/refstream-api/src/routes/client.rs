@@ -1,7 +1,8 @@
 //! Client endpoints, for a user's own screen: their code and share link, their referrals with
 //! status, their rewards. A client token acts for exactly one user and these endpoints read
 //! nothing else: another user appears only as a referral's status and dates, never by id,
-//! email or address.
+//! email or address — nor by a referral or reward id, which are derived from the referee's user
+//! id (a referrer could recover who signed up by hashing guesses).
 
 use axum::extract::State;
 use axum::Json;
@@ -9,7 +10,6 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::problem::Problem;
@@ -42,17 +42,22 @@ pub async fn my_code(State(state): State<AppState>, caller: Caller) -> Result<Js
 }
 
 /// One of the caller's referrals: who it was is not shown, only where it stands.
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MyReferral {
-    pub referral_id: Uuid,
     /// When the invited user registered.
     pub registered_at: DateTime<Utc>,
     /// pending, held, eligible, rewarded, rejected, expired or reversed.
     pub status: String,
-    /// What the caller earned from it (net of reversals), in the campaign's currency.
-    #[schema(value_type = Option<String>)]
-    pub earned: Option<Decimal>,
-    pub currency: Option<String>,
+    /// What the caller earned from it (rewards not reversed), per currency.
+    pub earned: Vec<Earned>,
+}
+
+/// An amount earned in one currency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Earned {
+    #[schema(value_type = String)]
+    pub amount: Decimal,
+    pub currency: String,
 }
 
 /// The people the caller invited, newest first, with status.
@@ -60,24 +65,31 @@ pub struct MyReferral {
     responses((status = 200, body = Vec<MyReferral>), (status = 401, body = Problem), (status = 403, body = Problem)))]
 pub async fn my_referrals(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<MyReferral>>, Problem> {
     let user = caller.user()?;
-    let rows = sqlx::query_as(
-        "SELECT r.referral_id, r.referee_registered_at AS registered_at, r.status, w.earned, w.currency \
+    let rows: Vec<(DateTime<Utc>, String, Vec<Decimal>, Vec<String>)> = sqlx::query_as(
+        "SELECT r.referee_registered_at, r.status, COALESCE(w.amounts, '{}'), COALESCE(w.currencies, '{}') \
          FROM referrals r LEFT JOIN LATERAL ( \
-           SELECT sum(amount) FILTER (WHERE reversed_at IS NULL) AS earned, min(currency::text) AS currency \
-           FROM rewards WHERE referral_id = r.referral_id AND beneficiary_id = $1) w ON true \
+           SELECT array_agg(amount ORDER BY currency) AS amounts, array_agg(currency::text ORDER BY currency) AS currencies FROM ( \
+             SELECT currency, sum(amount) AS amount FROM rewards \
+             WHERE referral_id = r.referral_id AND beneficiary_id = $1 AND reversed_at IS NULL GROUP BY currency) x) w ON true \
          WHERE r.referrer_id = $1 ORDER BY r.referee_registered_at DESC, r.referral_id LIMIT 500",
     )
     .bind(user)
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(rows))
+    let referrals = rows
+        .into_iter()
+        .map(|(registered_at, status, amounts, currencies)| MyReferral {
+            registered_at,
+            status,
+            earned: amounts.into_iter().zip(currencies).map(|(amount, currency)| Earned { amount, currency }).collect(),
+        })
+        .collect();
+    Ok(Json(referrals))
 }
 
 /// A reward credited to the caller.
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 pub struct MyReward {
-    pub reward_id: Uuid,
-    pub referral_id: Uuid,
     pub reward_type: String,
     #[schema(value_type = String)]
     pub amount: Decimal,
@@ -93,7 +105,7 @@ pub struct MyReward {
 pub async fn my_rewards(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<MyReward>>, Problem> {
     let user = caller.user()?;
     let rows = sqlx::query_as(
-        "SELECT reward_id, referral_id, reward_type, amount, currency::text AS currency, granted_at, reversed_at, reversal_reason \
+        "SELECT reward_type, amount, currency::text AS currency, granted_at, reversed_at, reversal_reason \
          FROM rewards WHERE beneficiary_id = $1 ORDER BY granted_at DESC, reward_id LIMIT 500",
     )
     .bind(user)
