@@ -7,6 +7,7 @@
 
 use clap::{Args, Subcommand};
 use refstream_api::ops::review;
+use refstream_core::validate::check_text;
 use refstream_runtime::Settings;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -86,6 +87,8 @@ async fn list(pool: &PgPool, limit: i64) -> anyhow::Result<()> {
 }
 
 async fn decide(pool: &PgPool, settings: &Settings, d: &Decision, approve: bool) -> anyhow::Result<()> {
+    check_text("--by", &d.reviewer, 128).map_err(|e| anyhow::anyhow!("--by: {}", e.reason))?;
+    check_text("--reason", &d.reason, 2000).map_err(|e| anyhow::anyhow!("--reason: {}", e.reason))?;
     let mut tx = pool.begin().await?;
     let decided = review::decide(&mut tx, settings, d.referral_id, &d.reviewer, &d.reason, approve).await.map_err(|e| match e {
         review::DecideError::Conflict(m) => anyhow::anyhow!("{m} (see `refstream explain {}`)", d.referral_id),

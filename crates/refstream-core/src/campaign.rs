@@ -31,7 +31,30 @@ pub struct RewardSpec {
     /// Unique per referral with the referral id: the key of exactly-once.
     pub reward_type: String,
     pub role: Role,
+    /// The amount, or the first tier's when there are tiers.
     pub amount: Money,
+    /// Deposit tiers, in increasing `min_deposit` (empty: `amount` whatever the deposit).
+    pub tiers: Vec<Tier>,
+}
+
+/// A deposit tier: deposits of at least `min_deposit` pay `amount` (unless a higher tier applies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    pub min_deposit: Decimal,
+    pub amount: Money,
+}
+
+impl RewardSpec {
+    /// A fixed reward.
+    pub fn fixed(reward_type: &str, role: Role, amount: Money) -> Self {
+        Self { reward_type: reward_type.to_owned(), role, amount, tiers: Vec::new() }
+    }
+
+    /// What this reward pays for a qualifying deposit of `deposit` (in the campaign's currency):
+    /// the highest tier it reaches, else the fixed amount.
+    pub fn amount_for(&self, deposit: Decimal) -> Money {
+        self.tiers.iter().rev().find(|t| deposit >= t.min_deposit).map_or(self.amount, |t| t.amount)
+    }
 }
 
 /// A referral campaign.
@@ -61,11 +84,7 @@ impl Campaign {
     pub fn default_referrer_bonus() -> Self {
         Self {
             id: "default".into(),
-            rewards: vec![RewardSpec {
-                reward_type: "referrer_bonus".into(),
-                role: Role::Referrer,
-                amount: Money::new(Decimal::new(1000, 2), Currency::USD),
-            }],
+            rewards: vec![RewardSpec::fixed("referrer_bonus", Role::Referrer, Money::new(Decimal::new(1000, 2), Currency::USD))],
             min_deposit: Decimal::new(2000, 2),
             currency: Currency::USD,
             window: Duration::days(30),

@@ -4,6 +4,7 @@
 
 pub mod attribution;
 pub mod campaign;
+pub mod campaigns;
 pub mod code;
 pub mod events;
 pub mod fraud;

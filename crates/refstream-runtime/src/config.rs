@@ -467,17 +467,14 @@ impl Settings {
             Money::positive("amount", d, currency).map_err(|e| ConfigError::new(name, e.reason))?;
             Ok(d)
         };
-        let mut rewards = vec![RewardSpec {
-            reward_type: "referrer_bonus".into(),
-            role: Role::Referrer,
-            amount: Money::new(amount("campaign.referrer_reward", &c.referrer_reward)?, currency),
-        }];
+        let mut rewards =
+            vec![RewardSpec::fixed("referrer_bonus", Role::Referrer, Money::new(amount("campaign.referrer_reward", &c.referrer_reward)?, currency))];
         if !c.referee_reward.trim().is_empty() {
-            rewards.push(RewardSpec {
-                reward_type: "referee_bonus".into(),
-                role: Role::Referee,
-                amount: Money::new(amount("campaign.referee_reward", &c.referee_reward)?, currency),
-            });
+            rewards.push(RewardSpec::fixed(
+                "referee_bonus",
+                Role::Referee,
+                Money::new(amount("campaign.referee_reward", &c.referee_reward)?, currency),
+            ));
         }
         if c.window_days < 1 {
             return Err(ConfigError::new("campaign.window_days", "must be at least 1"));

@@ -1,0 +1,408 @@
+//! Campaigns as data: the definition an operator applies (`refstream campaigns apply <file>`),
+//! validated into the [`Campaign`] the reward engine pays by, its targeting, and the pure rule
+//! that binds a new referral to one campaign and the terms version in force at the referee's
+//! registration. Binding depends on event times and the campaigns' recorded history only, so a
+//! registration read late, or twice, is bound to the same terms.
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::campaign::{Campaign, RewardSpec, Role, Tier};
+use crate::money::{Currency, Money};
+/// A problem in a campaign definition, naming its field (`rewards[1].tiers[0].amount`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for DefinitionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for DefinitionError {}
+
+/// A campaign as written in its file (TOML) and stored with each version (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    /// Letters, digits, `-` and `_`; at most 64.
+    pub id: String,
+    pub name: String,
+    /// Among campaigns whose targeting matches a registration, the highest priority wins (then
+    /// the smallest id).
+    #[serde(default)]
+    pub priority: i32,
+    pub currency: String,
+    /// The smallest deposit that qualifies, a decimal in `currency`.
+    pub min_deposit: String,
+    /// How long after registration a deposit still qualifies.
+    pub window_days: i64,
+    #[serde(default)]
+    pub targeting: TargetingDef,
+    pub rewards: Vec<RewardDef>,
+}
+
+/// Who a campaign is for. Empty lists match everyone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetingDef {
+    /// ISO 3166-1 alpha-2 codes, e.g. `["GB", "IE"]`.
+    #[serde(default)]
+    pub countries: Vec<String>,
+    /// Countries this campaign never pays in.
+    #[serde(default)]
+    pub exclude_countries: Vec<String>,
+    /// `web`, `ios`, `android`, `desktop`.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// Registrations from this time (inclusive).
+    #[serde(default)]
+    pub starts_at: Option<DateTime<Utc>>,
+    /// Registrations before this time.
+    #[serde(default)]
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+/// One reward of a referral.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardDef {
+    /// Unique within the campaign: with the referral id, the key of exactly-once.
+    #[serde(rename = "type")]
+    pub reward_type: String,
+    /// `referrer` or `referee`.
+    pub role: Role,
+    /// A fixed amount, or
+    #[serde(default)]
+    pub amount: Option<String>,
+    /// deposit tiers: the highest tier whose `min_deposit` the qualifying deposit reaches.
+    #[serde(default)]
+    pub tiers: Vec<TierDef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierDef {
+    pub min_deposit: String,
+    pub amount: String,
+}
+
+/// A campaign's targeting, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Targeting {
+    pub countries: Vec<String>,
+    pub exclude_countries: Vec<String>,
+    pub platforms: Vec<String>,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+impl Targeting {
+    /// Why a registration (country, platform, time) is outside this targeting; `None` when it
+    /// matches.
+    pub fn refusal(&self, country: Option<&str>, platform: &str, at: DateTime<Utc>) -> Option<String> {
+        let country = country.map(str::to_ascii_uppercase);
+        if let Some(c) = &country {
+            if self.exclude_countries.contains(c) {
+                return Some(format!("country {c} is excluded"));
+            }
+        }
+        if !self.countries.is_empty() && !country.as_ref().is_some_and(|c| self.countries.contains(c)) {
+            return Some(format!("country {} is not targeted", country.as_deref().unwrap_or("unknown")));
+        }
+        if !self.platforms.is_empty() && !self.platforms.iter().any(|p| p.eq_ignore_ascii_case(platform)) {
+            return Some(format!("platform {platform} is not targeted"));
+        }
+        if self.starts_at.is_some_and(|s| at < s) {
+            return Some("registered before the campaign starts".into());
+        }
+        if self.ends_at.is_some_and(|e| at >= e) {
+            return Some("registered after the campaign ended".into());
+        }
+        None
+    }
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> DefinitionError {
+    DefinitionError { field: field.into(), reason: reason.into() }
+}
+
+fn decimal(field: &str, raw: &str) -> Result<Decimal, DefinitionError> {
+    raw.trim().parse::<Decimal>().map_err(|e| err(field, format!("`{raw}` is not a decimal: {e}")))
+}
+
+fn positive(field: &str, raw: &str, currency: Currency) -> Result<Money, DefinitionError> {
+    let d = decimal(field, raw)?;
+    Money::positive("amount", d, currency).map_err(|e| err(field, e.reason))
+}
+
+impl Definition {
+    /// The campaign and targeting this definition describes, or the first problem, naming its
+    /// field (`rewards[1].tiers[0].amount`).
+    pub fn validate(&self) -> Result<(Campaign, Targeting), DefinitionError> {
+        let id_ok = !self.id.is_empty() && self.id.len() <= 64 && self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !id_ok {
+            return Err(err("id", format!("`{}` must be 1 to 64 letters, digits, `-` or `_`", self.id)));
+        }
+        if self.id == "none" {
+            return Err(err("id", "`none` is reserved (a referral no campaign covers)"));
+        }
+        if self.name.trim().is_empty() || self.name.chars().count() > 200 {
+            return Err(err("name", "must be 1 to 200 characters"));
+        }
+        let currency = Currency::parse(&self.currency).map_err(|e| err("currency", e.reason))?;
+        let min_deposit = positive("min_deposit", &self.min_deposit, currency)?.amount;
+        if !(1..=3650).contains(&self.window_days) {
+            return Err(err("window_days", "must be between 1 and 3650"));
+        }
+        if self.rewards.is_empty() {
+            return Err(err("rewards", "a campaign pays at least one reward"));
+        }
+        let mut rewards = Vec::new();
+        for (i, r) in self.rewards.iter().enumerate() {
+            let field = |f: &str| format!("rewards[{i}].{f}");
+            let type_ok = !r.reward_type.is_empty()
+                && r.reward_type.len() <= 64
+                && r.reward_type.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !type_ok {
+                return Err(err(field("type"), "must be 1 to 64 letters, digits, `_` or `-`"));
+            }
+            if self.rewards[..i].iter().any(|o| o.reward_type == r.reward_type) {
+                return Err(err(field("type"), format!("`{}` appears twice: each reward type pays once per referral", r.reward_type)));
+            }
+            let (amount, tiers) = match (&r.amount, r.tiers.is_empty()) {
+                (Some(a), true) => (positive(&field("amount"), a, currency)?, Vec::new()),
+                (None, false) => {
+                    let mut tiers = Vec::new();
+                    for (j, t) in r.tiers.iter().enumerate() {
+                        let tf = |f: &str| format!("rewards[{i}].tiers[{j}].{f}");
+                        let min = positive(&tf("min_deposit"), &t.min_deposit, currency)?.amount;
+                        let amount = positive(&tf("amount"), &t.amount, currency)?;
+                        if tiers.last().is_some_and(|p: &Tier| p.min_deposit >= min) {
+                            return Err(err(tf("min_deposit"), "tiers must be in increasing order of min_deposit"));
+                        }
+                        tiers.push(Tier { min_deposit: min, amount });
+                    }
+                    if tiers[0].min_deposit != min_deposit {
+                        return Err(err(
+                            format!("rewards[{i}].tiers[0].min_deposit"),
+                            format!("the first tier starts at the campaign's min_deposit ({min_deposit})"),
+                        ));
+                    }
+                    (tiers[0].amount, tiers)
+                }
+                (Some(_), false) => return Err(err(field("amount"), "give either amount or tiers, not both")),
+                (None, true) => return Err(err(field("amount"), "missing: give amount or tiers")),
+            };
+            rewards.push(RewardSpec { reward_type: r.reward_type.clone(), role: r.role, amount, tiers });
+        }
+        let t = &self.targeting;
+        let countries = |name: &str, list: &[String]| -> Result<Vec<String>, DefinitionError> {
+            list.iter()
+                .map(|c| {
+                    let up = c.trim().to_ascii_uppercase();
+                    if up.len() == 2 && up.chars().all(|ch| ch.is_ascii_alphabetic()) {
+                        Ok(up)
+                    } else {
+                        Err(err(format!("targeting.{name}"), format!("`{c}` is not an ISO 3166-1 alpha-2 code")))
+                    }
+                })
+                .collect()
+        };
+        let platforms = t
+            .platforms
+            .iter()
+            .map(|p| {
+                let low = p.trim().to_ascii_lowercase();
+                if ["web", "ios", "android", "desktop"].contains(&low.as_str()) {
+                    Ok(low)
+                } else {
+                    Err(err("targeting.platforms", format!("`{p}` is not one of web, ios, android, desktop")))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let (Some(s), Some(e)) = (t.starts_at, t.ends_at) {
+            if e <= s {
+                return Err(err("targeting.ends_at", "must be after starts_at"));
+            }
+        }
+        let targeting = Targeting {
+            countries: countries("countries", &t.countries)?,
+            exclude_countries: countries("exclude_countries", &t.exclude_countries)?,
+            platforms,
+            starts_at: t.starts_at,
+            ends_at: t.ends_at,
+        };
+        let campaign = Campaign { id: self.id.clone(), rewards, min_deposit, currency, window: Duration::days(self.window_days) };
+        Ok((campaign, targeting))
+    }
+}
+
+/// One recorded version of a data campaign: its definition, whether it is active, and from when
+/// it is in force.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub campaign_id: String,
+    pub version: i32,
+    pub active: bool,
+    pub effective_from: DateTime<Utc>,
+    pub priority: i32,
+    pub targeting: Targeting,
+}
+
+/// The campaign and terms a referral is bound to, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub campaign_id: String,
+    /// 0: the embedded default campaign of the settings.
+    pub version: i32,
+    pub reason: String,
+}
+
+/// The version of each campaign in force at `at`: the latest whose `effective_from` is not after it.
+fn in_force(versions: &[Version], at: DateTime<Utc>) -> Vec<&Version> {
+    let mut latest: Vec<&Version> = Vec::new();
+    for v in versions.iter().filter(|v| v.effective_from <= at) {
+        match latest.iter_mut().find(|l| l.campaign_id == v.campaign_id) {
+            Some(l) if l.version < v.version => *l = v,
+            Some(_) => {}
+            None => latest.push(v),
+        }
+    }
+    latest
+}
+
+/// Binds a referral whose referee registered at `at` (from `country`, on `platform`) with a code
+/// of campaign `code_campaign`: that campaign if it is a data campaign in force, active and
+/// targeting the registration; else the active campaign in force whose targeting matches, by
+/// priority (then id); else the embedded default campaign `default_id` (version 0).
+pub fn bind(versions: &[Version], code_campaign: &str, country: Option<&str>, platform: &str, at: DateTime<Utc>, default_id: &str) -> Binding {
+    let live = in_force(versions, at);
+    let mut notes = Vec::new();
+    if let Some(v) = live.iter().find(|v| v.campaign_id == code_campaign) {
+        match (v.active, v.targeting.refusal(country, platform, at)) {
+            (true, None) => {
+                return Binding { campaign_id: v.campaign_id.clone(), version: v.version, reason: "the code's campaign".into() };
+            }
+            (false, _) => notes.push(format!("the code's campaign {code_campaign} is paused")),
+            (true, Some(why)) => notes.push(format!("the code's campaign {code_campaign}: {why}")),
+        }
+    }
+    let mut matching: Vec<&&Version> = live.iter().filter(|v| v.active && v.targeting.refusal(country, platform, at).is_none()).collect();
+    matching.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.campaign_id.cmp(&b.campaign_id)));
+    if let Some(v) = matching.first() {
+        notes.push(format!("targeting matched (priority {})", v.priority));
+        return Binding { campaign_id: v.campaign_id.clone(), version: v.version, reason: notes.join("; ") };
+    }
+    notes.push("no data campaign matched: the default campaign".into());
+    Binding { campaign_id: default_id.to_owned(), version: 0, reason: notes.join("; ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toml_like() -> Definition {
+        Definition {
+            id: "gb-web".into(),
+            name: "GB web, tiers".into(),
+            priority: 10,
+            currency: "GBP".into(),
+            min_deposit: "20".into(),
+            window_days: 30,
+            targeting: TargetingDef { countries: vec!["gb".into()], platforms: vec!["web".into()], ..Default::default() },
+            rewards: vec![
+                RewardDef {
+                    reward_type: "referrer_bonus".into(),
+                    role: Role::Referrer,
+                    amount: None,
+                    tiers: vec![
+                        TierDef { min_deposit: "20".into(), amount: "10".into() },
+                        TierDef { min_deposit: "100".into(), amount: "25".into() },
+                    ],
+                },
+                RewardDef { reward_type: "referee_bonus".into(), role: Role::Referee, amount: Some("5".into()), tiers: vec![] },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_valid_definition_becomes_a_campaign_with_tiers() {
+        let (c, t) = toml_like().validate().unwrap();
+        assert_eq!(c.rewards.len(), 2);
+        let gbp = |s: &str| Money::new(s.parse().unwrap(), Currency::parse("GBP").unwrap());
+        assert_eq!(c.rewards[0].amount_for(Decimal::new(20, 0)), gbp("10"));
+        assert_eq!(c.rewards[0].amount_for(Decimal::new(9999, 2)), gbp("10"));
+        assert_eq!(c.rewards[0].amount_for(Decimal::new(100, 0)), gbp("25"));
+        assert_eq!(c.rewards[1].amount_for(Decimal::new(500, 0)), gbp("5"));
+        assert_eq!(t.countries, ["GB"]);
+    }
+
+    #[test]
+    fn problems_name_their_field() {
+        let cases: Vec<(Box<dyn Fn(&mut Definition)>, &str)> = vec![
+            (Box::new(|d| d.id = "has space".into()), "id"),
+            (Box::new(|d| d.currency = "XXQ".into()), "currency"),
+            (Box::new(|d| d.min_deposit = "twenty".into()), "min_deposit"),
+            (Box::new(|d| d.window_days = 0), "window_days"),
+            (Box::new(|d| d.rewards.clear()), "rewards"),
+            (Box::new(|d| d.rewards[0].tiers[1].amount = "-1".into()), "rewards[0].tiers[1].amount"),
+            (Box::new(|d| d.rewards[0].tiers[1].min_deposit = "10".into()), "rewards[0].tiers[1].min_deposit"),
+            (Box::new(|d| d.rewards[0].tiers[0].min_deposit = "15".into()), "rewards[0].tiers[0].min_deposit"),
+            (Box::new(|d| d.rewards[1].reward_type = "referrer_bonus".into()), "rewards[1].type"),
+            (Box::new(|d| d.rewards[1].amount = None), "rewards[1].amount"),
+            (Box::new(|d| d.targeting.countries = vec!["Britain".into()]), "targeting.countries"),
+            (Box::new(|d| d.targeting.platforms = vec!["tv".into()]), "targeting.platforms"),
+        ];
+        for (change, field) in cases {
+            let mut d = toml_like();
+            change(&mut d);
+            let e = d.validate().expect_err(field);
+            assert_eq!(e.field, field, "{e:?}");
+        }
+    }
+
+    fn version(id: &str, version: i32, active: bool, from_day: i64, priority: i32, targeting: Targeting) -> Version {
+        let t0 = DateTime::from_timestamp(1_764_000_000, 0).unwrap();
+        Version { campaign_id: id.into(), version, active, effective_from: t0 + Duration::days(from_day), priority, targeting }
+    }
+
+    #[test]
+    fn binding_uses_the_version_in_force_at_registration_and_targeting_by_priority() {
+        let t0 = DateTime::from_timestamp(1_764_000_000, 0).unwrap();
+        let gb = Targeting { countries: vec!["GB".into()], ..Default::default() };
+        let ios = Targeting { platforms: vec!["ios".into()], ..Default::default() };
+        let versions = vec![
+            version("gb", 1, true, 0, 1, gb.clone()),
+            version("gb", 2, true, 10, 1, gb.clone()),
+            version("gb", 3, false, 20, 1, gb),
+            version("ios", 1, true, 0, 5, ios),
+        ];
+        let b = |country: &str, platform: &str, day: i64| bind(&versions, "default", Some(country), platform, t0 + Duration::days(day), "default");
+        assert_eq!((b("GB", "web", 5).campaign_id.as_str(), b("GB", "web", 5).version), ("gb", 1));
+        assert_eq!(b("GB", "web", 15).version, 2, "the version in force at registration");
+        assert_eq!(b("GB", "web", 25).campaign_id, "default", "paused from day 20");
+        assert_eq!(b("GB", "ios", 5).campaign_id, "ios", "priority 5 beats 1");
+        assert_eq!(b("US", "web", 5).campaign_id, "default");
+        assert_eq!(b("GB", "web", -1).campaign_id, "default", "before the campaign existed");
+        // A code of a data campaign wins when it targets the registration.
+        let code = bind(&versions, "gb", Some("GB"), "ios", t0 + Duration::days(5), "default");
+        assert_eq!((code.campaign_id.as_str(), code.reason.as_str()), ("gb", "the code's campaign"));
+        let outside = bind(&versions, "gb", Some("FR"), "ios", t0 + Duration::days(5), "default");
+        assert_eq!(outside.campaign_id, "ios");
+        assert!(outside.reason.contains("country FR is not targeted"), "{}", outside.reason);
+    }
+
+    #[test]
+    fn targeting_refuses_with_a_reason() {
+        let t = Targeting { exclude_countries: vec!["US".into()], platforms: vec!["web".into()], ..Default::default() };
+        let at = DateTime::from_timestamp(1_764_000_000, 0).unwrap();
+        assert_eq!(t.refusal(Some("us"), "web", at).as_deref(), Some("country US is excluded"));
+        assert_eq!(t.refusal(Some("GB"), "ios", at).as_deref(), Some("platform ios is not targeted"));
+        assert_eq!(t.refusal(None, "web", at), None);
+    }
+}
