@@ -340,9 +340,10 @@ async fn a_client_token_sees_its_own_user_and_nobody_else() {
     assert_eq!(actions[0]["action"], "client_token.create", "{actions}");
     assert_eq!(actions[0]["target"], "ana");
     assert_eq!(actions[0]["token_name"], "ops-backend");
-    let created: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE role = 'client' AND user_id = 'ana' AND created_by = 'api:ops-backend'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let created: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE role = 'client' AND user_id = 'ana' AND created_by = 'api:ops-backend'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(created, 1);
 }

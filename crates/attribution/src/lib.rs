@@ -14,6 +14,7 @@
 //! `refstream_core::attribution` over what was loaded. Within a batch the first registration
 //! of a user id wins, as it would one event at a time.
 
+mod campaigns;
 mod clicks;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -72,6 +73,9 @@ struct Referral {
     event: ReferralAttributed,
     won: Won,
     network_clicks: Option<i32>,
+    /// The campaign version the referral pays by (0: the default campaign) and why.
+    terms_version: i32,
+    campaign_reason: String,
 }
 
 type Outcome = Result<Referral, Option<NoReferral>>;
@@ -195,11 +199,14 @@ impl Attribution {
                     });
                     // Stored owners were written from validated ids; one that no longer reads as an id
                     // (edited by hand) attributes nobody rather than stopping the partition.
-                    attributed(p, &won).map(|event| Referral { event, won, network_clicks: network }).ok_or(Some(NoReferral::UnknownCode))
+                    attributed(p, &won)
+                        .map(|event| Referral { event, won, network_clicks: network, terms_version: 0, campaign_reason: String::new() })
+                        .ok_or(Some(NoReferral::UnknownCode))
                 }
             };
             decided.insert(p.user_id.clone(), outcome);
         }
+        campaigns::bind_all(conn, decided.values_mut().filter_map(|d| d.as_mut().ok()).collect(), &self.campaign_id).await?;
         let referred = insert_referrals(conn, decided.values().filter_map(|d| d.as_ref().ok()).collect()).await?;
         for (user, outcome) in decided.iter_mut() {
             if outcome.is_ok() && !referred.contains(user) {
@@ -381,9 +388,9 @@ async fn insert_referrals(conn: &mut PgConnection, mut referrals: Vec<&Referral>
         .collect();
     let referees: Vec<String> = sqlx::query_scalar(
         "INSERT INTO referrals (referral_id, referrer_id, referee_id, code, campaign_id, attribution, referee_registered_at, \
-                                click_id, click_match, match_confidence, touch, network_clicks) \
+                                click_id, click_match, match_confidence, touch, network_clicks, terms_version, campaign_reason) \
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], \
-                              $8::text[], $9::text[], $10::numeric[], $11::text[], $12::int[]) \
+                              $8::text[], $9::text[], $10::numeric[], $11::text[], $12::int[], $13::int[], $14::text[]) \
          ON CONFLICT (referee_id) DO NOTHING RETURNING referee_id",
     )
     .bind(referrals.iter().map(|r| r.event.referral_id).collect::<Vec<Uuid>>())
@@ -398,6 +405,8 @@ async fn insert_referrals(conn: &mut PgConnection, mut referrals: Vec<&Referral>
     .bind(confidence)
     .bind(referrals.iter().map(|r| r.won.touch.clone()).collect::<Vec<_>>())
     .bind(referrals.iter().map(|r| r.network_clicks).collect::<Vec<_>>())
+    .bind(referrals.iter().map(|r| r.terms_version).collect::<Vec<_>>())
+    .bind(referrals.iter().map(|r| r.campaign_reason.clone()).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
     Ok(referees.into_iter().collect())

@@ -126,7 +126,8 @@ pub async fn create(
     match (role, user_id) {
         (Role::Client, None) => return Err(TokenError::Invalid("a client token needs the user it acts for (--user)".into())),
         (Role::Client, Some(u)) => {
-            let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1)").bind(u).fetch_one(&mut *conn).await?;
+            let known: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1)").bind(u).fetch_one(&mut *conn).await?;
             if !known {
                 return Err(TokenError::Invalid(format!("no registered user {u}")));
             }

@@ -19,6 +19,8 @@ pub async fn run(pool: &PgPool, id: &str) -> anyhow::Result<()> {
     println!("referrer    {}", r.referrer_id);
     println!("referee     {} (registered {})", r.referee_id, time(r.referee_registered_at));
     println!("attributed  by {} {} in campaign {} (recorded {})", r.attribution.to_lowercase(), r.code, r.campaign_id, time(r.created_at));
+    let why = r.campaign_reason.as_deref().map(|w| format!(": {w}")).unwrap_or_default();
+    println!("campaign    {} version {}{why}", r.campaign_id, r.terms_version);
     if let Some(click) = &r.click_id {
         let how = r.click_match.as_deref().unwrap_or("exact");
         let sure = r.match_confidence.filter(|_| how == "probabilistic").map(|c| format!(", confidence {c}")).unwrap_or_default();

@@ -3,6 +3,7 @@
 //! explain a referral's decision, measure the fraud rules on a labeled adversarial stream, serve
 //! the HTTP API and dashboard, and manage the API's tokens.
 
+mod campaigns;
 mod demo;
 mod dlq;
 mod explain;
@@ -60,6 +61,11 @@ enum Command {
     },
     /// Produce a labeled adversarial stream through a running fleet and measure the fraud rules.
     FraudEval(fraud_eval::Args),
+    /// Campaigns as data: apply a campaign file, list, show, pause, resume.
+    Campaigns {
+        #[command(subcommand)]
+        action: campaigns::Action,
+    },
     /// Serve the HTTP API, its OpenAPI document and the dashboard on `api.listen`.
     Serve,
     /// Print the API's OpenAPI 3.1 document.
@@ -127,6 +133,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Dlq { action } => dlq::run(action, &settings, &pool).await?,
         Command::Review { action } => review::run(action, &settings, &pool).await?,
         Command::Explain { referral_id } => explain::run(&pool, &referral_id).await?,
+        Command::Campaigns { action } => {
+            refstream_runtime::db::migrate(&pool).await?;
+            campaigns::run(action, &settings, &pool).await?
+        }
         Command::ApiToken { action } => {
             refstream_runtime::db::migrate(&pool).await?;
             serve::token(action, &pool).await?

@@ -144,7 +144,8 @@ impl Definition {
     /// The campaign and targeting this definition describes, or the first problem, naming its
     /// field (`rewards[1].tiers[0].amount`).
     pub fn validate(&self) -> Result<(Campaign, Targeting), DefinitionError> {
-        let id_ok = !self.id.is_empty() && self.id.len() <= 64 && self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let id_ok =
+            !self.id.is_empty() && self.id.len() <= 64 && self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !id_ok {
             return Err(err("id", format!("`{}` must be 1 to 64 letters, digits, `-` or `_`", self.id)));
         }
@@ -280,7 +281,14 @@ fn in_force(versions: &[Version], at: DateTime<Utc>) -> Vec<&Version> {
 /// of campaign `code_campaign`: that campaign if it is a data campaign in force, active and
 /// targeting the registration; else the active campaign in force whose targeting matches, by
 /// priority (then id); else the embedded default campaign `default_id` (version 0).
-pub fn bind(versions: &[Version], code_campaign: &str, country: Option<&str>, platform: &str, at: DateTime<Utc>, default_id: &str) -> Binding {
+pub fn bind(
+    versions: &[Version],
+    code_campaign: &str,
+    country: Option<&str>,
+    platform: &str,
+    at: DateTime<Utc>,
+    default_id: &str,
+) -> Binding {
     let live = in_force(versions, at);
     let mut notes = Vec::new();
     if let Some(v) = live.iter().find(|v| v.campaign_id == code_campaign) {
@@ -344,7 +352,8 @@ mod tests {
 
     #[test]
     fn problems_name_their_field() {
-        let cases: Vec<(Box<dyn Fn(&mut Definition)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Definition)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|d| d.id = "has space".into()), "id"),
             (Box::new(|d| d.currency = "XXQ".into()), "currency"),
             (Box::new(|d| d.min_deposit = "twenty".into()), "min_deposit"),
@@ -382,7 +391,9 @@ mod tests {
             version("gb", 3, false, 20, 1, gb),
             version("ios", 1, true, 0, 5, ios),
         ];
-        let b = |country: &str, platform: &str, day: i64| bind(&versions, "default", Some(country), platform, t0 + Duration::days(day), "default");
+        let b = |country: &str, platform: &str, day: i64| {
+            bind(&versions, "default", Some(country), platform, t0 + Duration::days(day), "default")
+        };
         assert_eq!((b("GB", "web", 5).campaign_id.as_str(), b("GB", "web", 5).version), ("gb", 1));
         assert_eq!(b("GB", "web", 15).version, 2, "the version in force at registration");
         assert_eq!(b("GB", "web", 25).campaign_id, "default", "paused from day 20");

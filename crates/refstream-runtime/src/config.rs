@@ -467,8 +467,11 @@ impl Settings {
             Money::positive("amount", d, currency).map_err(|e| ConfigError::new(name, e.reason))?;
             Ok(d)
         };
-        let mut rewards =
-            vec![RewardSpec::fixed("referrer_bonus", Role::Referrer, Money::new(amount("campaign.referrer_reward", &c.referrer_reward)?, currency))];
+        let mut rewards = vec![RewardSpec::fixed(
+            "referrer_bonus",
+            Role::Referrer,
+            Money::new(amount("campaign.referrer_reward", &c.referrer_reward)?, currency),
+        )];
         if !c.referee_reward.trim().is_empty() {
             rewards.push(RewardSpec::fixed(
                 "referee_bonus",

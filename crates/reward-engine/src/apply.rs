@@ -56,7 +56,7 @@ pub(crate) async fn deposits(engine: &RewardEngine, conn: &mut PgConnection, bat
     let mut users: Vec<String> = fresh.iter().map(|(d, _)| d.user_id.to_string()).collect();
     users.sort();
     users.dedup();
-    let referrals = store::open_referrals_of(conn, &users).await?;
+    let referrals = store::open_referrals_of(conn, engine, &users).await?;
     let scheduled = store::schedule_if_qualifying(conn, engine, &referrals.iter().collect::<Vec<_>>()).await?;
     if scheduled > 0 {
         engine.wake.notify_one();
@@ -110,7 +110,7 @@ pub(crate) async fn reversals(
     if referral_ids.is_empty() {
         return Ok(());
     }
-    let mut referrals = store::lock_by_id(conn, &referral_ids).await?;
+    let mut referrals = store::lock_by_id(conn, engine, &referral_ids).await?;
     let pick: Vec<usize> = (0..batch.len()).filter(|&i| reversed.contains(&ids[i])).collect();
     let (ids, reasons, at): (Vec<String>, Vec<String>, Vec<DateTime<Utc>>) = (
         pick.iter().map(|&i| ids[i].clone()).collect(),
@@ -137,7 +137,7 @@ pub(crate) async fn scores(
     out: &mut Vec<OutboxMessage>,
 ) -> sqlx::Result<()> {
     let referees: Vec<String> = batch.iter().map(|s| s.referee_id.to_string()).collect();
-    let mut referrals = store::lock_by_referee(conn, &referees).await?;
+    let mut referrals = store::lock_by_referee(conn, engine, &referees).await?;
     let mut moves = Vec::new();
     let mut eligible: Vec<String> = Vec::new();
     let mut clawbacks: BTreeMap<Uuid, Uuid> = BTreeMap::new();
@@ -227,7 +227,7 @@ async fn claw_back(
 /// later REVIEW signal does not hold it again) and schedules its payout; reject rejects it.
 pub(crate) async fn reviews(engine: &RewardEngine, conn: &mut PgConnection, batch: &[&ReviewDecided]) -> sqlx::Result<()> {
     let referees: Vec<String> = batch.iter().map(|r| r.referee_id.to_string()).collect();
-    let mut referrals = store::lock_by_referee(conn, &referees).await?;
+    let mut referrals = store::lock_by_referee(conn, engine, &referees).await?;
     let mut moves = Vec::new();
     let mut cleared = Vec::new();
     for r in batch {

@@ -87,6 +87,8 @@ async fn book(conn: &mut PgConnection, entries: &[Entry]) -> sqlx::Result<()> {
 pub(crate) struct Payment<'a> {
     pub referral: &'a Referral,
     pub deposit_id: String,
+    /// The qualifying deposit's amount (deposit tiers pay by it).
+    pub deposit_amount: Decimal,
     pub barrier_id: i64,
     pub hold_ended_at: DateTime<Utc>,
 }
@@ -105,21 +107,32 @@ pub(crate) async fn grant(
     payments: &[Payment<'_>],
     out: &mut Vec<OutboxMessage>,
 ) -> sqlx::Result<Vec<Uuid>> {
-    let campaign = &engine.campaign;
     struct Row<'a> {
         payment: &'a Payment<'a>,
         reward_id: Uuid,
-        spec: &'a refstream_core::campaign::RewardSpec,
+        spec: refstream_core::campaign::RewardSpec,
+        /// What it pays: the spec's amount, or its tier for the qualifying deposit.
+        amount: refstream_core::Money,
+        campaign_id: String,
         beneficiary: &'a str,
     }
     let mut rows = Vec::new();
     for payment in payments {
+        // Terms were loaded with the referral; without them nothing is paid by other terms.
+        let Some(campaign) = engine.terms.of(payment.referral) else { continue };
         for spec in &campaign.rewards {
             let beneficiary = match spec.role {
                 refstream_core::campaign::Role::Referrer => payment.referral.referrer_id.as_str(),
                 refstream_core::campaign::Role::Referee => payment.referral.referee_id.as_str(),
             };
-            rows.push(Row { payment, reward_id: DerivedId::reward(payment.referral.referral_id, &spec.reward_type), spec, beneficiary });
+            rows.push(Row {
+                payment,
+                reward_id: DerivedId::reward(payment.referral.referral_id, &spec.reward_type),
+                spec: spec.clone(),
+                amount: spec.amount_for(payment.deposit_amount),
+                campaign_id: campaign.id.clone(),
+                beneficiary,
+            });
         }
     }
     if rows.is_empty() {
@@ -127,9 +140,9 @@ pub(crate) async fn grant(
     }
     let inserted: Vec<Inserted> = sqlx::query_as(
         "INSERT INTO rewards (reward_id, referral_id, reward_type, beneficiary_id, role, amount, currency, campaign_id, \
-                              qualifying_deposit_id, barrier_id, hold_ended_at) \
+                              qualifying_deposit_id, barrier_id, hold_ended_at, terms_version) \
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::text[], \
-                              $9::text[], $10::int8[], $11::timestamptz[]) \
+                              $9::text[], $10::int8[], $11::timestamptz[], $12::int[]) \
          ON CONFLICT (referral_id, reward_type) DO NOTHING RETURNING reward_id, granted_at",
     )
     .bind(rows.iter().map(|r| r.reward_id).collect::<Vec<_>>())
@@ -137,21 +150,22 @@ pub(crate) async fn grant(
     .bind(rows.iter().map(|r| r.spec.reward_type.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.beneficiary.to_owned()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.spec.role.as_str().to_owned()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.spec.amount.amount).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.spec.amount.currency.as_str().to_owned()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|_| campaign.id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.amount.amount).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.amount.currency.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.campaign_id.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.payment.deposit_id.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.payment.barrier_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.payment.hold_ended_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.payment.referral.terms_version).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
     let granted_at: BTreeMap<Uuid, DateTime<Utc>> = inserted.into_iter().map(|i| (i.reward_id, i.granted_at)).collect();
     let mut entries = Vec::new();
     let mut paid = Vec::new();
     for row in rows.iter().filter(|r| granted_at.contains_key(&r.reward_id)) {
-        let (amount, currency) = (row.spec.amount.amount, row.spec.amount.currency.as_str().to_owned());
+        let (amount, currency) = (row.amount.amount, row.amount.currency.as_str().to_owned());
         let transaction = DerivedId::ledger_transaction("grant", row.reward_id);
-        for (account, amount) in [(user_account(row.beneficiary), amount), (campaign_account(&campaign.id), -amount)] {
+        for (account, amount) in [(user_account(row.beneficiary), amount), (campaign_account(&row.campaign_id), -amount)] {
             entries.push(Entry { transaction, account, amount, currency: currency.clone(), reward: row.reward_id, kind: "grant" });
         }
         let event = RewardGranted {
@@ -161,8 +175,8 @@ pub(crate) async fn grant(
             user_id: UserId::parse(row.beneficiary).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             role: row.spec.role,
             reward_type: row.spec.reward_type.clone(),
-            amount: row.spec.amount,
-            campaign_id: campaign.id.clone(),
+            amount: row.amount,
+            campaign_id: row.campaign_id.clone(),
             qualifying_deposit_id: row.payment.deposit_id.clone(),
             granted_at: granted_at[&row.reward_id],
         };

@@ -22,13 +22,13 @@ pub mod gate;
 mod ledger;
 pub mod settlement;
 mod store;
+mod terms;
 pub mod unmatched;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use refstream_core::campaign::Campaign;
 use refstream_core::events::{DepositCompleted, DepositReversed, ReferralScored, ReviewDecided};
 use refstream_core::settlement::FraudAfterPayment;
 use refstream_runtime::codec::{AvroRecord, Decoder};
@@ -76,7 +76,8 @@ pub struct Topics {
 pub struct RewardEngine {
     decoder: Decoder,
     pub(crate) topics: Topics,
-    pub(crate) campaign: Campaign,
+    /// The terms each referral pays by (its bound campaign version, or the default campaign).
+    pub(crate) terms: terms::Terms,
     /// How long after its deposit was recorded a reward's hold ends.
     pub(crate) settle_delay: Duration,
     pub(crate) after_payment: FraudAfterPayment,
@@ -104,7 +105,7 @@ impl RewardEngine {
                 reward_granted: t.reward_granted.clone(),
                 reward_reversed: t.reward_reversed.clone(),
             },
-            campaign: settings.campaign()?,
+            terms: terms::Terms::new(settings.campaign()?),
             settle_delay: Duration::from_secs(settings.campaign.settle_delay_secs),
             after_payment: settings.fraud_after_payment()?,
             settlement_batch: s.batch_size,

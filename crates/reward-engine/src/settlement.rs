@@ -16,6 +16,7 @@ use refstream_core::lifecycle::{self, Decision};
 use refstream_core::settlement::{settle, AtSettlement, Verdict};
 use refstream_runtime::metrics::OUTCOMES;
 use refstream_runtime::outbox::enqueue;
+use rust_decimal::Decimal;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -50,7 +51,7 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
         return Ok(0);
     }
     let ids: Vec<Uuid> = claimed.iter().map(|c| c.referral_id).collect();
-    let mut referrals = store::lock_by_id(&mut tx, &ids).await?;
+    let mut referrals = store::lock_by_id(&mut tx, engine, &ids).await?;
     let verdicts: BTreeMap<Uuid, Verdict> =
         sqlx::query_as::<_, (Uuid, String, i32)>("SELECT referral_id, decision, revision FROM assessments WHERE referral_id = ANY($1)")
             .bind(&ids)
@@ -73,7 +74,7 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
     let deposits = store::deposits_of(&mut tx, &referees).await?;
 
     let mut moves: Vec<Move> = Vec::new();
-    let mut to_pay: Vec<(Uuid, String, &Claimed)> = Vec::new();
+    let mut to_pay: Vec<(Uuid, String, Decimal, &Claimed)> = Vec::new();
     for c in &claimed {
         let Some(referral) = referrals.get_mut(&c.referral_id) else { continue };
         let qualifying = deposits.get(&referral.referee_id).and_then(|d| store::qualifying(engine, referral, d));
@@ -93,15 +94,16 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
             moves.extend(Move::of(referral, t, cause));
         }
         if let (true, Some(d)) = (decision.pay, qualifying) {
-            to_pay.push((c.referral_id, d.deposit.deposit_id.clone(), c));
+            to_pay.push((c.referral_id, d.deposit.deposit_id.clone(), d.deposit.amount.amount, c));
         }
     }
     let payments: Vec<Payment<'_>> = to_pay
         .iter()
-        .filter_map(|(id, deposit_id, c)| {
+        .filter_map(|(id, deposit_id, amount, c)| {
             Some(Payment {
                 referral: referrals.get(id)?,
                 deposit_id: deposit_id.clone(),
+                deposit_amount: *amount,
                 barrier_id: c.barrier_id,
                 hold_ended_at: c.hold_ended_at,
             })
@@ -110,7 +112,7 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
     let mut out = Vec::new();
     let paid = ledger::grant(&mut tx, engine, &payments, &mut out).await?;
     drop(payments);
-    let deposit_of: BTreeMap<Uuid, &str> = to_pay.iter().map(|(id, deposit, _)| (*id, deposit.as_str())).collect();
+    let deposit_of: BTreeMap<Uuid, &str> = to_pay.iter().map(|(id, deposit, _, _)| (*id, deposit.as_str())).collect();
     for id in paid {
         if let Some(referral) = referrals.get_mut(&id) {
             let cause = format!("qualifying deposit {}", deposit_of.get(&id).copied().unwrap_or_default());

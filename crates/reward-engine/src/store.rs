@@ -23,6 +23,8 @@ pub struct Referral {
     pub referrer_id: String,
     pub referee_id: String,
     pub campaign_id: String,
+    /// The campaign version it pays by (0: the default campaign of the settings).
+    pub terms_version: i32,
     pub referee_registered_at: DateTime<Utc>,
     pub status: String,
     pub cleared_by_review: bool,
@@ -34,36 +36,46 @@ impl Referral {
     }
 }
 
-const REFERRAL_COLUMNS: &str = "referral_id, referrer_id, referee_id, campaign_id, referee_registered_at, status, cleared_by_review";
+const REFERRAL_COLUMNS: &str =
+    "referral_id, referrer_id, referee_id, campaign_id, terms_version, referee_registered_at, status, cleared_by_review";
 
-/// Locks the referrals of `referees` (in `referral_id` order) for the transaction.
-pub async fn lock_by_referee(conn: &mut PgConnection, referees: &[String]) -> sqlx::Result<BTreeMap<String, Referral>> {
+/// Locks the referrals of `referees` (in `referral_id` order) for the transaction, with their
+/// terms loaded.
+pub async fn lock_by_referee(
+    conn: &mut PgConnection,
+    engine: &RewardEngine,
+    referees: &[String],
+) -> sqlx::Result<BTreeMap<String, Referral>> {
     let rows: Vec<Referral> =
         sqlx::query_as(&format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE referee_id = ANY($1) ORDER BY referral_id FOR UPDATE"))
             .bind(referees)
             .fetch_all(&mut *conn)
             .await?;
+    engine.terms.load(conn, rows.iter()).await?;
     Ok(rows.into_iter().map(|r| (r.referee_id.clone(), r)).collect())
 }
 
-/// Locks referrals by id (in id order) for the transaction.
-pub async fn lock_by_id(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<BTreeMap<Uuid, Referral>> {
+/// Locks referrals by id (in id order) for the transaction, with their terms loaded.
+pub async fn lock_by_id(conn: &mut PgConnection, engine: &RewardEngine, ids: &[Uuid]) -> sqlx::Result<BTreeMap<Uuid, Referral>> {
     let rows: Vec<Referral> =
         sqlx::query_as(&format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE referral_id = ANY($1) ORDER BY referral_id FOR UPDATE"))
             .bind(ids)
             .fetch_all(&mut *conn)
             .await?;
+    engine.terms.load(conn, rows.iter()).await?;
     Ok(rows.into_iter().map(|r| (r.referral_id, r)).collect())
 }
 
-/// Reads (without locking) the referrals of `referees` that may still pay.
-pub async fn open_referrals_of(conn: &mut PgConnection, referees: &[String]) -> sqlx::Result<Vec<Referral>> {
-    sqlx::query_as(&format!(
+/// Reads (without locking) the referrals of `referees` that may still pay, with their terms loaded.
+pub async fn open_referrals_of(conn: &mut PgConnection, engine: &RewardEngine, referees: &[String]) -> sqlx::Result<Vec<Referral>> {
+    let rows: Vec<Referral> = sqlx::query_as(&format!(
         "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE referee_id = ANY($1) AND status IN ('pending', 'held', 'eligible')"
     ))
     .bind(referees)
     .fetch_all(&mut *conn)
-    .await
+    .await?;
+    engine.terms.load(conn, rows.iter()).await?;
+    Ok(rows)
 }
 
 /// A recorded deposit and when it was recorded (its hold starts then).
@@ -108,10 +120,11 @@ pub async fn deposits_of(conn: &mut PgConnection, users: &[String]) -> sqlx::Res
     Ok(by_user)
 }
 
-/// The deposit that pays `referral`, among `deposits` (the referee's).
+/// The deposit that pays `referral` under its terms, among `deposits` (the referee's).
 pub fn qualifying<'a>(engine: &RewardEngine, referral: &Referral, deposits: &'a [Recorded]) -> Option<&'a Recorded> {
     let plain: Vec<RecordedDeposit> = deposits.iter().map(|d| d.deposit.clone()).collect();
-    let first = engine.campaign.first_qualifying(referral.referee_registered_at, &plain)?;
+    let campaign = engine.terms.of(referral)?;
+    let first = campaign.first_qualifying(referral.referee_registered_at, &plain)?;
     deposits.iter().find(|d| d.deposit.deposit_id == first.deposit_id)
 }
 

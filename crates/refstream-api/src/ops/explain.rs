@@ -19,6 +19,9 @@ pub struct Referral {
     pub referee_id: String,
     pub code: String,
     pub campaign_id: String,
+    /// The campaign version it pays by (0: the default campaign of the settings), and why.
+    pub terms_version: i32,
+    pub campaign_reason: Option<String>,
     pub attribution: String,
     pub referee_registered_at: DateTime<Utc>,
     pub status: String,
@@ -90,7 +93,8 @@ pub struct Explained {
     pub rewards: Vec<Reward>,
 }
 
-const COLUMNS: &str = "referral_id, referrer_id, referee_id, code, campaign_id, attribution, referee_registered_at, \
+const COLUMNS: &str =
+    "referral_id, referrer_id, referee_id, code, campaign_id, terms_version, campaign_reason, attribution, referee_registered_at, \
                        status, cleared_by_review, created_at, click_id, click_match, match_confidence, touch, network_clicks";
 
 /// Finds the referral by id, or by its referee's user id.

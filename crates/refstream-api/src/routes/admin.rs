@@ -270,9 +270,9 @@ pub async fn client_token(
     let created = tokens::create(&mut tx, &name, Role::Client, Some(&body.user_id), Some(expires_at), &format!("api:{}", who.name))
         .await
         .map_err(|e| match e {
-            tokens::TokenError::Invalid(m) => Problem::bad_request(m),
-            tokens::TokenError::Db(e) => Problem::from(e),
-        })?;
+        tokens::TokenError::Invalid(m) => Problem::bad_request(m),
+        tokens::TokenError::Db(e) => Problem::from(e),
+    })?;
     audit(&mut tx, &who, "client_token.create", &body.user_id, json!({ "token_id": created.token_id, "expires_at": expires_at })).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(created)))

@@ -65,8 +65,16 @@ pub struct Earned {
     responses((status = 200, body = Vec<MyReferral>), (status = 401, body = Problem), (status = 403, body = Problem)))]
 pub async fn my_referrals(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<MyReferral>>, Problem> {
     let user = caller.user()?;
-    let rows: Vec<(DateTime<Utc>, String, Vec<Decimal>, Vec<String>)> = sqlx::query_as(
-        "SELECT r.referee_registered_at, r.status, COALESCE(w.amounts, '{}'), COALESCE(w.currencies, '{}') \
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        registered_at: DateTime<Utc>,
+        status: String,
+        amounts: Vec<Decimal>,
+        currencies: Vec<String>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT r.referee_registered_at AS registered_at, r.status, COALESCE(w.amounts, '{}') AS amounts, \
+                COALESCE(w.currencies, '{}') AS currencies \
          FROM referrals r LEFT JOIN LATERAL ( \
            SELECT array_agg(amount ORDER BY currency) AS amounts, array_agg(currency::text ORDER BY currency) AS currencies FROM ( \
              SELECT currency, sum(amount) AS amount FROM rewards \
@@ -78,10 +86,10 @@ pub async fn my_referrals(State(state): State<AppState>, caller: Caller) -> Resu
     .await?;
     let referrals = rows
         .into_iter()
-        .map(|(registered_at, status, amounts, currencies)| MyReferral {
-            registered_at,
-            status,
-            earned: amounts.into_iter().zip(currencies).map(|(amount, currency)| Earned { amount, currency }).collect(),
+        .map(|r| MyReferral {
+            registered_at: r.registered_at,
+            status: r.status,
+            earned: r.amounts.into_iter().zip(r.currencies).map(|(amount, currency)| Earned { amount, currency }).collect(),
         })
         .collect();
     Ok(Json(referrals))

@@ -1,0 +1,60 @@
+//! Binds each new referral to the campaign and terms version in force at its referee's
+//! registration (`refstream_core::campaigns::bind`): the code's campaign, else the targeted one
+//! of highest priority, else the default campaign (version 0). Reads the campaigns' recorded
+//! versions and the referees' country and platform, one query each per batch; the referral's
+//! `campaign_id` (and its ReferralAttributed's), `terms_version` and `campaign_reason` follow.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use refstream_core::campaigns::{bind, Definition, Version};
+use sqlx::PgConnection;
+
+use crate::Referral;
+
+/// A stored version: id, version, active, in force from, definition.
+type VersionRow = (String, i32, bool, DateTime<Utc>, sqlx::types::Json<Definition>);
+
+/// Every recorded version of every data campaign (a small table: one row per change).
+pub async fn versions(conn: &mut PgConnection) -> sqlx::Result<Vec<Version>> {
+    let rows: Vec<VersionRow> = sqlx::query_as("SELECT campaign_id, version, active, effective_from, definition FROM campaign_versions")
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(campaign_id, version, active, effective_from, definition)| match definition.0.validate() {
+            Ok((_, targeting)) => {
+                Some(Version { campaign_id, version, active, effective_from, priority: definition.0.priority, targeting })
+            }
+            Err(e) => {
+                // Validated when applied: one edited by hand into nonsense binds nobody.
+                tracing::error!(campaign = %campaign_id, version, error = %e, "stored campaign version does not validate: skipped");
+                None
+            }
+        })
+        .collect())
+}
+
+/// Binds `referrals` (their events carry the code's campaign) to their campaign versions.
+pub(crate) async fn bind_all(conn: &mut PgConnection, referrals: Vec<&mut Referral>, default_id: &str) -> sqlx::Result<()> {
+    if referrals.is_empty() {
+        return Ok(());
+    }
+    let versions = versions(conn).await?;
+    let referees: Vec<String> = referrals.iter().map(|r| r.event.referee_id.to_string()).collect();
+    let rows: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("SELECT user_id, country, platform FROM users WHERE user_id = ANY($1)")
+            .bind(&referees)
+            .fetch_all(&mut *conn)
+            .await?;
+    let users: HashMap<String, (Option<String>, String)> = rows.into_iter().map(|(u, c, p)| (u, (c, p))).collect();
+    for r in referrals {
+        let user = users.get(r.event.referee_id.as_str());
+        let (country, platform) = user.map_or((None, ""), |(c, p)| (c.as_deref(), p.as_str()));
+        let b = bind(&versions, &r.event.campaign_id, country, platform, r.event.referee_registered_at, default_id);
+        r.event.campaign_id = b.campaign_id;
+        r.terms_version = b.version;
+        r.campaign_reason = b.reason;
+    }
+    Ok(())
+}

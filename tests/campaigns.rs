@@ -1,0 +1,227 @@
+//! Campaigns as data, end to end: two campaign files applied with `refstream campaigns apply`
+//! (a two-sided GBP campaign with deposit tiers for GB web users, an iOS launch campaign in USD)
+//! while the fleet runs (the four workers as processes, the devbroker, Postgres). Each referral
+//! is bound to the campaign version in force at its referee's registration and pays exactly
+//! what those terms say; a changed file is a new version that binds only later registrations; a
+//! paused campaign binds nobody new; everything else falls to the default campaign; the ledger
+//! balances per currency.
+
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::Utc;
+use refstream_core::events::{DepositCompleted, UserRegistered};
+use refstream_core::{Currency, Money, UserId};
+use refstream_e2e::{bin, eventually, produce, producer, Broker, Fleet, TestDb};
+use refstream_runtime::codec::encode;
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn registered(user: &str, code: &str, country: &str, platform: &str, n: u8) -> UserRegistered {
+    UserRegistered {
+        event_id: Uuid::new_v4(),
+        user_id: UserId::parse(user).unwrap(),
+        occurred_at: Utc::now(),
+        referral_code: Some(code.to_owned()),
+        click_id: None,
+        platform: platform.into(),
+        device_id: Some(format!("device-{user}")),
+        ip: Some(format!("198.51.100.{n}").parse().unwrap()),
+        email: Some(format!("{user}@mail{n}.example")),
+        country: Some(country.into()),
+    }
+}
+
+fn deposit(user: &str, amount: &str, currency: &str) -> DepositCompleted {
+    DepositCompleted {
+        event_id: Uuid::new_v4(),
+        deposit_id: format!("dep-{user}"),
+        user_id: UserId::parse(user).unwrap(),
+        amount: Money::new(amount.parse().unwrap(), Currency::parse(currency).unwrap()),
+        payment_fingerprint: Some(format!("card-{user}")),
+        occurred_at: Utc::now(),
+    }
+}
+
+fn cli(db_url: &str, args: &[&str]) -> String {
+    let out = Command::new(bin("refstream")).args(args).env("REFSTREAM__DATABASE__URL", db_url).output().expect("run refstream");
+    assert!(out.status.success(), "refstream {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn campaign_file(name: &str) -> String {
+    format!("{}/../deploy/campaigns/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// Registers `users` (referred by ana) and waits until each has its referral.
+async fn register_all(db: &TestDb, p: &rdkafka::producer::FutureProducer, code: &str, users: &[(&str, &str, &str, u8)]) {
+    for (user, country, platform, n) in users {
+        produce(p, "user-registered", user, &encode(&registered(user, code, country, platform, *n))).await;
+    }
+    let names: Vec<String> = users.iter().map(|u| u.0.to_owned()).collect();
+    let pool = db.pool.clone();
+    eventually(Duration::from_secs(90), "the referrals attributed and approved", || {
+        let (pool, names) = (pool.clone(), names.clone());
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM referrals WHERE referee_id = ANY($1) AND status = 'eligible'")
+                .bind(&names)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            n == i64::try_from(names.len()).unwrap()
+        }
+    })
+    .await;
+}
+
+/// (campaign, version, reason) of `referee`'s referral.
+async fn binding(pool: &PgPool, referee: &str) -> (String, i32, String) {
+    sqlx::query_as("SELECT campaign_id, terms_version, campaign_reason FROM referrals WHERE referee_id = $1")
+        .bind(referee)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Every reward as (beneficiary, type, amount, currency, campaign, version), sorted.
+async fn rewards(pool: &PgPool) -> Vec<(String, String, String, String, String, i32)> {
+    let rows: Vec<(String, String, Decimal, String, String, i32)> = sqlx::query_as(
+        "SELECT beneficiary_id, reward_type, amount, currency::text, campaign_id, terms_version FROM rewards ORDER BY beneficiary_id, reward_type",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(b, t, a, c, id, v)| (b, t, a.normalize().to_string(), c, id, v)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_force() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let _fleet = Fleet::start(&db.url, &broker.bootstrap);
+    let p = producer(&broker.bootstrap);
+
+    // A bad file is refused, naming the field; nothing is recorded.
+    let bad = std::env::temp_dir().join(format!("campaign-{}.toml", Uuid::new_v4().simple()));
+    std::fs::write(&bad, std::fs::read_to_string(campaign_file("gb-web-tiers.toml")).unwrap().replace("\"25.00\"", "\"-3\"")).unwrap();
+    let out = Command::new(bin("refstream"))
+        .args(["campaigns", "apply", bad.to_str().unwrap()])
+        .env("REFSTREAM__DATABASE__URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rewards[0].tiers[1].amount"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(cli(&db.url, &["campaigns", "apply", &campaign_file("gb-web-tiers.toml")]).contains("version 1 recorded"));
+    assert!(cli(&db.url, &["campaigns", "apply", &campaign_file("ios-launch.toml")]).contains("version 1 recorded"));
+    assert!(cli(&db.url, &["campaigns", "apply", &campaign_file("ios-launch.toml")]).contains("unchanged"));
+
+    produce(&p, "user-registered", "ana", &encode(&registered("ana", "NONE0000", "GB", "web", 1))).await;
+    let pool = db.pool.clone();
+    eventually(Duration::from_secs(60), "ana's code", || {
+        let pool = pool.clone();
+        async move { count(&pool, "SELECT count(*) FROM referral_codes WHERE user_id = 'ana'").await == 1 }
+    })
+    .await;
+    let code = db.code_of("ana").await;
+
+    // GB web (tiers), iOS (launch), US web (default); gb-late registers now and deposits after
+    // the campaign changed.
+    register_all(
+        &db,
+        &p,
+        &code,
+        &[
+            ("gb-small", "GB", "web", 11),
+            ("gb-big", "GB", "web", 12),
+            ("gb-late", "GB", "web", 13),
+            ("io-one", "US", "ios", 14),
+            ("io-low", "US", "ios", 15),
+            ("us-web", "US", "web", 16),
+        ],
+    )
+    .await;
+    assert_eq!(binding(&db.pool, "gb-small").await.0, "gb-web-tiers");
+    assert_eq!(binding(&db.pool, "gb-small").await.1, 1);
+    assert_eq!(binding(&db.pool, "io-one").await.0, "ios-launch");
+    let (default_id, version, reason) = binding(&db.pool, "us-web").await;
+    assert_eq!((default_id.as_str(), version), ("default", 0));
+    assert!(reason.contains("default"), "{reason}");
+
+    // The GB campaign changes (the friend now gets 7.00) and iOS launch is paused.
+    let changed = std::env::temp_dir().join(format!("campaign-{}.toml", Uuid::new_v4().simple()));
+    std::fs::write(
+        &changed,
+        std::fs::read_to_string(campaign_file("gb-web-tiers.toml")).unwrap().replace("amount = \"5.00\"", "amount = \"7.00\""),
+    )
+    .unwrap();
+    assert!(cli(&db.url, &["campaigns", "apply", changed.to_str().unwrap(), "--by", "marketing"]).contains("version 2 recorded"));
+    assert!(cli(&db.url, &["campaigns", "pause", "ios-launch"]).contains("paused"));
+    register_all(&db, &p, &code, &[("gb-new", "GB", "web", 17), ("io-two", "US", "ios", 18)]).await;
+    assert_eq!(binding(&db.pool, "gb-new").await.1, 2, "bound to the version in force at its registration");
+    assert_eq!(binding(&db.pool, "gb-late").await.1, 1, "a referral keeps the version it was bound to");
+    assert_eq!(binding(&db.pool, "io-two").await.0, "default", "a paused campaign binds nobody new");
+
+    for (user, amount, currency) in [
+        ("gb-small", "30.00", "GBP"),
+        ("gb-big", "150.00", "GBP"),
+        ("gb-late", "40.00", "GBP"),
+        ("gb-new", "40.00", "GBP"),
+        ("io-one", "60.00", "USD"),
+        ("io-low", "40.00", "USD"),
+        ("us-web", "25.00", "USD"),
+        ("io-two", "25.00", "USD"),
+    ] {
+        produce(&p, "deposit-completed", user, &encode(&deposit(user, amount, currency))).await;
+    }
+    let pool = db.pool.clone();
+    eventually(Duration::from_secs(120), "every reward", || {
+        let pool = pool.clone();
+        async move { count(&pool, "SELECT count(*) FROM rewards").await == 11 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = rewards(&db.pool).await;
+    let want: Vec<(String, String, String, String, String, i32)> = [
+        ("ana", "referrer_bonus", "10", "GBP", "gb-web-tiers", 1), // gb-small: 30 → first tier
+        ("ana", "referrer_bonus", "25", "GBP", "gb-web-tiers", 1), // gb-big: 150 → second tier
+        ("ana", "referrer_bonus", "10", "GBP", "gb-web-tiers", 1), // gb-late
+        ("ana", "referrer_bonus", "10", "GBP", "gb-web-tiers", 2), // gb-new
+        ("ana", "referrer_bonus", "15", "USD", "ios-launch", 1),   // io-one: 60 ≥ 50
+        ("ana", "referrer_bonus", "10", "USD", "default", 0),      // us-web
+        ("ana", "referrer_bonus", "10", "USD", "default", 0),      // io-two (ios-launch paused)
+        ("gb-big", "referee_bonus", "5", "GBP", "gb-web-tiers", 1),
+        ("gb-late", "referee_bonus", "5", "GBP", "gb-web-tiers", 1), // bound before the change
+        ("gb-new", "referee_bonus", "7", "GBP", "gb-web-tiers", 2),
+        ("gb-small", "referee_bonus", "5", "GBP", "gb-web-tiers", 1),
+    ]
+    .iter()
+    .map(|(b, t, a, c, id, v)| (b.to_string(), t.to_string(), a.to_string(), c.to_string(), id.to_string(), *v))
+    .collect();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    let mut want_sorted = want;
+    want_sorted.sort();
+    assert_eq!(got_sorted, want_sorted, "io-low's 40 USD is below ios-launch's 50: no reward");
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM referrals WHERE referee_id = 'io-low' AND status = 'eligible'").await, 1);
+
+    // The books: per currency the ledger sums to zero, and each campaign's account paid out
+    // exactly its rewards.
+    let imbalance =
+        count(&db.pool, "SELECT count(*) FROM (SELECT currency FROM ledger_entries GROUP BY currency HAVING sum(amount) <> 0) x").await;
+    assert_eq!(imbalance, 0);
+    let gb: Decimal = sqlx::query_scalar("SELECT -sum(amount) FROM ledger_entries WHERE account = 'campaign:gb-web-tiers'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(gb, Decimal::new(77, 0), "10+25+10+10 to ana, 5+5+5+7 to the friends");
+
+    let listing = cli(&db.url, &["campaigns", "list"]);
+    assert!(listing.contains("gb-web-tiers") && listing.contains("ios-launch") && listing.contains("paused"), "{listing}");
+    let shown = cli(&db.url, &["campaigns", "show", "gb-web-tiers"]);
+    assert!(shown.contains("v2") && shown.contains("by marketing") && shown.contains("amount = \"7.00\""), "{shown}");
+}
