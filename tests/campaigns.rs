@@ -220,6 +220,34 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
         .unwrap();
     assert_eq!(gb, Decimal::new(77, 0), "10+25+10+10 to ana, 5+5+5+7 to the friends");
 
+    // The audit proves every reward against the terms stamped on it, the ledger and the topics.
+    let audit = Command::new(bin("refstream"))
+        .arg("audit")
+        .env("REFSTREAM__DATABASE__URL", &db.url)
+        .env("REFSTREAM__KAFKA__BROKERS", &broker.bootstrap)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&audit.stdout).into_owned();
+    assert!(audit.status.success(), "{report}{}", String::from_utf8_lossy(&audit.stderr));
+    assert!(report.contains("ok    no reward exceeds its campaign's terms") && report.contains("audit passed"), "{report}");
+    assert!(report.contains("11 rows"), "{report}");
+    // Tampering with one reward's amount is caught, naming the reward.
+    let tampered: Uuid = sqlx::query_scalar("UPDATE rewards SET amount = 12 WHERE beneficiary_id = 'gb-new' RETURNING reward_id")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let audit = Command::new(bin("refstream"))
+        .arg("audit")
+        .env("REFSTREAM__DATABASE__URL", &db.url)
+        .env("REFSTREAM__KAFKA__BROKERS", &broker.bootstrap)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&audit.stdout).into_owned();
+    assert!(!audit.status.success(), "{report}");
+    assert!(report.contains("FAIL  no reward exceeds its campaign's terms") && report.contains(&tampered.to_string()), "{report}");
+    assert!(report.contains("FAIL  every RewardGranted on Kafka has its reward row"), "{report}");
+    sqlx::query("UPDATE rewards SET amount = 7 WHERE reward_id = $1").bind(tampered).execute(&db.pool).await.unwrap();
+
     let listing = cli(&db.url, &["campaigns", "list"]);
     assert!(listing.contains("gb-web-tiers") && listing.contains("ios-launch") && listing.contains("paused"), "{listing}");
     let shown = cli(&db.url, &["campaigns", "show", "gb-web-tiers"]);

@@ -3,6 +3,7 @@
 //! explain a referral's decision, measure the fraud rules on a labeled adversarial stream, serve
 //! the HTTP API and dashboard, and manage the API's tokens.
 
+mod audit;
 mod campaigns;
 mod demo;
 mod dlq;
@@ -61,6 +62,9 @@ enum Command {
     },
     /// Produce a labeled adversarial stream through a running fleet and measure the fraud rules.
     FraudEval(fraud_eval::Args),
+    /// Prove from Postgres and Kafka that every cent is explained (one line per check; exits
+    /// non-zero on any failure).
+    Audit,
     /// Campaigns as data: apply a campaign file, list, show, pause, resume.
     Campaigns {
         #[command(subcommand)]
@@ -133,6 +137,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Dlq { action } => dlq::run(action, &settings, &pool).await?,
         Command::Review { action } => review::run(action, &settings, &pool).await?,
         Command::Explain { referral_id } => explain::run(&pool, &referral_id).await?,
+        Command::Audit => audit::run(&settings, &pool).await?,
         Command::Campaigns { action } => {
             refstream_runtime::db::migrate(&pool).await?;
             campaigns::run(action, &settings, &pool).await?

@@ -1,0 +1,389 @@
+//! `refstream audit`: proves, from Postgres and the Kafka topics, that every cent is explained.
+//! One line per check (`ok` or `FAIL` with the first offenders); exits non-zero on any failure.
+//! Read-only: it takes no lock and writes nothing, so it can run against a live fleet (records
+//! still in the outbox count as on their way, not as missing).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use refstream_core::campaign::{Campaign, Qualification};
+use refstream_core::campaigns::Definition;
+use refstream_core::events::{RewardGranted, RewardReversed};
+use refstream_core::{Currency, DerivedId, Money};
+use refstream_runtime::codec::Decoder;
+use refstream_runtime::consumer::client_config;
+use refstream_runtime::Settings;
+use rust_decimal::Decimal;
+use sqlx::types::Json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// One check's outcome: what was checked, how many, and the first offenders.
+struct Check {
+    name: String,
+    offenders: Vec<String>,
+    detail: String,
+}
+
+impl Check {
+    fn new(name: &str, detail: String, offenders: Vec<String>) -> Self {
+        Self { name: name.to_owned(), offenders, detail }
+    }
+}
+
+pub async fn run(settings: &Settings, pool: &PgPool) -> anyhow::Result<()> {
+    let mut checks = ledger(pool).await?;
+    checks.extend(rewards(settings, pool).await?);
+    checks.extend(topics(settings, pool).await?);
+    let mut failed = 0;
+    for c in &checks {
+        if c.offenders.is_empty() {
+            println!("ok    {} ({})", c.name, c.detail);
+        } else {
+            failed += 1;
+            println!(
+                "FAIL  {} ({}): {} offender(s), first: {}",
+                c.name,
+                c.detail,
+                c.offenders.len(),
+                c.offenders.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+            );
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("audit failed: {failed} of {} checks", checks.len());
+    }
+    println!("audit passed: {} checks", checks.len());
+    Ok(())
+}
+
+async fn strings(pool: &PgPool, sql: &str) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(sql).fetch_all(pool).await
+}
+
+/// The books: per currency and per transaction the ledger sums to zero; balances equal it.
+async fn ledger(pool: &PgPool) -> anyhow::Result<Vec<Check>> {
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_entries").fetch_one(pool).await?;
+    let currencies =
+        strings(pool, "SELECT currency || ' off by ' || sum(amount) FROM ledger_entries GROUP BY currency HAVING sum(amount) <> 0").await?;
+    let transactions =
+        strings(pool, "SELECT transaction_id::text || ' off by ' || sum(amount) FROM ledger_entries GROUP BY transaction_id HAVING sum(amount) <> 0 OR count(*) <> 2")
+            .await?;
+    let balances = strings(
+        pool,
+        "SELECT account || ' ' || currency || ': balance ' || COALESCE(b.balance, 0) || ', ledger ' || COALESCE(l.s, 0) \
+         FROM balances b FULL JOIN (SELECT account, currency, sum(amount) s FROM ledger_entries GROUP BY 1, 2) l USING (account, currency) \
+         WHERE COALESCE(b.balance, 0) <> COALESCE(l.s, 0)",
+    )
+    .await?;
+    Ok(vec![
+        Check::new("the ledger sums to zero per currency", format!("{entries} entries"), currencies),
+        Check::new("every ledger transaction is two entries summing to zero", format!("{} transactions", entries / 2), transactions),
+        Check::new("every balance equals its ledger", "balances against sums of entries".into(), balances),
+    ])
+}
+
+#[derive(sqlx::FromRow)]
+struct RewardRow {
+    reward_id: Uuid,
+    reward_type: String,
+    beneficiary_id: String,
+    role: String,
+    amount: Decimal,
+    currency: String,
+    campaign_id: String,
+    terms_version: i32,
+    qualifying_deposit_id: String,
+    reversed_at: Option<DateTime<Utc>>,
+    reversal_reason: Option<String>,
+    reversal_assessment_event_id: Option<Uuid>,
+    referrer_id: Option<String>,
+    referee_id: Option<String>,
+    registered_at: Option<DateTime<Utc>>,
+    referral_campaign: Option<String>,
+    referral_version: Option<i32>,
+    deposit_user: Option<String>,
+    deposit_amount: Option<Decimal>,
+    deposit_currency: Option<String>,
+    deposit_at: Option<DateTime<Utc>>,
+    refund: Option<String>,
+    grant_user: Option<Decimal>,
+    grant_campaign: Option<Decimal>,
+    reverse_user: Option<Decimal>,
+    reverse_campaign: Option<Decimal>,
+}
+
+/// The campaign version a reward says it was paid by.
+async fn terms(settings: &Settings, pool: &PgPool, keys: BTreeSet<(String, i32)>) -> anyhow::Result<HashMap<(String, i32), Campaign>> {
+    let mut out = HashMap::new();
+    let default = settings.campaign()?;
+    for (id, version) in keys {
+        if version == 0 {
+            out.insert((id, 0), default.clone());
+            continue;
+        }
+        let definition: Option<Json<Definition>> =
+            sqlx::query_scalar("SELECT definition FROM campaign_versions WHERE campaign_id = $1 AND version = $2")
+                .bind(&id)
+                .bind(version)
+                .fetch_optional(pool)
+                .await?;
+        if let Some(Ok((campaign, _))) = definition.map(|d| d.0.validate()) {
+            out.insert((id, version), campaign);
+        }
+    }
+    Ok(out)
+}
+
+/// Every reward against its referral, its qualifying deposit, its terms and its ledger entries;
+/// every reversal against its cause.
+async fn rewards(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check>> {
+    let rows: Vec<RewardRow> = sqlx::query_as(
+        "SELECT w.reward_id, w.reward_type, w.beneficiary_id, w.role, w.amount, w.currency::text AS currency, w.campaign_id, w.terms_version, \
+                w.qualifying_deposit_id, w.reversed_at, w.reversal_reason, w.reversal_assessment_event_id, \
+                r.referrer_id, r.referee_id, r.referee_registered_at AS registered_at, r.campaign_id AS referral_campaign, \
+                r.terms_version AS referral_version, d.user_id AS deposit_user, d.amount AS deposit_amount, \
+                d.currency::text AS deposit_currency, d.occurred_at AS deposit_at, x.reason AS refund, \
+                (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'grant' AND e.account LIKE 'user:%') AS grant_user, \
+                (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'grant' AND e.account LIKE 'campaign:%') AS grant_campaign, \
+                (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'reverse' AND e.account LIKE 'user:%') AS reverse_user, \
+                (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'reverse' AND e.account LIKE 'campaign:%') AS reverse_campaign \
+         FROM rewards w LEFT JOIN referrals r USING (referral_id) LEFT JOIN deposits d ON d.deposit_id = w.qualifying_deposit_id \
+         LEFT JOIN deposit_reversals x ON x.deposit_id = w.qualifying_deposit_id ORDER BY w.reward_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let keys = rows.iter().map(|r| (r.campaign_id.clone(), r.terms_version)).collect();
+    let terms = terms(settings, pool, keys).await?;
+    let (mut mapped, mut under_terms, mut booked, mut reversals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in &rows {
+        let id = r.reward_id;
+        // One referral and one deposit of its referee, bound to the campaign stamped on the reward.
+        let (Some(referee), Some(referrer), Some(registered_at)) = (&r.referee_id, &r.referrer_id, r.registered_at) else {
+            mapped.push(format!("{id}: no referral"));
+            continue;
+        };
+        let (Some(deposit_user), Some(amount), Some(currency), Some(at)) =
+            (&r.deposit_user, r.deposit_amount, &r.deposit_currency, r.deposit_at)
+        else {
+            mapped.push(format!("{id}: qualifying deposit {} not recorded", r.qualifying_deposit_id));
+            continue;
+        };
+        if deposit_user != referee {
+            mapped.push(format!("{id}: deposit {} is {deposit_user}'s, the referee is {referee}", r.qualifying_deposit_id));
+        }
+        if r.referral_campaign.as_deref() != Some(r.campaign_id.as_str()) || r.referral_version != Some(r.terms_version) {
+            mapped.push(format!(
+                "{id}: paid by {} v{}, the referral is bound to {:?} v{:?}",
+                r.campaign_id, r.terms_version, r.referral_campaign, r.referral_version
+            ));
+        }
+        // The terms: the deposit qualifies, the reward is one of the campaign's, to the right
+        // person, of the right amount.
+        let Some(campaign) = terms.get(&(r.campaign_id.clone(), r.terms_version)) else {
+            under_terms.push(format!("{id}: campaign {} version {} unknown", r.campaign_id, r.terms_version));
+            continue;
+        };
+        let Ok(currency) = Currency::parse(currency.trim()) else {
+            under_terms.push(format!("{id}: deposit currency {currency}"));
+            continue;
+        };
+        let deposit = Money::new(amount, currency);
+        let q = campaign.qualifies(&deposit, at, registered_at);
+        if q != Qualification::Qualifies {
+            under_terms.push(format!("{id}: deposit {} does not qualify ({q:?})", r.qualifying_deposit_id));
+        }
+        match campaign.rewards.iter().find(|s| s.reward_type == r.reward_type) {
+            None => under_terms.push(format!("{id}: {} is not a reward of {} v{}", r.reward_type, r.campaign_id, r.terms_version)),
+            Some(spec) => {
+                let want = spec.amount_for(amount);
+                let beneficiary = if spec.role.as_str() == "REFERRER" { referrer } else { referee };
+                if want.amount != r.amount || want.currency.as_str() != r.currency.trim() {
+                    under_terms.push(format!("{id}: paid {} {}, the terms say {want}", r.amount, r.currency));
+                }
+                if beneficiary != &r.beneficiary_id || spec.role.as_str() != r.role {
+                    under_terms.push(format!(
+                        "{id}: paid to {} ({}), the terms say {beneficiary} ({})",
+                        r.beneficiary_id,
+                        r.role,
+                        spec.role.as_str()
+                    ));
+                }
+            }
+        }
+        // The ledger: the grant credits the user and debits the campaign by the amount; a
+        // reversal books exactly its negation, and only a reversal does.
+        if r.grant_user != Some(r.amount) || r.grant_campaign != Some(-r.amount) {
+            booked.push(format!("{id}: grant entries {:?} / {:?} for {}", r.grant_user, r.grant_campaign, r.amount));
+        }
+        let reversed_booked = r.reverse_user.is_some() || r.reverse_campaign.is_some();
+        if r.reversed_at.is_some() != reversed_booked
+            || (reversed_booked && (r.reverse_user != Some(-r.amount) || r.reverse_campaign != Some(r.amount)))
+        {
+            booked.push(format!("{id}: reversed {:?}, reverse entries {:?} / {:?}", r.reversed_at, r.reverse_user, r.reverse_campaign));
+        }
+        // Every reversal has its cause: a refund or chargeback of the qualifying deposit, or the
+        // assessment that found fraud after payment.
+        if r.reversed_at.is_some() {
+            let ok = match r.reversal_reason.as_deref() {
+                Some("FRAUD") => r.reversal_assessment_event_id.is_some(),
+                Some(reason) => r.refund.as_deref() == Some(reason),
+                None => false,
+            };
+            if !ok {
+                reversals
+                    .push(format!("{id}: reversed ({:?}) without a matching refund, chargeback or fraud assessment", r.reversal_reason));
+            }
+        }
+    }
+    let n = rows.len();
+    let reversed = rows.iter().filter(|r| r.reversed_at.is_some()).count();
+    Ok(vec![
+        Check::new(
+            "every reward maps to one referral and one deposit of its referee, under the terms bound to it",
+            format!("{n} rewards"),
+            mapped,
+        ),
+        Check::new(
+            "no reward exceeds its campaign's terms (qualifying deposit, reward type, beneficiary, amount or tier)",
+            format!("{n} rewards, {} campaign versions", terms.len()),
+            under_terms,
+        ),
+        Check::new("every reward is booked once, and every reversal books its exact negation", format!("{n} rewards"), booked),
+        Check::new("every reversal matches a refund, a chargeback or a fraud assessment", format!("{reversed} reversals"), reversals),
+    ])
+}
+
+/// Reads a topic from the beginning to its end offsets; returns each record's payload.
+fn read_all(settings: &Settings, topic: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let consumer: BaseConsumer = client_config(settings)
+        .set("group.id", format!("refstream-audit-{}", Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+        if high > low {
+            ends.insert(*p, high);
+            tpl.add_partition_offset(topic, *p, Offset::Offset(low))?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ends.is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "reading {topic}: partitions {:?} did not reach their end offsets", ends.keys());
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                out.push(m.payload().unwrap_or_default().to_vec());
+                if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+                    ends.remove(&m.partition());
+                }
+            }
+            Some(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A reward row as the topic check needs it: id, beneficiary, amount, currency, reversed at.
+type Stored = (Uuid, String, Decimal, String, Option<DateTime<Utc>>);
+
+/// Every RewardGranted / RewardReversed on Kafka has its row, and every row its record (or its
+/// record is still in the outbox, on its way).
+async fn topics(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check>> {
+    let granted_topic = settings.topics.reward_granted.clone();
+    let reversed_topic = settings.topics.reward_reversed.clone();
+    let s = settings.clone();
+    let (granted, reversed) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> { Ok((read_all(&s, &granted_topic)?, read_all(&s, &reversed_topic)?)) })
+            .await??;
+    let now = Utc::now();
+    let decoder = Decoder::default();
+    let rows: Vec<Stored> =
+        sqlx::query_as("SELECT reward_id, beneficiary_id, amount, currency::text, reversed_at FROM rewards").fetch_all(pool).await?;
+    let by_id: HashMap<Uuid, &Stored> = rows.iter().map(|r| (r.0, r)).collect();
+    let in_outbox: BTreeSet<Uuid> =
+        sqlx::query_scalar::<_, Uuid>("SELECT event_id FROM outbox").fetch_all(pool).await?.into_iter().collect();
+
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    for payload in &granted {
+        match decoder.decode::<RewardGranted>(payload, now) {
+            Ok(g) => {
+                seen.insert(g.reward_id);
+                match by_id.get(&g.reward_id) {
+                    None => problems.push(format!("RewardGranted {} has no reward row", g.reward_id)),
+                    Some((_, who, amount, currency, _)) => {
+                        if g.user_id.as_str() != who || g.amount.amount != *amount || g.amount.currency.as_str() != currency.trim() {
+                            problems.push(format!(
+                                "RewardGranted {} says {} {} to {}, the row {amount} {currency} to {who}",
+                                g.reward_id,
+                                g.amount.amount,
+                                g.amount.currency.as_str(),
+                                g.user_id
+                            ));
+                        }
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("a reward-granted record does not decode: {e}")),
+        }
+    }
+    for (id, ..) in &rows {
+        if !seen.contains(id) && !in_outbox.contains(&DerivedId::event("reward-granted", *id)) {
+            problems.push(format!("reward {id} has no RewardGranted record"));
+        }
+    }
+    let mut reverse_problems = Vec::new();
+    let mut seen_reversed = BTreeSet::new();
+    for payload in &reversed {
+        match decoder.decode::<RewardReversed>(payload, now) {
+            Ok(r) => {
+                seen_reversed.insert(r.reward_id);
+                match by_id.get(&r.reward_id) {
+                    Some((_, _, amount, _, Some(_))) if r.amount.amount == *amount => {}
+                    Some(_) => {
+                        reverse_problems.push(format!("RewardReversed {} does not match a reversed reward of that amount", r.reward_id))
+                    }
+                    None => reverse_problems.push(format!("RewardReversed {} has no reward row", r.reward_id)),
+                }
+            }
+            Err(e) => reverse_problems.push(format!("a reward-reversed record does not decode: {e}")),
+        }
+    }
+    for (id, _, _, _, reversed_at) in &rows {
+        if reversed_at.is_some() && !seen_reversed.contains(id) && !in_outbox.contains(&DerivedId::event("reward-reversed", *id)) {
+            reverse_problems.push(format!("reversed reward {id} has no RewardReversed record"));
+        }
+    }
+    Ok(vec![
+        Check::new(
+            "every RewardGranted on Kafka has its reward row and every reward its record",
+            format!(
+                "{} records ({} distinct), {} rows, {} on their way in the outbox",
+                granted.len(),
+                seen.len(),
+                rows.len(),
+                in_outbox.len()
+            ),
+            problems,
+        ),
+        Check::new(
+            "every RewardReversed on Kafka has its reversed reward and every reversal its record",
+            format!("{} records ({} distinct)", reversed.len(), seen_reversed.len()),
+            reverse_problems,
+        ),
+    ])
+}
