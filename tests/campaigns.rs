@@ -253,3 +253,69 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
     let shown = cli(&db.url, &["campaigns", "show", "gb-web-tiers"]);
     assert!(shown.contains("v2") && shown.contains("by marketing") && shown.contains("amount = \"7.00\""), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_budget_of_three_rewards_caps_the_fourth_until_it_is_raised() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let _fleet = Fleet::start(&db.url, &broker.bootstrap);
+    let p = producer(&broker.bootstrap);
+    let file = std::env::temp_dir().join(format!("campaign-{}.toml", Uuid::new_v4().simple()));
+    let launch = std::fs::read_to_string(campaign_file("ios-launch.toml")).unwrap();
+    std::fs::write(&file, format!("{launch}\n[limits]\nmax_rewarded_referrals = 3\npay_capped_when_raised = true\n")).unwrap();
+    assert!(cli(&db.url, &["campaigns", "apply", file.to_str().unwrap()]).contains("version 1 recorded"));
+
+    produce(&p, "user-registered", "ana", &encode(&registered("ana", "NONE0000", "US", "ios", 1))).await;
+    let pool = db.pool.clone();
+    eventually(Duration::from_secs(60), "ana's code", || {
+        let pool = pool.clone();
+        async move { count(&pool, "SELECT count(*) FROM referral_codes WHERE user_id = 'ana'").await == 1 }
+    })
+    .await;
+    let code = db.code_of("ana").await;
+    let friends = [("f1", "US", "ios", 21), ("f2", "US", "ios", 22), ("f3", "US", "ios", 23), ("f4", "US", "ios", 24)];
+    register_all(&db, &p, &code, &friends).await;
+    for (user, ..) in friends {
+        produce(&p, "deposit-completed", user, &encode(&deposit(user, "60.00", "USD"))).await;
+    }
+    eventually(Duration::from_secs(120), "three rewards and one capped referral", || {
+        let pool = pool.clone();
+        async move {
+            count(&pool, "SELECT count(*) FROM rewards").await == 3
+                && count(&pool, "SELECT count(*) FROM referrals WHERE status = 'capped'").await == 1
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM rewards").await, 3, "never a fourth while the budget is three");
+    let cause: String = sqlx::query_scalar("SELECT cause FROM referral_transitions t JOIN referrals r USING (referral_id) WHERE r.status = 'capped' AND t.to_status = 'capped'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(cause.contains("3 rewarded referrals"), "{cause}");
+    let audit = Command::new(bin("refstream"))
+        .arg("audit")
+        .env("REFSTREAM__DATABASE__URL", &db.url)
+        .env("REFSTREAM__KAFKA__BROKERS", &broker.bootstrap)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&audit.stdout).into_owned();
+    assert!(audit.status.success() && report.contains("ok    no campaign paid beyond its caps and budget (1 limited"), "{report}");
+
+    // The campaign raises the budget to four: the capped referral is paid, once.
+    std::fs::write(&file, format!("{launch}\n[limits]\nmax_rewarded_referrals = 4\npay_capped_when_raised = true\n")).unwrap();
+    assert!(cli(&db.url, &["campaigns", "apply", file.to_str().unwrap()]).contains("version 2 recorded"));
+    eventually(Duration::from_secs(60), "the capped referral paid after the raise", || {
+        let pool = pool.clone();
+        async move { count(&pool, "SELECT count(*) FROM rewards").await == 4 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM rewards").await, 4);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM referrals WHERE status = 'rewarded'").await, 4);
+    let moves: Vec<String> = sqlx::query_scalar("SELECT from_status || ' -> ' || to_status FROM referral_transitions WHERE from_status = 'capped' OR to_status = 'capped' ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(moves, ["eligible -> capped", "capped -> eligible"]);
+}

@@ -37,6 +37,7 @@ impl Check {
 pub async fn run(settings: &Settings, pool: &PgPool) -> anyhow::Result<()> {
     let mut checks = ledger(pool).await?;
     checks.extend(rewards(settings, pool).await?);
+    checks.push(limits(pool).await?);
     checks.extend(topics(settings, pool).await?);
     let mut failed = 0;
     for c in &checks {
@@ -255,6 +256,47 @@ async fn rewards(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check
         Check::new("every reward is booked once, and every reversal books its exact negation", format!("{n} rewards"), booked),
         Check::new("every reversal matches a refund, a chargeback or a fraud assessment", format!("{reversed} reversals"), reversals),
     ])
+}
+
+/// No campaign has paid beyond the caps and budget of its current version.
+async fn limits(pool: &PgPool) -> anyhow::Result<Check> {
+    let latest: Vec<(String, Json<Definition>)> = sqlx::query_as(
+        "SELECT DISTINCT ON (campaign_id) campaign_id, definition FROM campaign_versions ORDER BY campaign_id, version DESC",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut offenders = Vec::new();
+    let mut limited = 0;
+    for (id, d) in latest {
+        let Ok(l) = d.0.limits() else { continue };
+        if l.is_empty() {
+            continue;
+        }
+        limited += 1;
+        let (referrals, spent): (i64, Decimal) = sqlx::query_as(
+            "SELECT count(DISTINCT referral_id), COALESCE(sum(amount), 0) FROM rewards WHERE campaign_id = $1 AND reversed_at IS NULL",
+        )
+        .bind(&id)
+        .fetch_one(pool)
+        .await?;
+        if l.max_rewarded_referrals.is_some_and(|m| referrals > i64::from(m)) {
+            offenders.push(format!("{id}: {referrals} rewarded referrals, limit {:?}", l.max_rewarded_referrals));
+        }
+        if l.budget.is_some_and(|b| spent > b.amount) {
+            offenders.push(format!("{id}: paid {spent}, budget {:?}", l.budget.map(|b| b.to_string())));
+        }
+        if let Some(max) = l.per_referrer {
+            let over: Vec<String> = sqlx::query_scalar(
+                "SELECT r.referrer_id || ' has ' || count(DISTINCT w.referral_id) FROM rewards w JOIN referrals r USING (referral_id)                  WHERE w.campaign_id = $1 AND w.reversed_at IS NULL GROUP BY r.referrer_id HAVING count(DISTINCT w.referral_id) > $2",
+            )
+            .bind(&id)
+            .bind(i64::from(max))
+            .fetch_all(pool)
+            .await?;
+            offenders.extend(over.into_iter().map(|o| format!("{id}: {o} rewarded referrals, per-referrer cap {max}")));
+        }
+    }
+    Ok(Check::new("no campaign paid beyond its caps and budget", format!("{limited} limited campaign(s)"), offenders))
 }
 
 /// Reads a topic from the beginning to its end offsets; returns each record's payload.

@@ -44,6 +44,94 @@ pub struct Definition {
     #[serde(default)]
     pub targeting: TargetingDef,
     pub rewards: Vec<RewardDef>,
+    /// Caps and budget (all optional), enforced when a reward is paid, by the campaign's
+    /// current version.
+    #[serde(default)]
+    pub limits: LimitsDef,
+}
+
+/// A campaign's caps and budget as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsDef {
+    /// The most the campaign pays in all (in its currency), net of reversals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
+    /// The most referrals it pays (net of reversals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rewarded_referrals: Option<u32>,
+    /// The most referrals it pays one referrer, ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_referrer: Option<u32>,
+    /// The most referrals it pays one referrer whose qualifying deposits fall within `period_days`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_referrer_per_period: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_days: Option<i64>,
+    /// When a later version raises a limit, pay the referrals it capped (oldest first).
+    #[serde(default)]
+    pub pay_capped_when_raised: bool,
+}
+
+/// Caps and budget, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub budget: Option<Money>,
+    pub max_rewarded_referrals: Option<u32>,
+    pub per_referrer: Option<u32>,
+    pub per_referrer_per_period: Option<(u32, Duration)>,
+    pub pay_capped_when_raised: bool,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self.budget.is_none()
+            && self.max_rewarded_referrals.is_none()
+            && self.per_referrer.is_none()
+            && self.per_referrer_per_period.is_none()
+    }
+}
+
+/// What a campaign has paid so far (net of reversals), as the cap check needs it.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub rewarded_referrals: u32,
+    pub spent: Decimal,
+    /// Per referrer: the qualifying-deposit times of its rewarded referrals.
+    pub by_referrer: std::collections::HashMap<String, Vec<DateTime<Utc>>>,
+}
+
+impl Usage {
+    /// Admits one more referral of `referrer` paying `amount` for a deposit made at
+    /// `deposited_at`, and counts it; or says which limit it would break.
+    pub fn admit(&mut self, limits: &Limits, referrer: &str, amount: Decimal, deposited_at: DateTime<Utc>) -> Result<(), String> {
+        if let Some(max) = limits.max_rewarded_referrals {
+            if self.rewarded_referrals >= max {
+                return Err(format!("campaign budget spent: {max} rewarded referrals"));
+            }
+        }
+        if let Some(budget) = limits.budget {
+            if self.spent + amount > budget.amount {
+                return Err(format!("campaign budget spent: {} of {budget} paid, this needs {amount}", self.spent));
+            }
+        }
+        let times = self.by_referrer.entry(referrer.to_owned()).or_default();
+        if let Some(max) = limits.per_referrer {
+            if times.len() >= max as usize {
+                return Err(format!("referrer cap: {max} rewarded referrals per referrer"));
+            }
+        }
+        if let Some((max, period)) = limits.per_referrer_per_period {
+            let recent = times.iter().filter(|t| **t > deposited_at - period && **t <= deposited_at + period).count();
+            if recent >= max as usize {
+                return Err(format!("referrer cap: {max} rewarded referrals per {} days", period.num_days()));
+            }
+        }
+        times.push(deposited_at);
+        self.rewarded_referrals += 1;
+        self.spent += amount;
+        Ok(())
+    }
 }
 
 /// Who a campaign is for. Empty lists match everyone.
@@ -238,8 +326,34 @@ impl Definition {
             starts_at: t.starts_at,
             ends_at: t.ends_at,
         };
+        self.limits()?;
         let campaign = Campaign { id: self.id.clone(), rewards, min_deposit, currency, window: Duration::days(self.window_days) };
         Ok((campaign, targeting))
+    }
+
+    /// The campaign's caps and budget, or the first problem, naming its field.
+    pub fn limits(&self) -> Result<Limits, DefinitionError> {
+        let l = &self.limits;
+        let currency = Currency::parse(&self.currency).map_err(|e| err("currency", e.reason))?;
+        let budget = l.budget.as_deref().map(|b| positive("limits.budget", b, currency)).transpose()?;
+        let at_least_one = |name: &str, v: Option<u32>| match v {
+            Some(0) => Err(err(format!("limits.{name}"), "must be at least 1")),
+            other => Ok(other),
+        };
+        let per_period = match (at_least_one("per_referrer_per_period", l.per_referrer_per_period)?, l.period_days) {
+            (Some(n), Some(days)) if (1..=3650).contains(&days) => Some((n, Duration::days(days))),
+            (Some(_), Some(_)) => return Err(err("limits.period_days", "must be between 1 and 3650")),
+            (Some(_), None) => return Err(err("limits.period_days", "missing: per_referrer_per_period needs it")),
+            (None, Some(_)) => return Err(err("limits.per_referrer_per_period", "missing: period_days alone limits nothing")),
+            (None, None) => None,
+        };
+        Ok(Limits {
+            budget,
+            max_rewarded_referrals: at_least_one("max_rewarded_referrals", l.max_rewarded_referrals)?,
+            per_referrer: at_least_one("per_referrer", l.per_referrer)?,
+            per_referrer_per_period: per_period,
+            pay_capped_when_raised: l.pay_capped_when_raised,
+        })
     }
 }
 
@@ -335,7 +449,35 @@ mod tests {
                 },
                 RewardDef { reward_type: "referee_bonus".into(), role: Role::Referee, amount: Some("5".into()), tiers: vec![] },
             ],
+            limits: LimitsDef::default(),
         }
+    }
+
+    #[test]
+    fn caps_and_budget_admit_until_spent_and_say_which_limit() {
+        let t0 = DateTime::from_timestamp(1_764_000_000, 0).unwrap();
+        let mut d = toml_like();
+        d.limits = LimitsDef { budget: Some("50".into()), max_rewarded_referrals: Some(3), per_referrer: Some(2), ..Default::default() };
+        let limits = d.limits().unwrap();
+        let mut usage = Usage::default();
+        assert!(usage.admit(&limits, "ana", Decimal::new(15, 0), t0).is_ok());
+        assert!(usage.admit(&limits, "ana", Decimal::new(15, 0), t0).is_ok());
+        assert!(usage.admit(&limits, "ana", Decimal::new(15, 0), t0).unwrap_err().contains("referrer cap"));
+        assert!(usage.admit(&limits, "bob", Decimal::new(25, 0), t0).unwrap_err().contains("50"), "budget: 30 + 25 > 50");
+        assert!(usage.admit(&limits, "bob", Decimal::new(15, 0), t0).is_ok());
+        assert!(usage.admit(&limits, "cid", Decimal::new(1, 0), t0).unwrap_err().contains("3 rewarded referrals"));
+        let mut periodic = toml_like();
+        periodic.limits = LimitsDef { per_referrer_per_period: Some(1), period_days: Some(7), ..Default::default() };
+        let limits = periodic.limits().unwrap();
+        let mut usage = Usage::default();
+        assert!(usage.admit(&limits, "ana", Decimal::ONE, t0).is_ok());
+        assert!(usage.admit(&limits, "ana", Decimal::ONE, t0 + Duration::days(3)).is_err());
+        assert!(usage.admit(&limits, "ana", Decimal::ONE, t0 + Duration::days(8)).is_ok());
+        let mut bad = toml_like();
+        bad.limits.period_days = Some(7);
+        assert_eq!(bad.validate().unwrap_err().field, "limits.per_referrer_per_period");
+        bad.limits = LimitsDef { budget: Some("0".into()), ..Default::default() };
+        assert_eq!(bad.validate().unwrap_err().field, "limits.budget");
     }
 
     #[test]

@@ -25,11 +25,14 @@ pub enum ReferralStatus {
     Expired,
     /// The qualifying deposit was reversed and the reward taken back.
     Reversed,
+    /// Eligible, but its campaign's budget or a per-referrer cap was spent when it was to be
+    /// paid: listed with the reason, paid if the campaign raises the limit and says so.
+    Capped,
 }
 
 impl ReferralStatus {
-    pub const ALL: [ReferralStatus; 7] =
-        [Self::Pending, Self::Held, Self::Eligible, Self::Rewarded, Self::Rejected, Self::Expired, Self::Reversed];
+    pub const ALL: [ReferralStatus; 8] =
+        [Self::Pending, Self::Held, Self::Eligible, Self::Rewarded, Self::Rejected, Self::Expired, Self::Reversed, Self::Capped];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,6 +43,7 @@ impl ReferralStatus {
             Self::Rejected => "rejected",
             Self::Expired => "expired",
             Self::Reversed => "reversed",
+            Self::Capped => "capped",
         }
     }
 }
@@ -141,6 +145,10 @@ pub fn on_any_score(current: ReferralStatus, decision: Decision, cleared_by_revi
 pub const REWARD: Transition = Transition { from: &[Eligible], to: Rewarded };
 /// The qualifying deposit was reversed after payment.
 pub const REVERSE: Transition = Transition { from: &[Rewarded], to: Reversed };
+/// A limit of the campaign (budget, per-referrer cap) was spent when the referral was to be paid.
+pub const CAP: Transition = Transition { from: &[Eligible], to: Capped };
+/// The campaign raised the limit and pays the referrals it capped.
+pub const UNCAP: Transition = Transition { from: &[Capped], to: Eligible };
 /// The window passed before any qualifying deposit.
 pub const EXPIRE: Transition = Transition { from: &[Pending, Held, Eligible], to: Expired };
 
@@ -184,6 +192,8 @@ mod tests {
             REWARD,
             REVERSE,
             EXPIRE,
+            CAP,
+            UNCAP,
         ];
         for s in ReferralStatus::ALL.into_iter().filter(|s| is_final(*s)) {
             assert!(all.iter().all(|t| !t.allows(s)), "{s} must be final");
@@ -193,7 +203,7 @@ mod tests {
     /// Strictness of where a referral stands, for the "a re-score only tightens" checks.
     fn strictness(s: ReferralStatus) -> u8 {
         match s {
-            Pending | Eligible => 0,
+            Pending | Eligible | Capped => 0,
             Held => 1,
             Rejected => 2,
             Rewarded | Expired | Reversed => 3,

@@ -87,8 +87,9 @@ async fn book(conn: &mut PgConnection, entries: &[Entry]) -> sqlx::Result<()> {
 pub(crate) struct Payment<'a> {
     pub referral: &'a Referral,
     pub deposit_id: String,
-    /// The qualifying deposit's amount (deposit tiers pay by it).
+    /// The qualifying deposit's amount (deposit tiers pay by it) and event time (per-period caps).
     pub deposit_amount: Decimal,
+    pub deposited_at: DateTime<Utc>,
     pub barrier_id: i64,
     pub hold_ended_at: DateTime<Utc>,
 }

@@ -20,6 +20,7 @@
 mod apply;
 pub mod gate;
 mod ledger;
+mod limits;
 pub mod settlement;
 mod store;
 mod terms;

@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::gate::{self, EndOffsets};
 use crate::ledger::{self, Payment};
+use crate::limits;
 use crate::store::{self, Move};
 use crate::RewardEngine;
 
@@ -74,7 +75,7 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
     let deposits = store::deposits_of(&mut tx, &referees).await?;
 
     let mut moves: Vec<Move> = Vec::new();
-    let mut to_pay: Vec<(Uuid, String, Decimal, &Claimed)> = Vec::new();
+    let mut to_pay: Vec<(Uuid, String, Decimal, DateTime<Utc>, &Claimed)> = Vec::new();
     for c in &claimed {
         let Some(referral) = referrals.get_mut(&c.referral_id) else { continue };
         let qualifying = deposits.get(&referral.referee_id).and_then(|d| store::qualifying(engine, referral, d));
@@ -94,25 +95,34 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
             moves.extend(Move::of(referral, t, cause));
         }
         if let (true, Some(d)) = (decision.pay, qualifying) {
-            to_pay.push((c.referral_id, d.deposit.deposit_id.clone(), d.deposit.amount.amount, c));
+            to_pay.push((c.referral_id, d.deposit.deposit_id.clone(), d.deposit.amount.amount, d.deposit.occurred_at, c));
         }
     }
     let payments: Vec<Payment<'_>> = to_pay
         .iter()
-        .filter_map(|(id, deposit_id, amount, c)| {
+        .filter_map(|(id, deposit_id, amount, at, c)| {
             Some(Payment {
                 referral: referrals.get(id)?,
                 deposit_id: deposit_id.clone(),
                 deposit_amount: *amount,
+                deposited_at: *at,
                 barrier_id: c.barrier_id,
                 hold_ended_at: c.hold_ended_at,
             })
         })
         .collect();
+    // Caps and budgets: what a limit refuses is not paid, and its referral is capped.
+    let (payments, capped) = limits::admit(&mut tx, engine, payments).await?;
     let mut out = Vec::new();
     let paid = ledger::grant(&mut tx, engine, &payments, &mut out).await?;
     drop(payments);
-    let deposit_of: BTreeMap<Uuid, &str> = to_pay.iter().map(|(id, deposit, _, _)| (*id, deposit.as_str())).collect();
+    for (id, reason) in capped {
+        if let Some(referral) = referrals.get_mut(&id) {
+            OUTCOMES.with_label_values(&["reward-engine", "reward_capped"]).inc();
+            moves.extend(Move::of(referral, lifecycle::CAP, reason));
+        }
+    }
+    let deposit_of: BTreeMap<Uuid, &str> = to_pay.iter().map(|(id, deposit, ..)| (*id, deposit.as_str())).collect();
     for id in paid {
         if let Some(referral) = referrals.get_mut(&id) {
             let cause = format!("qualifying deposit {}", deposit_of.get(&id).copied().unwrap_or_default());
@@ -128,6 +138,7 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
 /// One round: makes a barrier for payouts whose hold ended, advances the closed barriers, and
 /// settles what the open ones let through. Returns (settled, barriers still closed).
 pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<(usize, usize)> {
+    limits::uncap(engine, pool).await?;
     gate::capture(pool, engine, ends).await?;
     let waiting = gate::advance(pool, engine, ends).await?;
     let mut settled = 0;

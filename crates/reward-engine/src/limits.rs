@@ -1,0 +1,158 @@
+//! Caps and budgets (a data campaign's `[limits]`, by its current version), enforced where
+//! rewards are paid: under a transaction lock per limited campaign (taken after the referral
+//! locks, in campaign order), the batch's payments are admitted in referral order against what
+//! the campaign has paid so far (net of reversals) — its budget, its number of rewarded
+//! referrals, each referrer's lifetime and per-period caps. A payment that would break one is
+//! not made: its referral becomes `capped` with the reason. Concurrent sweeps settle one
+//! campaign's payments one after the other, each seeing what the previous one committed, so no
+//! limit is exceeded under concurrency or replay. Campaigns without limits take no lock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use refstream_core::campaigns::{Definition, Limits, Usage};
+use rust_decimal::Decimal;
+use sqlx::types::Json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::ledger::Payment;
+use crate::RewardEngine;
+
+/// The current limits of `campaigns` (data campaigns only; empty limits left out).
+pub(crate) async fn current(conn: &mut PgConnection, campaigns: &[String]) -> sqlx::Result<BTreeMap<String, Limits>> {
+    let rows: Vec<(String, Json<Definition>)> = sqlx::query_as(
+        "SELECT DISTINCT ON (campaign_id) campaign_id, definition FROM campaign_versions WHERE campaign_id = ANY($1) \
+         ORDER BY campaign_id, version DESC",
+    )
+    .bind(campaigns)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().filter_map(|(id, d)| d.0.limits().ok().filter(|l| !l.is_empty()).map(|l| (id, l))).collect())
+}
+
+/// Takes the campaign's limits lock and reads what it has paid (net of reversals), with the
+/// rewarded referrals of `referrers`.
+pub(crate) async fn usage(conn: &mut PgConnection, campaign: &str, referrers: &[String]) -> sqlx::Result<Usage> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('campaign-limits:' || $1, 2718))")
+        .bind(campaign)
+        .execute(&mut *conn)
+        .await?;
+    let (rewarded, spent): (i64, Decimal) = sqlx::query_as(
+        "SELECT count(DISTINCT referral_id), COALESCE(sum(amount), 0) FROM rewards WHERE campaign_id = $1 AND reversed_at IS NULL",
+    )
+    .bind(campaign)
+    .fetch_one(&mut *conn)
+    .await?;
+    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT DISTINCT ON (w.referral_id) r.referrer_id, d.occurred_at FROM rewards w JOIN referrals r USING (referral_id) \
+         JOIN deposits d ON d.deposit_id = w.qualifying_deposit_id \
+         WHERE w.campaign_id = $1 AND w.reversed_at IS NULL AND r.referrer_id = ANY($2) ORDER BY w.referral_id",
+    )
+    .bind(campaign)
+    .bind(referrers)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut usage = Usage { rewarded_referrals: u32::try_from(rewarded).unwrap_or(u32::MAX), spent, ..Usage::default() };
+    for (referrer, at) in rows {
+        usage.by_referrer.entry(referrer).or_default().push(at);
+    }
+    Ok(usage)
+}
+
+/// Splits `payments` into those the limits admit and the referrals they cap (with the reason).
+pub(crate) async fn admit<'a>(
+    conn: &mut PgConnection,
+    engine: &RewardEngine,
+    payments: Vec<Payment<'a>>,
+) -> sqlx::Result<(Vec<Payment<'a>>, Vec<(Uuid, String)>)> {
+    let campaigns: Vec<String> = payments
+        .iter()
+        .filter(|p| p.referral.terms_version > 0)
+        .map(|p| p.referral.campaign_id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if campaigns.is_empty() {
+        return Ok((payments, Vec::new()));
+    }
+    let limits = current(conn, &campaigns).await?;
+    let mut usages = BTreeMap::new();
+    for campaign in limits.keys() {
+        let referrers: Vec<String> =
+            payments.iter().filter(|p| &p.referral.campaign_id == campaign).map(|p| p.referral.referrer_id.clone()).collect();
+        usages.insert(campaign.clone(), usage(conn, campaign, &referrers).await?);
+    }
+    let (mut admitted, mut capped) = (Vec::new(), Vec::new());
+    for p in payments {
+        let (Some(l), Some(u)) = (limits.get(&p.referral.campaign_id), usages.get_mut(&p.referral.campaign_id)) else {
+            admitted.push(p);
+            continue;
+        };
+        let amount: Decimal =
+            engine.terms.of(p.referral).map_or(Decimal::ZERO, |c| c.rewards.iter().map(|s| s.amount_for(p.deposit_amount).amount).sum());
+        match u.admit(l, &p.referral.referrer_id, amount, p.deposited_at) {
+            Ok(()) => admitted.push(p),
+            Err(reason) => capped.push((p.referral.referral_id, reason)),
+        }
+    }
+    Ok((admitted, capped))
+}
+
+/// Pays the referrals a campaign capped once a later version raised the limit and says
+/// `pay_capped_when_raised`: in referral order, those the new limits admit go back to
+/// `eligible` and get their payout scheduled (settlement checks the limits again when it pays).
+/// Returns how many were released.
+pub(crate) async fn uncap(engine: &RewardEngine, pool: &sqlx::PgPool) -> sqlx::Result<usize> {
+    let campaigns: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT campaign_id FROM referrals WHERE status = 'capped'").fetch_all(pool).await?;
+    if campaigns.is_empty() {
+        return Ok(0);
+    }
+    let definitions: Vec<(String, Json<Definition>)> = sqlx::query_as(
+        "SELECT DISTINCT ON (campaign_id) campaign_id, definition FROM campaign_versions WHERE campaign_id = ANY($1) \
+         ORDER BY campaign_id, version DESC",
+    )
+    .bind(&campaigns)
+    .fetch_all(pool)
+    .await?;
+    let mut released = 0;
+    for (campaign, definition) in definitions {
+        let Ok(limits) = definition.0.limits() else { continue };
+        if !limits.pay_capped_when_raised {
+            continue;
+        }
+        let mut tx = pool.begin().await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT referral_id FROM referrals WHERE status = 'capped' AND campaign_id = $1 ORDER BY referral_id LIMIT 200 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&campaign)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut referrals = crate::store::lock_by_id(&mut tx, engine, &ids).await?;
+        let referrers: Vec<String> = referrals.values().map(|r| r.referrer_id.clone()).collect();
+        let mut used = usage(&mut tx, &campaign, &referrers).await?;
+        let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
+        let deposits = crate::store::deposits_of(&mut tx, &referees).await?;
+        let mut moves = Vec::new();
+        for referral in referrals.values_mut() {
+            let Some(d) = deposits.get(&referral.referee_id).and_then(|d| crate::store::qualifying(engine, referral, d)) else { continue };
+            let amount: Decimal = engine
+                .terms
+                .of(referral)
+                .map_or(Decimal::ZERO, |c| c.rewards.iter().map(|s| s.amount_for(d.deposit.amount.amount).amount).sum());
+            if used.admit(&limits, &referral.referrer_id, amount, d.deposit.occurred_at).is_ok() {
+                moves.extend(crate::store::Move::of(referral, refstream_core::lifecycle::UNCAP, "the campaign raised its limits"));
+            }
+        }
+        let uncapped: Vec<&crate::store::Referral> = referrals.values().filter(|r| r.status == "eligible").collect();
+        released += uncapped.len();
+        crate::store::schedule_if_qualifying(&mut tx, engine, &uncapped).await?;
+        crate::store::apply_moves(&mut tx, &moves).await?;
+        tx.commit().await?;
+    }
+    if released > 0 {
+        engine.wake.notify_one();
+    }
+    Ok(released)
+}
