@@ -319,3 +319,79 @@ async fn a_budget_of_three_rewards_caps_the_fourth_until_it_is_raised() {
         .unwrap();
     assert_eq!(moves, ["eligible -> capped", "capped -> eligible"]);
 }
+
+fn verified(user: &str, ok: bool, reason: Option<&str>) -> refstream_core::events::UserVerified {
+    refstream_core::events::UserVerified {
+        event_id: Uuid::new_v4(),
+        user_id: UserId::parse(user).unwrap(),
+        verified: ok,
+        reason: reason.map(str::to_owned),
+        occurred_at: Utc::now(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_campaign_requiring_kyc_pays_when_the_verification_arrives_in_any_order() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let _fleet = Fleet::start(&db.url, &broker.bootstrap);
+    let p = producer(&broker.bootstrap);
+    let file = std::env::temp_dir().join(format!("campaign-{}.toml", Uuid::new_v4().simple()));
+    let launch = std::fs::read_to_string(campaign_file("ios-launch.toml")).unwrap();
+    std::fs::write(&file, format!("{launch}\n[kyc]\nreferee = true\n")).unwrap();
+    assert!(cli(&db.url, &["campaigns", "apply", file.to_str().unwrap()]).contains("version 1 recorded"));
+
+    produce(&p, "user-registered", "ana", &encode(&registered("ana", "NONE0000", "US", "ios", 1))).await;
+    let pool = db.pool.clone();
+    eventually(Duration::from_secs(60), "ana's code", || {
+        let pool = pool.clone();
+        async move { count(&pool, "SELECT count(*) FROM referral_codes WHERE user_id = 'ana'").await == 1 }
+    })
+    .await;
+    let code = db.code_of("ana").await;
+    register_all(&db, &p, &code, &[("k-early", "US", "ios", 31), ("k-late", "US", "ios", 32), ("k-no", "US", "ios", 33)]).await;
+    // k-early is verified before depositing; k-late deposits first; k-no is rejected.
+    produce(&p, "user-verified", "k-early", &encode(&verified("k-early", true, None))).await;
+    produce(&p, "user-verified", "k-no", &encode(&verified("k-no", false, Some("document forged")))).await;
+    for user in ["k-early", "k-late", "k-no"] {
+        produce(&p, "deposit-completed", user, &encode(&deposit(user, "60.00", "USD"))).await;
+    }
+    eventually(Duration::from_secs(90), "k-early paid and k-no rejected", || {
+        let pool = pool.clone();
+        async move {
+            count(&pool, "SELECT count(*) FROM rewards w JOIN referrals r USING (referral_id) WHERE r.referee_id = 'k-early'").await == 1
+                && count(&pool, "SELECT count(*) FROM referrals WHERE referee_id = 'k-no' AND status = 'rejected'").await == 1
+        }
+    })
+    .await;
+    // k-late's deposit qualifies, but the referee is not verified: its reward waits.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM rewards w JOIN referrals r USING (referral_id) WHERE r.referee_id = 'k-late'").await,
+        0
+    );
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM referrals WHERE referee_id = 'k-late' AND status = 'eligible'").await, 1);
+    let cause: String = sqlx::query_scalar("SELECT t.cause FROM referral_transitions t JOIN referrals r USING (referral_id) WHERE r.referee_id = 'k-no' AND t.to_status = 'rejected'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(cause, "KYC rejected the referee: document forged");
+
+    produce(&p, "user-verified", "k-late", &encode(&verified("k-late", true, None))).await;
+    eventually(Duration::from_secs(60), "k-late paid once verified", || {
+        let pool = pool.clone();
+        async move {
+            count(&pool, "SELECT count(*) FROM rewards w JOIN referrals r USING (referral_id) WHERE r.referee_id = 'k-late'").await == 1
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM rewards").await, 2, "k-no never paid");
+    let audit = Command::new(bin("refstream"))
+        .arg("audit")
+        .env("REFSTREAM__DATABASE__URL", &db.url)
+        .env("REFSTREAM__KAFKA__BROKERS", &broker.bootstrap)
+        .output()
+        .unwrap();
+    assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stdout));
+}

@@ -67,6 +67,56 @@ pub struct Campaign {
     pub currency: Currency,
     /// How long after registration a deposit still qualifies.
     pub window: Duration,
+    /// Whose identity must be verified (KYC) before a reward is paid.
+    pub kyc: Kyc,
+}
+
+/// The KYC a campaign requires before paying.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kyc {
+    #[serde(default)]
+    pub referee: bool,
+    #[serde(default)]
+    pub referrer: bool,
+}
+
+/// Where a user's identity verification stands (the latest `UserVerified` by event time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    Unknown,
+    Verified,
+    Rejected(Option<String>),
+}
+
+/// What KYC allows for a payout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KycState {
+    /// Everyone the campaign requires is verified (or it requires no one).
+    Clear,
+    /// Someone it requires is not verified yet: the payout waits for the verification.
+    Waiting,
+    /// Someone it requires was rejected: the referral is rejected with this reason.
+    Rejected(String),
+}
+
+impl Kyc {
+    /// The KYC state of a referral whose referee and referrer stand as given.
+    pub fn state(&self, referee: &Verification, referrer: &Verification) -> KycState {
+        let required = [(self.referee, "referee", referee), (self.referrer, "referrer", referrer)];
+        for (needed, who, v) in required {
+            if let (true, Verification::Rejected(reason)) = (needed, v) {
+                return KycState::Rejected(format!(
+                    "KYC rejected the {who}{}",
+                    reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                ));
+            }
+        }
+        if required.iter().any(|(needed, _, v)| *needed && **v != Verification::Verified) {
+            return KycState::Waiting;
+        }
+        KycState::Clear
+    }
 }
 
 /// Whether a deposit qualifies, and if not, why not.
@@ -88,6 +138,7 @@ impl Campaign {
             min_deposit: Decimal::new(2000, 2),
             currency: Currency::USD,
             window: Duration::days(30),
+            kyc: Kyc::default(),
         }
     }
 
@@ -148,6 +199,19 @@ mod tests {
         assert_eq!(c.first_qualifying(reg, &deposits[1..3]), None);
         let tie = vec![d("b", "30", 3, false), d("a", "30", 3, false)];
         assert_eq!(c.first_qualifying(reg, &tie).map(|d| d.deposit_id.as_str()), Some("a"), "ties break by id");
+    }
+
+    #[test]
+    fn kyc_waits_for_whom_the_campaign_requires_and_a_rejection_rejects() {
+        let k = Kyc { referee: true, referrer: false };
+        let (u, v) = (Verification::Unknown, Verification::Verified);
+        assert_eq!(k.state(&u, &u), KycState::Waiting);
+        assert_eq!(k.state(&v, &u), KycState::Clear, "the referrer is not required");
+        let no = Verification::Rejected(Some("document forged".into()));
+        assert_eq!(k.state(&no, &v), KycState::Rejected("KYC rejected the referee: document forged".into()));
+        assert_eq!(k.state(&v, &no), KycState::Clear);
+        assert_eq!(Kyc::default().state(&no, &no), KycState::Clear, "nothing required");
+        assert_eq!(Kyc { referee: true, referrer: true }.state(&v, &u), KycState::Waiting);
     }
 
     #[test]

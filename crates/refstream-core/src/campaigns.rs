@@ -48,6 +48,9 @@ pub struct Definition {
     /// current version.
     #[serde(default)]
     pub limits: LimitsDef,
+    /// Whose identity (KYC) must be verified before a reward is paid.
+    #[serde(default)]
+    pub kyc: crate::campaign::Kyc,
 }
 
 /// A campaign's caps and budget as written.
@@ -327,7 +330,8 @@ impl Definition {
             ends_at: t.ends_at,
         };
         self.limits()?;
-        let campaign = Campaign { id: self.id.clone(), rewards, min_deposit, currency, window: Duration::days(self.window_days) };
+        let campaign =
+            Campaign { id: self.id.clone(), rewards, min_deposit, currency, window: Duration::days(self.window_days), kyc: self.kyc };
         Ok((campaign, targeting))
     }
 
@@ -450,6 +454,7 @@ mod tests {
                 RewardDef { reward_type: "referee_bonus".into(), role: Role::Referee, amount: Some("5".into()), tiers: vec![] },
             ],
             limits: LimitsDef::default(),
+            kyc: Default::default(),
         }
     }
 

@@ -241,6 +241,17 @@ pub struct ReferralClicked {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// The KYC service's verdict on a user's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserVerified {
+    pub event_id: Uuid,
+    pub user_id: UserId,
+    /// VERIFIED (true) or REJECTED (false).
+    pub verified: bool,
+    pub reason: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+}
+
 /// A reviewer's verdict on a held referral.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewDecided {

@@ -149,6 +149,8 @@ pub const REVERSE: Transition = Transition { from: &[Rewarded], to: Reversed };
 pub const CAP: Transition = Transition { from: &[Eligible], to: Capped };
 /// The campaign raised the limit and pays the referrals it capped.
 pub const UNCAP: Transition = Transition { from: &[Capped], to: Eligible };
+/// The KYC service rejected someone the campaign requires verified.
+pub const KYC_REJECT: Transition = Transition { from: &[Pending, Held, Eligible, Capped], to: Rejected };
 /// The window passed before any qualifying deposit.
 pub const EXPIRE: Transition = Transition { from: &[Pending, Held, Eligible], to: Expired };
 
@@ -194,6 +196,7 @@ mod tests {
             EXPIRE,
             CAP,
             UNCAP,
+            KYC_REJECT,
         ];
         for s in ReferralStatus::ALL.into_iter().filter(|s| is_final(*s)) {
             assert!(all.iter().all(|t| !t.allows(s)), "{s} must be final");

@@ -109,7 +109,7 @@ pub struct Verdict {
 }
 
 /// A referral at settlement, locked for the transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AtSettlement {
     pub status: ReferralStatus,
     pub cleared_by_review: bool,
@@ -119,6 +119,8 @@ pub struct AtSettlement {
     pub shared_instrument: bool,
     /// A deposit that qualifies under the campaign exists.
     pub qualifying_deposit: bool,
+    /// What the campaign's KYC requirement allows.
+    pub kyc: crate::campaign::KycState,
 }
 
 /// What settlement does with one referral.
@@ -151,7 +153,15 @@ pub fn settle(r: AtSettlement) -> Settlement {
         moves.push((lifecycle::BACK_TO_REVIEW, "SHARED_PAYMENT_INSTRUMENT seen at settlement".to_owned()));
         return Settlement { moves, pay: false };
     }
-    Settlement { moves, pay: r.qualifying_deposit }
+    match r.kyc {
+        crate::campaign::KycState::Clear => Settlement { moves, pay: r.qualifying_deposit },
+        // Paid when the verification arrives (the reward engine schedules the payout again).
+        crate::campaign::KycState::Waiting => Settlement { moves, pay: false },
+        crate::campaign::KycState::Rejected(reason) => {
+            moves.push((lifecycle::KYC_REJECT, reason));
+            Settlement { moves, pay: false }
+        }
+    }
 }
 
 /// What a campaign does with a referral the scorer flags after it was paid.

@@ -106,6 +106,7 @@ pub struct Topics {
     pub referral_clicked: String,
     pub reward_granted: String,
     pub reward_reversed: String,
+    pub user_verified: String,
     pub partitions: i32,
     pub replication_factor: i32,
 }
@@ -123,6 +124,7 @@ impl Topics {
             &self.referral_clicked,
             &self.reward_granted,
             &self.reward_reversed,
+            &self.user_verified,
         ];
         let mut all: Vec<String> = main.iter().map(|t| t.to_string()).collect();
         all.extend(main.iter().map(|t| dead_letter_topic(t)));
@@ -494,6 +496,7 @@ impl Settings {
             min_deposit: amount("campaign.min_deposit", &c.min_deposit)?,
             currency,
             window: chrono::Duration::days(c.window_days),
+            kyc: refstream_core::campaign::Kyc::default(),
         })
     }
 

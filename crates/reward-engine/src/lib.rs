@@ -19,6 +19,7 @@
 
 mod apply;
 pub mod gate;
+mod kyc;
 mod ledger;
 mod limits;
 pub mod settlement;
@@ -30,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use refstream_core::events::{DepositCompleted, DepositReversed, ReferralScored, ReviewDecided};
+use refstream_core::events::{DepositCompleted, DepositReversed, ReferralScored, ReviewDecided, UserVerified};
 use refstream_core::settlement::FraudAfterPayment;
 use refstream_runtime::codec::{AvroRecord, Decoder};
 use refstream_runtime::consumer::{Batch, Inbound, Rejection, Worker};
@@ -58,6 +59,7 @@ pub enum Input {
     Deposit(DepositCompleted, Position),
     Reversal(DepositReversed),
     Scored(ReferralScored),
+    Verified(UserVerified),
     Review(ReviewDecided),
 }
 
@@ -72,6 +74,7 @@ pub struct Topics {
     pub review_decided: String,
     pub reward_granted: String,
     pub reward_reversed: String,
+    pub user_verified: String,
 }
 
 pub struct RewardEngine {
@@ -105,6 +108,7 @@ impl RewardEngine {
                 review_decided: t.review_decided.clone(),
                 reward_granted: t.reward_granted.clone(),
                 reward_reversed: t.reward_reversed.clone(),
+                user_verified: t.user_verified.clone(),
             },
             terms: terms::Terms::new(settings.campaign()?),
             settle_delay: Duration::from_secs(settings.campaign.settle_delay_secs),
@@ -127,7 +131,13 @@ impl Worker for RewardEngine {
 
     fn topics(&self) -> Vec<String> {
         let t = &self.topics;
-        vec![t.deposit_completed.clone(), t.deposit_reversed.clone(), t.referral_scored.clone(), t.review_decided.clone()]
+        vec![
+            t.deposit_completed.clone(),
+            t.deposit_reversed.clone(),
+            t.referral_scored.clone(),
+            t.review_decided.clone(),
+            t.user_verified.clone(),
+        ]
     }
 
     fn decode(&self, record: &Inbound<'_>, now: DateTime<Utc>) -> Result<Input, Rejection> {
@@ -147,6 +157,7 @@ impl Worker for RewardEngine {
             x if x == t.deposit_reversed => Input::Reversal(d.decode(record.payload, now)?),
             x if x == t.referral_scored => Input::Scored(d.decode(record.payload, now)?),
             x if x == t.review_decided => Input::Review(d.decode(record.payload, now)?),
+            x if x == t.user_verified => Input::Verified(d.decode(record.payload, now)?),
             other => return Err(Rejection { label: "unknown_topic", reason: format!("no handler for topic {other}") }),
         })
     }
@@ -157,6 +168,7 @@ impl Worker for RewardEngine {
             Input::Reversal(e) => e.event_id(),
             Input::Scored(e) => e.event_id(),
             Input::Review(e) => e.event_id(),
+            Input::Verified(e) => e.event_id(),
         }
     }
 
@@ -185,6 +197,10 @@ impl Worker for RewardEngine {
                 Input::Review(_) => {
                     let reviews: Vec<_> = run.iter().filter_map(|e| if let Input::Review(r) = e { Some(r) } else { None }).collect();
                     apply::reviews(self, batch.conn, &reviews).await?;
+                }
+                Input::Verified(_) => {
+                    let verdicts: Vec<_> = run.iter().filter_map(|e| if let Input::Verified(v) = e { Some(v) } else { None }).collect();
+                    kyc::verifications(self, batch.conn, &verdicts).await?;
                 }
             }
             start = end;

@@ -73,6 +73,7 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
     .into_iter()
     .collect();
     let deposits = store::deposits_of(&mut tx, &referees).await?;
+    let kyc = crate::kyc::states_of(&mut tx, engine, referrals.values()).await?;
 
     let mut moves: Vec<Move> = Vec::new();
     let mut to_pay: Vec<(Uuid, String, Decimal, DateTime<Utc>, &Claimed)> = Vec::new();
@@ -85,7 +86,11 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
             verdict: verdicts.get(&c.referral_id).copied(),
             shared_instrument: shared.contains(&c.referral_id),
             qualifying_deposit: qualifying.is_some(),
+            kyc: kyc.get(&c.referral_id).cloned().unwrap_or(refstream_core::campaign::KycState::Waiting),
         });
+        if decision.moves.is_empty() && !decision.pay && qualifying.is_some() && referral.status() == lifecycle::ReferralStatus::Eligible {
+            OUTCOMES.with_label_values(&["reward-engine", "awaiting_kyc"]).inc();
+        }
         for (t, cause) in decision.moves {
             if t == lifecycle::BACK_TO_REVIEW {
                 OUTCOMES.with_label_values(&["reward-engine", "held_shared_instrument"]).inc();

@@ -207,6 +207,7 @@ fn at(status: ReferralStatus, verdict: Option<Decision>) -> AtSettlement {
         verdict: verdict.map(|decision| Verdict { decision, revision: 2 }),
         shared_instrument: false,
         qualifying_deposit: true,
+        kyc: crate::campaign::KycState::Clear,
     }
 }
 
@@ -243,4 +244,17 @@ fn fraud_after_payment_defaults_to_clawback_on_reject_and_review_on_review() {
     assert_eq!(p.on_paid(Decision::Reject, true), Some(AfterPayment::Review), "a reviewer approved it: a person decides");
     let strict = FraudAfterPayment { on_reject: AfterPayment::Clawback, on_review: AfterPayment::Clawback };
     assert_eq!(strict.on_paid(Decision::Review, false), Some(AfterPayment::Clawback));
+}
+
+#[test]
+fn kyc_waiting_holds_the_payout_and_a_rejection_rejects() {
+    use crate::campaign::KycState;
+    use ReferralStatus::*;
+    let waiting = settle(AtSettlement { kyc: KycState::Waiting, ..at(Eligible, Some(Decision::Approve)) });
+    assert!(!waiting.pay && waiting.moves.is_empty(), "waits, eligible, for the verification");
+    let rejected =
+        settle(AtSettlement { kyc: KycState::Rejected("KYC rejected the referee".into()), ..at(Eligible, Some(Decision::Approve)) });
+    assert!(!rejected.pay);
+    assert_eq!(rejected.moves, vec![(lifecycle::KYC_REJECT, "KYC rejected the referee".to_owned())]);
+    assert!(settle(at(Eligible, Some(Decision::Approve))).pay);
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use refstream_core::campaign::Role;
 use refstream_core::events::{
     AttributionSource, DepositCompleted, DepositReversed, RawUserRegistered, ReferralAttributed, ReferralClicked, ReferralScored,
-    ReversalReason, ReviewDecided, RewardGranted, RewardReversed, UserRegistered, MAX_SHORT_TEXT,
+    ReversalReason, ReviewDecided, RewardGranted, RewardReversed, UserRegistered, UserVerified, MAX_SHORT_TEXT,
 };
 use refstream_core::validate::{check_text, FieldError};
 use refstream_core::{Currency, Money, UserId};
@@ -357,6 +357,33 @@ impl AvroRecord for ReviewDecided {
             reason: f.string("reason")?,
             occurred_at: f.timestamp("occurred_at")?,
         })
+    }
+}
+
+impl AvroRecord for UserVerified {
+    const KIND: EventKind = EventKind::UserVerified;
+    fn event_id(&self) -> Uuid {
+        self.event_id
+    }
+    fn to_value(&self) -> Value {
+        record(vec![
+            ("event_id", Value::Uuid(self.event_id)),
+            ("user_id", s(self.user_id.as_str())),
+            ("status", enm(&["VERIFIED", "REJECTED"], if self.verified { "VERIFIED" } else { "REJECTED" })),
+            ("reason", opt(self.reason.as_deref())),
+            ("occurred_at", ts(self.occurred_at)),
+        ])
+    }
+    fn from_value(value: Value, _now: DateTime<Utc>) -> Result<Self, FieldError> {
+        let mut f = Fields::of(value)?;
+        let event_id = f.uuid("event_id")?;
+        let user_id = UserId::parse(f.string("user_id")?)?;
+        let verified = f.enum_symbol("status")? == "VERIFIED";
+        let reason = f.opt_string("reason")?;
+        if let Some(r) = &reason {
+            check_text("reason", r, MAX_SHORT_TEXT)?;
+        }
+        Ok(UserVerified { event_id, user_id, verified, reason, occurred_at: f.timestamp("occurred_at")? })
     }
 }
 

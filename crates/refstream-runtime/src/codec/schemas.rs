@@ -18,10 +18,11 @@ pub enum EventKind {
     RewardReversed,
     ReviewDecided,
     ReferralClicked,
+    UserVerified,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         Self::UserRegistered,
         Self::DepositCompleted,
         Self::DepositReversed,
@@ -31,6 +32,7 @@ impl EventKind {
         Self::RewardReversed,
         Self::ReviewDecided,
         Self::ReferralClicked,
+        Self::UserVerified,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +46,7 @@ impl EventKind {
             Self::RewardReversed => "RewardReversed",
             Self::ReviewDecided => "ReviewDecided",
             Self::ReferralClicked => "ReferralClicked",
+            Self::UserVerified => "UserVerified",
         }
     }
 
@@ -62,6 +65,7 @@ impl EventKind {
             Self::RewardReversed => include_str!("../../../../schemas/RewardReversed.avsc"),
             Self::ReviewDecided => include_str!("../../../../schemas/ReviewDecided.avsc"),
             Self::ReferralClicked => include_str!("../../../../schemas/ReferralClicked.avsc"),
+            Self::UserVerified => include_str!("../../../../schemas/UserVerified.avsc"),
         }
     }
 
