@@ -145,6 +145,18 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
         ],
     )
     .await;
+    // A second referrer for the French friends (ana's ten referrals in a day are her limit).
+    produce(&p, "user-registered", "bea", &encode(&registered("bea", "NONE0000", "FR", "web", 2))).await;
+    let pool = db.pool.clone();
+    eventually(Duration::from_secs(60), "bea's code", || {
+        let pool = pool.clone();
+        async move { count(&pool, "SELECT count(*) FROM referral_codes WHERE user_id = 'bea'").await == 1 }
+    })
+    .await;
+    let bea = db.code_of("bea").await;
+    register_all(&db, &p, &bea, &[("eu-web", "FR", "web", 19), ("eu-low", "FR", "web", 20)]).await;
+    // Deposits in EUR qualify for the (USD) default campaign through the rate table.
+    assert!(cli(&db.url, &["fx", "set", "EUR", "USD", "1.10"]).contains("1 EUR = 1.10 USD"));
     assert_eq!(binding(&db.pool, "gb-small").await.0, "gb-web-tiers");
     assert_eq!(binding(&db.pool, "gb-small").await.1, 1);
     assert_eq!(binding(&db.pool, "io-one").await.0, "ios-launch");
@@ -175,15 +187,25 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
         ("io-low", "40.00", "USD"),
         ("us-web", "25.00", "USD"),
         ("io-two", "25.00", "USD"),
+        ("eu-web", "20.00", "EUR"),
+        ("eu-low", "15.00", "EUR"),
     ] {
         produce(&p, "deposit-completed", user, &encode(&deposit(user, amount, currency))).await;
     }
-    let pool = db.pool.clone();
-    eventually(Duration::from_secs(120), "every reward", || {
-        let pool = pool.clone();
-        async move { count(&pool, "SELECT count(*) FROM rewards").await == 11 }
-    })
-    .await;
+    let started = std::time::Instant::now();
+    while count(&db.pool, "SELECT count(*) FROM rewards").await != 12 {
+        if started.elapsed() > Duration::from_secs(120) {
+            let statuses: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                "SELECT r.referee_id, r.status, (SELECT string_agg(cause, ' | ') FROM referral_transitions t WHERE t.referral_id = r.referral_id) \
+                 FROM referrals r ORDER BY 1",
+            )
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+            panic!("not every reward: {statuses:#?}\nrewards {:?}", rewards(&db.pool).await);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let got = rewards(&db.pool).await;
     let want: Vec<(String, String, String, String, String, i32)> = [
@@ -194,6 +216,7 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
         ("ana", "referrer_bonus", "15", "USD", "ios-launch", 1),   // io-one: 60 ≥ 50
         ("ana", "referrer_bonus", "10", "USD", "default", 0),      // us-web
         ("ana", "referrer_bonus", "10", "USD", "default", 0),      // io-two (ios-launch paused)
+        ("bea", "referrer_bonus", "10", "USD", "default", 0),      // eu-web: 20 EUR = 22 USD >= 20
         ("gb-big", "referee_bonus", "5", "GBP", "gb-web-tiers", 1),
         ("gb-late", "referee_bonus", "5", "GBP", "gb-web-tiers", 1), // bound before the change
         ("gb-new", "referee_bonus", "7", "GBP", "gb-web-tiers", 2),
@@ -208,6 +231,22 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
     want_sorted.sort();
     assert_eq!(got_sorted, want_sorted, "io-low's 40 USD is below ios-launch's 50: no reward");
     assert_eq!(count(&db.pool, "SELECT count(*) FROM referrals WHERE referee_id = 'io-low' AND status = 'eligible'").await, 1);
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM referrals WHERE referee_id = 'eu-low' AND status = 'eligible'").await,
+        1,
+        "15 EUR = 16.50 USD < 20"
+    );
+    let stamped: (Decimal, String) = sqlx::query_as(
+        "SELECT w.fx_rate, w.qualifying_deposit_id FROM rewards w JOIN referrals r USING (referral_id) WHERE r.referee_id = 'eu-web'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (stamped.0.normalize().to_string().as_str(), stamped.1.as_str()),
+        ("1.1", "dep-eu-web"),
+        "the rate is stamped on the reward"
+    );
 
     // The books: per currency the ledger sums to zero, and each campaign's account paid out
     // exactly its rewards.
@@ -230,7 +269,7 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
     let report = String::from_utf8_lossy(&audit.stdout).into_owned();
     assert!(audit.status.success(), "{report}{}", String::from_utf8_lossy(&audit.stderr));
     assert!(report.contains("ok    no reward exceeds its campaign's terms") && report.contains("audit passed"), "{report}");
-    assert!(report.contains("11 rows"), "{report}");
+    assert!(report.contains("12 rows"), "{report}");
     // Tampering with one reward's amount is caught, naming the reward.
     let tampered: Uuid = sqlx::query_scalar("UPDATE rewards SET amount = 12 WHERE beneficiary_id = 'gb-new' RETURNING reward_id")
         .fetch_one(&db.pool)

@@ -12,6 +12,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use refstream_core::campaign::{Campaign, Qualification};
 use refstream_core::campaigns::Definition;
 use refstream_core::events::{RewardGranted, RewardReversed};
+use refstream_core::fx::{Rate, Rates};
 use refstream_core::{Currency, DerivedId, Money};
 use refstream_runtime::codec::Decoder;
 use refstream_runtime::consumer::client_config;
@@ -98,6 +99,7 @@ struct RewardRow {
     campaign_id: String,
     terms_version: i32,
     qualifying_deposit_id: String,
+    fx_rate: Option<Decimal>,
     reversed_at: Option<DateTime<Utc>>,
     reversal_reason: Option<String>,
     reversal_assessment_event_id: Option<Uuid>,
@@ -144,7 +146,7 @@ async fn terms(settings: &Settings, pool: &PgPool, keys: BTreeSet<(String, i32)>
 async fn rewards(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check>> {
     let rows: Vec<RewardRow> = sqlx::query_as(
         "SELECT w.reward_id, w.reward_type, w.beneficiary_id, w.role, w.amount, w.currency::text AS currency, w.campaign_id, w.terms_version, \
-                w.qualifying_deposit_id, w.reversed_at, w.reversal_reason, w.reversal_assessment_event_id, \
+                w.qualifying_deposit_id, w.fx_rate, w.reversed_at, w.reversal_reason, w.reversal_assessment_event_id, \
                 r.referrer_id, r.referee_id, r.referee_registered_at AS registered_at, r.campaign_id AS referral_campaign, \
                 r.terms_version AS referral_version, d.user_id AS deposit_user, d.amount AS deposit_amount, \
                 d.currency::text AS deposit_currency, d.occurred_at AS deposit_at, x.reason AS refund, \
@@ -159,6 +161,16 @@ async fn rewards(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check
     .await?;
     let keys = rows.iter().map(|r| (r.campaign_id.clone(), r.terms_version)).collect();
     let terms = terms(settings, pool, keys).await?;
+    let rate_rows: Vec<(String, String, Decimal, DateTime<Utc>)> =
+        sqlx::query_as("SELECT base::text, quote::text, rate, effective_at FROM fx_rates").fetch_all(pool).await?;
+    let rates = Rates(
+        rate_rows
+            .into_iter()
+            .filter_map(|(b, q, rate, effective_at)| {
+                Some(Rate { base: Currency::parse(b.trim()).ok()?, quote: Currency::parse(q.trim()).ok()?, rate, effective_at })
+            })
+            .collect(),
+    );
     let (mut mapped, mut under_terms, mut booked, mut reversals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in &rows {
         let id = r.reward_id;
@@ -192,8 +204,18 @@ async fn rewards(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check
             under_terms.push(format!("{id}: deposit currency {currency}"));
             continue;
         };
-        let deposit = Money::new(amount, currency);
-        let q = campaign.qualifies(&deposit, at, registered_at);
+        // In another currency: converted at the rate in force at the deposit's time, the one
+        // stamped on the reward.
+        let Some(converted) = rates.convert(Money::new(amount, currency), campaign.currency, at) else {
+            under_terms
+                .push(format!("{id}: no {currency}->{} rate was in force at deposit {}", campaign.currency, r.qualifying_deposit_id));
+            continue;
+        };
+        if converted.rate.map(|(rate, _)| rate) != r.fx_rate {
+            under_terms.push(format!("{id}: stamped rate {:?}, the rate in force {:?}", r.fx_rate, converted.rate.map(|x| x.0)));
+        }
+        let amount = converted.amount.amount;
+        let q = campaign.qualifies(&converted.amount, at, registered_at);
         if q != Qualification::Qualifies {
             under_terms.push(format!("{id}: deposit {} does not qualify ({q:?})", r.qualifying_deposit_id));
         }

@@ -9,6 +9,7 @@ mod demo;
 mod dlq;
 mod explain;
 mod fraud_eval;
+mod fx;
 mod review;
 mod serve;
 mod summary;
@@ -65,6 +66,11 @@ enum Command {
     /// Prove from Postgres and Kafka that every cent is explained (one line per check; exits
     /// non-zero on any failure).
     Audit,
+    /// Exchange rates deposits in other currencies qualify by.
+    Fx {
+        #[command(subcommand)]
+        action: fx::Action,
+    },
     /// Campaigns as data: apply a campaign file, list, show, pause, resume.
     Campaigns {
         #[command(subcommand)]
@@ -138,6 +144,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Review { action } => review::run(action, &settings, &pool).await?,
         Command::Explain { referral_id } => explain::run(&pool, &referral_id).await?,
         Command::Audit => audit::run(&settings, &pool).await?,
+        Command::Fx { action } => {
+            refstream_runtime::db::migrate(&pool).await?;
+            fx::run(action, &pool).await?
+        }
         Command::Campaigns { action } => {
             refstream_runtime::db::migrate(&pool).await?;
             campaigns::run(action, &settings, &pool).await?

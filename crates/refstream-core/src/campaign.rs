@@ -176,6 +176,31 @@ impl Campaign {
     }
 }
 
+/// A deposit that pays, with its amount in the campaign's currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Qualified<'a> {
+    pub deposit: &'a RecordedDeposit,
+    pub converted: crate::fx::Converted,
+}
+
+impl Campaign {
+    /// As [`Campaign::first_qualifying`], with deposits in other currencies converted at the
+    /// rate in force at their time (no rate: they do not qualify).
+    pub fn first_qualifying_fx<'a>(
+        &self,
+        registered_at: DateTime<Utc>,
+        deposits: &'a [RecordedDeposit],
+        rates: &crate::fx::Rates,
+    ) -> Option<Qualified<'a>> {
+        deposits
+            .iter()
+            .filter(|d| !d.reversed)
+            .filter_map(|d| rates.convert(d.amount, self.currency, d.occurred_at).map(|converted| Qualified { deposit: d, converted }))
+            .filter(|q| self.qualifies(&q.converted.amount, q.deposit.occurred_at, registered_at) == Qualification::Qualifies)
+            .min_by(|a, b| (a.deposit.occurred_at, &a.deposit.deposit_id).cmp(&(b.deposit.occurred_at, &b.deposit.deposit_id)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ pub mod campaigns;
 pub mod code;
 pub mod events;
 pub mod fraud;
+pub mod fx;
 pub mod ids;
 pub mod lifecycle;
 pub mod links;

@@ -90,6 +90,8 @@ pub(crate) struct Payment<'a> {
     /// The qualifying deposit's amount (deposit tiers pay by it) and event time (per-period caps).
     pub deposit_amount: Decimal,
     pub deposited_at: DateTime<Utc>,
+    /// The exchange rate that converted the deposit, and from when it was in force.
+    pub fx: Option<(Decimal, DateTime<Utc>)>,
     pub barrier_id: i64,
     pub hold_ended_at: DateTime<Utc>,
 }
@@ -141,9 +143,9 @@ pub(crate) async fn grant(
     }
     let inserted: Vec<Inserted> = sqlx::query_as(
         "INSERT INTO rewards (reward_id, referral_id, reward_type, beneficiary_id, role, amount, currency, campaign_id, \
-                              qualifying_deposit_id, barrier_id, hold_ended_at, terms_version) \
+                              qualifying_deposit_id, barrier_id, hold_ended_at, terms_version, fx_rate, fx_rate_at) \
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::text[], \
-                              $9::text[], $10::int8[], $11::timestamptz[], $12::int[]) \
+                              $9::text[], $10::int8[], $11::timestamptz[], $12::int[], $13::numeric[], $14::timestamptz[]) \
          ON CONFLICT (referral_id, reward_type) DO NOTHING RETURNING reward_id, granted_at",
     )
     .bind(rows.iter().map(|r| r.reward_id).collect::<Vec<_>>())
@@ -158,6 +160,8 @@ pub(crate) async fn grant(
     .bind(rows.iter().map(|r| r.payment.barrier_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.payment.hold_ended_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.payment.referral.terms_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.payment.fx.map(|f| f.0)).collect::<Vec<Option<Decimal>>>())
+    .bind(rows.iter().map(|r| r.payment.fx.map(|f| f.1)).collect::<Vec<Option<DateTime<Utc>>>>())
     .fetch_all(&mut *conn)
     .await?;
     let granted_at: BTreeMap<Uuid, DateTime<Utc>> = inserted.into_iter().map(|i| (i.reward_id, i.granted_at)).collect();

@@ -134,14 +134,15 @@ pub(crate) async fn uncap(engine: &RewardEngine, pool: &sqlx::PgPool) -> sqlx::R
         let mut used = usage(&mut tx, &campaign, &referrers).await?;
         let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
         let deposits = crate::store::deposits_of(&mut tx, &referees).await?;
+        let rates = crate::store::rates(&mut tx).await?;
         let mut moves = Vec::new();
         for referral in referrals.values_mut() {
-            let Some(d) = deposits.get(&referral.referee_id).and_then(|d| crate::store::qualifying(engine, referral, d)) else { continue };
-            let amount: Decimal = engine
-                .terms
-                .of(referral)
-                .map_or(Decimal::ZERO, |c| c.rewards.iter().map(|s| s.amount_for(d.deposit.amount.amount).amount).sum());
-            if used.admit(&limits, &referral.referrer_id, amount, d.deposit.occurred_at).is_ok() {
+            let Some(d) = deposits.get(&referral.referee_id).and_then(|d| crate::store::qualifying(engine, referral, d, &rates)) else {
+                continue;
+            };
+            let amount: Decimal =
+                engine.terms.of(referral).map_or(Decimal::ZERO, |c| c.rewards.iter().map(|s| s.amount_for(d.amount).amount).sum());
+            if used.admit(&limits, &referral.referrer_id, amount, d.recorded.deposit.occurred_at).is_ok() {
                 moves.extend(crate::store::Move::of(referral, refstream_core::lifecycle::UNCAP, "the campaign raised its limits"));
             }
         }

@@ -34,6 +34,15 @@ struct Claimed {
     hold_ended_at: DateTime<Utc>,
 }
 
+/// The deposit that pays a referral at settlement: its id, amount in the campaign's currency,
+/// event time and the exchange rate that converted it.
+struct ToPay {
+    deposit_id: String,
+    amount: Decimal,
+    at: DateTime<Utc>,
+    fx: Option<(Decimal, DateTime<Utc>)>,
+}
+
 /// Settles up to `limit` payouts whose barrier is open; returns how many were settled (paid
 /// or not).
 pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sqlx::Result<usize> {
@@ -73,13 +82,15 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
     .into_iter()
     .collect();
     let deposits = store::deposits_of(&mut tx, &referees).await?;
+    let rates = store::rates(&mut tx).await?;
     let kyc = crate::kyc::states_of(&mut tx, engine, referrals.values()).await?;
 
     let mut moves: Vec<Move> = Vec::new();
-    let mut to_pay: Vec<(Uuid, String, Decimal, DateTime<Utc>, &Claimed)> = Vec::new();
+    // (referral, the deposit that pays it, its claimed payout)
+    let mut to_pay: Vec<(Uuid, ToPay, &Claimed)> = Vec::new();
     for c in &claimed {
         let Some(referral) = referrals.get_mut(&c.referral_id) else { continue };
-        let qualifying = deposits.get(&referral.referee_id).and_then(|d| store::qualifying(engine, referral, d));
+        let qualifying = deposits.get(&referral.referee_id).and_then(|d| store::qualifying(engine, referral, d, &rates));
         let decision = settle(AtSettlement {
             status: referral.status(),
             cleared_by_review: referral.cleared_by_review,
@@ -100,17 +111,19 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
             moves.extend(Move::of(referral, t, cause));
         }
         if let (true, Some(d)) = (decision.pay, qualifying) {
-            to_pay.push((c.referral_id, d.deposit.deposit_id.clone(), d.deposit.amount.amount, d.deposit.occurred_at, c));
+            let deposit = d.recorded.deposit.clone();
+            to_pay.push((c.referral_id, ToPay { deposit_id: deposit.deposit_id, amount: d.amount, at: deposit.occurred_at, fx: d.fx }, c));
         }
     }
     let payments: Vec<Payment<'_>> = to_pay
         .iter()
-        .filter_map(|(id, deposit_id, amount, at, c)| {
+        .filter_map(|(id, d, c)| {
             Some(Payment {
                 referral: referrals.get(id)?,
-                deposit_id: deposit_id.clone(),
-                deposit_amount: *amount,
-                deposited_at: *at,
+                deposit_id: d.deposit_id.clone(),
+                deposit_amount: d.amount,
+                deposited_at: d.at,
+                fx: d.fx,
                 barrier_id: c.barrier_id,
                 hold_ended_at: c.hold_ended_at,
             })
@@ -127,7 +140,7 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
             moves.extend(Move::of(referral, lifecycle::CAP, reason));
         }
     }
-    let deposit_of: BTreeMap<Uuid, &str> = to_pay.iter().map(|(id, deposit, ..)| (*id, deposit.as_str())).collect();
+    let deposit_of: BTreeMap<Uuid, &str> = to_pay.iter().map(|(id, d, _)| (*id, d.deposit_id.as_str())).collect();
     for id in paid {
         if let Some(referral) = referrals.get_mut(&id) {
             let cause = format!("qualifying deposit {}", deposit_of.get(&id).copied().unwrap_or_default());

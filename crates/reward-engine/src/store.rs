@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use refstream_core::campaign::RecordedDeposit;
+use refstream_core::fx::{Rate, Rates};
 use refstream_core::lifecycle::{ReferralStatus, Transition};
 use refstream_core::{Currency, Money};
 use rust_decimal::Decimal;
@@ -120,12 +121,36 @@ pub async fn deposits_of(conn: &mut PgConnection, users: &[String]) -> sqlx::Res
     Ok(by_user)
 }
 
+/// The deposit that pays a referral, and its amount in the campaign's currency (converted at
+/// the rate in force at the deposit's time when it is in another currency).
+#[derive(Debug, Clone, Copy)]
+pub struct Paying<'a> {
+    pub recorded: &'a Recorded,
+    pub amount: Decimal,
+    /// The rate used and from when it was in force (`None`: the campaign's own currency).
+    pub fx: Option<(Decimal, DateTime<Utc>)>,
+}
+
 /// The deposit that pays `referral` under its terms, among `deposits` (the referee's).
-pub fn qualifying<'a>(engine: &RewardEngine, referral: &Referral, deposits: &'a [Recorded]) -> Option<&'a Recorded> {
+pub fn qualifying<'a>(engine: &RewardEngine, referral: &Referral, deposits: &'a [Recorded], rates: &Rates) -> Option<Paying<'a>> {
     let plain: Vec<RecordedDeposit> = deposits.iter().map(|d| d.deposit.clone()).collect();
     let campaign = engine.terms.of(referral)?;
-    let first = campaign.first_qualifying(referral.referee_registered_at, &plain)?;
-    deposits.iter().find(|d| d.deposit.deposit_id == first.deposit_id)
+    let q = campaign.first_qualifying_fx(referral.referee_registered_at, &plain, rates)?;
+    let recorded = deposits.iter().find(|d| d.deposit.deposit_id == q.deposit.deposit_id)?;
+    Some(Paying { recorded, amount: q.converted.amount.amount, fx: q.converted.rate })
+}
+
+/// Every recorded exchange rate (a small table), read in the caller's transaction.
+pub async fn rates(conn: &mut PgConnection) -> sqlx::Result<Rates> {
+    let rows: Vec<(String, String, Decimal, DateTime<Utc>)> =
+        sqlx::query_as("SELECT base::text, quote::text, rate, effective_at FROM fx_rates").fetch_all(&mut *conn).await?;
+    Ok(Rates(
+        rows.into_iter()
+            .filter_map(|(b, q, rate, effective_at)| {
+                Some(Rate { base: Currency::parse(b.trim()).ok()?, quote: Currency::parse(q.trim()).ok()?, rate, effective_at })
+            })
+            .collect(),
+    ))
 }
 
 /// One status change of a locked referral.
@@ -211,12 +236,13 @@ pub async fn schedule_if_qualifying(conn: &mut PgConnection, engine: &RewardEngi
     }
     let users: Vec<String> = referrals.iter().map(|r| r.referee_id.clone()).collect();
     let deposits = deposits_of(conn, &users).await?;
+    let rates = rates(conn).await?;
     let delay = chrono::Duration::from_std(engine.settle_delay).unwrap_or(chrono::Duration::zero());
     let payouts: BTreeMap<Uuid, DateTime<Utc>> = referrals
         .iter()
         .filter_map(|r| {
-            let d = qualifying(engine, r, deposits.get(&r.referee_id)?)?;
-            Some((r.referral_id, d.recorded_at + delay))
+            let d = qualifying(engine, r, deposits.get(&r.referee_id)?, &rates)?;
+            Some((r.referral_id, d.recorded.recorded_at + delay))
         })
         .collect();
     schedule_payouts(conn, &payouts).await?;
