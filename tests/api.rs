@@ -172,6 +172,19 @@ async fn every_endpoint_needs_a_token_and_its_role_and_the_document_validates() 
     }
     let r = api.call("GET", &format!("/v1/admin/referrals/{held}"), Some(&viewer), None);
     assert_eq!(json(&r)["referral"]["status"], "held", "{r:?}");
+    // Campaigns, read-only: the one applied with the command line, its version and state.
+    let file = format!("{}/../deploy/campaigns/ios-launch.toml", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(bin("refstream")).args(["campaigns", "apply", &file]).env("REFSTREAM__DATABASE__URL", &db.url).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let campaigns = json(&api.call("GET", "/v1/admin/campaigns", Some(&viewer), None));
+    assert_eq!(
+        (campaigns[0]["campaign_id"].as_str(), campaigns[0]["version"].as_i64(), campaigns[0]["active"].as_bool()),
+        (Some("ios-launch"), Some(1), Some(true)),
+        "{campaigns}"
+    );
+    assert_eq!(campaigns[0]["definition"]["rewards"][0]["amount"], "15.00");
+    assert_eq!(json(&api.call("GET", "/v1/admin/campaigns/ios-launch", Some(&viewer), None)).as_array().map(Vec::len), Some(1));
+    assert_problem(&api.call("GET", "/v1/admin/campaigns/nope", Some(&viewer), None), 404, "unknown campaign");
     let summary = json(&api.call("GET", "/v1/admin/summary", Some(&viewer), None));
     assert_eq!(
         (summary["users"].as_i64(), summary["referrals"].as_i64(), summary["rewards_granted"].as_i64()),

@@ -1,6 +1,6 @@
 //! refstream's HTTP API (`refstream serve`): client endpoints for a user's own code, referrals
 //! and rewards; admin endpoints for the funnel, the leaderboard, the review queue, explain, dead
-//! letters and the summary; a dashboard page; and the OpenAPI 3.1 document at `/openapi.json`.
+//! letters, the summary and campaigns; a dashboard page; and the OpenAPI 3.1 document at `/openapi.json`.
 //!
 //! # What it guarantees
 //! - Every route is declared once, with its OpenAPI description, and registered from that
@@ -35,7 +35,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::problem::Problem;
-use crate::routes::{admin, client, meta};
+use crate::routes::{admin, campaigns, client, meta};
 
 /// What every handler is given.
 #[derive(Clone)]
@@ -88,6 +88,8 @@ pub fn router() -> (Router<AppState>, OpenApi) {
         .routes(routes!(admin::dead_letter_replay))
         .routes(routes!(admin::client_token))
         .routes(routes!(admin::actions))
+        .routes(routes!(campaigns::list))
+        .routes(routes!(campaigns::show))
         .split_for_parts()
 }
 
