@@ -563,4 +563,98 @@ mod tests {
         assert_eq!(t.refusal(Some("GB"), "ios", at).as_deref(), Some("platform ios is not targeted"));
         assert_eq!(t.refusal(None, "web", at), None);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn limits() -> impl Strategy<Value = Limits> {
+            (
+                proptest::option::of(1u32..6),
+                proptest::option::of(1i64..80),
+                proptest::option::of(1u32..4),
+                proptest::option::of((1u32..3, 1i64..5)),
+            )
+                .prop_map(|(max, budget, per, period)| Limits {
+                    budget: budget.map(|b| Money::new(Decimal::new(b, 0), Currency::USD)),
+                    max_rewarded_referrals: max,
+                    per_referrer: per,
+                    per_referrer_per_period: period.map(|(n, days)| (n, Duration::days(days))),
+                    pay_capped_when_raised: false,
+                })
+        }
+
+        proptest! {
+            /// Whatever the payouts and their order, what the limits admit never exceeds them.
+            #[test]
+            fn admitted_payouts_never_exceed_caps_or_budget(
+                limits in limits(),
+                payouts in proptest::collection::vec((0usize..4, 1i64..30, 0i64..20), 0..40),
+            ) {
+                let t0 = DateTime::from_timestamp(1_764_000_000, 0).unwrap();
+                let mut usage = Usage::default();
+                let mut admitted: Vec<(usize, Decimal, DateTime<Utc>)> = Vec::new();
+                for (referrer, amount, day) in payouts {
+                    let (amount, at) = (Decimal::new(amount, 0), t0 + Duration::days(day));
+                    if usage.admit(&limits, &format!("r{referrer}"), amount, at).is_ok() {
+                        admitted.push((referrer, amount, at));
+                    }
+                }
+                if let Some(max) = limits.max_rewarded_referrals {
+                    prop_assert!(admitted.len() <= max as usize);
+                }
+                if let Some(budget) = limits.budget {
+                    prop_assert!(admitted.iter().map(|a| a.1).sum::<Decimal>() <= budget.amount);
+                }
+                for r in 0..4 {
+                    let mine: Vec<DateTime<Utc>> = admitted.iter().filter(|a| a.0 == r).map(|a| a.2).collect();
+                    if let Some(per) = limits.per_referrer {
+                        prop_assert!(mine.len() <= per as usize);
+                    }
+                    if let Some((n, period)) = limits.per_referrer_per_period {
+                        for t in &mine {
+                            let close = mine.iter().filter(|o| **o > *t - period && **o <= *t).count();
+                            prop_assert!(close <= n as usize, "{close} within a period ending {t}");
+                        }
+                    }
+                }
+            }
+
+            /// Binding depends on the versions recorded and the registration only: the order the
+            /// versions are read in changes nothing.
+            #[test]
+            fn binding_does_not_depend_on_the_order_versions_are_read(
+                specs in proptest::collection::vec((0usize..3, 1i32..4, any::<bool>(), 0i64..10, 0i32..3, any::<bool>()), 0..12),
+                day in -2i64..12,
+                ios in any::<bool>(),
+                seed in any::<u64>(),
+            ) {
+                let t0 = DateTime::from_timestamp(1_764_000_000, 0).unwrap();
+                let mut versions: Vec<Version> = specs
+                    .iter()
+                    .map(|(id, v, active, from, priority, gb)| Version {
+                        campaign_id: format!("c{id}"),
+                        version: *v,
+                        active: *active,
+                        effective_from: t0 + Duration::days(*from),
+                        priority: *priority,
+                        targeting: Targeting { countries: if *gb { vec!["GB".into()] } else { vec![] }, ..Default::default() },
+                    })
+                    .collect();
+                // One row per (campaign, version), as the table's key guarantees.
+                versions.sort_by(|a, b| (&a.campaign_id, a.version).cmp(&(&b.campaign_id, b.version)));
+                versions.dedup_by(|a, b| a.campaign_id == b.campaign_id && a.version == b.version);
+                let platform = if ios { "ios" } else { "web" };
+                let at = t0 + Duration::days(day);
+                let expected = bind(&versions, "c1", Some("GB"), platform, at, "default");
+                let mut shuffled = versions.clone();
+                let mut state = seed;
+                for i in (1..shuffled.len()).rev() {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    shuffled.swap(i, (state >> 33) as usize % (i + 1));
+                }
+                prop_assert_eq!(bind(&shuffled, "c1", Some("GB"), platform, at, "default"), expected);
+            }
+        }
+    }
 }
