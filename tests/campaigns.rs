@@ -434,3 +434,60 @@ async fn a_campaign_requiring_kyc_pays_when_the_verification_arrives_in_any_orde
         .unwrap();
     assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stdout));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn referrals_whose_window_passed_without_a_qualifying_deposit_expire() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let _fleet = Fleet::start(&db.url, &broker.bootstrap);
+    let p = producer(&broker.bootstrap);
+    produce(&p, "user-registered", "ana", &encode(&registered("ana", "NONE0000", "US", "web", 1))).await;
+    let pool = db.pool.clone();
+    eventually(Duration::from_secs(60), "ana's code", || {
+        let pool = pool.clone();
+        async move { count(&pool, "SELECT count(*) FROM referral_codes WHERE user_id = 'ana'").await == 1 }
+    })
+    .await;
+    let code = db.code_of("ana").await;
+    let days_ago = |d: i64| Utc::now() - chrono::Duration::days(d);
+    // Registered 31 days ago (the default window is 30 days): one deposited on day 2, one only
+    // now, one never; and one registered today.
+    for (user, n, at) in
+        [("old-paid", 41, days_ago(31)), ("old-late", 42, days_ago(31)), ("old-none", 43, days_ago(31)), ("today", 44, Utc::now())]
+    {
+        let mut r = registered(user, &code, "US", "web", n);
+        r.occurred_at = at;
+        produce(&p, "user-registered", user, &encode(&r)).await;
+    }
+    eventually(Duration::from_secs(90), "four referrals scored", || {
+        let pool = pool.clone();
+        async move { count(&pool, "SELECT count(*) FROM referrals WHERE status <> 'pending'").await == 4 }
+    })
+    .await;
+    let mut early = deposit("old-paid", "25.00", "USD");
+    early.occurred_at = days_ago(29);
+    produce(&p, "deposit-completed", "old-paid", &encode(&early)).await;
+    produce(&p, "deposit-completed", "old-late", &encode(&deposit("old-late", "25.00", "USD"))).await;
+    eventually(Duration::from_secs(90), "two expired, one rewarded", || {
+        let pool = pool.clone();
+        async move {
+            count(&pool, "SELECT count(*) FROM referrals WHERE status = 'expired' AND referee_id IN ('old-late', 'old-none')").await == 2
+                && count(&pool, "SELECT count(*) FROM referrals WHERE status = 'rewarded' AND referee_id = 'old-paid'").await == 1
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM referrals WHERE referee_id = 'today' AND status = 'eligible'").await,
+        1,
+        "its window is open"
+    );
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM rewards").await, 1);
+    let cause: String = sqlx::query_scalar(
+        "SELECT t.cause FROM referral_transitions t JOIN referrals r USING (referral_id) WHERE r.referee_id = 'old-none' AND t.to_status = 'expired'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(cause.starts_with("window of 30 days ended"), "{cause}");
+}

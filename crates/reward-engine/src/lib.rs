@@ -18,6 +18,7 @@
 //! partition of one topic) is applied with a handful of statements whatever its size.
 
 mod apply;
+pub mod expiry;
 pub mod gate;
 mod kyc;
 mod ledger;

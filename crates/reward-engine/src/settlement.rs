@@ -184,12 +184,16 @@ pub async fn settle_all<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, end
     Ok(total)
 }
 
+/// How often the expiry sweep runs (a barrier captured in one round expires referrals in a later one).
+const EXPIRY_EVERY: Duration = Duration::from_secs(5);
+
 /// Sweeps until `stop`: at once when a batch scheduled a payout, every
 /// `settlement.busy_sweep_ms` while barriers are closed, else every `settlement.idle_sweep_ms`.
 /// A failed sweep is logged and tried again.
 pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPool, ends: E, stop: CancellationToken) {
     let mut last_metrics = Instant::now() - Duration::from_secs(60);
     let mut last_cleanup = Instant::now();
+    let mut last_expiry = Instant::now() - EXPIRY_EVERY;
     let mut busy = false;
     loop {
         let pause = if busy { engine.busy_sweep } else { engine.idle_sweep };
@@ -210,6 +214,12 @@ pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPoo
                 tracing::debug!(error = %e, "gate metrics not refreshed");
             }
             last_metrics = Instant::now();
+        }
+        if last_expiry.elapsed() >= EXPIRY_EVERY {
+            if let Err(e) = crate::expiry::sweep(&engine, &pool, &ends).await {
+                tracing::warn!(error = %format!("{e:#}"), "expiry sweep failed");
+            }
+            last_expiry = Instant::now();
         }
         if last_cleanup.elapsed() >= Duration::from_secs(60) {
             if let Err(e) = gate::forget_old(&pool, Duration::from_secs(600)).await {

@@ -1,0 +1,111 @@
+//! Referral expiry: a referral whose window (its campaign's `window_days` after the referee's
+//! registration) passed without a qualifying deposit becomes `expired`, with a transition row.
+//! Lag never decides it: the sweep first captures where `deposit-completed` ends (a barrier, kept
+//! in `expiry_barrier`), waits until this engine has applied every deposit up to there (its
+//! durable `consumer_progress`), and only then expires the referrals whose window had ended
+//! when the barrier was captured — every deposit published before the window closed has been
+//! recorded by then, however far behind the engine was. A deposit published after that (a
+//! producer reporting late) finds the referral expired and pays nothing.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use refstream_core::lifecycle;
+use refstream_core::settlement::{covers, Position};
+use refstream_runtime::metrics::OUTCOMES;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::gate::EndOffsets;
+use crate::store::{self, Move};
+use crate::RewardEngine;
+
+/// The shortest window a campaign can have: referrals registered later cannot have expired.
+const MIN_WINDOW: Duration = Duration::from_secs(86_400);
+/// Referrals expired per transaction.
+const BATCH: i64 = 500;
+
+fn to_json(p: &Position) -> serde_json::Value {
+    serde_json::Value::Array(p.iter().map(|((t, part), o)| serde_json::json!([t, part, o])).collect())
+}
+
+fn from_json(v: &serde_json::Value) -> Position {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| Some(((e.get(0)?.as_str()?.to_owned(), i32::try_from(e.get(1)?.as_i64()?).ok()?), e.get(2)?.as_i64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One round: captures a barrier when referrals may have expired and none is pending; once the
+/// engine's progress covers it, expires what had expired by then. Returns how many expired.
+pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<usize> {
+    let barrier: Option<(DateTime<Utc>, serde_json::Value)> =
+        sqlx::query_as("SELECT captured_at, deposits FROM expiry_barrier WHERE id = 1").fetch_optional(pool).await?;
+    let Some((captured_at, deposits)) = barrier else {
+        let cutoff = chrono::Duration::from_std(MIN_WINDOW).unwrap_or_default();
+        let candidates: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM referrals WHERE status IN ('pending', 'held', 'eligible') AND referee_registered_at < now() - $1::interval)",
+        )
+        .bind(cutoff)
+        .fetch_one(pool)
+        .await?;
+        if candidates {
+            let ends = ends.end_offsets(std::slice::from_ref(&engine.topics.deposit_completed)).await?;
+            sqlx::query("INSERT INTO expiry_barrier (id, captured_at, deposits) VALUES (1, now(), $1) ON CONFLICT (id) DO NOTHING")
+                .bind(to_json(&ends))
+                .execute(pool)
+                .await?;
+        }
+        return Ok(0);
+    };
+    let progress: Vec<(String, i32, i64)> =
+        sqlx::query_as("SELECT topic, partition, next_offset FROM consumer_progress WHERE consumer = 'reward-engine'")
+            .fetch_all(pool)
+            .await?;
+    let progress: Position = progress.into_iter().map(|(t, p, n)| ((t, p), n)).collect();
+    if !covers(&progress, &from_json(&deposits)) {
+        return Ok(0);
+    }
+    let mut tx = pool.begin().await?;
+    let cutoff = captured_at - chrono::Duration::from_std(MIN_WINDOW).unwrap_or_default();
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT referral_id FROM referrals WHERE status IN ('pending', 'held', 'eligible') AND referee_registered_at < $1 \
+         ORDER BY referee_registered_at, referral_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(cutoff)
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut referrals = store::lock_by_id(&mut tx, engine, &ids).await?;
+    let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
+    let deposits_of = store::deposits_of(&mut tx, &referees).await?;
+    let rates = store::rates(&mut tx).await?;
+    let mut moves = Vec::new();
+    for referral in referrals.values_mut() {
+        let Some(campaign) = engine.terms.of(referral) else { continue };
+        let window_end = referral.referee_registered_at + campaign.window;
+        if window_end >= captured_at {
+            continue;
+        }
+        let paying = deposits_of.get(&referral.referee_id).and_then(|d| store::qualifying(engine, referral, d, &rates));
+        if paying.is_none() {
+            let cause = format!(
+                "window of {} days ended {} without a qualifying deposit",
+                campaign.window.num_days(),
+                window_end.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+            moves.extend(Move::of(referral, lifecycle::EXPIRE, cause));
+        }
+    }
+    store::apply_moves(&mut tx, &moves).await?;
+    if i64::try_from(ids.len()).unwrap_or(i64::MAX) < BATCH {
+        // Everything this barrier could expire is done: the next round captures a new one.
+        sqlx::query("DELETE FROM expiry_barrier WHERE id = 1 AND captured_at = $1").bind(captured_at).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    OUTCOMES.with_label_values(&["reward-engine", "referral_expired"]).inc_by(moves.len() as u64);
+    Ok(moves.len())
+}
