@@ -45,7 +45,13 @@ fn deposit(user: &str, amount: &str, currency: &str) -> DepositCompleted {
 }
 
 fn cli(db_url: &str, args: &[&str]) -> String {
-    let out = Command::new(bin("refstream")).args(args).env("REFSTREAM__DATABASE__URL", db_url).output().expect("run refstream");
+    // Changes in force at once: the test registers users right after applying them.
+    let out = Command::new(bin("refstream"))
+        .args(args)
+        .env("REFSTREAM__DATABASE__URL", db_url)
+        .env("REFSTREAM__CAMPAIGN__CHANGES_IN_FORCE_AFTER_MS", "0")
+        .output()
+        .expect("run refstream");
     assert!(out.status.success(), "refstream {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

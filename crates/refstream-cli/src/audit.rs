@@ -367,6 +367,17 @@ type Stored = (Uuid, String, Decimal, String, Option<DateTime<Utc>>);
 /// Every RewardGranted / RewardReversed on Kafka has its row, and every row its record (or its
 /// record is still in the outbox, on its way).
 async fn topics(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check>> {
+    // Rows and the outbox first (one snapshot), then the topics: a reward relayed meanwhile is
+    // on Kafka, and one granted meanwhile is looked up again below, so a live fleet raises no
+    // false alarm either way.
+    let mut snapshot = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *snapshot).await?;
+    let mut rows: Vec<Stored> = sqlx::query_as("SELECT reward_id, beneficiary_id, amount, currency::text, reversed_at FROM rewards")
+        .fetch_all(&mut *snapshot)
+        .await?;
+    let in_outbox: BTreeSet<Uuid> =
+        sqlx::query_scalar::<_, Uuid>("SELECT event_id FROM outbox").fetch_all(&mut *snapshot).await?.into_iter().collect();
+    snapshot.commit().await?;
     let granted_topic = settings.topics.reward_granted.clone();
     let reversed_topic = settings.topics.reward_reversed.clone();
     let s = settings.clone();
@@ -375,11 +386,28 @@ async fn topics(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check>
             .await??;
     let now = Utc::now();
     let decoder = Decoder::default();
-    let rows: Vec<Stored> =
-        sqlx::query_as("SELECT reward_id, beneficiary_id, amount, currency::text, reversed_at FROM rewards").fetch_all(pool).await?;
+    let known: BTreeSet<Uuid> = rows.iter().map(|r| r.0).collect();
+    let mut later: Vec<Uuid> = Vec::new();
+    for payload in &granted {
+        if let Ok(g) = decoder.decode::<RewardGranted>(payload, now) {
+            later.push(g.reward_id);
+        }
+    }
+    for payload in &reversed {
+        if let Ok(r) = decoder.decode::<RewardReversed>(payload, now) {
+            later.push(r.reward_id);
+        }
+    }
+    later.retain(|id| !known.contains(id));
+    if !later.is_empty() {
+        let late: Vec<Stored> =
+            sqlx::query_as("SELECT reward_id, beneficiary_id, amount, currency::text, reversed_at FROM rewards WHERE reward_id = ANY($1)")
+                .bind(&later)
+                .fetch_all(pool)
+                .await?;
+        rows.extend(late);
+    }
     let by_id: HashMap<Uuid, &Stored> = rows.iter().map(|r| (r.0, r)).collect();
-    let in_outbox: BTreeSet<Uuid> =
-        sqlx::query_scalar::<_, Uuid>("SELECT event_id FROM outbox").fetch_all(pool).await?.into_iter().collect();
 
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();

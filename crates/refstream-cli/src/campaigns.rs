@@ -42,6 +42,7 @@ pub enum Action {
 }
 
 pub async fn run(action: Action, settings: &Settings, pool: &PgPool) -> anyhow::Result<()> {
+    let delay = settings.campaign.changes_in_force_after_ms.max(0);
     match action {
         Action::Apply { file, by } => {
             let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -58,19 +59,19 @@ pub async fn run(action: Action, settings: &Settings, pool: &PgPool) -> anyhow::
             let message = match latest {
                 Some(l) if l.definition.0 == definition => format!("campaign {} unchanged (version {})", definition.id, l.version),
                 Some(l) => {
-                    record(&mut tx, &definition, l.version + 1, l.active, "applied", &by).await?;
-                    format!("campaign {} version {} recorded ({}), in force from now", definition.id, l.version + 1, state(l.active))
+                    record(&mut tx, &definition, l.version + 1, l.active, "applied", &by, delay).await?;
+                    format!("campaign {} version {} recorded ({}), in force in {delay} ms", definition.id, l.version + 1, state(l.active))
                 }
                 None => {
-                    record(&mut tx, &definition, 1, true, "applied", &by).await?;
-                    format!("campaign {} version 1 recorded (active), in force from now", definition.id)
+                    record(&mut tx, &definition, 1, true, "applied", &by, delay).await?;
+                    format!("campaign {} version 1 recorded (active), in force in {delay} ms", definition.id)
                 }
             };
             tx.commit().await?;
             println!("{message}");
         }
-        Action::Pause { id, by } => set_active(pool, &id, false, &by).await?,
-        Action::Resume { id, by } => set_active(pool, &id, true, &by).await?,
+        Action::Pause { id, by } => set_active(pool, &id, false, &by, delay).await?,
+        Action::Resume { id, by } => set_active(pool, &id, true, &by, delay).await?,
         Action::List => {
             let rows: Vec<Listed> = sqlx::query_as(
                 "SELECT DISTINCT ON (v.campaign_id) v.campaign_id, v.version, v.active, v.effective_from, v.definition, \
@@ -162,9 +163,21 @@ async fn lock_latest(conn: &mut PgConnection, id: &str) -> sqlx::Result<Option<L
     Ok(row.map(|(version, active, definition)| Latest { version, active, definition }))
 }
 
-async fn record(conn: &mut PgConnection, d: &Definition, version: i32, active: bool, change: &str, by: &str) -> sqlx::Result<()> {
+/// Records a version, in force from `delay_ms` after this statement runs (not from when the
+/// transaction began: a registration attributed meanwhile must not be bound by an uncommitted
+/// version).
+async fn record(
+    conn: &mut PgConnection,
+    d: &Definition,
+    version: i32,
+    active: bool,
+    change: &str,
+    by: &str,
+    delay_ms: i64,
+) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO campaign_versions (campaign_id, version, definition, active, change, changed_by) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO campaign_versions (campaign_id, version, definition, active, change, changed_by, effective_from) \
+         VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp() + $7 * interval '1 millisecond')",
     )
     .bind(&d.id)
     .bind(version)
@@ -172,12 +185,13 @@ async fn record(conn: &mut PgConnection, d: &Definition, version: i32, active: b
     .bind(active)
     .bind(change)
     .bind(by)
+    .bind(delay_ms)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-async fn set_active(pool: &PgPool, id: &str, active: bool, by: &str) -> anyhow::Result<()> {
+async fn set_active(pool: &PgPool, id: &str, active: bool, by: &str, delay_ms: i64) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     let Some(latest) = lock_latest(&mut tx, id).await? else { anyhow::bail!("no campaign {id} (`refstream campaigns list` shows them)") };
     if latest.active == active {
@@ -185,9 +199,9 @@ async fn set_active(pool: &PgPool, id: &str, active: bool, by: &str) -> anyhow::
         return Ok(());
     }
     let change = if active { "resumed" } else { "paused" };
-    record(&mut tx, &latest.definition.0, latest.version + 1, active, change, by).await?;
+    record(&mut tx, &latest.definition.0, latest.version + 1, active, change, by, delay_ms).await?;
     tx.commit().await?;
-    println!("campaign {id} {change}: version {}, in force from now", latest.version + 1);
+    println!("campaign {id} {change}: version {}, in force in {delay_ms} ms", latest.version + 1);
     Ok(())
 }
 

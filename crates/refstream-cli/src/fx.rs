@@ -1,6 +1,7 @@
 //! `refstream fx set|list`: the exchange rates deposits in other currencies qualify by. A rate
-//! is in force from its `--at` (default now, never in the past: a deposit is judged by the rates
-//! recorded before it, so a decision never changes afterwards).
+//! is in force from its `--at`, and never before `campaign.changes_in_force_after_ms` after it
+//! is written: a deposit is judged by rates visible before it, so a decision never changes
+//! afterwards.
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
@@ -15,7 +16,7 @@ pub enum Action {
         base: String,
         quote: String,
         rate: String,
-        /// In force from (RFC 3339; default now; not in the past).
+        /// In force from (RFC 3339; default and at the earliest: now + campaign.changes_in_force_after_ms).
         #[arg(long)]
         at: Option<DateTime<Utc>>,
         #[arg(long = "by", default_value = "cli")]
@@ -25,7 +26,8 @@ pub enum Action {
     List,
 }
 
-pub async fn run(action: Action, pool: &PgPool) -> anyhow::Result<()> {
+pub async fn run(action: Action, settings: &refstream_runtime::Settings, pool: &PgPool) -> anyhow::Result<()> {
+    let delay = settings.campaign.changes_in_force_after_ms.max(0);
     match action {
         Action::Set { base, quote, rate, at, by } => {
             let base = Currency::parse(&base).map_err(|e| anyhow::anyhow!("BASE: {}", e.reason))?;
@@ -33,17 +35,22 @@ pub async fn run(action: Action, pool: &PgPool) -> anyhow::Result<()> {
             anyhow::ensure!(base != quote, "BASE and QUOTE are the same currency");
             let rate: Decimal = rate.trim().parse().map_err(|e| anyhow::anyhow!("RATE: `{rate}` is not a decimal: {e}"))?;
             anyhow::ensure!(rate > Decimal::ZERO, "RATE must be positive");
-            let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
-            let at = at.unwrap_or(now);
-            anyhow::ensure!(at >= now, "--at {at} is in the past: deposits already judged would change");
-            sqlx::query("INSERT INTO fx_rates (base, quote, rate, effective_at, recorded_by) VALUES ($1, $2, $3, $4, $5)")
-                .bind(base.as_str())
-                .bind(quote.as_str())
-                .bind(rate)
-                .bind(at)
-                .bind(&by)
-                .execute(pool)
-                .await?;
+            // In force from the requested time, but never before `campaign.changes_in_force_after_ms`
+            // after the row is written (taken in the INSERT itself): no deposit is judged by a
+            // rate that was not yet visible.
+            let at: DateTime<Utc> = sqlx::query_scalar(
+                "INSERT INTO fx_rates (base, quote, rate, effective_at, recorded_by) \
+                 VALUES ($1, $2, $3, GREATEST(COALESCE($4, '1970-01-01T00:00:00Z'), clock_timestamp() + $6 * interval '1 millisecond'), $5) \
+                 RETURNING effective_at",
+            )
+            .bind(base.as_str())
+            .bind(quote.as_str())
+            .bind(rate)
+            .bind(at)
+            .bind(&by)
+            .bind(delay)
+            .fetch_one(pool)
+            .await?;
             println!("1 {base} = {rate} {quote} from {}", at.format("%Y-%m-%d %H:%M:%S UTC"));
         }
         Action::List => {

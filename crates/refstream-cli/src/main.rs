@@ -146,7 +146,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Audit => audit::run(&settings, &pool).await?,
         Command::Fx { action } => {
             refstream_runtime::db::migrate(&pool).await?;
-            fx::run(action, &pool).await?
+            fx::run(action, &settings, &pool).await?
         }
         Command::Campaigns { action } => {
             refstream_runtime::db::migrate(&pool).await?;

@@ -166,6 +166,10 @@ pub struct CampaignSettings {
     /// Codes minted from now on stop attributing this many days after their owner registered
     /// (`referral_codes.expires_at`); 0: they never expire.
     pub code_valid_days: i64,
+    /// A campaign change or exchange rate recorded now is in force from this long after it was
+    /// written (covering its commit and producers' clock skew), so nothing is decided by it
+    /// before it is visible.
+    pub changes_in_force_after_ms: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -42,9 +42,11 @@ fn from_json(v: &serde_json::Value) -> Position {
 /// One round: captures a barrier when referrals may have expired and none is pending; once the
 /// engine's progress covers it, expires what had expired by then. Returns how many expired.
 pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<usize> {
-    let barrier: Option<(DateTime<Utc>, serde_json::Value)> =
-        sqlx::query_as("SELECT captured_at, deposits FROM expiry_barrier WHERE id = 1").fetch_optional(pool).await?;
-    let Some((captured_at, deposits)) = barrier else {
+    let barrier: Option<(DateTime<Utc>, serde_json::Value, DateTime<Utc>, Uuid)> =
+        sqlx::query_as("SELECT captured_at, deposits, after_registered_at, after_referral_id FROM expiry_barrier WHERE id = 1")
+            .fetch_optional(pool)
+            .await?;
+    let Some((captured_at, deposits, after_at, after_id)) = barrier else {
         let cutoff = chrono::Duration::from_std(MIN_WINDOW).unwrap_or_default();
         let candidates: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM referrals WHERE status IN ('pending', 'held', 'eligible') AND referee_registered_at < now() - $1::interval)",
@@ -53,11 +55,18 @@ pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E
         .fetch_one(pool)
         .await?;
         if candidates {
+            // The time first, then where the stream ends: a deposit published in between is
+            // covered by the ends, one published after is after the captured time.
+            let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(pool).await?;
             let ends = ends.end_offsets(std::slice::from_ref(&engine.topics.deposit_completed)).await?;
-            sqlx::query("INSERT INTO expiry_barrier (id, captured_at, deposits) VALUES (1, now(), $1) ON CONFLICT (id) DO NOTHING")
-                .bind(to_json(&ends))
-                .execute(pool)
-                .await?;
+            sqlx::query(
+                "INSERT INTO expiry_barrier (id, captured_at, deposits, after_registered_at, after_referral_id) \
+                 VALUES (1, $1, $2, '1970-01-01T00:00:00Z', '00000000-0000-0000-0000-000000000000') ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(now)
+            .bind(to_json(&ends))
+            .execute(pool)
+            .await?;
         }
         return Ok(0);
     };
@@ -71,14 +80,26 @@ pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E
     }
     let mut tx = pool.begin().await?;
     let cutoff = captured_at - chrono::Duration::from_std(MIN_WINDOW).unwrap_or_default();
-    let ids: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT referral_id FROM referrals WHERE status IN ('pending', 'held', 'eligible') AND referee_registered_at < $1 \
-         ORDER BY referee_registered_at, referral_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+    // The next page after the cursor of the referrals whose window (their campaign version's, or
+    // the default campaign's) had ended at the barrier; those that cannot expire yet are passed
+    // over by the cursor, so a page of them never blocks the rest.
+    let page: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT r.referral_id, r.referee_registered_at FROM referrals r \
+         LEFT JOIN campaign_versions v ON v.campaign_id = r.campaign_id AND v.version = r.terms_version \
+         WHERE r.status IN ('pending', 'held', 'eligible') AND r.referee_registered_at < $1 \
+           AND (r.referee_registered_at, r.referral_id) > ($4, $5) \
+           AND r.referee_registered_at + make_interval(days => COALESCE((v.definition->>'window_days')::int, $3)) < $6 \
+         ORDER BY r.referee_registered_at, r.referral_id LIMIT $2 FOR UPDATE OF r SKIP LOCKED",
     )
     .bind(cutoff)
     .bind(BATCH)
+    .bind(i32::try_from(engine.terms.default_campaign().window.num_days()).unwrap_or(i32::MAX))
+    .bind(after_at)
+    .bind(after_id)
+    .bind(captured_at)
     .fetch_all(&mut *tx)
     .await?;
+    let ids: Vec<Uuid> = page.iter().map(|(id, _)| *id).collect();
     let mut referrals = store::lock_by_id(&mut tx, engine, &ids).await?;
     let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
     let deposits_of = store::deposits_of(&mut tx, &referees).await?;
@@ -101,9 +122,19 @@ pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E
         }
     }
     store::apply_moves(&mut tx, &moves).await?;
-    if i64::try_from(ids.len()).unwrap_or(i64::MAX) < BATCH {
+    match page.last() {
+        Some((id, at)) if i64::try_from(page.len()).unwrap_or(i64::MAX) >= BATCH => {
+            sqlx::query("UPDATE expiry_barrier SET after_registered_at = $1, after_referral_id = $2 WHERE id = 1 AND captured_at = $3")
+                .bind(at)
+                .bind(id)
+                .bind(captured_at)
+                .execute(&mut *tx)
+                .await?;
+        }
         // Everything this barrier could expire is done: the next round captures a new one.
-        sqlx::query("DELETE FROM expiry_barrier WHERE id = 1 AND captured_at = $1").bind(captured_at).execute(&mut *tx).await?;
+        _ => {
+            sqlx::query("DELETE FROM expiry_barrier WHERE id = 1 AND captured_at = $1").bind(captured_at).execute(&mut *tx).await?;
+        }
     }
     tx.commit().await?;
     OUTCOMES.with_label_values(&["reward-engine", "referral_expired"]).inc_by(moves.len() as u64);

@@ -99,6 +99,9 @@ pub(crate) async fn admit<'a>(
     Ok((admitted, capped))
 }
 
+/// Capped referrals released per transaction.
+const PAGE: i64 = 200;
+
 /// Pays the referrals a campaign capped once a later version raised the limit and says
 /// `pay_capped_when_raised`: in referral order, those the new limits admit go back to
 /// `eligible` and get their payout scheduled (settlement checks the limits again when it pays).
@@ -122,35 +125,48 @@ pub(crate) async fn uncap(engine: &RewardEngine, pool: &sqlx::PgPool) -> sqlx::R
         if !limits.pay_capped_when_raised {
             continue;
         }
-        let mut tx = pool.begin().await?;
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT referral_id FROM referrals WHERE status = 'capped' AND campaign_id = $1 ORDER BY referral_id LIMIT 200 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(&campaign)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut referrals = crate::store::lock_by_id(&mut tx, engine, &ids).await?;
-        let referrers: Vec<String> = referrals.values().map(|r| r.referrer_id.clone()).collect();
-        let mut used = usage(&mut tx, &campaign, &referrers).await?;
-        let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
-        let deposits = crate::store::deposits_of(&mut tx, &referees).await?;
-        let rates = crate::store::rates(&mut tx).await?;
-        let mut moves = Vec::new();
-        for referral in referrals.values_mut() {
-            let Some(d) = deposits.get(&referral.referee_id).and_then(|d| crate::store::qualifying(engine, referral, d, &rates)) else {
-                continue;
-            };
-            let amount: Decimal =
-                engine.terms.of(referral).map_or(Decimal::ZERO, |c| c.rewards.iter().map(|s| s.amount_for(d.amount).amount).sum());
-            if used.admit(&limits, &referral.referrer_id, amount, d.recorded.deposit.occurred_at).is_ok() {
-                moves.extend(crate::store::Move::of(referral, refstream_core::lifecycle::UNCAP, "the campaign raised its limits"));
+        // Page through every capped referral of the campaign: one the new limits still refuse
+        // never hides the ones behind it.
+        let mut after = Uuid::nil();
+        loop {
+            let mut tx = pool.begin().await?;
+            let ids: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT referral_id FROM referrals WHERE status = 'capped' AND campaign_id = $1 AND referral_id > $2 \
+                 ORDER BY referral_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(&campaign)
+            .bind(after)
+            .bind(PAGE)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = ids.last().copied() else { break };
+            let mut referrals = crate::store::lock_by_id(&mut tx, engine, &ids).await?;
+            let referrers: Vec<String> = referrals.values().map(|r| r.referrer_id.clone()).collect();
+            let mut used = usage(&mut tx, &campaign, &referrers).await?;
+            let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
+            let deposits = crate::store::deposits_of(&mut tx, &referees).await?;
+            let rates = crate::store::rates(&mut tx).await?;
+            let mut moves = Vec::new();
+            for referral in referrals.values_mut() {
+                let Some(d) = deposits.get(&referral.referee_id).and_then(|d| crate::store::qualifying(engine, referral, d, &rates)) else {
+                    continue;
+                };
+                let amount: Decimal =
+                    engine.terms.of(referral).map_or(Decimal::ZERO, |c| c.rewards.iter().map(|s| s.amount_for(d.amount).amount).sum());
+                if used.admit(&limits, &referral.referrer_id, amount, d.recorded.deposit.occurred_at).is_ok() {
+                    moves.extend(crate::store::Move::of(referral, refstream_core::lifecycle::UNCAP, "the campaign raised its limits"));
+                }
             }
+            let uncapped: Vec<&crate::store::Referral> = referrals.values().filter(|r| r.status == "eligible").collect();
+            released += uncapped.len();
+            crate::store::schedule_if_qualifying(&mut tx, engine, &uncapped).await?;
+            crate::store::apply_moves(&mut tx, &moves).await?;
+            tx.commit().await?;
+            if i64::try_from(ids.len()).unwrap_or(i64::MAX) < PAGE {
+                break;
+            }
+            after = last;
         }
-        let uncapped: Vec<&crate::store::Referral> = referrals.values().filter(|r| r.status == "eligible").collect();
-        released += uncapped.len();
-        crate::store::schedule_if_qualifying(&mut tx, engine, &uncapped).await?;
-        crate::store::apply_moves(&mut tx, &moves).await?;
-        tx.commit().await?;
     }
     if released > 0 {
         engine.wake.notify_one();

@@ -62,6 +62,14 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
     }
     let ids: Vec<Uuid> = claimed.iter().map(|c| c.referral_id).collect();
     let mut referrals = store::lock_by_id(&mut tx, engine, &ids).await?;
+    // A payout is never settled without the terms it pays by: rolled back (the payout stays)
+    // and the sweep reports the failure until the campaign version is readable again.
+    if let Some(r) = referrals.values().find(|r| engine.terms.of(r).is_none()) {
+        return Err(sqlx::Error::Protocol(format!(
+            "referral {} is bound to campaign {} version {}, which cannot be read: not settled",
+            r.referral_id, r.campaign_id, r.terms_version
+        )));
+    }
     let verdicts: BTreeMap<Uuid, Verdict> =
         sqlx::query_as::<_, (Uuid, String, i32)>("SELECT referral_id, decision, revision FROM assessments WHERE referral_id = ANY($1)")
             .bind(&ids)

@@ -23,6 +23,11 @@ impl Terms {
         Self { default: Arc::new(default), loaded: Mutex::new(HashMap::new()) }
     }
 
+    /// The embedded default campaign of the settings (version 0).
+    pub fn default_campaign(&self) -> &Campaign {
+        &self.default
+    }
+
     fn cached(&self, key: &(String, i32)) -> Option<Arc<Campaign>> {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
     }
