@@ -458,26 +458,32 @@ async fn referrals_whose_window_passed_without_a_qualifying_deposit_expire() {
     let days_ago = |d: i64| Utc::now() - chrono::Duration::days(d);
     // Registered 31 days ago (the default window is 30 days): one deposited on day 2, one only
     // now, one never; and one registered today.
-    for (user, n, at) in
-        [("old-paid", 41, days_ago(31)), ("old-late", 42, days_ago(31)), ("old-none", 43, days_ago(31)), ("today", 44, Utc::now())]
-    {
+    for (user, n, at) in [
+        ("old-paid", 41, days_ago(31)),
+        ("old-late", 42, days_ago(31)),
+        ("old-none", 43, days_ago(31)),
+        ("old-back", 45, days_ago(31)),
+        ("today", 44, Utc::now()),
+    ] {
         let mut r = registered(user, &code, "US", "web", n);
         r.occurred_at = at;
         produce(&p, "user-registered", user, &encode(&r)).await;
     }
-    eventually(Duration::from_secs(90), "four referrals scored", || {
+    eventually(Duration::from_secs(90), "five referrals scored (or expired)", || {
         let pool = pool.clone();
-        async move { count(&pool, "SELECT count(*) FROM referrals WHERE status <> 'pending'").await == 4 }
+        async move { count(&pool, "SELECT count(*) FROM referrals WHERE status <> 'pending'").await == 5 }
     })
     .await;
     let mut early = deposit("old-paid", "25.00", "USD");
     early.occurred_at = days_ago(29);
     produce(&p, "deposit-completed", "old-paid", &encode(&early)).await;
     produce(&p, "deposit-completed", "old-late", &encode(&deposit("old-late", "25.00", "USD"))).await;
-    eventually(Duration::from_secs(90), "two expired, one rewarded", || {
+    eventually(Duration::from_secs(90), "three expired, one rewarded", || {
         let pool = pool.clone();
         async move {
-            count(&pool, "SELECT count(*) FROM referrals WHERE status = 'expired' AND referee_id IN ('old-late', 'old-none')").await == 2
+            count(&pool, "SELECT count(*) FROM referrals WHERE status = 'expired' AND referee_id IN ('old-late', 'old-none', 'old-back')")
+                .await
+                == 3
                 && count(&pool, "SELECT count(*) FROM referrals WHERE status = 'rewarded' AND referee_id = 'old-paid'").await == 1
         }
     })
@@ -489,6 +495,27 @@ async fn referrals_whose_window_passed_without_a_qualifying_deposit_expire() {
         "its window is open"
     );
     assert_eq!(count(&db.pool, "SELECT count(*) FROM rewards").await, 1);
+    // A deposit made within old-back's window, reported only now (a backfill): the referral
+    // goes back to eligible and is paid — a late report never loses a reward.
+    let mut backfill = deposit("old-back", "25.00", "USD");
+    backfill.occurred_at = days_ago(30);
+    produce(&p, "deposit-completed", "old-back", &encode(&backfill)).await;
+    eventually(Duration::from_secs(60), "old-back revived and paid", || {
+        let pool = pool.clone();
+        async move { count(&pool, "SELECT count(*) FROM referrals WHERE status = 'rewarded' AND referee_id = 'old-back'").await == 1 }
+    })
+    .await;
+    let moves: Vec<String> = sqlx::query_scalar(
+        "SELECT t.from_status || ' -> ' || t.to_status FROM referral_transitions t JOIN referrals r USING (referral_id) WHERE r.referee_id = 'old-back' ORDER BY t.id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    // Expired from where it stood (eligible, or pending when the sweep ran before its score),
+    // back to that state, then paid.
+    let expired_at = moves.iter().position(|m| m.ends_with("-> expired")).expect("it expired first");
+    assert!(moves[expired_at + 1].starts_with("expired -> "), "{moves:?}");
+    assert_eq!(moves.last().map(String::as_str), Some("eligible -> rewarded"), "{moves:?}");
     let cause: String = sqlx::query_scalar(
         "SELECT t.cause FROM referral_transitions t JOIN referrals r USING (referral_id) WHERE r.referee_id = 'old-none' AND t.to_status = 'expired'",
     )

@@ -153,6 +153,21 @@ pub const UNCAP: Transition = Transition { from: &[Capped], to: Eligible };
 pub const KYC_REJECT: Transition = Transition { from: &[Pending, Held, Eligible, Capped], to: Rejected };
 /// The window passed before any qualifying deposit.
 pub const EXPIRE: Transition = Transition { from: &[Pending, Held, Eligible], to: Expired };
+/// A deposit made within the window was reported after the referral expired: it goes back to
+/// where it stood, and pays as it would have (a late report never loses a reward).
+pub const REVIVE_PENDING: Transition = Transition { from: &[Expired], to: Pending };
+pub const REVIVE_HELD: Transition = Transition { from: &[Expired], to: Held };
+pub const REVIVE_ELIGIBLE: Transition = Transition { from: &[Expired], to: Eligible };
+
+/// The move back from `expired` to the state it expired from.
+pub fn revive(before: ReferralStatus) -> Option<Transition> {
+    match before {
+        Pending => Some(REVIVE_PENDING),
+        Held => Some(REVIVE_HELD),
+        Eligible => Some(REVIVE_ELIGIBLE),
+        _ => None,
+    }
+}
 
 impl Transition {
     pub fn allows(&self, current: ReferralStatus) -> bool {
@@ -167,7 +182,7 @@ impl Transition {
 
 /// True when nothing can move a referral out of `status` any more.
 pub fn is_final(status: ReferralStatus) -> bool {
-    matches!(status, Rejected | Expired | Reversed)
+    matches!(status, Rejected | Reversed)
 }
 
 #[cfg(test)]
@@ -197,6 +212,9 @@ mod tests {
             CAP,
             UNCAP,
             KYC_REJECT,
+            REVIVE_PENDING,
+            REVIVE_HELD,
+            REVIVE_ELIGIBLE,
         ];
         for s in ReferralStatus::ALL.into_iter().filter(|s| is_final(*s)) {
             assert!(all.iter().all(|t| !t.allows(s)), "{s} must be final");

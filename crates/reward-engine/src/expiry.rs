@@ -4,8 +4,9 @@
 //! in `expiry_barrier`), waits until this engine has applied every deposit up to there (its
 //! durable `consumer_progress`), and only then expires the referrals whose window had ended
 //! when the barrier was captured — every deposit published before the window closed has been
-//! recorded by then, however far behind the engine was. A deposit published after that (a
-//! producer reporting late) finds the referral expired and pays nothing.
+//! recorded by then, however far behind the engine was. A deposit made within the window but
+//! published after that (a payments backlog) brings the referral back (`apply::deposits`), so a
+//! late report never loses a reward.
 
 use std::time::Duration;
 
