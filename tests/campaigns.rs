@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use refstream_core::events::{DepositCompleted, UserRegistered};
 use refstream_core::{Currency, Money, UserId};
-use refstream_e2e::{bin, eventually, produce, producer, Broker, Fleet, TestDb};
+use refstream_e2e::{audit, bin, eventually, produce, producer, Broker, Fleet, TestDb};
 use refstream_runtime::codec::encode;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -58,6 +58,32 @@ fn cli(db_url: &str, args: &[&str]) -> String {
 
 fn campaign_file(name: &str) -> String {
     format!("{}/../deploy/campaigns/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A campaign file with `text`, in a fresh temporary path.
+fn temp_campaign(text: &str) -> std::path::PathBuf {
+    let file = std::env::temp_dir().join(format!("campaign-{}.toml", Uuid::new_v4().simple()));
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// Registers `user` (nobody referred it) and returns its referral code once minted.
+async fn register_referrer(db: &TestDb, p: &rdkafka::producer::FutureProducer, user: &str, country: &str, platform: &str, n: u8) -> String {
+    produce(p, "user-registered", user, &encode(&registered(user, "NONE0000", country, platform, n))).await;
+    let pool = db.pool.clone();
+    eventually(Duration::from_secs(60), &format!("{user}'s code"), || {
+        let (pool, user) = (pool.clone(), user.to_owned());
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM referral_codes WHERE user_id = $1")
+                .bind(user)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                == 1
+        }
+    })
+    .await;
+    db.code_of(user).await
 }
 
 async fn count(pool: &PgPool, sql: &str) -> i64 {
@@ -113,8 +139,7 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
     let p = producer(&broker.bootstrap);
 
     // A bad file is refused, naming the field; nothing is recorded.
-    let bad = std::env::temp_dir().join(format!("campaign-{}.toml", Uuid::new_v4().simple()));
-    std::fs::write(&bad, std::fs::read_to_string(campaign_file("gb-web-tiers.toml")).unwrap().replace("\"25.00\"", "\"-3\"")).unwrap();
+    let bad = temp_campaign(&std::fs::read_to_string(campaign_file("gb-web-tiers.toml")).unwrap().replace("\"25.00\"", "\"-3\""));
     let out = Command::new(bin("refstream"))
         .args(["campaigns", "apply", bad.to_str().unwrap()])
         .env("REFSTREAM__DATABASE__URL", &db.url)
@@ -126,14 +151,7 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
     assert!(cli(&db.url, &["campaigns", "apply", &campaign_file("ios-launch.toml")]).contains("version 1 recorded"));
     assert!(cli(&db.url, &["campaigns", "apply", &campaign_file("ios-launch.toml")]).contains("unchanged"));
 
-    produce(&p, "user-registered", "ana", &encode(&registered("ana", "NONE0000", "GB", "web", 1))).await;
-    let pool = db.pool.clone();
-    eventually(Duration::from_secs(60), "ana's code", || {
-        let pool = pool.clone();
-        async move { count(&pool, "SELECT count(*) FROM referral_codes WHERE user_id = 'ana'").await == 1 }
-    })
-    .await;
-    let code = db.code_of("ana").await;
+    let code = register_referrer(&db, &p, "ana", "GB", "web", 1).await;
 
     // GB web (tiers), iOS (launch), US web (default); gb-late registers now and deposits after
     // the campaign changed.
@@ -152,14 +170,7 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
     )
     .await;
     // A second referrer for the French friends (ana's ten referrals in a day are her limit).
-    produce(&p, "user-registered", "bea", &encode(&registered("bea", "NONE0000", "FR", "web", 2))).await;
-    let pool = db.pool.clone();
-    eventually(Duration::from_secs(60), "bea's code", || {
-        let pool = pool.clone();
-        async move { count(&pool, "SELECT count(*) FROM referral_codes WHERE user_id = 'bea'").await == 1 }
-    })
-    .await;
-    let bea = db.code_of("bea").await;
+    let bea = register_referrer(&db, &p, "bea", "FR", "web", 2).await;
     register_all(&db, &p, &bea, &[("eu-web", "FR", "web", 19), ("eu-low", "FR", "web", 20)]).await;
     // Deposits in EUR qualify for the (USD) default campaign through the rate table.
     assert!(cli(&db.url, &["fx", "set", "EUR", "USD", "1.10"]).contains("1 EUR = 1.10 USD"));
@@ -171,12 +182,9 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
     assert!(reason.contains("default"), "{reason}");
 
     // The GB campaign changes (the friend now gets 7.00) and iOS launch is paused.
-    let changed = std::env::temp_dir().join(format!("campaign-{}.toml", Uuid::new_v4().simple()));
-    std::fs::write(
-        &changed,
-        std::fs::read_to_string(campaign_file("gb-web-tiers.toml")).unwrap().replace("amount = \"5.00\"", "amount = \"7.00\""),
-    )
-    .unwrap();
+    let changed = temp_campaign(
+        &std::fs::read_to_string(campaign_file("gb-web-tiers.toml")).unwrap().replace("amount = \"5.00\"", "amount = \"7.00\""),
+    );
     assert!(cli(&db.url, &["campaigns", "apply", changed.to_str().unwrap(), "--by", "marketing"]).contains("version 2 recorded"));
     assert!(cli(&db.url, &["campaigns", "pause", "ios-launch"]).contains("paused"));
     register_all(&db, &p, &code, &[("gb-new", "GB", "web", 17), ("io-two", "US", "ios", 18)]).await;
@@ -266,14 +274,8 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
     assert_eq!(gb, Decimal::new(77, 0), "10+25+10+10 to ana, 5+5+5+7 to the friends");
 
     // The audit proves every reward against the terms stamped on it, the ledger and the topics.
-    let audit = Command::new(bin("refstream"))
-        .arg("audit")
-        .env("REFSTREAM__DATABASE__URL", &db.url)
-        .env("REFSTREAM__KAFKA__BROKERS", &broker.bootstrap)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&audit.stdout).into_owned();
-    assert!(audit.status.success(), "{report}{}", String::from_utf8_lossy(&audit.stderr));
+    let (passed, report) = audit(&db.url, &broker.bootstrap);
+    assert!(passed, "{report}");
     assert!(report.contains("ok    no reward exceeds its campaign's terms") && report.contains("audit passed"), "{report}");
     assert!(report.contains("12 rows"), "{report}");
     // Tampering with one reward's amount is caught, naming the reward.
@@ -281,14 +283,8 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    let audit = Command::new(bin("refstream"))
-        .arg("audit")
-        .env("REFSTREAM__DATABASE__URL", &db.url)
-        .env("REFSTREAM__KAFKA__BROKERS", &broker.bootstrap)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&audit.stdout).into_owned();
-    assert!(!audit.status.success(), "{report}");
+    let (passed, report) = audit(&db.url, &broker.bootstrap);
+    assert!(!passed, "{report}");
     assert!(report.contains("FAIL  no reward exceeds its campaign's terms") && report.contains(&tampered.to_string()), "{report}");
     assert!(report.contains("FAIL  every RewardGranted on Kafka has its reward row"), "{report}");
     sqlx::query("UPDATE rewards SET amount = 7 WHERE reward_id = $1").bind(tampered).execute(&db.pool).await.unwrap();
@@ -305,19 +301,12 @@ async fn a_budget_of_three_rewards_caps_the_fourth_until_it_is_raised() {
     let broker = Broker::start();
     let _fleet = Fleet::start(&db.url, &broker.bootstrap);
     let p = producer(&broker.bootstrap);
-    let file = std::env::temp_dir().join(format!("campaign-{}.toml", Uuid::new_v4().simple()));
     let launch = std::fs::read_to_string(campaign_file("ios-launch.toml")).unwrap();
-    std::fs::write(&file, format!("{launch}\n[limits]\nmax_rewarded_referrals = 3\npay_capped_when_raised = true\n")).unwrap();
+    let file = temp_campaign(&format!("{launch}\n[limits]\nmax_rewarded_referrals = 3\npay_capped_when_raised = true\n"));
     assert!(cli(&db.url, &["campaigns", "apply", file.to_str().unwrap()]).contains("version 1 recorded"));
 
-    produce(&p, "user-registered", "ana", &encode(&registered("ana", "NONE0000", "US", "ios", 1))).await;
+    let code = register_referrer(&db, &p, "ana", "US", "ios", 1).await;
     let pool = db.pool.clone();
-    eventually(Duration::from_secs(60), "ana's code", || {
-        let pool = pool.clone();
-        async move { count(&pool, "SELECT count(*) FROM referral_codes WHERE user_id = 'ana'").await == 1 }
-    })
-    .await;
-    let code = db.code_of("ana").await;
     let friends = [("f1", "US", "ios", 21), ("f2", "US", "ios", 22), ("f3", "US", "ios", 23), ("f4", "US", "ios", 24)];
     register_all(&db, &p, &code, &friends).await;
     for (user, ..) in friends {
@@ -338,17 +327,11 @@ async fn a_budget_of_three_rewards_caps_the_fourth_until_it_is_raised() {
         .await
         .unwrap();
     assert!(cause.contains("3 rewarded referrals"), "{cause}");
-    let audit = Command::new(bin("refstream"))
-        .arg("audit")
-        .env("REFSTREAM__DATABASE__URL", &db.url)
-        .env("REFSTREAM__KAFKA__BROKERS", &broker.bootstrap)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&audit.stdout).into_owned();
-    assert!(audit.status.success() && report.contains("ok    no campaign paid beyond its caps and budget (1 limited"), "{report}");
+    let (passed, report) = audit(&db.url, &broker.bootstrap);
+    assert!(passed && report.contains("ok    no campaign paid beyond its caps and budget (1 limited"), "{report}");
 
     // The campaign raises the budget to four: the capped referral is paid, once.
-    std::fs::write(&file, format!("{launch}\n[limits]\nmax_rewarded_referrals = 4\npay_capped_when_raised = true\n")).unwrap();
+    let file = temp_campaign(&format!("{launch}\n[limits]\nmax_rewarded_referrals = 4\npay_capped_when_raised = true\n"));
     assert!(cli(&db.url, &["campaigns", "apply", file.to_str().unwrap()]).contains("version 2 recorded"));
     eventually(Duration::from_secs(60), "the capped referral paid after the raise", || {
         let pool = pool.clone();
@@ -381,19 +364,12 @@ async fn a_campaign_requiring_kyc_pays_when_the_verification_arrives_in_any_orde
     let broker = Broker::start();
     let _fleet = Fleet::start(&db.url, &broker.bootstrap);
     let p = producer(&broker.bootstrap);
-    let file = std::env::temp_dir().join(format!("campaign-{}.toml", Uuid::new_v4().simple()));
     let launch = std::fs::read_to_string(campaign_file("ios-launch.toml")).unwrap();
-    std::fs::write(&file, format!("{launch}\n[kyc]\nreferee = true\n")).unwrap();
+    let file = temp_campaign(&format!("{launch}\n[kyc]\nreferee = true\n"));
     assert!(cli(&db.url, &["campaigns", "apply", file.to_str().unwrap()]).contains("version 1 recorded"));
 
-    produce(&p, "user-registered", "ana", &encode(&registered("ana", "NONE0000", "US", "ios", 1))).await;
+    let code = register_referrer(&db, &p, "ana", "US", "ios", 1).await;
     let pool = db.pool.clone();
-    eventually(Duration::from_secs(60), "ana's code", || {
-        let pool = pool.clone();
-        async move { count(&pool, "SELECT count(*) FROM referral_codes WHERE user_id = 'ana'").await == 1 }
-    })
-    .await;
-    let code = db.code_of("ana").await;
     register_all(&db, &p, &code, &[("k-early", "US", "ios", 31), ("k-late", "US", "ios", 32), ("k-no", "US", "ios", 33)]).await;
     // k-early is verified before depositing; k-late deposits first; k-no is rejected.
     produce(&p, "user-verified", "k-early", &encode(&verified("k-early", true, None))).await;
@@ -432,13 +408,8 @@ async fn a_campaign_requiring_kyc_pays_when_the_verification_arrives_in_any_orde
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(count(&db.pool, "SELECT count(*) FROM rewards").await, 2, "k-no never paid");
-    let audit = Command::new(bin("refstream"))
-        .arg("audit")
-        .env("REFSTREAM__DATABASE__URL", &db.url)
-        .env("REFSTREAM__KAFKA__BROKERS", &broker.bootstrap)
-        .output()
-        .unwrap();
-    assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stdout));
+    let (passed, report) = audit(&db.url, &broker.bootstrap);
+    assert!(passed, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -447,14 +418,8 @@ async fn referrals_whose_window_passed_without_a_qualifying_deposit_expire() {
     let broker = Broker::start();
     let _fleet = Fleet::start(&db.url, &broker.bootstrap);
     let p = producer(&broker.bootstrap);
-    produce(&p, "user-registered", "ana", &encode(&registered("ana", "NONE0000", "US", "web", 1))).await;
+    let code = register_referrer(&db, &p, "ana", "US", "web", 1).await;
     let pool = db.pool.clone();
-    eventually(Duration::from_secs(60), "ana's code", || {
-        let pool = pool.clone();
-        async move { count(&pool, "SELECT count(*) FROM referral_codes WHERE user_id = 'ana'").await == 1 }
-    })
-    .await;
-    let code = db.code_of("ana").await;
     let days_ago = |d: i64| Utc::now() - chrono::Duration::days(d);
     // Registered 31 days ago (the default window is 30 days): one deposited on day 2, one only
     // now, one never; and one registered today.

@@ -624,15 +624,10 @@ async fn check(stage: &Stage, w: &Workload, samples: &[Sample]) -> Verdict {
     lines.push(format!("I5 {} offset samples monotonic; {checked} record checks: never past an unprocessed record: ok", samples.len()));
 
     // I7: the operator's audit agrees (every reward under its terms, the books, the topics).
-    let out = std::process::Command::new(refstream_e2e::bin("refstream"))
-        .arg("audit")
-        .env("REFSTREAM__DATABASE__URL", &stage.db.url)
-        .env("REFSTREAM__KAFKA__BROKERS", &stage.broker.bootstrap)
-        .output()
-        .expect("run refstream audit");
-    let report = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "I7 violated: refstream audit failed:\n{report}{}", String::from_utf8_lossy(&out.stderr));
-    lines.push(format!("I7 refstream audit: {}", report.lines().last().unwrap_or_default()));
+    let (passed, report) = refstream_e2e::audit(&stage.db.url, &stage.broker.bootstrap);
+    assert!(passed, "I7 violated: refstream audit failed:\n{report}");
+    let verdict = report.lines().find(|l| l.starts_with("audit passed")).unwrap_or_default();
+    lines.push(format!("I7 refstream audit: {verdict}"));
     Verdict { rewards: rewards.len() as i64, lines }
 }
 

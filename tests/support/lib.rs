@@ -196,6 +196,19 @@ pub fn worker_env(db_url: &str, bootstrap: &str, metrics_port: u16) -> Vec<(Stri
     ]
 }
 
+/// Runs `refstream audit` against a database and broker: whether it passed, and what it printed
+/// (stdout, then stderr).
+pub fn audit(db_url: &str, bootstrap: &str) -> (bool, String) {
+    let out = Command::new(bin("refstream"))
+        .arg("audit")
+        .env("REFSTREAM__DEV_MODE", "true")
+        .env("REFSTREAM__DATABASE__URL", db_url)
+        .env("REFSTREAM__KAFKA__BROKERS", bootstrap)
+        .output()
+        .expect("run refstream audit");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")

@@ -10,15 +10,13 @@ use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use refstream_core::campaign::{Campaign, Qualification};
-use refstream_core::campaigns::Definition;
 use refstream_core::events::{RewardGranted, RewardReversed};
-use refstream_core::fx::{Rate, Rates};
 use refstream_core::{Currency, DerivedId, Money};
+use refstream_runtime::campaign_store;
 use refstream_runtime::codec::Decoder;
 use refstream_runtime::consumer::client_config;
 use refstream_runtime::Settings;
 use rust_decimal::Decimal;
-use sqlx::types::Json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -119,22 +117,13 @@ struct RewardRow {
     reverse_campaign: Option<Decimal>,
 }
 
-/// The campaign version a reward says it was paid by.
+/// The campaign versions rewards say they were paid by (version 0: the default campaign).
 async fn terms(settings: &Settings, pool: &PgPool, keys: BTreeSet<(String, i32)>) -> anyhow::Result<HashMap<(String, i32), Campaign>> {
-    let mut out = HashMap::new();
     let default = settings.campaign()?;
-    for (id, version) in keys {
-        if version == 0 {
-            out.insert((id, 0), default.clone());
-            continue;
-        }
-        let definition: Option<Json<Definition>> =
-            sqlx::query_scalar("SELECT definition FROM campaign_versions WHERE campaign_id = $1 AND version = $2")
-                .bind(&id)
-                .bind(version)
-                .fetch_optional(pool)
-                .await?;
-        if let Some(Ok((campaign, _))) = definition.map(|d| d.0.validate()) {
+    let (defaults, stored): (Vec<_>, Vec<_>) = keys.into_iter().partition(|(_, v)| *v == 0);
+    let mut out: HashMap<(String, i32), Campaign> = defaults.into_iter().map(|k| (k, default.clone())).collect();
+    for (id, version, definition) in campaign_store::definitions(&mut *pool.acquire().await?, &stored).await? {
+        if let Ok((campaign, _)) = definition.validate() {
             out.insert((id, version), campaign);
         }
     }
@@ -161,16 +150,7 @@ async fn rewards(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check
     .await?;
     let keys = rows.iter().map(|r| (r.campaign_id.clone(), r.terms_version)).collect();
     let terms = terms(settings, pool, keys).await?;
-    let rate_rows: Vec<(String, String, Decimal, DateTime<Utc>)> =
-        sqlx::query_as("SELECT base::text, quote::text, rate, effective_at FROM fx_rates").fetch_all(pool).await?;
-    let rates = Rates(
-        rate_rows
-            .into_iter()
-            .filter_map(|(b, q, rate, effective_at)| {
-                Some(Rate { base: Currency::parse(b.trim()).ok()?, quote: Currency::parse(q.trim()).ok()?, rate, effective_at })
-            })
-            .collect(),
-    );
+    let rates = campaign_store::exchange_rates(&mut *pool.acquire().await?).await?;
     let (mut mapped, mut under_terms, mut booked, mut reversals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in &rows {
         let id = r.reward_id;
@@ -282,15 +262,11 @@ async fn rewards(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check
 
 /// No campaign has paid beyond the caps and budget of its current version.
 async fn limits(pool: &PgPool) -> anyhow::Result<Check> {
-    let latest: Vec<(String, Json<Definition>)> = sqlx::query_as(
-        "SELECT DISTINCT ON (campaign_id) campaign_id, definition FROM campaign_versions ORDER BY campaign_id, version DESC",
-    )
-    .fetch_all(pool)
-    .await?;
+    let latest = campaign_store::latest_definitions(&mut *pool.acquire().await?, None).await?;
     let mut offenders = Vec::new();
     let mut limited = 0;
     for (id, d) in latest {
-        let Ok(l) = d.0.limits() else { continue };
+        let Ok(l) = d.limits() else { continue };
         if l.is_empty() {
             continue;
         }

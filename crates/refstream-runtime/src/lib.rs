@@ -2,6 +2,7 @@
 //! health endpoint, the Avro codec, Postgres (pool, migrations, outbox, dead letters) and the
 //! Kafka consumer runtime that gives every worker the same processing contract.
 
+pub mod campaign_store;
 pub mod codec;
 pub mod config;
 pub mod consumer;

@@ -10,9 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use refstream_core::campaigns::{Definition, Limits, Usage};
+use refstream_core::campaigns::{Limits, Usage};
+use refstream_runtime::campaign_store;
 use rust_decimal::Decimal;
-use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -21,14 +21,8 @@ use crate::RewardEngine;
 
 /// The current limits of `campaigns` (data campaigns only; empty limits left out).
 pub(crate) async fn current(conn: &mut PgConnection, campaigns: &[String]) -> sqlx::Result<BTreeMap<String, Limits>> {
-    let rows: Vec<(String, Json<Definition>)> = sqlx::query_as(
-        "SELECT DISTINCT ON (campaign_id) campaign_id, definition FROM campaign_versions WHERE campaign_id = ANY($1) \
-         ORDER BY campaign_id, version DESC",
-    )
-    .bind(campaigns)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.into_iter().filter_map(|(id, d)| d.0.limits().ok().filter(|l| !l.is_empty()).map(|l| (id, l))).collect())
+    let rows = campaign_store::latest_definitions(conn, Some(campaigns)).await?;
+    Ok(rows.into_iter().filter_map(|(id, d)| d.limits().ok().filter(|l| !l.is_empty()).map(|l| (id, l))).collect())
 }
 
 /// Takes the campaign's limits lock and reads what it has paid (net of reversals), with the
@@ -112,16 +106,10 @@ pub(crate) async fn uncap(engine: &RewardEngine, pool: &sqlx::PgPool) -> sqlx::R
     if campaigns.is_empty() {
         return Ok(0);
     }
-    let definitions: Vec<(String, Json<Definition>)> = sqlx::query_as(
-        "SELECT DISTINCT ON (campaign_id) campaign_id, definition FROM campaign_versions WHERE campaign_id = ANY($1) \
-         ORDER BY campaign_id, version DESC",
-    )
-    .bind(&campaigns)
-    .fetch_all(pool)
-    .await?;
+    let definitions = campaign_store::latest_definitions(&mut *pool.acquire().await?, Some(&campaigns)).await?;
     let mut released = 0;
     for (campaign, definition) in definitions {
-        let Ok(limits) = definition.0.limits() else { continue };
+        let Ok(limits) = definition.limits() else { continue };
         if !limits.pay_capped_when_raised {
             continue;
         }

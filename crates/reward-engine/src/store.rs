@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use refstream_core::campaign::RecordedDeposit;
-use refstream_core::fx::{Rate, Rates};
+use refstream_core::fx::Rates;
 use refstream_core::lifecycle::{ReferralStatus, Transition};
 use refstream_core::{Currency, Money};
 use rust_decimal::Decimal;
@@ -140,17 +140,9 @@ pub fn qualifying<'a>(engine: &RewardEngine, referral: &Referral, deposits: &'a 
     Some(Paying { recorded, amount: q.converted.amount.amount, fx: q.converted.rate })
 }
 
-/// Every recorded exchange rate (a small table), read in the caller's transaction.
+/// Every recorded exchange rate, read in the caller's transaction.
 pub async fn rates(conn: &mut PgConnection) -> sqlx::Result<Rates> {
-    let rows: Vec<(String, String, Decimal, DateTime<Utc>)> =
-        sqlx::query_as("SELECT base::text, quote::text, rate, effective_at FROM fx_rates").fetch_all(&mut *conn).await?;
-    Ok(Rates(
-        rows.into_iter()
-            .filter_map(|(b, q, rate, effective_at)| {
-                Some(Rate { base: Currency::parse(b.trim()).ok()?, quote: Currency::parse(q.trim()).ok()?, rate, effective_at })
-            })
-            .collect(),
-    ))
+    refstream_runtime::campaign_store::exchange_rates(conn).await
 }
 
 /// One status change of a locked referral.

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use refstream_core::campaign::Campaign;
-use refstream_core::campaigns::Definition;
 use sqlx::PgConnection;
 
 use crate::store::Referral;
@@ -46,19 +45,13 @@ impl Terms {
         if ids.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(String, i32, sqlx::types::Json<Definition>)> = sqlx::query_as(
-            "SELECT v.campaign_id, v.version, v.definition FROM unnest($1::text[], $2::int[]) AS k(id, version) \
-             JOIN campaign_versions v ON v.campaign_id = k.id AND v.version = k.version",
-        )
-        .bind(&ids)
-        .bind(&versions)
-        .fetch_all(&mut *conn)
-        .await?;
+        let keys: Vec<(String, i32)> = ids.into_iter().zip(versions).collect();
+        let rows = refstream_runtime::campaign_store::definitions(conn, &keys).await?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         for (id, version, definition) in rows {
             // Definitions were validated when applied; one that no longer validates (edited by
             // hand) pays nothing rather than paying by other terms.
-            match definition.0.validate() {
+            match definition.validate() {
                 Ok((campaign, _)) => {
                     loaded.insert((id, version), Arc::new(campaign));
                 }

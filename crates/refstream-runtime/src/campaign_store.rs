@@ -1,0 +1,52 @@
+//! What every binary reads of the campaigns' stored data, one query each: the latest version's
+//! definition of campaigns, the definitions of given versions, and the exchange rates. Versions
+//! and rates are never changed once written (append-only tables), so readers may cache them.
+
+use chrono::{DateTime, Utc};
+use refstream_core::campaigns::Definition;
+use refstream_core::fx::{Rate, Rates};
+use refstream_core::Currency;
+use rust_decimal::Decimal;
+use sqlx::types::Json;
+use sqlx::PgConnection;
+
+/// Every recorded exchange rate (a small table).
+pub async fn exchange_rates(conn: &mut PgConnection) -> sqlx::Result<Rates> {
+    let rows: Vec<(String, String, Decimal, DateTime<Utc>)> =
+        sqlx::query_as("SELECT base::text, quote::text, rate, effective_at FROM fx_rates").fetch_all(&mut *conn).await?;
+    Ok(Rates(
+        rows.into_iter()
+            .filter_map(|(b, q, rate, effective_at)| {
+                Some(Rate { base: Currency::parse(b.trim()).ok()?, quote: Currency::parse(q.trim()).ok()?, rate, effective_at })
+            })
+            .collect(),
+    ))
+}
+
+/// The current (latest) version's definition of each campaign of `campaigns`, or of every
+/// campaign when `None`.
+pub async fn latest_definitions(conn: &mut PgConnection, campaigns: Option<&[String]>) -> sqlx::Result<Vec<(String, Definition)>> {
+    let rows: Vec<(String, Json<Definition>)> = sqlx::query_as(
+        "SELECT DISTINCT ON (campaign_id) campaign_id, definition FROM campaign_versions \
+         WHERE $1::text[] IS NULL OR campaign_id = ANY($1) ORDER BY campaign_id, version DESC",
+    )
+    .bind(campaigns)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|(id, d)| (id, d.0)).collect())
+}
+
+/// The definitions of the given (campaign, version) pairs that exist.
+pub async fn definitions(conn: &mut PgConnection, keys: &[(String, i32)]) -> sqlx::Result<Vec<(String, i32, Definition)>> {
+    let ids: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
+    let versions: Vec<i32> = keys.iter().map(|(_, v)| *v).collect();
+    let rows: Vec<(String, i32, Json<Definition>)> = sqlx::query_as(
+        "SELECT v.campaign_id, v.version, v.definition FROM unnest($1::text[], $2::int[]) AS k(id, version) \
+         JOIN campaign_versions v ON v.campaign_id = k.id AND v.version = k.version",
+    )
+    .bind(&ids)
+    .bind(&versions)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|(id, v, d)| (id, v, d.0)).collect())
+}
