@@ -56,26 +56,30 @@ pub(crate) async fn deposits(engine: &RewardEngine, conn: &mut PgConnection, bat
     let mut users: Vec<String> = fresh.iter().map(|(d, _)| d.user_id.to_string()).collect();
     users.sort();
     users.dedup();
-    revive_expired(engine, conn, &users).await?;
-    let referrals = store::open_referrals_of(conn, engine, &users).await?;
-    let scheduled = store::schedule_if_qualifying(conn, engine, &referrals.iter().collect::<Vec<_>>()).await?;
+    // The referrals are locked before anything is decided: the expiry sweep locks them too, so
+    // a referral it expires concurrently is seen expired here (and revived), and one locked here
+    // is skipped by it — a deposit and an expiry never miss each other.
+    let mut referrals = store::lock_by_referee(conn, engine, &users).await?;
+    revive_expired(engine, conn, &mut referrals).await?;
+    let open: Vec<&Referral> = referrals
+        .values()
+        .filter(|r| matches!(r.status(), ReferralStatus::Pending | ReferralStatus::Held | ReferralStatus::Eligible))
+        .collect();
+    let scheduled = store::schedule_if_qualifying(conn, engine, &open).await?;
     if scheduled > 0 {
         engine.wake.notify_one();
     }
     Ok(())
 }
 
-/// Expired referrals of `users` that a deposit made within their window (reported late) now
-/// qualifies go back to the state they expired from; the caller then schedules their payouts.
-async fn revive_expired(engine: &RewardEngine, conn: &mut PgConnection, users: &[String]) -> sqlx::Result<()> {
-    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT referral_id FROM referrals WHERE referee_id = ANY($1) AND status = 'expired'")
-        .bind(users)
-        .fetch_all(&mut *conn)
-        .await?;
+/// Expired referrals among `referrals` (locked) that a deposit made within their window
+/// (reported late) now qualifies go back to the state they expired from; the caller then
+/// schedules their payouts.
+async fn revive_expired(engine: &RewardEngine, conn: &mut PgConnection, referrals: &mut BTreeMap<String, Referral>) -> sqlx::Result<()> {
+    let ids: Vec<Uuid> = referrals.values().filter(|r| r.status() == ReferralStatus::Expired).map(|r| r.referral_id).collect();
     if ids.is_empty() {
         return Ok(());
     }
-    let mut referrals = store::lock_by_id(conn, engine, &ids).await?;
     let before: BTreeMap<Uuid, String> = sqlx::query_as::<_, (Uuid, String)>(
         "SELECT DISTINCT ON (referral_id) referral_id, from_status FROM referral_transitions \
          WHERE referral_id = ANY($1) AND to_status = 'expired' ORDER BY referral_id, id DESC",
@@ -85,11 +89,11 @@ async fn revive_expired(engine: &RewardEngine, conn: &mut PgConnection, users: &
     .await?
     .into_iter()
     .collect();
-    let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
+    let referees: Vec<String> = referrals.values().filter(|r| ids.contains(&r.referral_id)).map(|r| r.referee_id.clone()).collect();
     let deposits = store::deposits_of(conn, &referees).await?;
     let rates = store::rates(conn).await?;
     let mut moves = Vec::new();
-    for referral in referrals.values_mut() {
+    for referral in referrals.values_mut().filter(|r| ids.contains(&r.referral_id)) {
         let qualifies = deposits.get(&referral.referee_id).and_then(|d| store::qualifying(engine, referral, d, &rates)).is_some();
         let back = before.get(&referral.referral_id).and_then(|s| s.parse::<ReferralStatus>().ok()).and_then(lifecycle::revive);
         if let (true, Some(t)) = (qualifies, back) {

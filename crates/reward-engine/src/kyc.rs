@@ -79,12 +79,18 @@ pub(crate) async fn states_of<'a>(
     referrals: impl Iterator<Item = &'a Referral>,
 ) -> sqlx::Result<BTreeMap<Uuid, KycState>> {
     let referrals: Vec<&Referral> = referrals.collect();
-    let users: Vec<String> = referrals.iter().flat_map(|r| [r.referee_id.clone(), r.referrer_id.clone()]).collect();
-    let rows: Vec<(String, bool, Option<String>)> =
+    // Only the users a campaign requires verified are looked up: a batch of referrals whose
+    // campaigns require no KYC (every default-campaign batch) reads nothing.
+    let required = |r: &Referral| engine.terms.of(r).is_some_and(|c| c.kyc.referee || c.kyc.referrer);
+    let users: Vec<String> = referrals.iter().filter(|r| required(r)).flat_map(|r| [r.referee_id.clone(), r.referrer_id.clone()]).collect();
+    let rows: Vec<(String, bool, Option<String>)> = if users.is_empty() {
+        Vec::new()
+    } else {
         sqlx::query_as("SELECT user_id, verified, reason FROM user_verifications WHERE user_id = ANY($1)")
             .bind(&users)
             .fetch_all(&mut *conn)
-            .await?;
+            .await?
+    };
     let verdicts: BTreeMap<String, Verification> =
         rows.into_iter().map(|(u, ok, reason)| (u, if ok { Verification::Verified } else { Verification::Rejected(reason) })).collect();
     let of = |u: &str| verdicts.get(u).cloned().unwrap_or(Verification::Unknown);

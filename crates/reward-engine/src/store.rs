@@ -67,18 +67,6 @@ pub async fn lock_by_id(conn: &mut PgConnection, engine: &RewardEngine, ids: &[U
     Ok(rows.into_iter().map(|r| (r.referral_id, r)).collect())
 }
 
-/// Reads (without locking) the referrals of `referees` that may still pay, with their terms loaded.
-pub async fn open_referrals_of(conn: &mut PgConnection, engine: &RewardEngine, referees: &[String]) -> sqlx::Result<Vec<Referral>> {
-    let rows: Vec<Referral> = sqlx::query_as(&format!(
-        "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE referee_id = ANY($1) AND status IN ('pending', 'held', 'eligible')"
-    ))
-    .bind(referees)
-    .fetch_all(&mut *conn)
-    .await?;
-    engine.terms.load(conn, rows.iter()).await?;
-    Ok(rows)
-}
-
 /// A recorded deposit and when it was recorded (its hold starts then).
 #[derive(Debug, Clone)]
 pub struct Recorded {
