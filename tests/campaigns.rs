@@ -398,6 +398,9 @@ async fn a_campaign_requiring_kyc_pays_when_the_verification_arrives_in_any_orde
         .unwrap();
     assert_eq!(cause, "KYC rejected the referee: document forged");
 
+    // A record that is not a UserVerified, on k-late's partition, ahead of its verification:
+    // a dead letter with its reason, and the partition flows on.
+    produce(&p, "user-verified", "k-late", b"not avro at all").await;
     produce(&p, "user-verified", "k-late", &encode(&verified("k-late", true, None))).await;
     eventually(Duration::from_secs(60), "k-late paid once verified", || {
         let pool = pool.clone();
@@ -408,6 +411,10 @@ async fn a_campaign_requiring_kyc_pays_when_the_verification_arrives_in_any_orde
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(count(&db.pool, "SELECT count(*) FROM rewards").await, 2, "k-no never paid");
+    let (consumer, reason): (String, String) =
+        sqlx::query_as("SELECT consumer, reason FROM dead_letters WHERE topic = 'user-verified'").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(consumer, "reward-engine");
+    assert!(!reason.is_empty(), "a dead letter says why");
     let (passed, report) = audit(&db.url, &broker.bootstrap);
     assert!(passed, "{report}");
 }
