@@ -169,6 +169,10 @@ impl Stream {
             campaign_id: "reward-campaign".into(),
             qualifying_deposit_id: deposit.into(),
             granted_at: when,
+            level: 1,
+            milestone: None,
+            kind: refstream_core::campaign::RewardKind::Cash,
+            wagering_requirement: None,
         };
         let bytes = encode(&e);
         self.push("reward-granted", beneficiary, bytes.clone());

@@ -587,3 +587,140 @@ async fn the_gate_waits_for_the_scorer_and_applies_its_latest_assessment() {
     assert_eq!(held, 1);
     h.assert_books_balance().await;
 }
+
+/// Stores a data campaign in force since before the harness's registrations (as
+/// `refstream campaigns apply` records it, backdated: the harness's events are two days old).
+async fn campaign_in_force(h: &Harness, toml_text: &str) {
+    let d: refstream_core::campaigns::Definition = toml::from_str(toml_text).unwrap();
+    d.validate().unwrap();
+    sqlx::query(
+        "INSERT INTO campaign_versions (campaign_id, version, definition, active, effective_from, change, changed_by) \
+         VALUES ($1, 1, $2, true, now() - interval '10 days', 'applied', 'test')",
+    )
+    .bind(&d.id)
+    .bind(serde_json::to_value(&d).unwrap())
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
+}
+
+const LADDER: &str = r#"
+id = "ladder"
+name = "Ladder: two-sided, multi-level, a milestone"
+currency = "USD"
+min_deposit = "20"
+window_days = 30
+[[rewards]]
+type = "referrer_bonus"
+role = "referrer"
+amount = "10"
+[[rewards]]
+type = "welcome_bonus"
+role = "referee"
+amount = "5"
+kind = "bonus"
+wagering = "10"
+[[levels]]
+amount = "2"
+[[levels]]
+amount = "1"
+[[milestones]]
+referrals = 2
+amount = "50"
+kind = "bonus"
+wagering = "5"
+"#;
+
+#[tokio::test]
+async fn multi_level_milestone_and_bonus_rewards_are_paid_once_to_the_right_balances() {
+    let mut h = Harness::new().await;
+    campaign_in_force(&h, LADDER).await;
+    // amy -> bob -> cat -> {dan, eve, fay}: cat's referrals pay bob (level 2) and amy (level 3).
+    h.referral("amy", "bob").await;
+    let cat_code = {
+        let code = h.code_of("bob").await;
+        h.register("cat", Some(&code), "dev-cat").await;
+        h.code_of("cat").await
+    };
+    for u in ["dan", "eve", "fay"] {
+        h.register(u, Some(&cat_code), &format!("dev-{u}")).await;
+    }
+    let bound: i64 = h.db.scalar_i64("SELECT count(*) FROM referrals WHERE campaign_id = 'ladder' AND terms_version = 1").await;
+    assert_eq!(bound, 5, "every referral bound to the data campaign");
+    for (e, r) in [("cat", "bob"), ("dan", "cat"), ("eve", "cat"), ("fay", "cat")] {
+        h.score(e, r, Decision::Approve).await;
+    }
+    // dan: cat 10 cash, dan 5 bonus, bob 2 (level 2), amy 1 (level 3); delivered twice.
+    let d = deposit("dan", "d-dan", "25", t0() + Duration::days(1), "card-dan");
+    h.deposit_event(&d, 2).await;
+    // eve: the same, and cat's second rewarded referral reaches the milestone (50 bonus).
+    h.deposit("eve", "d-eve", "30").await;
+    h.deposit_event(&deposit("eve", "d-eve", "30", t0() + Duration::days(1), "card-1"), 1).await;
+    /// (type, beneficiary, referee, level, milestone, kind, amount, wagering requirement)
+    type Reward = (String, String, String, i16, Option<i32>, String, Decimal, Option<Decimal>);
+    let rows: Vec<Reward> = sqlx::query_as(
+        "SELECT w.reward_type, w.beneficiary_id, r.referee_id, w.level, w.milestone, w.kind, w.amount, w.wagering_requirement \
+         FROM rewards w JOIN referrals r USING (referral_id) ORDER BY r.referee_id, w.level, w.reward_type",
+    )
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    let row = |t: &str, who: &str, referee: &str, level: i16, m: Option<i32>, kind: &str, amount: &str, wager: Option<&str>| {
+        (t.to_owned(), who.to_owned(), referee.to_owned(), level, m, kind.to_owned(), usd(amount), wager.map(usd))
+    };
+    assert_eq!(
+        rows,
+        vec![
+            row("referrer_bonus", "cat", "dan", 1, None, "CASH", "10", None),
+            row("welcome_bonus", "dan", "dan", 1, None, "BONUS", "5", Some("50")),
+            row("level_2", "bob", "dan", 2, None, "CASH", "2", None),
+            row("level_3", "amy", "dan", 3, None, "CASH", "1", None),
+            row("milestone_2", "cat", "eve", 1, Some(2), "BONUS", "50", Some("250")),
+            row("referrer_bonus", "cat", "eve", 1, None, "CASH", "10", None),
+            row("welcome_bonus", "eve", "eve", 1, None, "BONUS", "5", Some("50")),
+            row("level_2", "bob", "eve", 2, None, "CASH", "2", None),
+            row("level_3", "amy", "eve", 3, None, "CASH", "1", None),
+        ]
+    );
+    // Cash and bonus in their own balances; the campaign paid everything.
+    assert_eq!(h.balance("user:cat").await, usd("20"));
+    assert_eq!(h.balance("user:cat:bonus").await, usd("50"));
+    assert_eq!(h.balance("user:dan:bonus").await, usd("5"));
+    assert_eq!(h.balance("user:dan").await, usd("0"));
+    assert_eq!(h.balance("user:bob").await, usd("4"));
+    assert_eq!(h.balance("user:amy").await, usd("2"));
+    assert_eq!(h.balance("campaign:ladder").await, usd("-86"));
+    // RewardGranted says what each grant is.
+    let payloads: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE topic = 'reward-granted'").fetch_all(&h.db.pool).await.unwrap();
+    assert_eq!(payloads.len(), 9);
+    let granted: Vec<refstream_core::events::RewardGranted> =
+        payloads.iter().map(|p| refstream_runtime::codec::Decoder::default().decode(p, Utc::now()).unwrap()).collect();
+    let milestone = granted.iter().find(|g| g.milestone == Some(2)).expect("the milestone is announced");
+    assert_eq!(
+        (milestone.user_id.as_str(), milestone.kind, milestone.wagering_requirement),
+        ("cat", refstream_core::campaign::RewardKind::Bonus, Some(usd("250")))
+    );
+    assert_eq!(granted.iter().filter(|g| g.level == 3).map(|g| g.user_id.as_str()).collect::<Vec<_>>(), ["amy", "amy"]);
+
+    // eve's deposit is refunded: her referral's rewards go back, the milestone with them.
+    let rev = DepositReversed {
+        event_id: Uuid::new_v4(),
+        deposit_id: "d-eve".into(),
+        user_id: UserId::parse("eve").unwrap(),
+        reason: ReversalReason::Refund,
+        occurred_at: t0() + Duration::days(2),
+    };
+    let (w, topic) = (h.engine(), h.settings.topics.deposit_reversed.clone());
+    h.feed(&w, &topic, vec![("eve".into(), encode(&rev))]).await;
+    assert_eq!(h.balance("user:cat:bonus").await, usd("0"));
+    assert_eq!(h.balance("user:bob").await, usd("2"));
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards WHERE reversed_at IS NOT NULL").await, 5);
+    // fay is cat's second standing referral again: the milestone was paid once, ever.
+    h.deposit("fay", "d-fay", "40").await;
+    assert_eq!(h.status_of("fay").await, "rewarded");
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards WHERE milestone IS NOT NULL").await, 1);
+    assert_eq!(h.balance("user:cat").await, usd("20"));
+    assert_eq!(h.balance("user:cat:bonus").await, usd("0"));
+    h.assert_books_balance().await;
+}

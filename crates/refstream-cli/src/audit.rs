@@ -11,6 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use refstream_core::campaign::{Campaign, Qualification};
 use refstream_core::events::{RewardGranted, RewardReversed};
+use refstream_core::rewards::{self, Paid};
 use refstream_core::{Currency, DerivedId, Money};
 use refstream_runtime::campaign_store;
 use refstream_runtime::codec::Decoder;
@@ -101,6 +102,12 @@ struct RewardRow {
     reversed_at: Option<DateTime<Utc>>,
     reversal_reason: Option<String>,
     reversal_assessment_event_id: Option<Uuid>,
+    kind: String,
+    wagering_requirement: Option<Decimal>,
+    level: i16,
+    milestone: Option<i32>,
+    /// Milestone: the referrer's rewarded referrals in the campaign when it was granted.
+    referrals_by_then: Option<i64>,
     referrer_id: Option<String>,
     referee_id: Option<String>,
     registered_at: Option<DateTime<Utc>>,
@@ -133,24 +140,36 @@ async fn terms(settings: &Settings, pool: &PgPool, keys: BTreeSet<(String, i32)>
 /// Every reward against its referral, its qualifying deposit, its terms and its ledger entries;
 /// every reversal against its cause.
 async fn rewards(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check>> {
-    let rows: Vec<RewardRow> = sqlx::query_as(
+    // The beneficiary's balance of the reward's kind: cash or bonus.
+    let account = "CASE w.kind WHEN 'BONUS' THEN 'user:' || w.beneficiary_id || ':bonus' ELSE 'user:' || w.beneficiary_id END";
+    let rows: Vec<RewardRow> = sqlx::query_as(&format!(
         "SELECT w.reward_id, w.reward_type, w.beneficiary_id, w.role, w.amount, w.currency::text AS currency, w.campaign_id, w.terms_version, \
                 w.qualifying_deposit_id, w.fx_rate, w.reversed_at, w.reversal_reason, w.reversal_assessment_event_id, \
+                w.kind, w.wagering_requirement, w.level, w.milestone, \
+                CASE WHEN w.milestone IS NOT NULL THEN (SELECT count(DISTINCT o.referral_id) FROM rewards o JOIN referrals orf USING (referral_id) \
+                     WHERE o.campaign_id = w.campaign_id AND orf.referrer_id = r.referrer_id AND o.level = 1 AND o.milestone IS NULL \
+                       AND o.granted_at <= w.granted_at) END AS referrals_by_then, \
                 r.referrer_id, r.referee_id, r.referee_registered_at AS registered_at, r.campaign_id AS referral_campaign, \
                 r.terms_version AS referral_version, d.user_id AS deposit_user, d.amount AS deposit_amount, \
                 d.currency::text AS deposit_currency, d.occurred_at AS deposit_at, x.reason AS refund, \
-                (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'grant' AND e.account LIKE 'user:%') AS grant_user, \
+                (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'grant' AND e.account = {account}) AS grant_user, \
                 (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'grant' AND e.account LIKE 'campaign:%') AS grant_campaign, \
-                (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'reverse' AND e.account LIKE 'user:%') AS reverse_user, \
+                (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'reverse' AND e.account = {account}) AS reverse_user, \
                 (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'reverse' AND e.account LIKE 'campaign:%') AS reverse_campaign \
          FROM rewards w LEFT JOIN referrals r USING (referral_id) LEFT JOIN deposits d ON d.deposit_id = w.qualifying_deposit_id \
-         LEFT JOIN deposit_reversals x ON x.deposit_id = w.qualifying_deposit_id ORDER BY w.reward_id",
-    )
+         LEFT JOIN deposit_reversals x ON x.deposit_id = w.qualifying_deposit_id ORDER BY w.reward_id"
+    ))
     .fetch_all(pool)
     .await?;
     let keys = rows.iter().map(|r| (r.campaign_id.clone(), r.terms_version)).collect();
     let terms = terms(settings, pool, keys).await?;
     let rates = campaign_store::exchange_rates(&mut *pool.acquire().await?).await?;
+    // Who referred whom, for multi-level rewards (read only when there are any).
+    let parent_of: HashMap<String, String> = if rows.iter().any(|r| r.level > 1) {
+        sqlx::query_as::<_, (String, String)>("SELECT referee_id, referrer_id FROM referrals").fetch_all(pool).await?.into_iter().collect()
+    } else {
+        HashMap::new()
+    };
     let (mut mapped, mut under_terms, mut booked, mut reversals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in &rows {
         let id = r.reward_id;
@@ -199,21 +218,46 @@ async fn rewards(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check
         if q != Qualification::Qualifies {
             under_terms.push(format!("{id}: deposit {} does not qualify ({q:?})", r.qualifying_deposit_id));
         }
-        match campaign.rewards.iter().find(|s| s.reward_type == r.reward_type) {
-            None => under_terms.push(format!("{id}: {} is not a reward of {} v{}", r.reward_type, r.campaign_id, r.terms_version)),
-            Some(spec) => {
-                let want = spec.amount_for(amount);
-                let beneficiary = if spec.role.as_str() == "REFERRER" { referrer } else { referee };
-                if want.amount != r.amount || want.currency.as_str() != r.currency.trim() {
-                    under_terms.push(format!("{id}: paid {} {}, the terms say {want}", r.amount, r.currency));
+        let upline =
+            if r.level > 1 { rewards::upline(referee, referrer, &parent_of, usize::from(r.level.unsigned_abs())) } else { Vec::new() };
+        let expected = rewards::grants(
+            campaign,
+            Paid {
+                referrer,
+                referee,
+                upline: &upline,
+                deposit: amount,
+                rewarded_before: r.milestone.and_then(|m| u32::try_from(m - 1).ok()).unwrap_or(u32::MAX - 1),
+            },
+        );
+        match expected.iter().find(|g| g.reward_type == r.reward_type) {
+            None => under_terms.push(format!(
+                "{id}: {} (level {}) is not a reward of {} v{} for this referral",
+                r.reward_type, r.level, r.campaign_id, r.terms_version
+            )),
+            Some(want) => {
+                let paid = (&r.beneficiary_id, r.role.as_str(), r.level, r.milestone, r.kind.as_str(), r.wagering_requirement);
+                let terms = (
+                    &want.beneficiary,
+                    want.role.as_str(),
+                    i16::from(want.level),
+                    want.milestone.and_then(|m| i32::try_from(m).ok()),
+                    want.kind.as_str(),
+                    want.wagering_requirement,
+                );
+                if want.amount.amount != r.amount || want.amount.currency.as_str() != r.currency.trim() {
+                    under_terms.push(format!("{id}: paid {} {}, the terms say {}", r.amount, r.currency, want.amount));
                 }
-                if beneficiary != &r.beneficiary_id || spec.role.as_str() != r.role {
+                if paid != terms {
                     under_terms.push(format!(
-                        "{id}: paid to {} ({}), the terms say {beneficiary} ({})",
-                        r.beneficiary_id,
-                        r.role,
-                        spec.role.as_str()
+                        "{id}: paid as (beneficiary, role, level, milestone, kind, wagering) {paid:?}, the terms say {terms:?}"
                     ));
+                }
+                // A milestone: the referrer had reached it when it was granted.
+                if let Some(m) = r.milestone {
+                    if r.referrals_by_then.unwrap_or(0) < i64::from(m) {
+                        under_terms.push(format!("{id}: milestone {m} granted after {:?} rewarded referrals", r.referrals_by_then));
+                    }
                 }
             }
         }
@@ -251,7 +295,7 @@ async fn rewards(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check
             mapped,
         ),
         Check::new(
-            "no reward exceeds its campaign's terms (qualifying deposit, reward type, beneficiary, amount or tier)",
+            "no reward exceeds its campaign's terms (qualifying deposit, reward type, beneficiary, level, milestone, kind, amount or tier)",
             format!("{n} rewards, {} campaign versions", terms.len()),
             under_terms,
         ),

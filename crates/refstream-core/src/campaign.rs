@@ -25,6 +25,54 @@ impl Role {
     }
 }
 
+/// What a reward credits: withdrawable cash, or promotional bonus credit (its own balance),
+/// which may carry a wagering requirement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RewardKind {
+    #[default]
+    Cash,
+    Bonus,
+}
+
+impl RewardKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cash => "CASH",
+            Self::Bonus => "BONUS",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "CASH" => Some(Self::Cash),
+            "BONUS" => Some(Self::Bonus),
+            _ => None,
+        }
+    }
+}
+
+/// How a reward is credited: its kind and, for a bonus, the wagering requirement as a multiple
+/// of the amount (10: ten times the bonus must be wagered before it can be withdrawn).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Credit {
+    pub kind: RewardKind,
+    pub wagering_multiple: Option<Decimal>,
+}
+
+impl Credit {
+    pub const CASH: Credit = Credit { kind: RewardKind::Cash, wagering_multiple: None };
+
+    /// The wagering requirement recorded on a grant of `amount`, to the minor unit of its
+    /// currency (half away from zero).
+    pub fn wagering_requirement(&self, amount: Money) -> Option<Decimal> {
+        self.wagering_multiple.map(|m| {
+            (amount.amount * m)
+                .round_dp_with_strategy(crate::fx::minor_units(amount.currency), rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+        })
+    }
+}
+
 /// One reward a campaign pays per referral.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RewardSpec {
@@ -35,6 +83,38 @@ pub struct RewardSpec {
     pub amount: Money,
     /// Deposit tiers, in increasing `min_deposit` (empty: `amount` whatever the deposit).
     pub tiers: Vec<Tier>,
+    pub credit: Credit,
+}
+
+/// A multi-level reward: `amount` to the referrer's `level - 1`-th ancestor (level 2: the
+/// referrer's own referrer) for each referral paid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelReward {
+    /// 2 and up.
+    pub level: u8,
+    pub amount: Money,
+    pub credit: Credit,
+}
+
+impl LevelReward {
+    pub fn reward_type(&self) -> String {
+        format!("level_{}", self.level)
+    }
+}
+
+/// A milestone: `amount` to a referrer when their `referrals`-th referral in the campaign is
+/// rewarded; once per referrer and campaign, ever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Milestone {
+    pub referrals: u32,
+    pub amount: Money,
+    pub credit: Credit,
+}
+
+impl Milestone {
+    pub fn reward_type(&self) -> String {
+        format!("milestone_{}", self.referrals)
+    }
 }
 
 /// A deposit tier: deposits of at least `min_deposit` pay `amount` (unless a higher tier applies).
@@ -47,7 +127,7 @@ pub struct Tier {
 impl RewardSpec {
     /// A fixed reward.
     pub fn fixed(reward_type: &str, role: Role, amount: Money) -> Self {
-        Self { reward_type: reward_type.to_owned(), role, amount, tiers: Vec::new() }
+        Self { reward_type: reward_type.to_owned(), role, amount, tiers: Vec::new(), credit: Credit::CASH }
     }
 
     /// What this reward pays for a qualifying deposit of `deposit` (in the campaign's currency):
@@ -69,6 +149,10 @@ pub struct Campaign {
     pub window: Duration,
     /// Whose identity must be verified (KYC) before a reward is paid.
     pub kyc: Kyc,
+    /// Multi-level rewards, by increasing level from 2 (empty: the referrer's referrer gets nothing).
+    pub levels: Vec<LevelReward>,
+    /// Milestones, by increasing number of referrals.
+    pub milestones: Vec<Milestone>,
 }
 
 /// The KYC a campaign requires before paying.
@@ -139,6 +223,8 @@ impl Campaign {
             currency: Currency::USD,
             window: Duration::days(30),
             kyc: Kyc::default(),
+            levels: Vec::new(),
+            milestones: Vec::new(),
         }
     }
 

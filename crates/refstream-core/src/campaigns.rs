@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::campaign::{Campaign, RewardSpec, Role, Tier};
+use crate::campaign::{Campaign, Credit, LevelReward, Milestone, RewardKind, RewardSpec, Role, Tier};
 use crate::money::{Currency, Money};
 /// A problem in a campaign definition, naming its field (`rewards[1].tiers[0].amount`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,41 @@ pub struct Definition {
     /// Whose identity (KYC) must be verified before a reward is paid.
     #[serde(default)]
     pub kyc: crate::campaign::Kyc,
+    /// Multi-level: the first pays the referrer's referrer (level 2), the next their referrer, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub levels: Vec<LevelDef>,
+    /// Extra rewards to a referrer at their N-th rewarded referral.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub milestones: Vec<MilestoneDef>,
+}
+
+/// The most levels above the referrer a campaign pays (level 2 to level 1 + this).
+pub const MAX_LEVELS: usize = 4;
+
+/// One multi-level reward as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelDef {
+    pub amount: String,
+    /// `cash` (default) or `bonus`.
+    #[serde(default)]
+    pub kind: RewardKind,
+    /// Bonus only: how many times the amount must be wagered before it can be withdrawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wagering: Option<String>,
+}
+
+/// One milestone as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MilestoneDef {
+    /// Paid when the referrer's rewarded referrals in the campaign reach this number.
+    pub referrals: u32,
+    pub amount: String,
+    #[serde(default)]
+    pub kind: RewardKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wagering: Option<String>,
 }
 
 /// A campaign's caps and budget as written.
@@ -173,6 +208,12 @@ pub struct RewardDef {
     /// deposit tiers: the highest tier whose `min_deposit` the qualifying deposit reaches.
     #[serde(default)]
     pub tiers: Vec<TierDef>,
+    /// `cash` (default, withdrawable) or `bonus` (promotional credit, its own balance).
+    #[serde(default)]
+    pub kind: RewardKind,
+    /// Bonus only: how many times the amount must be wagered before it can be withdrawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wagering: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +270,23 @@ fn decimal(field: &str, raw: &str) -> Result<Decimal, DefinitionError> {
 fn positive(field: &str, raw: &str, currency: Currency) -> Result<Money, DefinitionError> {
     let d = decimal(field, raw)?;
     Money::positive("amount", d, currency).map_err(|e| err(field, e.reason))
+}
+
+/// A reward's kind and wagering multiple (`prefix` names the reward: `levels[0]`).
+fn credit(prefix: &str, kind: RewardKind, wagering: Option<&str>) -> Result<Credit, DefinitionError> {
+    let field = format!("{prefix}.wagering");
+    let wagering_multiple = match (kind, wagering) {
+        (_, None) => None,
+        (RewardKind::Cash, Some(_)) => return Err(err(field, "only a `bonus` reward has a wagering requirement")),
+        (RewardKind::Bonus, Some(raw)) => {
+            let m = decimal(&field, raw)?;
+            if m < Decimal::ZERO || m > Decimal::new(1000, 0) {
+                return Err(err(field, "must be between 0 and 1000 (times the bonus)"));
+            }
+            Some(m)
+        }
+    };
+    Ok(Credit { kind, wagering_multiple })
 }
 
 impl Definition {
@@ -290,7 +348,37 @@ impl Definition {
                 (Some(_), false) => return Err(err(field("amount"), "give either amount or tiers, not both")),
                 (None, true) => return Err(err(field("amount"), "missing: give amount or tiers")),
             };
-            rewards.push(RewardSpec { reward_type: r.reward_type.clone(), role: r.role, amount, tiers });
+            let credit = credit(&format!("rewards[{i}]"), r.kind, r.wagering.as_deref())?;
+            rewards.push(RewardSpec { reward_type: r.reward_type.clone(), role: r.role, amount, tiers, credit });
+        }
+        if self.levels.len() > MAX_LEVELS {
+            return Err(err("levels", format!("at most {MAX_LEVELS} levels above the referrer")));
+        }
+        let mut levels = Vec::new();
+        for (i, l) in self.levels.iter().enumerate() {
+            let amount = positive(&format!("levels[{i}].amount"), &l.amount, currency)?;
+            let credit = credit(&format!("levels[{i}]"), l.kind, l.wagering.as_deref())?;
+            levels.push(LevelReward { level: u8::try_from(i + 2).unwrap_or(u8::MAX), amount, credit });
+        }
+        let mut milestones: Vec<Milestone> = Vec::new();
+        for (i, m) in self.milestones.iter().enumerate() {
+            if m.referrals < 1 || m.referrals > 100_000 {
+                return Err(err(format!("milestones[{i}].referrals"), "must be between 1 and 100000"));
+            }
+            if milestones.last().is_some_and(|p| p.referrals >= m.referrals) {
+                return Err(err(format!("milestones[{i}].referrals"), "milestones must be in increasing order of referrals"));
+            }
+            let amount = positive(&format!("milestones[{i}].amount"), &m.amount, currency)?;
+            let credit = credit(&format!("milestones[{i}]"), m.kind, m.wagering.as_deref())?;
+            milestones.push(Milestone { referrals: m.referrals, amount, credit });
+        }
+        if let Some((i, r)) =
+            rewards.iter().enumerate().find(|(_, r)| r.reward_type.starts_with("level_") || r.reward_type.starts_with("milestone_"))
+        {
+            return Err(err(
+                format!("rewards[{i}].type"),
+                format!("`{}`: level_ and milestone_ name level and milestone rewards", r.reward_type),
+            ));
         }
         let t = &self.targeting;
         let countries = |name: &str, list: &[String]| -> Result<Vec<String>, DefinitionError> {
@@ -330,8 +418,16 @@ impl Definition {
             ends_at: t.ends_at,
         };
         self.limits()?;
-        let campaign =
-            Campaign { id: self.id.clone(), rewards, min_deposit, currency, window: Duration::days(self.window_days), kyc: self.kyc };
+        let campaign = Campaign {
+            id: self.id.clone(),
+            rewards,
+            min_deposit,
+            currency,
+            window: Duration::days(self.window_days),
+            kyc: self.kyc,
+            levels,
+            milestones,
+        };
         Ok((campaign, targeting))
     }
 
@@ -450,11 +546,22 @@ mod tests {
                         TierDef { min_deposit: "20".into(), amount: "10".into() },
                         TierDef { min_deposit: "100".into(), amount: "25".into() },
                     ],
+                    kind: RewardKind::Cash,
+                    wagering: None,
                 },
-                RewardDef { reward_type: "referee_bonus".into(), role: Role::Referee, amount: Some("5".into()), tiers: vec![] },
+                RewardDef {
+                    reward_type: "referee_bonus".into(),
+                    role: Role::Referee,
+                    amount: Some("5".into()),
+                    tiers: vec![],
+                    kind: RewardKind::Bonus,
+                    wagering: Some("10".into()),
+                },
             ],
             limits: LimitsDef::default(),
             kyc: Default::default(),
+            levels: vec![],
+            milestones: vec![],
         }
     }
 
@@ -497,6 +604,53 @@ mod tests {
         assert_eq!(t.countries, ["GB"]);
     }
 
+    fn level(amount: &str) -> LevelDef {
+        LevelDef { amount: amount.into(), kind: RewardKind::Cash, wagering: None }
+    }
+
+    fn milestone(referrals: u32) -> MilestoneDef {
+        MilestoneDef { referrals, amount: "50".into(), kind: RewardKind::Bonus, wagering: Some("5".into()) }
+    }
+
+    #[test]
+    fn levels_milestones_and_bonus_kinds_read_from_toml() {
+        let text = r#"
+            id = "spring"
+            name = "Spring"
+            currency = "USD"
+            min_deposit = "20"
+            window_days = 30
+            [[rewards]]
+            type = "referrer_bonus"
+            role = "referrer"
+            amount = "10"
+            [[rewards]]
+            type = "welcome_bonus"
+            role = "referee"
+            amount = "5"
+            kind = "bonus"
+            wagering = "10"
+            [[levels]]
+            amount = "2"
+            [[levels]]
+            amount = "1"
+            kind = "bonus"
+            [[milestones]]
+            referrals = 5
+            amount = "50"
+        "#;
+        let d: Definition = toml::from_str(text).unwrap();
+        let (c, _) = d.validate().unwrap();
+        assert_eq!(c.rewards[1].credit, Credit { kind: RewardKind::Bonus, wagering_multiple: Some(Decimal::new(10, 0)) });
+        assert_eq!(
+            c.levels.iter().map(|l| (l.level, l.reward_type(), l.credit.kind)).collect::<Vec<_>>(),
+            vec![(2, "level_2".to_owned(), RewardKind::Cash), (3, "level_3".to_owned(), RewardKind::Bonus)]
+        );
+        assert_eq!(c.milestones[0].reward_type(), "milestone_5");
+        let stored: Definition = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(stored, d, "stored as JSON and read back unchanged");
+    }
+
     #[test]
     fn problems_name_their_field() {
         type Change = Box<dyn Fn(&mut Definition)>;
@@ -513,6 +667,13 @@ mod tests {
             (Box::new(|d| d.rewards[1].amount = None), "rewards[1].amount"),
             (Box::new(|d| d.targeting.countries = vec!["Britain".into()]), "targeting.countries"),
             (Box::new(|d| d.targeting.platforms = vec!["tv".into()]), "targeting.platforms"),
+            (Box::new(|d| d.rewards[0].wagering = Some("10".into())), "rewards[0].wagering"),
+            (Box::new(|d| d.rewards[1].wagering = Some("-1".into())), "rewards[1].wagering"),
+            (Box::new(|d| d.levels = vec![level("0")]), "levels[0].amount"),
+            (Box::new(|d| d.levels = vec![level("1"); MAX_LEVELS + 1]), "levels"),
+            (Box::new(|d| d.milestones = vec![milestone(5), milestone(3)]), "milestones[1].referrals"),
+            (Box::new(|d| d.milestones = vec![milestone(0)]), "milestones[0].referrals"),
+            (Box::new(|d| d.rewards[1].reward_type = "level_2".into()), "rewards[1].type"),
         ];
         for (change, field) in cases {
             let mut d = toml_like();

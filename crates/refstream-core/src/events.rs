@@ -208,6 +208,14 @@ pub struct RewardGranted {
     pub campaign_id: String,
     pub qualifying_deposit_id: String,
     pub granted_at: DateTime<Utc>,
+    /// 1: the referral's own referrer or referee; 2: the referrer's referrer; ...
+    pub level: u8,
+    /// A milestone reward: the referrer's N-th rewarded referral in the campaign.
+    pub milestone: Option<u32>,
+    /// Cash (withdrawable) or bonus (promotional credit).
+    pub kind: crate::campaign::RewardKind,
+    /// Bonus: how much must be wagered before it can be withdrawn.
+    pub wagering_requirement: Option<rust_decimal::Decimal>,
 }
 
 /// A reward was taken back.

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod links;
 pub mod money;
+pub mod rewards;
 pub mod settlement;
 pub mod validate;
 

@@ -501,6 +501,8 @@ impl Settings {
             currency,
             window: chrono::Duration::days(c.window_days),
             kyc: refstream_core::campaign::Kyc::default(),
+            levels: Vec::new(),
+            milestones: Vec::new(),
         })
     }
 

@@ -6,10 +6,12 @@
 //! the unique `(referral_id, reward_type)` and the `reversed_at IS NULL` guard, whatever the
 //! batch size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
+use refstream_core::campaign::RewardKind;
 use refstream_core::events::{RewardGranted, RewardReversed};
+use refstream_core::rewards::Grant;
 use refstream_core::{Currency, DerivedId, Money, UserId};
 use refstream_runtime::metrics::OUTCOMES;
 use refstream_runtime::outbox::OutboxMessage;
@@ -17,12 +19,17 @@ use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::plan::Planned;
 use crate::store::Referral;
 use crate::RewardEngine;
 
-/// The ledger account of a user's reward balance.
-pub fn user_account(user: &str) -> String {
-    format!("user:{user}")
+/// The ledger account of a user's reward balance of `kind`: cash in `user:<id>`, bonus credit
+/// in `user:<id>:bonus`, so a wallet can tell them apart.
+pub fn user_account(user: &str, kind: RewardKind) -> String {
+    match kind {
+        RewardKind::Cash => format!("user:{user}"),
+        RewardKind::Bonus => format!("user:{user}:bonus"),
+    }
 }
 
 /// The ledger account a campaign's rewards are paid from.
@@ -102,93 +109,100 @@ struct Inserted {
     granted_at: DateTime<Utc>,
 }
 
-/// Credits every reward of the campaign for each payment, in one insert; books, and announces,
-/// only the rows that insert really inserted. Returns the referral ids that got a new reward.
-pub(crate) async fn grant(
-    conn: &mut PgConnection,
-    engine: &RewardEngine,
-    payments: &[Payment<'_>],
-    out: &mut Vec<OutboxMessage>,
-) -> sqlx::Result<Vec<Uuid>> {
-    struct Row<'a> {
-        payment: &'a Payment<'a>,
-        reward_id: Uuid,
-        spec: refstream_core::campaign::RewardSpec,
-        /// What it pays: the spec's amount, or its tier for the qualifying deposit.
-        amount: refstream_core::Money,
-        campaign_id: String,
-        beneficiary: &'a str,
-    }
-    let mut rows = Vec::new();
-    for payment in payments {
-        // Terms were loaded with the referral; without them nothing is paid by other terms.
-        let Some(campaign) = engine.terms.of(payment.referral) else { continue };
-        for spec in &campaign.rewards {
-            let beneficiary = match spec.role {
-                refstream_core::campaign::Role::Referrer => payment.referral.referrer_id.as_str(),
-                refstream_core::campaign::Role::Referee => payment.referral.referee_id.as_str(),
-            };
-            rows.push(Row {
-                payment,
-                reward_id: DerivedId::reward(payment.referral.referral_id, &spec.reward_type),
-                spec: spec.clone(),
-                amount: spec.amount_for(payment.deposit_amount),
-                campaign_id: campaign.id.clone(),
-                beneficiary,
-            });
-        }
-    }
+type Row<'r, 'a> = (&'r Payment<'a>, &'r Grant, Uuid);
+
+/// Inserts reward rows; returns those really inserted (a conflict on any unique key — the
+/// reward key, or a milestone's once per referrer — inserts nothing).
+async fn insert(conn: &mut PgConnection, rows: &[&Row<'_, '_>]) -> sqlx::Result<Vec<Inserted>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let inserted: Vec<Inserted> = sqlx::query_as(
+    let col = |f: &dyn Fn(&Row<'_, '_>) -> String| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
+    sqlx::query_as(
         "INSERT INTO rewards (reward_id, referral_id, reward_type, beneficiary_id, role, amount, currency, campaign_id, \
-                              qualifying_deposit_id, barrier_id, hold_ended_at, terms_version, fx_rate, fx_rate_at) \
+                              qualifying_deposit_id, barrier_id, hold_ended_at, terms_version, fx_rate, fx_rate_at, \
+                              kind, wagering_requirement, level, milestone) \
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::text[], \
-                              $9::text[], $10::int8[], $11::timestamptz[], $12::int[], $13::numeric[], $14::timestamptz[]) \
-         ON CONFLICT (referral_id, reward_type) DO NOTHING RETURNING reward_id, granted_at",
+                              $9::text[], $10::int8[], $11::timestamptz[], $12::int[], $13::numeric[], $14::timestamptz[], \
+                              $15::text[], $16::numeric[], $17::int2[], $18::int[]) \
+         ON CONFLICT DO NOTHING RETURNING reward_id, granted_at",
     )
-    .bind(rows.iter().map(|r| r.reward_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.payment.referral.referral_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.spec.reward_type.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.beneficiary.to_owned()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.spec.role.as_str().to_owned()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.amount.amount).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.amount.currency.as_str().to_owned()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.campaign_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.payment.deposit_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.payment.barrier_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.payment.hold_ended_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.payment.referral.terms_version).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.payment.fx.map(|f| f.0)).collect::<Vec<Option<Decimal>>>())
-    .bind(rows.iter().map(|r| r.payment.fx.map(|f| f.1)).collect::<Vec<Option<DateTime<Utc>>>>())
+    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.0.referral.referral_id).collect::<Vec<_>>())
+    .bind(col(&|r| r.1.reward_type.clone()))
+    .bind(col(&|r| r.1.beneficiary.clone()))
+    .bind(col(&|r| r.1.role.as_str().to_owned()))
+    .bind(rows.iter().map(|r| r.1.amount.amount).collect::<Vec<_>>())
+    .bind(col(&|r| r.1.amount.currency.as_str().to_owned()))
+    .bind(col(&|r| r.0.referral.campaign_id.clone()))
+    .bind(col(&|r| r.0.deposit_id.clone()))
+    .bind(rows.iter().map(|r| r.0.barrier_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.0.hold_ended_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.0.referral.terms_version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.0.fx.map(|f| f.0)).collect::<Vec<Option<Decimal>>>())
+    .bind(rows.iter().map(|r| r.0.fx.map(|f| f.1)).collect::<Vec<Option<DateTime<Utc>>>>())
+    .bind(col(&|r| r.1.kind.as_str().to_owned()))
+    .bind(rows.iter().map(|r| r.1.wagering_requirement).collect::<Vec<Option<Decimal>>>())
+    .bind(rows.iter().map(|r| i16::from(r.1.level)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.milestone.and_then(|m| i32::try_from(m).ok())).collect::<Vec<Option<i32>>>())
     .fetch_all(&mut *conn)
-    .await?;
+    .await
+}
+
+/// Credits every planned grant in one insert (and one more for milestones); books, and announces, only the rows that insert
+/// really inserted (a conflict on the reward key, or on a milestone's once-per-referrer key,
+/// inserts nothing). Returns the referral ids that got a new reward.
+pub(crate) async fn grant(
+    conn: &mut PgConnection,
+    engine: &RewardEngine,
+    planned: &[Planned<'_>],
+    out: &mut Vec<OutboxMessage>,
+) -> sqlx::Result<Vec<Uuid>> {
+    let rows: Vec<Row<'_, '_>> = planned
+        .iter()
+        .flat_map(|p| p.grants.iter().map(move |g| (&p.payment, g, DerivedId::reward(p.payment.referral.referral_id, &g.reward_type))))
+        .collect();
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Own and level rewards first; a milestone goes in only with its referral's own rewards (a
+    // referral paid again inserts nothing, so it never reaches a milestone twice).
+    let (own, milestones): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.1.milestone.is_none());
+    let mut inserted = insert(conn, &own).await?;
+    let new: BTreeSet<Uuid> = inserted.iter().map(|i| i.reward_id).collect();
+    let reached: BTreeSet<Uuid> = own.iter().filter(|r| new.contains(&r.2)).map(|r| r.0.referral.referral_id).collect();
+    let milestones: Vec<_> = milestones.into_iter().filter(|r| reached.contains(&r.0.referral.referral_id)).collect();
+    inserted.extend(insert(conn, &milestones).await?);
     let granted_at: BTreeMap<Uuid, DateTime<Utc>> = inserted.into_iter().map(|i| (i.reward_id, i.granted_at)).collect();
     let mut entries = Vec::new();
     let mut paid = Vec::new();
-    for row in rows.iter().filter(|r| granted_at.contains_key(&r.reward_id)) {
-        let (amount, currency) = (row.amount.amount, row.amount.currency.as_str().to_owned());
-        let transaction = DerivedId::ledger_transaction("grant", row.reward_id);
-        for (account, amount) in [(user_account(row.beneficiary), amount), (campaign_account(&row.campaign_id), -amount)] {
-            entries.push(Entry { transaction, account, amount, currency: currency.clone(), reward: row.reward_id, kind: "grant" });
+    for (payment, g, reward_id) in rows.iter().filter(|r| granted_at.contains_key(&r.2)) {
+        let (amount, currency) = (g.amount.amount, g.amount.currency.as_str().to_owned());
+        let transaction = DerivedId::ledger_transaction("grant", *reward_id);
+        let campaign = &payment.referral.campaign_id;
+        for (account, amount) in [(user_account(&g.beneficiary, g.kind), amount), (campaign_account(campaign), -amount)] {
+            entries.push(Entry { transaction, account, amount, currency: currency.clone(), reward: *reward_id, kind: "grant" });
         }
         let event = RewardGranted {
-            event_id: DerivedId::event("reward-granted", row.reward_id),
-            reward_id: row.reward_id,
-            referral_id: row.payment.referral.referral_id,
-            user_id: UserId::parse(row.beneficiary).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-            role: row.spec.role,
-            reward_type: row.spec.reward_type.clone(),
-            amount: row.amount,
-            campaign_id: row.campaign_id.clone(),
-            qualifying_deposit_id: row.payment.deposit_id.clone(),
-            granted_at: granted_at[&row.reward_id],
+            event_id: DerivedId::event("reward-granted", *reward_id),
+            reward_id: *reward_id,
+            referral_id: payment.referral.referral_id,
+            user_id: UserId::parse(g.beneficiary.as_str()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            role: g.role,
+            reward_type: g.reward_type.clone(),
+            amount: g.amount,
+            campaign_id: campaign.clone(),
+            qualifying_deposit_id: payment.deposit_id.clone(),
+            granted_at: granted_at[reward_id],
+            level: g.level,
+            milestone: g.milestone,
+            kind: g.kind,
+            wagering_requirement: g.wagering_requirement,
         };
-        out.push(OutboxMessage::record(&engine.topics.reward_granted, row.beneficiary, &event));
+        out.push(OutboxMessage::record(&engine.topics.reward_granted, &g.beneficiary, &event));
         OUTCOMES.with_label_values(&["reward-engine", "reward_granted"]).inc();
-        if paid.last() != Some(&row.payment.referral.referral_id) {
-            paid.push(row.payment.referral.referral_id);
+        if paid.last() != Some(&payment.referral.referral_id) {
+            paid.push(payment.referral.referral_id);
         }
     }
     book(conn, &entries).await?;
@@ -217,6 +231,7 @@ struct Taken {
     reversed_at: DateTime<Utc>,
     reversal_reason: String,
     reversal_assessment_event_id: Option<Uuid>,
+    kind: String,
 }
 
 /// Takes back the rewards `what` names, in one guarded update; books the compensating entries
@@ -229,7 +244,7 @@ pub(crate) async fn reverse(
     out: &mut Vec<OutboxMessage>,
 ) -> sqlx::Result<Vec<Uuid>> {
     const RETURNING: &str = "RETURNING w.reward_id, w.referral_id, w.beneficiary_id, w.amount, w.currency, w.campaign_id, \
-                             w.qualifying_deposit_id, w.reversed_at, w.reversal_reason, w.reversal_assessment_event_id";
+                             w.qualifying_deposit_id, w.reversed_at, w.reversal_reason, w.reversal_assessment_event_id, w.kind";
     let taken: Vec<Taken> = match what {
         Reverse::Deposits { ids, reasons, at } => {
             if ids.is_empty() {
@@ -269,7 +284,9 @@ pub(crate) async fn reverse(
     for r in &taken {
         let currency = r.currency.trim().to_owned();
         let transaction = DerivedId::ledger_transaction("reverse", r.reward_id);
-        for (account, amount) in [(user_account(&r.beneficiary_id), -r.amount), (campaign_account(&r.campaign_id), r.amount)] {
+        let kind =
+            RewardKind::parse(&r.kind).ok_or_else(|| sqlx::Error::Protocol(format!("reward {} has kind {}", r.reward_id, r.kind)))?;
+        for (account, amount) in [(user_account(&r.beneficiary_id, kind), -r.amount), (campaign_account(&r.campaign_id), r.amount)] {
             entries.push(Entry { transaction, account, amount, currency: currency.clone(), reward: r.reward_id, kind: "reverse" });
         }
         let parsed = Currency::parse(&currency).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;

@@ -23,6 +23,7 @@ pub mod gate;
 mod kyc;
 mod ledger;
 mod limits;
+mod plan;
 pub mod settlement;
 mod store;
 mod terms;

@@ -54,43 +54,44 @@ pub(crate) async fn usage(conn: &mut PgConnection, campaign: &str, referrers: &[
     Ok(usage)
 }
 
-/// Splits `payments` into those the limits admit and the referrals they cap (with the reason).
-pub(crate) async fn admit<'a>(
-    conn: &mut PgConnection,
-    engine: &RewardEngine,
-    payments: Vec<Payment<'a>>,
-) -> sqlx::Result<(Vec<Payment<'a>>, Vec<(Uuid, String)>)> {
-    let campaigns: Vec<String> = payments
-        .iter()
-        .filter(|p| p.referral.terms_version > 0)
-        .map(|p| p.referral.campaign_id.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if campaigns.is_empty() {
-        return Ok((payments, Vec::new()));
+/// The limits of a batch's campaigns and what each has paid, read under their locks; admits
+/// payments one by one, counting each it admits.
+pub(crate) struct Admission {
+    limits: BTreeMap<String, Limits>,
+    usages: BTreeMap<String, Usage>,
+}
+
+impl Admission {
+    /// Takes the locks of the limited campaigns among `payments` and reads their usage.
+    pub(crate) async fn load(conn: &mut PgConnection, payments: &[Payment<'_>]) -> sqlx::Result<Self> {
+        let campaigns: Vec<String> = payments
+            .iter()
+            .filter(|p| p.referral.terms_version > 0)
+            .map(|p| p.referral.campaign_id.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if campaigns.is_empty() {
+            return Ok(Self { limits: BTreeMap::new(), usages: BTreeMap::new() });
+        }
+        let limits = current(conn, &campaigns).await?;
+        let mut usages = BTreeMap::new();
+        for campaign in limits.keys() {
+            let referrers: Vec<String> =
+                payments.iter().filter(|p| &p.referral.campaign_id == campaign).map(|p| p.referral.referrer_id.clone()).collect();
+            usages.insert(campaign.clone(), usage(conn, campaign, &referrers).await?);
+        }
+        Ok(Self { limits, usages })
     }
-    let limits = current(conn, &campaigns).await?;
-    let mut usages = BTreeMap::new();
-    for campaign in limits.keys() {
-        let referrers: Vec<String> =
-            payments.iter().filter(|p| &p.referral.campaign_id == campaign).map(|p| p.referral.referrer_id.clone()).collect();
-        usages.insert(campaign.clone(), usage(conn, campaign, &referrers).await?);
-    }
-    let (mut admitted, mut capped) = (Vec::new(), Vec::new());
-    for p in payments {
-        let (Some(l), Some(u)) = (limits.get(&p.referral.campaign_id), usages.get_mut(&p.referral.campaign_id)) else {
-            admitted.push(p);
-            continue;
-        };
-        let amount: Decimal =
-            engine.terms.of(p.referral).map_or(Decimal::ZERO, |c| c.rewards.iter().map(|s| s.amount_for(p.deposit_amount).amount).sum());
-        match u.admit(l, &p.referral.referrer_id, amount, p.deposited_at) {
-            Ok(()) => admitted.push(p),
-            Err(reason) => capped.push((p.referral.referral_id, reason)),
+
+    /// Admits `payment`, costing `cost` in all, and counts it; or says which limit it would break.
+    pub(crate) fn admit(&mut self, payment: &Payment<'_>, cost: Decimal) -> Result<(), String> {
+        let r = payment.referral;
+        match (self.limits.get(&r.campaign_id), self.usages.get_mut(&r.campaign_id)) {
+            (Some(l), Some(u)) => u.admit(l, &r.referrer_id, cost, payment.deposited_at),
+            _ => Ok(()),
         }
     }
-    Ok((admitted, capped))
 }
 
 /// Capped referrals released per transaction.

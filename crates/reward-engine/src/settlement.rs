@@ -23,9 +23,9 @@ use uuid::Uuid;
 
 use crate::gate::{self, EndOffsets};
 use crate::ledger::{self, Payment};
-use crate::limits;
 use crate::store::{self, Move};
 use crate::RewardEngine;
+use crate::{limits, plan};
 
 #[derive(sqlx::FromRow)]
 struct Claimed {
@@ -137,11 +137,12 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
             })
         })
         .collect();
-    // Caps and budgets: what a limit refuses is not paid, and its referral is capped.
-    let (payments, capped) = limits::admit(&mut tx, engine, payments).await?;
+    // What each payment credits; caps and budgets: what a limit refuses is not paid, and its
+    // referral is capped.
+    let (planned, capped) = plan::plan(&mut tx, engine, payments).await?;
     let mut out = Vec::new();
-    let paid = ledger::grant(&mut tx, engine, &payments, &mut out).await?;
-    drop(payments);
+    let paid = ledger::grant(&mut tx, engine, &planned, &mut out).await?;
+    drop(planned);
     for (id, reason) in capped {
         if let Some(referral) = referrals.get_mut(&id) {
             OUTCOMES.with_label_values(&["reward-engine", "reward_capped"]).inc();

@@ -90,18 +90,39 @@ impl Fields {
         }
     }
 
+    pub fn opt_int(&mut self, name: &'static str) -> Result<Option<i32>, FieldError> {
+        match unwrap_union(self.take(name)?) {
+            Value::Null => Ok(None),
+            Value::Int(i) => Ok(Some(i)),
+            other => Err(unexpected(name, "an int or null", &other)),
+        }
+    }
+
+    /// An optional `decimal(18,4)` amount.
+    pub fn opt_decimal(&mut self, name: &'static str) -> Result<Option<Decimal>, FieldError> {
+        match unwrap_union(self.take(name)?) {
+            Value::Null => Ok(None),
+            value => decimal_of(name, value).map(Some),
+        }
+    }
+
     /// A `decimal(18,4)` amount. Rejects values that need more than 18 digits.
     pub fn decimal(&mut self, name: &'static str) -> Result<Decimal, FieldError> {
-        let bytes: Vec<u8> = match self.take(name)? {
-            Value::Decimal(d) => Vec::<u8>::try_from(d).map_err(|e| FieldError::new(name, e.to_string()))?,
-            Value::Bytes(b) => b,
-            other => return Err(unexpected(name, "a decimal", &other)),
-        };
-        let unscaled = unscaled_from_be(&bytes).ok_or_else(|| FieldError::new(name, "does not fit decimal(18,4)"))?;
-        let amount = from_unscaled(unscaled).ok_or_else(|| FieldError::new(name, "does not fit decimal(18,4)"))?;
-        refstream_core::money::check_amount(name, amount)?;
-        Ok(amount)
+        let value = self.take(name)?;
+        decimal_of(name, value)
     }
+}
+
+fn decimal_of(name: &'static str, value: Value) -> Result<Decimal, FieldError> {
+    let bytes: Vec<u8> = match value {
+        Value::Decimal(d) => Vec::<u8>::try_from(d).map_err(|e| FieldError::new(name, e.to_string()))?,
+        Value::Bytes(b) => b,
+        other => return Err(unexpected(name, "a decimal", &other)),
+    };
+    let unscaled = unscaled_from_be(&bytes).ok_or_else(|| FieldError::new(name, "does not fit decimal(18,4)"))?;
+    let amount = from_unscaled(unscaled).ok_or_else(|| FieldError::new(name, "does not fit decimal(18,4)"))?;
+    refstream_core::money::check_amount(name, amount)?;
+    Ok(amount)
 }
 
 fn unwrap_union(value: Value) -> Value {

@@ -64,19 +64,24 @@ impl Decoder {
         Self { confluent_ids }
     }
 
-    /// Reads the framing and returns the writer's schema and the body.
+    /// Reads the framing and returns the record's schema and the body.
     pub fn frame<'a>(&self, bytes: &'a [u8]) -> Result<(EventKind, &'a [u8]), DecodeError> {
+        self.framed(bytes).map(|(kind, _, body)| (kind, body))
+    }
+
+    /// The framing: the record's schema, the reader from its writer's version, and the body.
+    fn framed<'a>(&self, bytes: &'a [u8]) -> Result<(EventKind, &'static schemas::Parsed, &'a [u8]), DecodeError> {
         match bytes {
             [0xC3, 0x01, rest @ ..] => {
                 let (fp, body) = rest.split_first_chunk::<8>().ok_or(DecodeError::Truncated(bytes.len()))?;
-                let kind = EventKind::by_fingerprint(fp).ok_or_else(|| DecodeError::UnknownFingerprint(hex(fp)))?;
-                Ok((kind, body))
+                let writer = EventKind::by_fingerprint(fp).ok_or_else(|| DecodeError::UnknownFingerprint(hex(fp)))?;
+                Ok((writer.kind, writer, body))
             }
             [0x00, rest @ ..] => {
                 let (id, body) = rest.split_first_chunk::<4>().ok_or(DecodeError::Truncated(bytes.len()))?;
                 let id = u32::from_be_bytes(*id);
                 let kind = *self.confluent_ids.get(&id).ok_or(DecodeError::UnknownSchemaId(id))?;
-                Ok((kind, body))
+                Ok((kind, schemas::current(kind), body))
             }
             [a, b, ..] => Err(DecodeError::UnknownFraming(*a, *b)),
             _ => Err(DecodeError::Truncated(bytes.len())),
@@ -85,19 +90,18 @@ impl Decoder {
 
     /// Decodes and validates a record of type `T`, as of `now` (for the future-date check).
     pub fn decode<T: AvroRecord>(&self, bytes: &[u8], now: DateTime<Utc>) -> Result<T, DecodeError> {
-        let (kind, body) = self.frame(bytes)?;
+        let (kind, reader, body) = self.framed(bytes)?;
         if kind != T::KIND {
             return Err(DecodeError::WrongSchema { expected: T::KIND.name(), found: kind.name() });
         }
-        let value = read_body(kind, body)?;
+        let value = read_body(kind, reader, body)?;
         T::from_value(value, now).map_err(|e| DecodeError::Invalid { kind: kind.name(), detail: e.to_string() })
     }
 }
 
-fn read_body(kind: EventKind, body: &[u8]) -> Result<Value, DecodeError> {
+fn read_body(kind: EventKind, writer: &schemas::Parsed, body: &[u8]) -> Result<Value, DecodeError> {
     let mut cursor = Cursor::new(body);
-    let value =
-        schemas::reader(kind).read_value(&mut cursor).map_err(|e| DecodeError::Malformed { kind: kind.name(), detail: e.to_string() })?;
+    let value = writer.read(&mut cursor).map_err(|e| DecodeError::Malformed { kind: kind.name(), detail: e.to_string() })?;
     let read = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
     if read != body.len() {
         return Err(DecodeError::Malformed { kind: kind.name(), detail: format!("{} trailing bytes after the record", body.len() - read) });
@@ -108,8 +112,8 @@ fn read_body(kind: EventKind, body: &[u8]) -> Result<Value, DecodeError> {
 /// The `event_id` of any contract record in single-object encoding, without validating the
 /// rest (auditing tools read whole topics with it).
 pub fn event_id_of(bytes: &[u8]) -> Option<uuid::Uuid> {
-    let (kind, body) = Decoder::default().frame(bytes).ok()?;
-    match read_body(kind, body).ok()? {
+    let (kind, reader, body) = Decoder::default().framed(bytes).ok()?;
+    match read_body(kind, reader, body).ok()? {
         Value::Record(fields) => fields.into_iter().find(|(n, _)| n == "event_id").and_then(|(_, v)| match v {
             Value::Uuid(u) => Some(u),
             Value::String(s) => uuid::Uuid::parse_str(&s).ok(),

@@ -3,6 +3,7 @@
 
 use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
+use refstream_core::campaign::RewardKind;
 use refstream_core::campaign::Role;
 use refstream_core::events::{
     AttributionSource, DepositCompleted, DepositReversed, RawUserRegistered, ReferralAttributed, ReferralClicked, ReferralScored,
@@ -249,6 +250,22 @@ impl AvroRecord for RewardGranted {
             ("campaign_id", s(&self.campaign_id)),
             ("qualifying_deposit_id", s(&self.qualifying_deposit_id)),
             ("granted_at", ts(self.granted_at)),
+            ("level", Value::Int(i32::from(self.level))),
+            (
+                "milestone",
+                match self.milestone {
+                    Some(n) => Value::Union(1, Box::new(Value::Int(i32::try_from(n).unwrap_or(i32::MAX)))),
+                    None => Value::Union(0, Box::new(Value::Null)),
+                },
+            ),
+            ("kind", enm(&["CASH", "BONUS"], self.kind.as_str())),
+            (
+                "wagering_requirement",
+                match self.wagering_requirement {
+                    Some(w) => Value::Union(1, Box::new(decimal_value(w))),
+                    None => Value::Union(0, Box::new(Value::Null)),
+                },
+            ),
         ])
     }
     fn from_value(value: Value, _now: DateTime<Utc>) -> Result<Self, FieldError> {
@@ -276,6 +293,16 @@ impl AvroRecord for RewardGranted {
             campaign_id: f.string("campaign_id")?,
             qualifying_deposit_id: f.string("qualifying_deposit_id")?,
             granted_at: f.timestamp("granted_at")?,
+            level: u8::try_from(f.int("level")?).map_err(|_| FieldError::new("level", "must be 1 to 255"))?,
+            milestone: match f.opt_int("milestone")? {
+                Some(n) => Some(u32::try_from(n).map_err(|_| FieldError::new("milestone", "must not be negative"))?),
+                None => None,
+            },
+            kind: {
+                let symbol = f.enum_symbol("kind")?;
+                RewardKind::parse(&symbol).ok_or_else(|| FieldError::new("kind", format!("unknown kind `{symbol}`")))?
+            },
+            wagering_requirement: f.opt_decimal("wagering_requirement")?,
         })
     }
 }

@@ -1,8 +1,13 @@
-//! The contract's schemas, embedded from `schemas/*.avsc` at build time and parsed once.
+//! The contract's schemas, embedded from `schemas/*.avsc` at build time and parsed once, with
+//! the earlier versions of evolved schemas (`schemas/history/`): a record written with an
+//! earlier version is found by its fingerprint and resolved to the current schema (new fields
+//! take their defaults), so upgrading never stops old records on a topic from decoding.
 
 use std::sync::OnceLock;
 
 use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::schema::RecordField;
+use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
@@ -69,36 +74,87 @@ impl EventKind {
         }
     }
 
-    pub(super) fn by_fingerprint(fp: &[u8; 8]) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| &fingerprint(*k) == fp)
+    /// The writer's schema of a record whose fingerprint is `fp`: current or earlier.
+    pub(super) fn by_fingerprint(fp: &[u8; 8]) -> Option<&'static Parsed> {
+        parsed().iter().chain(earlier()).find(|p| &p.fingerprint == fp)
     }
 }
 
-struct Parsed {
+/// Earlier versions of evolved schemas, oldest first: records written with them still decode.
+const HISTORY: &[(EventKind, &str, &str)] =
+    &[(EventKind::RewardGranted, "history/RewardGranted.v1", include_str!("../../../../schemas/history/RewardGranted.v1.avsc"))];
+
+pub(super) struct Parsed {
+    pub(super) kind: EventKind,
     schema: &'static Schema,
-    fingerprint: [u8; 8],
+    pub(super) fingerprint: [u8; 8],
     reader: GenericDatumReader<'static>,
-    writer: GenericDatumWriter<'static>,
+    pub(super) writer: GenericDatumWriter<'static>,
+    /// An earlier version: the current schema its records are upgraded to.
+    current: Option<&'static Schema>,
+}
+
+/// Parses `source` (the file `name`); an earlier version carries the `current` schema its
+/// records are upgraded to.
+fn parse(kind: EventKind, name: &str, source: &str, current: Option<&'static Schema>) -> Parsed {
+    let schema: &'static Schema =
+        Box::leak(Box::new(Schema::parse_str(source).unwrap_or_else(|e| panic!("schemas/{name}.avsc does not parse: {e}"))));
+    let canonical = super::canonical::canonical_form(source).unwrap_or_else(|e| panic!("schemas/{name}.avsc has no canonical form: {e}"));
+    let fingerprint = super::canonical::fingerprint(&canonical);
+    let reader = GenericDatumReader::builder(schema).build().expect("schema resolves");
+    let writer = GenericDatumWriter::builder(schema).build().expect("schema resolves");
+    if let Some(current) = current {
+        // Every field added since must have a default we can fill in.
+        let (Schema::Record(old), Schema::Record(new)) = (schema, current) else { panic!("schemas/{name}.avsc is not a record") };
+        for f in new.fields.iter().filter(|f| !old.fields.iter().any(|o| o.name == f.name)) {
+            default_of(f).unwrap_or_else(|| panic!("{}.{} was added without a usable default", kind.name(), f.name));
+        }
+    }
+    Parsed { kind, schema, fingerprint, reader, writer, current }
+}
+
+/// The value of a field's declared default (the forms the contract uses: null in a union, an
+/// int or long, an enum symbol, a string).
+fn default_of(field: &RecordField) -> Option<Value> {
+    use serde_json::Value as Json;
+    match (field.default.as_ref()?, &field.schema) {
+        (Json::Null, Schema::Union(_)) => Some(Value::Union(0, Box::new(Value::Null))),
+        (Json::Number(n), Schema::Int) => Some(Value::Int(i32::try_from(n.as_i64()?).ok()?)),
+        (Json::Number(n), Schema::Long) => Some(Value::Long(n.as_i64()?)),
+        (Json::String(sym), Schema::Enum(e)) => {
+            Some(Value::Enum(u32::try_from(e.symbols.iter().position(|x| x == sym)?).ok()?, sym.clone()))
+        }
+        (Json::String(s), Schema::String) => Some(Value::String(s.clone())),
+        _ => None,
+    }
+}
+
+impl Parsed {
+    /// Reads one record's body; a record of an earlier version gains the fields added since,
+    /// with their defaults (fields are read by name, so their order does not matter).
+    pub(super) fn read(&self, body: &mut impl std::io::Read) -> apache_avro::AvroResult<Value> {
+        match (self.current, self.reader.read_value(body)?) {
+            (Some(Schema::Record(current)), Value::Record(mut fields)) => {
+                for f in &current.fields {
+                    if !fields.iter().any(|(n, _)| n == &f.name) {
+                        fields.extend(default_of(f).map(|v| (f.name.clone(), v)));
+                    }
+                }
+                Ok(Value::Record(fields))
+            }
+            (_, value) => Ok(value),
+        }
+    }
 }
 
 fn parsed() -> &'static [Parsed] {
     static PARSED: OnceLock<Vec<Parsed>> = OnceLock::new();
-    PARSED.get_or_init(|| {
-        EventKind::ALL
-            .iter()
-            .map(|k| {
-                let schema: &'static Schema = Box::leak(Box::new(
-                    Schema::parse_str(k.source()).unwrap_or_else(|e| panic!("schemas/{}.avsc does not parse: {e}", k.name())),
-                ));
-                let canonical = super::canonical::canonical_form(k.source())
-                    .unwrap_or_else(|e| panic!("schemas/{}.avsc has no canonical form: {e}", k.name()));
-                let fingerprint = super::canonical::fingerprint(&canonical);
-                let reader = GenericDatumReader::builder(schema).build().expect("schema resolves");
-                let writer = GenericDatumWriter::builder(schema).build().expect("schema resolves");
-                Parsed { schema, fingerprint, reader, writer }
-            })
-            .collect()
-    })
+    PARSED.get_or_init(|| EventKind::ALL.iter().map(|k| parse(*k, k.name(), k.source(), None)).collect())
+}
+
+pub(super) fn earlier() -> &'static [Parsed] {
+    static EARLIER: OnceLock<Vec<Parsed>> = OnceLock::new();
+    EARLIER.get_or_init(|| HISTORY.iter().map(|(k, name, source)| parse(*k, name, source, Some(schema(*k)))).collect())
 }
 
 fn index(kind: EventKind) -> usize {
@@ -110,9 +166,9 @@ pub fn schema(kind: EventKind) -> &'static Schema {
     parsed()[index(kind)].schema
 }
 
-/// The datum reader of `kind`, resolved once.
-pub(super) fn reader(kind: EventKind) -> &'static GenericDatumReader<'static> {
-    &parsed()[index(kind)].reader
+/// The current version of `kind`.
+pub(super) fn current(kind: EventKind) -> &'static Parsed {
+    &parsed()[index(kind)]
 }
 
 /// The datum writer of `kind`, resolved once.

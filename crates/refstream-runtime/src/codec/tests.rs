@@ -2,7 +2,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
-use refstream_core::events::{DepositCompleted, DepositReversed, ReferralClicked, ReversalReason, UserRegistered};
+use refstream_core::campaign::RewardKind;
+use refstream_core::events::{DepositCompleted, DepositReversed, ReferralClicked, ReversalReason, RewardGranted, UserRegistered};
 use refstream_core::links::Platform;
 use refstream_core::{Currency, Money, UserId};
 use serde_json::Value as Json;
@@ -281,4 +282,45 @@ proptest! {
         d.amount = Money::new(amount, Currency::USD);
         prop_assert_eq!(decoder().decode::<DepositCompleted>(&encode(&d), now()).unwrap().amount.amount, amount);
     }
+}
+
+fn granted() -> RewardGranted {
+    RewardGranted {
+        event_id: Uuid::new_v4(),
+        reward_id: Uuid::new_v4(),
+        referral_id: Uuid::new_v4(),
+        user_id: UserId::parse("u-1").unwrap(),
+        role: refstream_core::campaign::Role::Referrer,
+        reward_type: "milestone_5".into(),
+        amount: Money::new("50".parse().unwrap(), Currency::USD),
+        campaign_id: "spring".into(),
+        qualifying_deposit_id: "d-1".into(),
+        granted_at: now(),
+        level: 1,
+        milestone: Some(5),
+        kind: RewardKind::Bonus,
+        wagering_requirement: Some("500".parse().unwrap()),
+    }
+}
+
+#[test]
+fn reward_granted_round_trips_with_its_version_2_fields() {
+    let g = granted();
+    assert_eq!(decoder().decode::<RewardGranted>(&encode(&g), now()).unwrap(), g);
+}
+
+#[test]
+fn a_reward_granted_written_with_version_1_still_decodes_with_the_defaults() {
+    let g = granted();
+    let v1 = schemas::earlier().iter().find(|p| p.kind == EventKind::RewardGranted).expect("version 1 is kept");
+    assert_ne!(v1.fingerprint, fingerprint(EventKind::RewardGranted), "an evolved schema has a new fingerprint");
+    let Value::Record(fields) = g.to_value() else { unreachable!() };
+    let old: Vec<(String, Value)> =
+        fields.into_iter().filter(|(n, _)| !["level", "milestone", "kind", "wagering_requirement"].contains(&n.as_str())).collect();
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&v1.fingerprint);
+    bytes.extend(v1.writer.write_value_to_vec(Value::Record(old)).unwrap());
+    let read = decoder().decode::<RewardGranted>(&bytes, now()).unwrap();
+    assert_eq!(read, RewardGranted { level: 1, milestone: None, kind: RewardKind::Cash, wagering_requirement: None, ..g });
+    assert_eq!(event_id_of(&bytes), Some(g.event_id));
 }
