@@ -496,3 +496,355 @@ async fn referrals_whose_window_passed_without_a_qualifying_deposit_expire() {
     .unwrap();
     assert!(cause.starts_with("window of 30 days ended"), "{cause}");
 }
+
+/// A reward as (referee, beneficiary, role, type, amount, currency, campaign, version).
+type RewardOf = (String, String, String, String, String, String, String, i32);
+
+/// Every reward, sorted.
+async fn rewards_by_referee(pool: &PgPool) -> Vec<RewardOf> {
+    type Row = (String, String, String, String, Decimal, String, String, i32);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT r.referee_id, w.beneficiary_id, w.role, w.reward_type, w.amount, w.currency::text, w.campaign_id, w.terms_version \
+         FROM rewards w JOIN referrals r USING (referral_id) ORDER BY 1, 2, 4",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(r, b, role, t, a, c, id, v)| (r, b, role, t, a.normalize().to_string(), c, id, v)).collect()
+}
+
+/// How many of `referees` the engine has decided to leave waiting for their KYC verdict: the
+/// referral eligible, its qualifying deposit recorded (which scheduled its payout in the same
+/// transaction), that payout claimed by the settlement sweep (no longer pending) and nothing
+/// paid. A sweep that claims a payout either pays it or decides not to, in one transaction.
+async fn awaiting_kyc(pool: &PgPool, referees: &[&str]) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM referrals r WHERE r.referee_id = ANY($1) AND r.status = 'eligible' \
+         AND EXISTS (SELECT 1 FROM deposits d WHERE d.user_id = r.referee_id) \
+         AND NOT EXISTS (SELECT 1 FROM pending_payouts p WHERE p.referral_id = r.referral_id) \
+         AND NOT EXISTS (SELECT 1 FROM rewards w WHERE w.referral_id = r.referral_id)",
+    )
+    .bind(referees.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Waits until `referee`'s referral has `n` rewards.
+async fn wait_rewards_of(pool: &PgPool, referee: &str, n: i64) {
+    let sql = format!("SELECT count(*) FROM rewards w JOIN referrals r USING (referral_id) WHERE r.referee_id = '{referee}'");
+    eventually(Duration::from_secs(60), &format!("{n} reward(s) for {referee}'s referral"), || {
+        let (pool, sql) = (pool.clone(), sql.clone());
+        async move { count(&pool, &sql).await == n }
+    })
+    .await;
+}
+
+/// Waits until the reward engine has recorded `user`'s KYC verdict.
+async fn wait_verdict_of(pool: &PgPool, user: &str) {
+    let sql = format!("SELECT count(*) FROM user_verifications WHERE user_id = '{user}'");
+    eventually(Duration::from_secs(60), &format!("{user}'s verdict recorded"), || {
+        let (pool, sql) = (pool.clone(), sql.clone());
+        async move { count(&pool, &sql).await == 1 }
+    })
+    .await;
+}
+
+/// The issue's acceptance trial, tried as a new user would: two data campaigns live at once
+/// (the GB web tiers file as shipped, and an iOS campaign with a budget of three rewarded
+/// referrals that requires the referee's KYC), an exchange rate set with the CLI, a mixed stream
+/// (tiers, a deposit in EUR converted to GBP, KYC verdicts before and after deposits, a fourth
+/// iOS payout beyond the budget, a registration no data campaign targets), and a clean audit.
+/// Every payout that could race another for a limit is made to wait for the previous outcome,
+/// so which referral is capped never depends on timing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_new_user_trial_two_campaigns_tiers_budget_kyc_fx_and_a_clean_audit() {
+    let started = std::time::Instant::now();
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let fleet = Fleet::start(&db.url, &broker.bootstrap);
+    let p = producer(&broker.bootstrap);
+    let pool = db.pool.clone();
+
+    // The two campaigns, applied with the CLI: the shipped GB web file, and an iOS campaign
+    // written by the operator with a budget of three rewarded referrals and KYC for the referee.
+    assert!(cli(&db.url, &["campaigns", "apply", &campaign_file("gb-web-tiers.toml")]).contains("version 1 recorded"));
+    let ios = temp_campaign(
+        r#"# iOS, verified friends only: 15.00 USD to the referrer for a first deposit of 50.00, three at most.
+id = "ios-verified"
+name = "iOS: invite a verified friend"
+priority = 20
+currency = "USD"
+min_deposit = "50.00"
+window_days = 14
+
+[targeting]
+platforms = ["ios"]
+
+[[rewards]]
+type = "referrer_bonus"
+role = "referrer"
+amount = "15.00"
+
+[limits]
+max_rewarded_referrals = 3
+
+[kyc]
+referee = true
+"#,
+    );
+    assert!(cli(&db.url, &["campaigns", "apply", ios.to_str().unwrap(), "--by", "growth"]).contains("version 1 recorded"));
+    let listing = cli(&db.url, &["campaigns", "list"]);
+    assert!(listing.contains("gb-web-tiers") && listing.contains("ios-verified"), "{listing}");
+
+    // 1 EUR = 0.85 GBP, in force from now (the CLI prints when).
+    let fx = cli(&db.url, &["fx", "set", "EUR", "GBP", "0.85"]);
+    assert!(fx.contains("1 EUR = 0.85 GBP from "), "{fx}");
+    let rate_at: chrono::DateTime<Utc> =
+        sqlx::query_scalar("SELECT effective_at FROM fx_rates WHERE base = 'EUR' AND quote = 'GBP'").fetch_one(&pool).await.unwrap();
+    assert!(cli(&db.url, &["fx", "list"]).contains("1 EUR = 0.8500000000 GBP"), "the rate is listed");
+
+    // ana (GB web) invites three GB web friends and one US web friend; bea (US iOS) four iOS
+    // friends.
+    let ana = register_referrer(&db, &p, "ana", "GB", "web", 1).await;
+    let bea = register_referrer(&db, &p, "bea", "US", "ios", 2).await;
+    register_all(
+        &db,
+        &p,
+        &ana,
+        &[("gb-small", "GB", "web", 51), ("gb-big", "GB", "web", 52), ("gb-eur", "GB", "web", 53), ("us-web", "US", "web", 54)],
+    )
+    .await;
+    let ios_friends = ["io-early", "io-late", "io-three", "io-four"];
+    register_all(
+        &db,
+        &p,
+        &bea,
+        &[("io-early", "US", "ios", 55), ("io-late", "US", "ios", 56), ("io-three", "US", "ios", 57), ("io-four", "US", "ios", 58)],
+    )
+    .await;
+    for user in ["gb-small", "gb-big", "gb-eur"] {
+        assert_eq!(binding(&pool, user).await.0, "gb-web-tiers", "{user}");
+        assert_eq!(binding(&pool, user).await.1, 1, "{user}");
+    }
+    for user in ios_friends {
+        assert_eq!(binding(&pool, user).await.0, "ios-verified", "{user}");
+    }
+    let (default_id, version, reason) = binding(&pool, "us-web").await;
+    assert_eq!((default_id.as_str(), version), ("default", 0), "no data campaign targets US web");
+    assert!(reason.contains("default"), "{reason}");
+
+    // io-early's verification is recorded before its deposit is sent; the other three deposit
+    // first and are verified later, one at a time.
+    produce(&p, "user-verified", "io-early", &encode(&verified("io-early", true, None))).await;
+    wait_verdict_of(&pool, "io-early").await;
+    for (user, amount, currency) in [
+        ("gb-small", "30.00", "GBP"), // tier 1: 10.00
+        ("gb-big", "150.00", "GBP"),  // tier 2: 25.00
+        ("gb-eur", "110.00", "EUR"),  // 93.50 GBP: tier 1 (110 unconverted would be tier 2)
+        ("us-web", "25.00", "USD"),   // default campaign: 10.00 USD
+        ("io-early", "60.00", "USD"), // verified already: paid
+        ("io-late", "60.00", "USD"),  // waits for its verification
+        ("io-three", "75.00", "USD"), // waits for its verification
+        ("io-four", "80.00", "USD"),  // waits; beyond the budget once verified
+    ] {
+        produce(&p, "deposit-completed", user, &encode(&deposit(user, amount, currency))).await;
+    }
+    // Everything payable is paid (six GB rewards, one default, io-early's), and the three
+    // unverified iOS referrals' payouts were settled as "wait": nothing paid, still eligible.
+    eventually(Duration::from_secs(90), "the first payouts settled and three left awaiting KYC", || {
+        let pool = pool.clone();
+        async move {
+            count(&pool, "SELECT count(*) FROM rewards").await == 8 && awaiting_kyc(&pool, &["io-late", "io-three", "io-four"]).await == 3
+        }
+    })
+    .await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM rewards WHERE campaign_id = 'ios-verified'").await,
+        1,
+        "only io-early (verified) is paid"
+    );
+    wait_rewards_of(&pool, "io-early", 1).await;
+    let metrics = refstream_e2e::http(fleet.ports[2], "GET", "/metrics", &[], b"").body;
+    let waited: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("refstream_outcomes_total") && l.contains("outcome=\"awaiting_kyc\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no awaiting_kyc outcome in the reward engine's metrics:\n{metrics}"));
+    assert!(waited >= 3, "the engine counted its KYC waits: {waited}");
+
+    // io-late's verification arrives: it is paid, and only after the verdict was recorded.
+    produce(&p, "user-verified", "io-late", &encode(&verified("io-late", true, None))).await;
+    wait_rewards_of(&pool, "io-late", 1).await;
+    let (verdict_at, granted_at): (chrono::DateTime<Utc>, chrono::DateTime<Utc>) = sqlx::query_as(
+        "SELECT v.recorded_at, w.granted_at FROM user_verifications v, rewards w JOIN referrals r USING (referral_id) \
+         WHERE v.user_id = 'io-late' AND r.referee_id = 'io-late'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(granted_at >= verdict_at, "paid at {granted_at}, before its verification was recorded at {verdict_at}");
+    // io-three's: the third rewarded referral, the budget's last.
+    produce(&p, "user-verified", "io-three", &encode(&verified("io-three", true, None))).await;
+    wait_rewards_of(&pool, "io-three", 1).await;
+    // io-four's: a fourth rewarded referral would exceed the budget of three — capped, with why.
+    produce(&p, "user-verified", "io-four", &encode(&verified("io-four", true, None))).await;
+    eventually(Duration::from_secs(60), "io-four capped", || {
+        let pool = pool.clone();
+        async move { count(&pool, "SELECT count(*) FROM referrals WHERE referee_id = 'io-four' AND status = 'capped'").await == 1 }
+    })
+    .await;
+    let cause: String = sqlx::query_scalar(
+        "SELECT t.cause FROM referral_transitions t JOIN referrals r USING (referral_id) \
+         WHERE r.referee_id = 'io-four' AND t.from_status = 'eligible' AND t.to_status = 'capped'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(cause, "campaign budget spent: 3 rewarded referrals");
+    let explained = cli(&db.url, &["explain", "io-four"]);
+    assert!(
+        explained.contains("status      capped") && explained.contains("eligible → capped: campaign budget spent: 3 rewarded referrals"),
+        "{explained}"
+    );
+
+    // Settled for good: nothing left to pay, every referral rewarded or capped.
+    assert_eq!(count(&pool, "SELECT count(*) FROM pending_payouts").await, 0);
+    let statuses: Vec<(String, String)> =
+        sqlx::query_as("SELECT referee_id, status FROM referrals ORDER BY referee_id").fetch_all(&pool).await.unwrap();
+    let want_statuses: Vec<(String, String)> = [
+        ("gb-big", "rewarded"),
+        ("gb-eur", "rewarded"),
+        ("gb-small", "rewarded"),
+        ("io-early", "rewarded"),
+        ("io-four", "capped"),
+        ("io-late", "rewarded"),
+        ("io-three", "rewarded"),
+        ("us-web", "rewarded"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(statuses, want_statuses);
+
+    // Exactly what each campaign's terms say.
+    let got = rewards_by_referee(&pool).await;
+    let want: Vec<RewardOf> = [
+        ("gb-big", "ana", "REFERRER", "referrer_bonus", "25", "GBP", "gb-web-tiers", 1), // 150 ≥ 100
+        ("gb-big", "gb-big", "REFEREE", "referee_bonus", "5", "GBP", "gb-web-tiers", 1),
+        ("gb-eur", "ana", "REFERRER", "referrer_bonus", "10", "GBP", "gb-web-tiers", 1), // 110 EUR = 93.50 GBP
+        ("gb-eur", "gb-eur", "REFEREE", "referee_bonus", "5", "GBP", "gb-web-tiers", 1),
+        ("gb-small", "ana", "REFERRER", "referrer_bonus", "10", "GBP", "gb-web-tiers", 1), // 30
+        ("gb-small", "gb-small", "REFEREE", "referee_bonus", "5", "GBP", "gb-web-tiers", 1),
+        ("io-early", "bea", "REFERRER", "referrer_bonus", "15", "USD", "ios-verified", 1),
+        ("io-late", "bea", "REFERRER", "referrer_bonus", "15", "USD", "ios-verified", 1),
+        ("io-three", "bea", "REFERRER", "referrer_bonus", "15", "USD", "ios-verified", 1),
+        ("us-web", "ana", "REFERRER", "referrer_bonus", "10", "USD", "default", 0),
+    ]
+    .iter()
+    .map(|(r, b, role, t, a, c, id, v)| {
+        (r.to_string(), b.to_string(), role.to_string(), t.to_string(), a.to_string(), c.to_string(), id.to_string(), *v)
+    })
+    .collect();
+    assert_eq!(got, want);
+
+    // The EUR deposit's rewards carry the rate and the time it was in force from; no other does.
+    type Stamp = (String, Option<Decimal>, Option<chrono::DateTime<Utc>>, String);
+    let stamped: Vec<Stamp> = sqlx::query_as(
+        "SELECT r.referee_id, w.fx_rate, w.fx_rate_at, w.qualifying_deposit_id FROM rewards w JOIN referrals r USING (referral_id) \
+         WHERE w.fx_rate IS NOT NULL OR w.fx_rate_at IS NOT NULL ORDER BY w.reward_type",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stamped.len(), 2, "{stamped:?}");
+    for (referee, rate, at, deposit_id) in &stamped {
+        assert_eq!(referee, "gb-eur");
+        assert_eq!(rate.map(|r| r.normalize().to_string()).as_deref(), Some("0.85"));
+        assert_eq!(*at, Some(rate_at));
+        assert_eq!(deposit_id, "dep-gb-eur");
+    }
+
+    // Balances: each beneficiary and each campaign's account, per currency.
+    let balances: Vec<(String, String, String)> = sqlx::query_as::<_, (String, String, Decimal)>(
+        "SELECT account, currency::text, balance FROM balances WHERE balance <> 0 ORDER BY account, currency",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(a, c, b)| (a, c, b.normalize().to_string()))
+    .collect();
+    let want_balances: Vec<(String, String, String)> = [
+        ("campaign:default", "USD", "-10"),
+        ("campaign:gb-web-tiers", "GBP", "-60"),
+        ("campaign:ios-verified", "USD", "-45"),
+        ("user:ana", "GBP", "45"),
+        ("user:ana", "USD", "10"),
+        ("user:bea", "USD", "45"),
+        ("user:gb-big", "GBP", "5"),
+        ("user:gb-eur", "GBP", "5"),
+        ("user:gb-small", "GBP", "5"),
+    ]
+    .iter()
+    .map(|(a, c, b)| (a.to_string(), c.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(balances, want_balances);
+
+    // The RewardGranted records on Kafka match the reward rows one for one.
+    type Granted = (Uuid, Uuid, String, String, String, String, String, String, String);
+    let mut rows: Vec<Granted> = sqlx::query_as::<_, (Uuid, String, String, String, Decimal, String, String, String)>(
+        "SELECT reward_id, beneficiary_id, role, reward_type, amount, currency::text, campaign_id, qualifying_deposit_id FROM rewards",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(id, b, role, t, a, c, campaign, d)| {
+        (refstream_core::DerivedId::event("reward-granted", id), id, b, role, t, a.normalize().to_string(), c, campaign, d)
+    })
+    .collect();
+    rows.sort();
+    let bootstrap = broker.bootstrap.clone();
+    let records = tokio::task::spawn_blocking(move || refstream_e2e::read_topic(&bootstrap, "reward-granted", 10, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let decoder = refstream_runtime::codec::Decoder::default();
+    let mut on_kafka: Vec<Granted> = records
+        .iter()
+        .map(|m| {
+            let g: refstream_core::events::RewardGranted = decoder.decode(rdkafka::Message::payload(m).unwrap(), Utc::now()).unwrap();
+            assert_eq!(rdkafka::Message::key(m), Some(g.user_id.as_str().as_bytes()), "keyed by beneficiary");
+            (
+                g.event_id,
+                g.reward_id,
+                g.user_id.to_string(),
+                g.role.as_str().to_owned(),
+                g.reward_type,
+                g.amount.amount.normalize().to_string(),
+                g.amount.currency.as_str().to_owned(),
+                g.campaign_id,
+                g.qualifying_deposit_id,
+            )
+        })
+        .collect();
+    on_kafka.sort();
+    assert_eq!(on_kafka, rows, "RewardGranted records and reward rows, one for one");
+
+    // The audit proves it all from Postgres and the topics.
+    let (passed, report) = audit(&db.url, &broker.bootstrap);
+    assert!(passed, "{report}");
+    for check in [
+        "ok    the ledger sums to zero per currency",
+        "ok    every balance equals its ledger",
+        "ok    every reward maps to one referral and one deposit of its referee, under the terms bound to it (10 rewards)",
+        "ok    no reward exceeds its campaign's terms",
+        "ok    no campaign paid beyond its caps and budget (2 limited campaign(s))",
+        "ok    every RewardGranted on Kafka has its reward row and every reward its record (10 records (10 distinct), 10 rows",
+        "audit passed",
+    ] {
+        assert!(report.contains(check), "missing `{check}`:\n{report}");
+    }
+    println!("{report}\ntrial took {:.1?}", started.elapsed());
+}
