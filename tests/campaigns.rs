@@ -848,3 +848,82 @@ referee = true
     }
     println!("{report}\ntrial took {:.1?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ladder_example_pays_levels_a_milestone_and_bonus_credit_and_the_audit_proves_them() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    let _fleet = Fleet::start(&db.url, &broker.bootstrap);
+    let p = producer(&broker.bootstrap);
+    assert!(cli(&db.url, &["campaigns", "apply", &campaign_file("ladder.toml")]).contains("version 1 recorded"));
+
+    // amy -> bob -> cat -> {dan, eve}
+    let amy = register_referrer(&db, &p, "amy", "US", "web", 1).await;
+    register_all(&db, &p, &amy, &[("bob", "US", "web", 2)]).await;
+    let bob = db.code_of("bob").await;
+    register_all(&db, &p, &bob, &[("cat", "US", "web", 3)]).await;
+    let cat = db.code_of("cat").await;
+    register_all(&db, &p, &cat, &[("dan", "US", "web", 4), ("eve", "US", "web", 5)]).await;
+    assert_eq!(binding(&db.pool, "dan").await.0, "ladder");
+    for (user, amount) in [("dan", "25.00"), ("eve", "120.00")] {
+        produce(&p, "deposit-completed", user, &encode(&deposit(user, amount, "USD"))).await;
+    }
+    let pool = db.pool.clone();
+    eventually(Duration::from_secs(120), "dan's and eve's referrals paid", || {
+        let pool = pool.clone();
+        async move { count(&pool, "SELECT count(*) FROM referrals WHERE referee_id IN ('dan', 'eve') AND status = 'rewarded'").await == 2 }
+    })
+    .await;
+    /// (referee, beneficiary, level, milestone, kind, amount, wagering requirement)
+    type Grant = (String, String, i16, Option<i32>, String, Decimal, Option<Decimal>);
+    let got: Vec<Grant> = sqlx::query_as(
+        "SELECT r.referee_id, w.beneficiary_id, w.level, w.milestone, w.kind, w.amount, w.wagering_requirement \
+         FROM rewards w JOIN referrals r USING (referral_id) WHERE r.referee_id IN ('dan', 'eve') ORDER BY 1, 3, 4 NULLS FIRST, 2",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let d = |s: &str| s.parse::<Decimal>().unwrap();
+    let row = |referee: &str, who: &str, level: i16, m: Option<i32>, kind: &str, amount: &str, wager: Option<&str>| {
+        (referee.to_owned(), who.to_owned(), level, m, kind.to_owned(), d(amount), wager.map(d))
+    };
+    // Which of the two reaches cat's milestone depends on which is paid first: one of them does.
+    let milestone_on: String =
+        sqlx::query_scalar("SELECT r.referee_id FROM rewards w JOIN referrals r USING (referral_id) WHERE w.milestone = 2")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let mut want = vec![
+        row("dan", "cat", 1, None, "CASH", "10", None),
+        row("dan", "dan", 1, None, "BONUS", "5", Some("50")),
+        row("dan", "bob", 2, None, "CASH", "2", None),
+        row("dan", "amy", 3, None, "CASH", "1", None),
+        row("eve", "cat", 1, None, "CASH", "20", None),
+        row("eve", "eve", 1, None, "BONUS", "5", Some("50")),
+        row("eve", "bob", 2, None, "CASH", "2", None),
+        row("eve", "amy", 3, None, "CASH", "1", None),
+    ];
+    want.push(row(&milestone_on, "cat", 1, Some(2), "BONUS", "25", Some("125")));
+    want.sort_by(|a, b| (&a.0, a.2, a.3.is_some(), &a.1).cmp(&(&b.0, b.2, b.3.is_some(), &b.1)));
+    assert_eq!(got, want);
+    let balance = |account: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Decimal>("SELECT COALESCE(sum(balance), 0) FROM balances WHERE account = $1")
+                .bind(account)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(balance("user:cat").await, d("30"));
+    assert_eq!(balance("user:cat:bonus").await, d("25"));
+    assert_eq!(balance("user:bob").await, d("4"), "two level-2 rewards (cat made no deposit: bob's own referral pays nothing)");
+    assert_eq!(balance("user:amy").await, d("2"), "two level-3 rewards");
+    assert_eq!(balance("user:dan:bonus").await, d("5"));
+    assert_eq!(balance("campaign:ladder").await, d("-71"), "10+20 cash, 5+5 and 25 bonus, 2+2 and 1+1 up the ladder");
+
+    let (passed, report) = audit(&db.url, &broker.bootstrap);
+    assert!(passed, "{report}");
+    assert!(report.contains("ok    no reward exceeds its campaign's terms"), "{report}");
+}
