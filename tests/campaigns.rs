@@ -856,6 +856,8 @@ async fn the_ladder_example_pays_levels_a_milestone_and_bonus_credit_and_the_aud
     let _fleet = Fleet::start(&db.url, &broker.bootstrap);
     let p = producer(&broker.bootstrap);
     assert!(cli(&db.url, &["campaigns", "apply", &campaign_file("ladder.toml")]).contains("version 1 recorded"));
+    let shown = cli(&db.url, &["campaigns", "show", "ladder"]);
+    assert!(shown.contains("[[levels]]") && shown.contains("[[milestones]]") && shown.contains("wagering = \"10\""), "{shown}");
 
     // amy -> bob -> cat -> {dan, eve}
     let amy = register_referrer(&db, &p, "amy", "US", "web", 1).await;
