@@ -267,10 +267,11 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
     let imbalance =
         count(&db.pool, "SELECT count(*) FROM (SELECT currency FROM ledger_entries GROUP BY currency HAVING sum(amount) <> 0) x").await;
     assert_eq!(imbalance, 0);
-    let gb: Decimal = sqlx::query_scalar("SELECT -sum(amount) FROM ledger_entries WHERE account = 'campaign:gb-web-tiers'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let gb: Decimal =
+        sqlx::query_scalar("SELECT -sum(amount) FROM ledger_entries WHERE account = 'campaign:gb-web-tiers' AND kind <> 'fund'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(gb, Decimal::new(77, 0), "10+25+10+10 to ana, 5+5+5+7 to the friends");
 
     // The audit proves every reward against the terms stamped on it, the ledger and the topics.
@@ -328,7 +329,7 @@ async fn a_budget_of_three_rewards_caps_the_fourth_until_it_is_raised() {
         .unwrap();
     assert!(cause.contains("3 rewarded referrals"), "{cause}");
     let (passed, report) = audit(&db.url, &broker.bootstrap);
-    assert!(passed && report.contains("ok    no campaign paid beyond its caps and budget (1 limited"), "{report}");
+    assert!(passed && report.contains("ok    no campaign paid beyond its caps and budget") && report.contains("(1 limited"), "{report}");
 
     // The campaign raises the budget to four: the capped referral is paid, once.
     let file = temp_campaign(&format!("{launch}\n[limits]\nmax_rewarded_referrals = 4\npay_capped_when_raised = true\n"));
@@ -778,8 +779,9 @@ referee = true
     .collect();
     let want_balances: Vec<(String, String, String)> = [
         ("campaign:default", "USD", "-10"),
-        ("campaign:gb-web-tiers", "GBP", "-60"),
-        ("campaign:ios-verified", "USD", "-45"),
+        ("campaign:gb-web-tiers", "GBP", "4940"), // funded with its budget of 5000.00, 60 paid
+        ("campaign:ios-verified", "USD", "-45"),  // no money budget: the account only pays out
+        ("funding:gb-web-tiers", "GBP", "-5000"),
         ("user:ana", "GBP", "45"),
         ("user:ana", "USD", "10"),
         ("user:bea", "USD", "45"),
@@ -840,7 +842,7 @@ referee = true
         "ok    every balance equals its ledger",
         "ok    every reward maps to one referral and one deposit of its referee, under the terms bound to it (10 rewards)",
         "ok    no reward exceeds its campaign's terms",
-        "ok    no campaign paid beyond its caps and budget (2 limited campaign(s))",
+        "ok    no campaign paid beyond its caps and budget; a budgeted campaign's account holds its budget less what it paid, never below zero (2 limited campaign(s))",
         "ok    every RewardGranted on Kafka has its reward row and every reward its record (10 records (10 distinct), 10 rows",
         "audit passed",
     ] {
@@ -923,7 +925,28 @@ async fn the_ladder_example_pays_levels_a_milestone_and_bonus_credit_and_the_aud
     assert_eq!(balance("user:bob").await, d("4"), "two level-2 rewards (cat made no deposit: bob's own referral pays nothing)");
     assert_eq!(balance("user:amy").await, d("2"), "two level-3 rewards");
     assert_eq!(balance("user:dan:bonus").await, d("5"));
-    assert_eq!(balance("campaign:ladder").await, d("-71"), "10+20 cash, 5+5 and 25 bonus, 2+2 and 1+1 up the ladder");
+    assert_eq!(
+        balance("campaign:ladder").await,
+        d("10000") - d("71"),
+        "its budget less 10+20 cash, 5+5 and 25 bonus, 2+2 and 1+1 up the ladder"
+    );
+    // The budget cannot be lowered below what the campaign has paid; nothing is recorded.
+    let lowered = temp_campaign(&std::fs::read_to_string(campaign_file("ladder.toml")).unwrap().replace("\"10000.00\"", "\"50.00\""));
+    let out = Command::new(bin("refstream"))
+        .args(["campaigns", "apply", lowered.to_str().unwrap()])
+        .env("REFSTREAM__DATABASE__URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("`limits.budget`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM campaign_versions WHERE campaign_id = 'ladder'").await, 1);
+    // Lowered to what is left to pay plus some: the account is debited by the difference.
+    let lowered = temp_campaign(&std::fs::read_to_string(campaign_file("ladder.toml")).unwrap().replace("\"10000.00\"", "\"100.00\""));
+    assert!(cli(&db.url, &["campaigns", "apply", lowered.to_str().unwrap()]).contains("version 2 recorded"));
+    assert_eq!(balance("campaign:ladder").await, d("29"));
 
     let (passed, report) = audit(&db.url, &broker.bootstrap);
     assert!(passed, "{report}");

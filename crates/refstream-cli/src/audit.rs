@@ -324,8 +324,22 @@ async fn limits(pool: &PgPool) -> anyhow::Result<Check> {
         if l.max_rewarded_referrals.is_some_and(|m| referrals > i64::from(m)) {
             offenders.push(format!("{id}: {referrals} rewarded referrals, limit {:?}", l.max_rewarded_referrals));
         }
-        if l.budget.is_some_and(|b| spent > b.amount) {
-            offenders.push(format!("{id}: paid {spent}, budget {:?}", l.budget.map(|b| b.to_string())));
+        if let Some(budget) = l.budget {
+            if spent > budget.amount {
+                offenders.push(format!("{id}: paid {spent}, budget {budget}"));
+            }
+            // Its account holds the budget, less what it paid: never below zero.
+            let (funded, balance): (Decimal, Decimal) = sqlx::query_as(
+                "SELECT (SELECT COALESCE(sum(amount), 0) FROM ledger_entries WHERE account = 'campaign:' || $1 AND currency = $2 AND kind = 'fund'), \
+                        (SELECT COALESCE(sum(balance), 0) FROM balances WHERE account = 'campaign:' || $1 AND currency = $2)",
+            )
+            .bind(&id)
+            .bind(budget.currency.as_str())
+            .fetch_one(pool)
+            .await?;
+            if funded != budget.amount || balance != budget.amount - spent || balance < Decimal::ZERO {
+                offenders.push(format!("{id}: account funded {funded} of budget {budget}, holds {balance}, paid {spent}"));
+            }
         }
         if let Some(max) = l.per_referrer {
             let over: Vec<String> = sqlx::query_scalar(
@@ -338,7 +352,11 @@ async fn limits(pool: &PgPool) -> anyhow::Result<Check> {
             offenders.extend(over.into_iter().map(|o| format!("{id}: {o} rewarded referrals, per-referrer cap {max}")));
         }
     }
-    Ok(Check::new("no campaign paid beyond its caps and budget", format!("{limited} limited campaign(s)"), offenders))
+    Ok(Check::new(
+        "no campaign paid beyond its caps and budget; a budgeted campaign's account holds its budget less what it paid, never below zero",
+        format!("{limited} limited campaign(s)"),
+        offenders,
+    ))
 }
 
 /// Reads a topic from the beginning to its end offsets; returns each record's payload.

@@ -2,14 +2,17 @@
 //! file ([`Definition`]), validated with errors naming the field; every change — a new
 //! definition, a pause, a resume — is a new version in `campaign_versions`, in force from the
 //! moment it is recorded. A referral is bound at attribution to the version in force at its
-//! referee's registration and keeps it; nothing here touches a referral already bound.
+//! referee's registration and keeps it; nothing here touches a referral already bound. A
+//! campaign's budget is funded into its ledger account with the version that sets it.
 
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use refstream_core::campaigns::Definition;
+use refstream_core::Currency;
 use refstream_runtime::Settings;
+use rust_decimal::Decimal;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
@@ -60,10 +63,12 @@ pub async fn run(action: Action, settings: &Settings, pool: &PgPool) -> anyhow::
                 Some(l) if l.definition.0 == definition => format!("campaign {} unchanged (version {})", definition.id, l.version),
                 Some(l) => {
                     record(&mut tx, &definition, l.version + 1, l.active, "applied", &by, delay).await?;
+                    fund(&mut tx, &definition).await?;
                     format!("campaign {} version {} recorded ({}), in force in {delay} ms", definition.id, l.version + 1, state(l.active))
                 }
                 None => {
                     record(&mut tx, &definition, 1, true, "applied", &by, delay).await?;
+                    fund(&mut tx, &definition).await?;
                     format!("campaign {} version 1 recorded (active), in force in {delay} ms", definition.id)
                 }
             };
@@ -187,6 +192,58 @@ async fn record(
     .bind(by)
     .bind(delay_ms)
     .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Keeps a campaign's ledger account funded with its budget: credits `campaign:<id>` from
+/// `funding:<id>` by the difference between the budget and what was funded so far (a debit when
+/// it was lowered or removed), so the account holds what the campaign may still pay. Under the
+/// campaign's limits lock (the one payouts take), a budget below what the campaign has already
+/// paid, net of reversals, is refused and nothing is recorded.
+async fn fund(conn: &mut PgConnection, d: &Definition) -> anyhow::Result<()> {
+    let limits = d.limits().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let currency = Currency::parse(&d.currency).map_err(|e| anyhow::anyhow!("`currency`: {}", e.reason))?;
+    let budget = limits.budget.map_or(Decimal::ZERO, |b| b.amount);
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('campaign-limits:' || $1, 2718))").bind(&d.id).execute(&mut *conn).await?;
+    let account = format!("campaign:{}", d.id);
+    let (funded, spent): (Decimal, Decimal) = sqlx::query_as(
+        "SELECT (SELECT COALESCE(sum(amount), 0) FROM ledger_entries WHERE account = $1 AND currency = $3 AND kind = 'fund'), \
+                (SELECT COALESCE(sum(amount), 0) FROM rewards WHERE campaign_id = $2 AND currency = $3 AND reversed_at IS NULL)",
+    )
+    .bind(&account)
+    .bind(&d.id)
+    .bind(currency.as_str())
+    .fetch_one(&mut *conn)
+    .await?;
+    if limits.budget.is_some() && budget < spent {
+        anyhow::bail!("`limits.budget`: {budget} is below what campaign {} has already paid ({spent} {currency})", d.id);
+    }
+    let delta = budget - funded;
+    if delta.is_zero() {
+        return Ok(());
+    }
+    let transaction = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO ledger_entries (transaction_id, account, amount, currency, reward_id, kind) \
+         VALUES ($1, $2, $4, $5, NULL, 'fund'), ($1, $3, -$4, $5, NULL, 'fund')",
+    )
+    .bind(transaction)
+    .bind(&account)
+    .bind(format!("funding:{}", d.id))
+    .bind(delta)
+    .bind(currency.as_str())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO balances (account, currency, balance) VALUES ($1, $4, $3), ($2, $4, -$3) \
+         ON CONFLICT (account, currency) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()",
+    )
+    .bind(&account)
+    .bind(format!("funding:{}", d.id))
+    .bind(delta)
+    .bind(currency.as_str())
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
