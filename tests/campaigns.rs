@@ -97,7 +97,7 @@ async fn register_all(db: &TestDb, p: &rdkafka::producer::FutureProducer, code: 
     }
     let names: Vec<String> = users.iter().map(|u| u.0.to_owned()).collect();
     let pool = db.pool.clone();
-    eventually(Duration::from_secs(90), "the referrals attributed and approved", || {
+    eventually(Duration::from_secs(180), "the referrals attributed and approved", || {
         let (pool, names) = (pool.clone(), names.clone());
         async move {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM referrals WHERE referee_id = ANY($1) AND status = 'eligible'")

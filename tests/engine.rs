@@ -724,3 +724,71 @@ async fn multi_level_milestone_and_bonus_rewards_are_paid_once_to_the_right_bala
     assert_eq!(h.balance("user:cat:bonus").await, usd("0"));
     h.assert_books_balance().await;
 }
+
+const VERIFIED_ONLY: &str = r#"
+id = "verified-only"
+name = "Pays verified referees"
+currency = "USD"
+min_deposit = "20"
+window_days = 30
+[[rewards]]
+type = "referrer_bonus"
+role = "referrer"
+amount = "10"
+[kyc]
+referee = true
+"#;
+
+impl Harness {
+    async fn verdict(&mut self, user: &str, verified: bool, hours_after_t0: i64) {
+        let v = refstream_core::events::UserVerified {
+            event_id: Uuid::new_v4(),
+            user_id: UserId::parse(user).unwrap(),
+            verified,
+            reason: (!verified).then(|| "document mismatch".to_owned()),
+            occurred_at: t0() + Duration::hours(hours_after_t0),
+        };
+        let (w, topic) = (self.engine(), self.settings.topics.user_verified.clone());
+        self.feed(&w, &topic, vec![(user.into(), encode(&v))]).await;
+    }
+}
+
+#[tokio::test]
+async fn kyc_verdicts_arriving_in_any_order_end_the_same() {
+    let mut h = Harness::new().await;
+    campaign_in_force(&h, VERIFIED_ONLY).await;
+    h.referral("kr", "kx").await;
+    let code = h.code_of("kr").await;
+    h.register("ky", Some(&code), "dev-ky").await;
+    for e in ["kx", "ky"] {
+        h.score(e, "kr", Decision::Approve).await;
+        h.deposit(e, &format!("d-{e}"), "25").await;
+        assert_eq!(h.status_of(e).await, "eligible", "waits for the referee's verification");
+    }
+    // kx: REJECTED (hour 1) arrives first and rejects; VERIFIED (hour 2), the later verdict,
+    // undoes it and the referral pays.
+    h.verdict("kx", false, 1).await;
+    assert_eq!(h.status_of("kx").await, "rejected");
+    h.verdict("kx", true, 2).await;
+    assert_eq!(h.status_of("kx").await, "rewarded");
+    // ky: the same two verdicts arrive the other way round: the same end.
+    h.verdict("ky", true, 2).await;
+    h.verdict("ky", false, 1).await;
+    assert_eq!(h.status_of("ky").await, "rewarded");
+    assert_eq!(h.balance("user:kr").await, usd("20"));
+    let undone: Vec<String> = sqlx::query_scalar(
+        "SELECT t.from_status || ' -> ' || t.to_status FROM referral_transitions t JOIN referrals r USING (referral_id) \
+         WHERE r.referee_id = 'kx' ORDER BY t.id",
+    )
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(undone, ["pending -> eligible", "eligible -> rejected", "rejected -> eligible", "eligible -> rewarded"]);
+    // A fraud rejection is never undone by a verification.
+    h.register("kz", Some(&code), "dev-kz").await;
+    h.score("kz", "kr", Decision::Reject).await;
+    h.verdict("kz", false, 1).await;
+    h.verdict("kz", true, 2).await;
+    assert_eq!(h.status_of("kz").await, "rejected");
+    h.assert_books_balance().await;
+}

@@ -191,7 +191,8 @@ impl Kyc {
         for (needed, who, v) in required {
             if let (true, Verification::Rejected(reason)) = (needed, v) {
                 return KycState::Rejected(format!(
-                    "KYC rejected the {who}{}",
+                    "{}{who}{}",
+                    crate::lifecycle::KYC_REJECTED,
                     reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
                 ));
             }

@@ -159,6 +159,29 @@ pub const REVIVE_PENDING: Transition = Transition { from: &[Expired], to: Pendin
 pub const REVIVE_HELD: Transition = Transition { from: &[Expired], to: Held };
 pub const REVIVE_ELIGIBLE: Transition = Transition { from: &[Expired], to: Eligible };
 
+/// A KYC rejection is undone when a later verdict (by event time) verifies the user before
+/// anything was paid: the referral goes back to the state it was rejected from, so verdicts
+/// arriving in any order end the same. Only a rejection whose cause starts with
+/// [`KYC_REJECTED`] is ever undone; any other rejection stays final.
+pub const KYC_RESTORE_PENDING: Transition = Transition { from: &[Rejected], to: Pending };
+pub const KYC_RESTORE_HELD: Transition = Transition { from: &[Rejected], to: Held };
+pub const KYC_RESTORE_ELIGIBLE: Transition = Transition { from: &[Rejected], to: Eligible };
+pub const KYC_RESTORE_CAPPED: Transition = Transition { from: &[Rejected], to: Capped };
+
+/// How the cause of every KYC rejection starts.
+pub const KYC_REJECTED: &str = "KYC rejected the ";
+
+/// The move back from a KYC rejection to the state it was rejected from.
+pub fn kyc_restore(before: ReferralStatus) -> Option<Transition> {
+    match before {
+        Pending => Some(KYC_RESTORE_PENDING),
+        Held => Some(KYC_RESTORE_HELD),
+        Eligible => Some(KYC_RESTORE_ELIGIBLE),
+        Capped => Some(KYC_RESTORE_CAPPED),
+        _ => None,
+    }
+}
+
 /// The move back from `expired` to the state it expired from.
 pub fn revive(before: ReferralStatus) -> Option<Transition> {
     match before {
@@ -215,6 +238,8 @@ mod tests {
             REVIVE_PENDING,
             REVIVE_HELD,
             REVIVE_ELIGIBLE,
+            // KYC_RESTORE_* leave `rejected`, but only a KYC rejection (by its cause), which the
+            // reward engine checks before it applies one.
         ];
         for s in ReferralStatus::ALL.into_iter().filter(|s| is_final(*s)) {
             assert!(all.iter().all(|t| !t.allows(s)), "{s} must be final");

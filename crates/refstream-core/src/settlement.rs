@@ -7,10 +7,12 @@
 //! applied what had arrived by then: attribution has applied `user-registered` up to the captured
 //! ends, the relay has published the `referral-attributed` rows those registrations produced,
 //! and the scorer has applied `referral-attributed` (captured once the relay published) and
-//! `deposit-completed` up to their ends. A partition whose captured end is 0, or that the
-//! worker has applied to its end, never blocks. Whatever the scorer knew of the stream up to
-//! the hold's end is therefore in its committed assessments before anything settles, whether it
-//! is caught up, hours behind or restarted mid-way.
+//! `deposit-completed` up to their ends — and the reward engine itself has applied
+//! `user-verified` (the KYC verdicts) up to its ends. A partition whose captured end is 0, or
+//! that the worker has applied to its end, never blocks. Whatever the scorer knew of the stream
+//! up to the hold's end is therefore in its committed assessments before anything settles, and
+//! every KYC verdict that had arrived by then is recorded, whether the workers are caught up,
+//! hours behind or restarted mid-way.
 
 use std::collections::BTreeMap;
 
@@ -75,6 +77,8 @@ pub struct Barrier {
     pub outbox_through: Option<i64>,
     /// End offsets of `referral-attributed` once the relay published through `outbox_through`.
     pub attributed: Option<Position>,
+    /// End offsets of `user-verified` at the hold's end: the reward engine must have applied them.
+    pub verifications: Position,
 }
 
 /// The barrier's next move, given what the workers have durably done.
@@ -90,13 +94,28 @@ pub enum Step {
     Open,
 }
 
+/// Durable progress of the workers a barrier waits on.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    pub attribution: &'a Position,
+    pub scorer: &'a Position,
+    /// The reward engine's own (it applies `user-verified`).
+    pub engine: &'a Position,
+}
+
 /// The barrier's next step. `relay_published` says whether no `referral-attributed` outbox row
 /// with an id up to `outbox_through` is left unpublished.
-pub fn step(b: &Barrier, attribution: &Position, scorer: &Position, relay_published: bool) -> Step {
+pub fn step(b: &Barrier, p: Progress<'_>, relay_published: bool) -> Step {
     match b.stage {
-        Stage::Attribution if covers(attribution, &b.registrations) => Step::CaptureOutbox,
+        Stage::Attribution if covers(p.attribution, &b.registrations) => Step::CaptureOutbox,
         Stage::Relay if relay_published => Step::CaptureAttributed,
-        Stage::Scorer if b.attributed.as_ref().is_some_and(|a| covers(scorer, a)) && covers(scorer, &b.deposits) => Step::Open,
+        Stage::Scorer
+            if b.attributed.as_ref().is_some_and(|a| covers(p.scorer, a))
+                && covers(p.scorer, &b.deposits)
+                && covers(p.engine, &b.verifications) =>
+        {
+            Step::Open
+        }
         _ => Step::Wait,
     }
 }

@@ -1,11 +1,13 @@
 //! The settlement gate's barriers in Postgres (the protocol itself is
 //! `refstream_core::settlement`). When payouts' holds end, one barrier captures the stream's
-//! position at that moment (end offsets of `user-registered` and `deposit-completed`, read from
-//! the broker after the moment was taken, so they include everything that had arrived by then)
+//! position at that moment (end offsets of `user-registered`, `deposit-completed` and
+//! `user-verified`, read from the broker after the moment was taken, so they include
+//! everything that had arrived by then)
 //! and the payouts join it. The barrier then advances only on durable facts: attribution's and
 //! the scorer's `consumer_progress` (committed with their effects), and the outbox (a row is
 //! gone only once the relay's delivery report confirmed it). It opens when the scorer has
-//! applied everything that had arrived when the holds ended, whatever its lag.
+//! applied everything that had arrived when the holds ended, whatever its lag, and the engine
+//! itself has applied every KYC verdict that had.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use refstream_core::settlement::{behind, step, Barrier, Position, Stage, Step};
+use refstream_core::settlement::{behind, step, Barrier, Position, Progress, Stage, Step};
 use refstream_runtime::metrics::{GATE_BEHIND, GATE_STALLED, GATE_WAITING, GATE_WAIT_SECONDS, PROGRESS};
 use refstream_runtime::Settings;
 use serde_json::{json, Value as Json};
@@ -26,6 +28,8 @@ use crate::RewardEngine;
 /// The workers whose durable progress the gate waits on (their `Worker::name`).
 pub const ATTRIBUTION: &str = "attribution";
 pub const SCORER: &str = "fraud-scorer";
+/// The reward engine itself: it applies the KYC verdicts (`user-verified`).
+pub const ENGINE: &str = "reward-engine";
 
 /// Where the stream ends now, per partition of the given topics.
 pub trait EndOffsets: Send + Sync {
@@ -154,16 +158,14 @@ pub async fn capture<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: 
     }
     // Read after `now`: the ends include everything the broker had accepted by then.
     let t = &engine.topics;
-    let (registrations, deposits): (Position, Position) = ends
-        .end_offsets(&[t.user_registered.clone(), t.deposit_completed.clone()])
-        .await?
-        .into_iter()
-        .partition(|((topic, _), _)| topic == &t.user_registered);
+    let all = ends.end_offsets(&[t.user_registered.clone(), t.deposit_completed.clone(), t.user_verified.clone()]).await?;
+    let of = |topic: &String| -> Position { all.iter().filter(|((t, _), _)| t == topic).map(|(k, v)| (k.clone(), *v)).collect() };
+    let (registrations, deposits, verifications) = (of(&t.user_registered), of(&t.deposit_completed), of(&t.user_verified));
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO settlement_barriers (hold_ended_at, stage, upstream) VALUES ($1, 'attribution', $2) RETURNING barrier_id",
     )
     .bind(now)
-    .bind(json!({"registrations": to_json(&registrations), "deposits": to_json(&deposits)}))
+    .bind(json!({"registrations": to_json(&registrations), "deposits": to_json(&deposits), "verifications": to_json(&verifications)}))
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("UPDATE pending_payouts SET barrier_id = $1 WHERE barrier_id IS NULL AND due_at <= $2")
@@ -193,6 +195,8 @@ impl BarrierRow {
             deposits: from_json(&self.upstream["deposits"]),
             outbox_through: self.outbox_through,
             attributed: self.scored.as_ref().map(from_json),
+            // Barriers captured before the KYC gate existed have none: nothing to wait for.
+            verifications: from_json(&self.upstream["verifications"]),
         }
     }
 }
@@ -229,6 +233,8 @@ pub async fn advance<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: 
     }
     let attribution = progress_of(&mut conn, ATTRIBUTION).await?;
     let scorer = progress_of(&mut conn, SCORER).await?;
+    let own = progress_of(&mut conn, ENGINE).await?;
+    let progress = Progress { attribution: &attribution, scorer: &scorer, engine: &own };
     let ra = &engine.topics.referral_attributed;
     let mut waiting = Waiting::default();
     for row in &rows {
@@ -244,7 +250,7 @@ pub async fn advance<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: 
                 }
                 _ => false,
             };
-            match step(&b, &attribution, &scorer, published) {
+            match step(&b, progress, published) {
                 Step::Wait => break,
                 Step::CaptureOutbox => {
                     let through: i64 = sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM outbox WHERE topic = $1")
@@ -290,6 +296,7 @@ pub async fn advance<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: 
         GATE_BEHIND.with_label_values(&[ATTRIBUTION]).set(behind(&attribution, &b.registrations));
         let scorer_behind = behind(&scorer, &b.deposits) + b.attributed.as_ref().map_or(0, |a| behind(&scorer, a));
         GATE_BEHIND.with_label_values(&[SCORER]).set(scorer_behind);
+        GATE_BEHIND.with_label_values(&[ENGINE]).set(behind(&own, &b.verifications));
         let waited = (Utc::now() - oldest.hold_ended_at).num_seconds().max(0);
         GATE_STALLED.set(i64::from(waited > i64::try_from(engine.gate_alert.as_secs()).unwrap_or(i64::MAX)));
         if waited > i64::try_from(engine.gate_alert.as_secs()).unwrap_or(i64::MAX) {

@@ -4,7 +4,11 @@
 //! order end the same. Settlement pays such a referral only once everyone required is verified;
 //! until then its payout waits (the referral stays eligible). A verdict that arrives schedules
 //! the payouts of the referrals it concerns again (settlement decides, behind the gate); a
-//! REJECTED one rejects them, with its reason.
+//! REJECTED one rejects them, with its reason, and a later-dated VERIFIED that arrives after
+//! it (before anything was paid) undoes that rejection: the referral goes back to the state it
+//! was rejected from, exactly as if the verdicts had arrived in event-time order. Settlement's
+//! gate waits until the engine has applied every verdict that had arrived when the payout's
+//! hold ended, so a payout is decided by the same verdicts whatever the engine's lag.
 
 use std::collections::BTreeMap;
 
@@ -39,7 +43,7 @@ pub(crate) async fn verifications(engine: &RewardEngine, conn: &mut PgConnection
     let users: Vec<String> = batch.iter().map(|v| v.user_id.to_string()).collect();
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "SELECT referral_id FROM referrals WHERE (referee_id = ANY($1) OR referrer_id = ANY($1)) \
-         AND status IN ('pending', 'held', 'eligible', 'capped') AND terms_version > 0",
+         AND status IN ('pending', 'held', 'eligible', 'capped', 'rejected') AND terms_version > 0",
     )
     .bind(&users)
     .fetch_all(&mut *conn)
@@ -50,8 +54,35 @@ pub(crate) async fn verifications(engine: &RewardEngine, conn: &mut PgConnection
     let mut referrals = store::lock_by_id(conn, engine, &ids).await?;
     let states = states_of(conn, engine, referrals.values()).await?;
     let mut moves = Vec::new();
+    // Rejected by KYC last (no other move since), and not rejected by the scorer: where from.
+    let rejected: Vec<Uuid> = referrals.values().filter(|r| r.status() == ReferralStatus::Rejected).map(|r| r.referral_id).collect();
+    let restorable: BTreeMap<Uuid, ReferralStatus> = if rejected.is_empty() {
+        BTreeMap::new()
+    } else {
+        sqlx::query_as::<_, (Uuid, String, String, String)>(
+            "SELECT DISTINCT ON (t.referral_id) t.referral_id, t.from_status, t.to_status, t.cause FROM referral_transitions t \
+             WHERE t.referral_id = ANY($1) \
+               AND NOT EXISTS (SELECT 1 FROM assessments a WHERE a.referral_id = t.referral_id AND a.decision = 'REJECT') \
+             ORDER BY t.referral_id, t.id DESC",
+        )
+        .bind(&rejected)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .filter(|(_, _, to, cause)| to == "rejected" && cause.starts_with(lifecycle::KYC_REJECTED))
+        .filter_map(|(id, from, _, _)| Some((id, from.parse::<ReferralStatus>().ok()?)))
+        .collect()
+    };
     let mut now_clear = Vec::new();
     for referral in referrals.values_mut() {
+        if let (Some(before), false) =
+            (restorable.get(&referral.referral_id), matches!(states.get(&referral.referral_id), Some(KycState::Rejected(_))))
+        {
+            if let Some(m) = lifecycle::kyc_restore(*before).and_then(|t| Move::of(referral, t, "a later KYC verdict verified the user")) {
+                OUTCOMES.with_label_values(&["reward-engine", "kyc_rejection_undone"]).inc();
+                moves.push(m);
+            }
+        }
         match states.get(&referral.referral_id) {
             Some(KycState::Rejected(reason)) => {
                 if let Some(m) = Move::of(referral, lifecycle::KYC_REJECT, reason.clone()) {

@@ -115,6 +115,7 @@ impl World {
                     deposits: Self::ends(&self.deposited, "dc"),
                     outbox_through: None,
                     attributed: None,
+                    verifications: Position::new(),
                 };
                 let known_regs = self.registered.values().flatten().copied().collect();
                 let known_deps = self.deposited.values().flatten().copied().collect();
@@ -130,7 +131,8 @@ impl World {
             loop {
                 let b = &self.barriers[i].0;
                 let published = b.outbox_through.is_some_and(|through| self.outbox.iter().all(|(id, _)| *id > through));
-                match step(b, &self.attribution, &self.scorer, published) {
+                let progress = Progress { attribution: &self.attribution, scorer: &self.scorer, engine: &Position::new() };
+                match step(b, progress, published) {
                     Step::Wait => break,
                     Step::CaptureOutbox => {
                         let b = &mut self.barriers[i].0;
@@ -257,4 +259,23 @@ fn kyc_waiting_holds_the_payout_and_a_rejection_rejects() {
     assert!(!rejected.pay);
     assert_eq!(rejected.moves, vec![(lifecycle::KYC_REJECT, "KYC rejected the referee".to_owned())]);
     assert!(settle(at(Eligible, Some(Decision::Approve))).pay);
+}
+
+#[test]
+fn a_barrier_opens_only_once_the_engine_applied_the_kyc_verdicts_that_had_arrived() {
+    let ends = |topic: &str, end: i64| Position::from([((topic.to_owned(), 0), end)]);
+    let b = Barrier {
+        stage: Stage::Scorer,
+        registrations: ends("ur", 3),
+        deposits: ends("dc", 2),
+        outbox_through: Some(7),
+        attributed: Some(ends("ra", 3)),
+        verifications: ends("uv", 5),
+    };
+    let scorer: Position = ends("ra", 3).into_iter().chain(ends("dc", 2)).collect();
+    let attribution = ends("ur", 3);
+    let behind = ends("uv", 4);
+    assert_eq!(step(&b, Progress { attribution: &attribution, scorer: &scorer, engine: &behind }, true), Step::Wait);
+    let caught_up = ends("uv", 5);
+    assert_eq!(step(&b, Progress { attribution: &attribution, scorer: &scorer, engine: &caught_up }, true), Step::Open);
 }
