@@ -336,6 +336,7 @@ async fn a_client_token_sees_its_own_user_and_nobody_else() {
     let rewards = json(&r);
     assert_eq!(rewards.as_array().unwrap().len(), 1, "{rewards}");
     assert_eq!((rewards[0]["amount"].as_str(), rewards[0]["currency"].as_str()), (Some("10.0000"), Some("USD")));
+    assert_eq!((rewards[0]["kind"].as_str(), rewards[0]["level"].as_i64()), (Some("CASH"), Some(1)), "{rewards}");
 
     // dan's client token sees dan's referral only; a client token is not staff.
     let dan = token(&db.url, "client", "dan-app", Some("dan"));

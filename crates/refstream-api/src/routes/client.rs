@@ -102,6 +102,13 @@ pub struct MyReward {
     #[schema(value_type = String)]
     pub amount: Decimal,
     pub currency: String,
+    /// CASH (withdrawable) or BONUS (promotional credit).
+    pub kind: String,
+    /// BONUS: how much must be wagered before it can be withdrawn.
+    #[schema(value_type = Option<String>)]
+    pub wagering_requirement: Option<Decimal>,
+    /// 1: for your own referral (or as the friend); 2 and up: a friend of someone you invited.
+    pub level: i16,
     pub granted_at: DateTime<Utc>,
     pub reversed_at: Option<DateTime<Utc>>,
     pub reversal_reason: Option<String>,
@@ -113,7 +120,7 @@ pub struct MyReward {
 pub async fn my_rewards(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<MyReward>>, Problem> {
     let user = caller.user()?;
     let rows = sqlx::query_as(
-        "SELECT reward_type, amount, currency::text AS currency, granted_at, reversed_at, reversal_reason \
+        "SELECT reward_type, amount, currency::text AS currency, kind, wagering_requirement, level, granted_at, reversed_at, reversal_reason \
          FROM rewards WHERE beneficiary_id = $1 ORDER BY granted_at DESC, reward_id LIMIT 500",
     )
     .bind(user)
