@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use refstream_core::campaigns::Definition;
 use refstream_core::Currency;
+use refstream_runtime::ledger::{book, campaign_account, funding_account, Entry};
 use refstream_runtime::Settings;
 use rust_decimal::Decimal;
 use sqlx::types::Json;
@@ -206,7 +207,7 @@ async fn fund(conn: &mut PgConnection, d: &Definition) -> anyhow::Result<()> {
     let currency = Currency::parse(&d.currency).map_err(|e| anyhow::anyhow!("`currency`: {}", e.reason))?;
     let budget = limits.budget.map_or(Decimal::ZERO, |b| b.amount);
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('campaign-limits:' || $1, 2718))").bind(&d.id).execute(&mut *conn).await?;
-    let account = format!("campaign:{}", d.id);
+    let account = campaign_account(&d.id);
     let (funded, spent): (Decimal, Decimal) = sqlx::query_as(
         "SELECT (SELECT COALESCE(sum(amount), 0) FROM ledger_entries WHERE account = $1 AND currency = $3 AND kind = 'fund'), \
                 (SELECT COALESCE(sum(amount), 0) FROM rewards WHERE campaign_id = $2 AND currency = $3 AND reversed_at IS NULL)",
@@ -223,28 +224,10 @@ async fn fund(conn: &mut PgConnection, d: &Definition) -> anyhow::Result<()> {
     if delta.is_zero() {
         return Ok(());
     }
-    let transaction = uuid::Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO ledger_entries (transaction_id, account, amount, currency, reward_id, kind) \
-         VALUES ($1, $2, $4, $5, NULL, 'fund'), ($1, $3, -$4, $5, NULL, 'fund')",
-    )
-    .bind(transaction)
-    .bind(&account)
-    .bind(format!("funding:{}", d.id))
-    .bind(delta)
-    .bind(currency.as_str())
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO balances (account, currency, balance) VALUES ($1, $4, $3), ($2, $4, -$3) \
-         ON CONFLICT (account, currency) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()",
-    )
-    .bind(&account)
-    .bind(format!("funding:{}", d.id))
-    .bind(delta)
-    .bind(currency.as_str())
-    .execute(&mut *conn)
-    .await?;
+    let (transaction, currency) = (uuid::Uuid::new_v4(), currency.as_str().to_owned());
+    let entry =
+        |account: String, amount: Decimal| Entry { transaction, account, amount, currency: currency.clone(), reward: None, kind: "fund" };
+    book(&mut *conn, &[entry(account, delta), entry(funding_account(&d.id), -delta)]).await?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod db;
 pub mod dead_letter;
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod outbox;
 pub mod service;

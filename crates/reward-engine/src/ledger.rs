@@ -13,6 +13,7 @@ use refstream_core::campaign::RewardKind;
 use refstream_core::events::{RewardGranted, RewardReversed};
 use refstream_core::rewards::Grant;
 use refstream_core::{Currency, DerivedId, Money, UserId};
+use refstream_runtime::ledger::{book, campaign_account, user_account, Entry};
 use refstream_runtime::metrics::OUTCOMES;
 use refstream_runtime::outbox::OutboxMessage;
 use rust_decimal::Decimal;
@@ -22,72 +23,6 @@ use uuid::Uuid;
 use crate::plan::Planned;
 use crate::store::Referral;
 use crate::RewardEngine;
-
-/// The ledger account of a user's reward balance of `kind`: cash in `user:<id>`, bonus credit
-/// in `user:<id>:bonus`, so a wallet can tell them apart.
-pub fn user_account(user: &str, kind: RewardKind) -> String {
-    match kind {
-        RewardKind::Cash => format!("user:{user}"),
-        RewardKind::Bonus => format!("user:{user}:bonus"),
-    }
-}
-
-/// The ledger account a campaign's rewards are paid from.
-pub fn campaign_account(campaign: &str) -> String {
-    format!("campaign:{campaign}")
-}
-
-/// One ledger entry to book.
-#[derive(Debug, Clone)]
-struct Entry {
-    transaction: Uuid,
-    account: String,
-    amount: Decimal,
-    currency: String,
-    reward: Uuid,
-    kind: &'static str,
-}
-
-/// Books `entries` in one insert and moves the balances in one upsert (summed per account, in
-/// account order, so concurrent bookings lock balance rows in the same order).
-async fn book(conn: &mut PgConnection, entries: &[Entry]) -> sqlx::Result<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let col = |f: fn(&Entry) -> String| entries.iter().map(f).collect::<Vec<_>>();
-    let transactions: Vec<Uuid> = entries.iter().map(|e| e.transaction).collect();
-    let amounts: Vec<Decimal> = entries.iter().map(|e| e.amount).collect();
-    let rewards: Vec<Uuid> = entries.iter().map(|e| e.reward).collect();
-    sqlx::query(
-        "INSERT INTO ledger_entries (transaction_id, account, amount, currency, reward_id, kind) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::text[], $5::uuid[], $6::text[])",
-    )
-    .bind(&transactions)
-    .bind(col(|e| e.account.clone()))
-    .bind(&amounts)
-    .bind(col(|e| e.currency.clone()))
-    .bind(&rewards)
-    .bind(col(|e| e.kind.to_owned()))
-    .execute(&mut *conn)
-    .await?;
-    let mut sums: BTreeMap<(String, String), Decimal> = BTreeMap::new();
-    for e in entries {
-        *sums.entry((e.account.clone(), e.currency.clone())).or_default() += e.amount;
-    }
-    let (keys, deltas): (Vec<(String, String)>, Vec<Decimal>) = sums.into_iter().unzip();
-    let (accounts, currencies): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
-    sqlx::query(
-        "INSERT INTO balances (account, currency, balance) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[]) \
-         ON CONFLICT (account, currency) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()",
-    )
-    .bind(&accounts)
-    .bind(&currencies)
-    .bind(&deltas)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
 
 /// A referral to pay, with the deposit that qualifies it and the barrier that let it settle.
 #[derive(Debug, Clone)]
@@ -181,7 +116,7 @@ pub(crate) async fn grant(
         let transaction = DerivedId::ledger_transaction("grant", *reward_id);
         let campaign = &payment.referral.campaign_id;
         for (account, amount) in [(user_account(&g.beneficiary, g.kind), amount), (campaign_account(campaign), -amount)] {
-            entries.push(Entry { transaction, account, amount, currency: currency.clone(), reward: *reward_id, kind: "grant" });
+            entries.push(Entry { transaction, account, amount, currency: currency.clone(), reward: Some(*reward_id), kind: "grant" });
         }
         let event = RewardGranted {
             event_id: DerivedId::event("reward-granted", *reward_id),
@@ -287,7 +222,7 @@ pub(crate) async fn reverse(
         let kind =
             RewardKind::parse(&r.kind).ok_or_else(|| sqlx::Error::Protocol(format!("reward {} has kind {}", r.reward_id, r.kind)))?;
         for (account, amount) in [(user_account(&r.beneficiary_id, kind), -r.amount), (campaign_account(&r.campaign_id), r.amount)] {
-            entries.push(Entry { transaction, account, amount, currency: currency.clone(), reward: r.reward_id, kind: "reverse" });
+            entries.push(Entry { transaction, account, amount, currency: currency.clone(), reward: Some(r.reward_id), kind: "reverse" });
         }
         let parsed = Currency::parse(&currency).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         let event = RewardReversed {
