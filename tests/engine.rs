@@ -588,14 +588,15 @@ async fn the_gate_waits_for_the_scorer_and_applies_its_latest_assessment() {
     h.assert_books_balance().await;
 }
 
-/// Stores a data campaign in force since before the harness's registrations (as
+/// Stores a data campaign's next version, in force since before the harness's registrations (as
 /// `refstream campaigns apply` records it, backdated: the harness's events are two days old).
 async fn campaign_in_force(h: &Harness, toml_text: &str) {
     let d: refstream_core::campaigns::Definition = toml::from_str(toml_text).unwrap();
     d.validate().unwrap();
     sqlx::query(
         "INSERT INTO campaign_versions (campaign_id, version, definition, active, effective_from, change, changed_by) \
-         VALUES ($1, 1, $2, true, now() - interval '10 days', 'applied', 'test')",
+         VALUES ($1, (SELECT COALESCE(max(version), 0) + 1 FROM campaign_versions WHERE campaign_id = $1), $2, true, \
+                 now() - interval '10 days', 'applied', 'test')",
     )
     .bind(&d.id)
     .bind(serde_json::to_value(&d).unwrap())
@@ -790,5 +791,54 @@ async fn kyc_verdicts_arriving_in_any_order_end_the_same() {
     h.verdict("kz", false, 1).await;
     h.verdict("kz", true, 2).await;
     assert_eq!(h.status_of("kz").await, "rejected");
+    h.assert_books_balance().await;
+}
+
+const CAPPED_LADDER: &str = r#"
+id = "capped-ladder"
+name = "10 to the referrer, 2 to theirs, a budget"
+currency = "USD"
+min_deposit = "20"
+window_days = 30
+[[rewards]]
+type = "referrer_bonus"
+role = "referrer"
+amount = "10"
+[[levels]]
+amount = "2"
+[limits]
+budget = "12"
+pay_capped_when_raised = true
+"#;
+
+#[tokio::test]
+async fn a_capped_referral_is_released_only_when_its_whole_cost_fits_the_raised_budget() {
+    let mut h = Harness::new().await;
+    campaign_in_force(&h, CAPPED_LADDER).await;
+    // root -> ref -> {e1, e2}: each of ref's referrals costs 10 + 2 (root's level 2).
+    h.referral("root", "ref").await;
+    let code = h.code_of("ref").await;
+    for e in ["e1", "e2"] {
+        h.register(e, Some(&code), &format!("dev-{e}")).await;
+        h.score(e, "ref", Decision::Approve).await;
+    }
+    h.deposit("e1", "d-e1", "25").await;
+    h.deposit("e2", "d-e2", "25").await;
+    assert_eq!((h.status_of("e1").await, h.status_of("e2").await), ("rewarded".to_owned(), "capped".to_owned()));
+    // Raised to 22: the referrer's 10 would fit, the whole 12 does not. It stays capped, once,
+    // however many sweeps run (never released only to be capped again).
+    campaign_in_force(&h, &CAPPED_LADDER.replace("budget = \"12\"", "budget = \"22\"")).await;
+    for _ in 0..3 {
+        h.settle().await;
+    }
+    assert_eq!(h.status_of("e2").await, "capped");
+    let moves = "SELECT count(*) FROM referral_transitions t JOIN referrals r USING (referral_id) WHERE r.referee_id = 'e2' AND 'capped' IN (t.from_status, t.to_status)";
+    assert_eq!(h.db.scalar_i64(moves).await, 1);
+    // Raised to 24: it fits whole, and is paid once.
+    campaign_in_force(&h, &CAPPED_LADDER.replace("budget = \"12\"", "budget = \"24\"")).await;
+    h.settle().await;
+    assert_eq!(h.status_of("e2").await, "rewarded");
+    assert_eq!(h.balance("user:root").await, usd("4"));
+    assert_eq!(h.balance("user:ref").await, usd("20"));
     h.assert_books_balance().await;
 }

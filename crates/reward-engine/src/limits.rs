@@ -1,6 +1,6 @@
 //! Caps and budgets (a data campaign's `[limits]`, by its current version), enforced where
 //! rewards are paid: under a transaction lock per limited campaign (taken after the referral
-//! locks, in campaign order), the batch's payments are admitted in referral order against what
+//! and milestone locks, in campaign order), the batch's payments are admitted in referral order against what
 //! the campaign has paid so far (net of reversals) — its budget, its number of rewarded
 //! referrals, each referrer's lifetime and per-period caps. A payment that would break one is
 //! not made: its referral becomes `capped` with the reason. Concurrent sweeps settle one
@@ -16,7 +16,8 @@ use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::ledger::Payment;
+use crate::plan::Planner;
+use crate::store::Referral;
 use crate::RewardEngine;
 
 /// The current limits of `campaigns` (data campaigns only; empty limits left out).
@@ -27,7 +28,7 @@ pub(crate) async fn current(conn: &mut PgConnection, campaigns: &[String]) -> sq
 
 /// Takes the campaign's limits lock and reads what it has paid (net of reversals), with the
 /// rewarded referrals of `referrers`.
-pub(crate) async fn usage(conn: &mut PgConnection, campaign: &str, referrers: &[String]) -> sqlx::Result<Usage> {
+async fn usage(conn: &mut PgConnection, campaign: &str, referrers: &[String]) -> sqlx::Result<Usage> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('campaign-limits:' || $1, 2718))")
         .bind(campaign)
         .execute(&mut *conn)
@@ -62,33 +63,27 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
-    /// Takes the locks of the limited campaigns among `payments` and reads their usage.
-    pub(crate) async fn load(conn: &mut PgConnection, payments: &[Payment<'_>]) -> sqlx::Result<Self> {
-        let campaigns: Vec<String> = payments
-            .iter()
-            .filter(|p| p.referral.terms_version > 0)
-            .map(|p| p.referral.campaign_id.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+    /// Takes the locks of the limited campaigns among `referrals` and reads their usage.
+    pub(crate) async fn load(conn: &mut PgConnection, referrals: &[&Referral]) -> sqlx::Result<Self> {
+        let campaigns: Vec<String> =
+            referrals.iter().filter(|r| r.terms_version > 0).map(|r| r.campaign_id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
         if campaigns.is_empty() {
             return Ok(Self { limits: BTreeMap::new(), usages: BTreeMap::new() });
         }
         let limits = current(conn, &campaigns).await?;
         let mut usages = BTreeMap::new();
         for campaign in limits.keys() {
-            let referrers: Vec<String> =
-                payments.iter().filter(|p| &p.referral.campaign_id == campaign).map(|p| p.referral.referrer_id.clone()).collect();
+            let referrers: Vec<String> = referrals.iter().filter(|r| &r.campaign_id == campaign).map(|r| r.referrer_id.clone()).collect();
             usages.insert(campaign.clone(), usage(conn, campaign, &referrers).await?);
         }
         Ok(Self { limits, usages })
     }
 
-    /// Admits `payment`, costing `cost` in all, and counts it; or says which limit it would break.
-    pub(crate) fn admit(&mut self, payment: &Payment<'_>, cost: Decimal) -> Result<(), String> {
-        let r = payment.referral;
+    /// Admits paying `r`, costing `cost` in all, for a deposit made at `deposited_at`, and
+    /// counts it; or says which limit it would break.
+    pub(crate) fn admit(&mut self, r: &Referral, cost: Decimal, deposited_at: DateTime<Utc>) -> Result<(), String> {
         match (self.limits.get(&r.campaign_id), self.usages.get_mut(&r.campaign_id)) {
-            (Some(l), Some(u)) => u.admit(l, &r.referrer_id, cost, payment.deposited_at),
+            (Some(l), Some(u)) => u.admit(l, &r.referrer_id, cost, deposited_at),
             _ => Ok(()),
         }
     }
@@ -98,7 +93,8 @@ impl Admission {
 const PAGE: i64 = 200;
 
 /// Pays the referrals a campaign capped once a later version raised the limit and says
-/// `pay_capped_when_raised`: in referral order, those the new limits admit go back to
+/// `pay_capped_when_raised`: in referral order, those the new limits admit (at their whole cost,
+/// levels and milestones included, as settlement will admit them) go back to
 /// `eligible` and get their payout scheduled (settlement checks the limits again when it pays).
 /// Returns how many were released.
 pub(crate) async fn uncap(engine: &RewardEngine, pool: &sqlx::PgPool) -> sqlx::Result<usize> {
@@ -130,8 +126,9 @@ pub(crate) async fn uncap(engine: &RewardEngine, pool: &sqlx::PgPool) -> sqlx::R
             .await?;
             let Some(last) = ids.last().copied() else { break };
             let mut referrals = crate::store::lock_by_id(&mut tx, engine, &ids).await?;
-            let referrers: Vec<String> = referrals.values().map(|r| r.referrer_id.clone()).collect();
-            let mut used = usage(&mut tx, &campaign, &referrers).await?;
+            // Admitted exactly as settlement will admit them (levels and milestones included):
+            // one it would cap again is never released.
+            let mut planner = Planner::load(&mut tx, engine, &referrals.values().collect::<Vec<_>>()).await?;
             let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
             let deposits = crate::store::deposits_of(&mut tx, &referees).await?;
             let rates = crate::store::rates(&mut tx).await?;
@@ -140,9 +137,8 @@ pub(crate) async fn uncap(engine: &RewardEngine, pool: &sqlx::PgPool) -> sqlx::R
                 let Some(d) = deposits.get(&referral.referee_id).and_then(|d| crate::store::qualifying(engine, referral, d, &rates)) else {
                     continue;
                 };
-                let amount: Decimal =
-                    engine.terms.of(referral).map_or(Decimal::ZERO, |c| c.rewards.iter().map(|s| s.amount_for(d.amount).amount).sum());
-                if used.admit(&limits, &referral.referrer_id, amount, d.recorded.deposit.occurred_at).is_ok() {
+                let Some(terms) = engine.terms.of(referral) else { continue };
+                if planner.next(&terms, referral, d.amount, d.recorded.deposit.occurred_at).is_ok() {
                     moves.extend(crate::store::Move::of(referral, refstream_core::lifecycle::UNCAP, "the campaign raised its limits"));
                 }
             }

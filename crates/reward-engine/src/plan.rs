@@ -11,12 +11,16 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use chrono::{DateTime, Utc};
+use refstream_core::campaign::Campaign;
 use refstream_core::rewards::{self, Grant, Paid};
+use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::ledger::Payment;
 use crate::limits;
+use crate::store::Referral;
 use crate::RewardEngine;
 
 /// A payment with what it credits.
@@ -73,6 +77,62 @@ async fn rewarded_counts(conn: &mut PgConnection, pairs: &BTreeSet<(String, Stri
     Ok(rows.into_iter().map(|(c, r, n)| ((c, r), u32::try_from(n).unwrap_or(u32::MAX))).collect())
 }
 
+/// What a batch's grants are decided with: the upline of its referrers, the rewarded counts of
+/// those whose campaign has milestones (under their locks), and the limits of its limited
+/// campaigns (under theirs). Settlement pays by it; releasing capped referrals admits by it, so
+/// the two never disagree.
+pub(crate) struct Planner {
+    parent_of: HashMap<String, String>,
+    counts: HashMap<(String, String), u32>,
+    admission: limits::Admission,
+}
+
+impl Planner {
+    /// Loads what deciding `referrals` needs; takes the milestone locks, then the limits locks.
+    pub(crate) async fn load(conn: &mut PgConnection, engine: &RewardEngine, referrals: &[&Referral]) -> sqlx::Result<Self> {
+        let terms: Vec<_> = referrals.iter().map(|r| (*r, engine.terms.of(r))).collect();
+        let levels = terms.iter().filter_map(|(_, c)| c.as_ref()).map(|c| c.levels.len()).max().unwrap_or(0);
+        let parent_of = if levels > 0 {
+            let referrers = terms
+                .iter()
+                .filter(|(_, c)| c.as_ref().is_some_and(|c| !c.levels.is_empty()))
+                .map(|(r, _)| r.referrer_id.clone())
+                .collect();
+            parents(conn, referrers, levels).await?
+        } else {
+            HashMap::new()
+        };
+        let with_milestones: BTreeSet<(String, String)> = terms
+            .iter()
+            .filter(|(_, c)| c.as_ref().is_some_and(|c| !c.milestones.is_empty()))
+            .map(|(r, _)| (r.campaign_id.clone(), r.referrer_id.clone()))
+            .collect();
+        let counts = rewarded_counts(conn, &with_milestones).await?;
+        let admission = limits::Admission::load(conn, referrals).await?;
+        Ok(Self { parent_of, counts, admission })
+    }
+
+    /// The grants of paying `r` by `campaign` for a deposit of `deposit` (in the campaign's
+    /// currency) made at `at`, counted as paid; or the limit that refuses them.
+    pub(crate) fn next(&mut self, campaign: &Campaign, r: &Referral, deposit: Decimal, at: DateTime<Utc>) -> Result<Vec<Grant>, String> {
+        let key = (r.campaign_id.clone(), r.referrer_id.clone());
+        let upline = rewards::upline(&r.referee_id, &r.referrer_id, &self.parent_of, campaign.levels.len());
+        let grants = rewards::grants(
+            campaign,
+            Paid {
+                referrer: &r.referrer_id,
+                referee: &r.referee_id,
+                upline: &upline,
+                deposit,
+                rewarded_before: self.counts.get(&key).copied().unwrap_or(0),
+            },
+        );
+        self.admission.admit(r, grants.iter().map(|g| g.amount.amount).sum(), at)?;
+        *self.counts.entry(key).or_default() += 1;
+        Ok(grants)
+    }
+}
+
 /// Plans `payments` (in order): their grants, and the referrals caps or budgets refuse (with
 /// the reason), which are paid nothing.
 pub(crate) async fn plan<'a>(
@@ -80,52 +140,15 @@ pub(crate) async fn plan<'a>(
     engine: &RewardEngine,
     payments: Vec<Payment<'a>>,
 ) -> sqlx::Result<(Vec<Planned<'a>>, Vec<(Uuid, String)>)> {
-    let terms: Vec<_> = payments.iter().map(|p| engine.terms.of(p.referral)).collect();
-    let levels = terms.iter().flatten().map(|c| c.levels.len()).max().unwrap_or(0);
-    let parent_of = if levels > 0 {
-        let referrers = payments
-            .iter()
-            .zip(&terms)
-            .filter(|(_, c)| c.as_ref().is_some_and(|c| !c.levels.is_empty()))
-            .map(|(p, _)| p.referral.referrer_id.clone())
-            .collect();
-        parents(conn, referrers, levels).await?
-    } else {
-        HashMap::new()
-    };
-    let with_milestones: BTreeSet<(String, String)> = payments
-        .iter()
-        .zip(&terms)
-        .filter(|(_, c)| c.as_ref().is_some_and(|c| !c.milestones.is_empty()))
-        .map(|(p, _)| (p.referral.campaign_id.clone(), p.referral.referrer_id.clone()))
-        .collect();
-    let mut counts = rewarded_counts(conn, &with_milestones).await?;
-    let mut limits = limits::Admission::load(conn, &payments).await?;
-
+    let referrals: Vec<&Referral> = payments.iter().map(|p| p.referral).collect();
+    let mut planner = Planner::load(conn, engine, &referrals).await?;
     let (mut planned, mut capped) = (Vec::new(), Vec::new());
-    for (payment, campaign) in payments.into_iter().zip(terms) {
+    for payment in payments {
         // Terms were loaded with the referral; without them nothing is paid by other terms.
-        let Some(campaign) = campaign else { continue };
-        let r = payment.referral;
-        let key = (r.campaign_id.clone(), r.referrer_id.clone());
-        let upline = rewards::upline(&r.referee_id, &r.referrer_id, &parent_of, campaign.levels.len());
-        let grants = rewards::grants(
-            &campaign,
-            Paid {
-                referrer: &r.referrer_id,
-                referee: &r.referee_id,
-                upline: &upline,
-                deposit: payment.deposit_amount,
-                rewarded_before: counts.get(&key).copied().unwrap_or(0),
-            },
-        );
-        let cost = grants.iter().map(|g| g.amount.amount).sum();
-        match limits.admit(&payment, cost) {
-            Ok(()) => {
-                *counts.entry(key).or_default() += 1;
-                planned.push(Planned { payment, grants });
-            }
-            Err(reason) => capped.push((r.referral_id, reason)),
+        let Some(campaign) = engine.terms.of(payment.referral) else { continue };
+        match planner.next(&campaign, payment.referral, payment.deposit_amount, payment.deposited_at) {
+            Ok(grants) => planned.push(Planned { payment, grants }),
+            Err(reason) => capped.push((payment.referral.referral_id, reason)),
         }
     }
     Ok((planned, capped))
