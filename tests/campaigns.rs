@@ -70,20 +70,7 @@ fn temp_campaign(text: &str) -> std::path::PathBuf {
 /// Registers `user` (nobody referred it) and returns its referral code once minted.
 async fn register_referrer(db: &TestDb, p: &rdkafka::producer::FutureProducer, user: &str, country: &str, platform: &str, n: u8) -> String {
     produce(p, "user-registered", user, &encode(&registered(user, "NONE0000", country, platform, n))).await;
-    let pool = db.pool.clone();
-    eventually(Duration::from_secs(60), &format!("{user}'s code"), || {
-        let (pool, user) = (pool.clone(), user.to_owned());
-        async move {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM referral_codes WHERE user_id = $1")
-                .bind(user)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-                == 1
-        }
-    })
-    .await;
-    db.code_of(user).await
+    db.minted_code(user).await
 }
 
 async fn count(pool: &PgPool, sql: &str) -> i64 {

@@ -55,12 +55,7 @@ async fn a_reviewer_signs_in_sees_the_funnel_and_approves_a_held_referral_in_the
     // ana invites three people: bea deposits and is rewarded, cid signs up on ana's own device
     // (held for review), dan only signs up.
     produce(&p, "user-registered", "ana", &encode(&registered("ana", None, "dev-ana"))).await;
-    eventually(Duration::from_secs(60), "ana's code", || {
-        let pool = pool.clone();
-        async move { count(&pool, "SELECT count(*) FROM referral_codes WHERE user_id = 'ana'").await == 1 }
-    })
-    .await;
-    let code = db.code_of("ana").await;
+    let code = db.minted_code("ana").await;
     produce(&p, "user-registered", "bea", &encode(&registered("bea", Some(&code), "dev-bea"))).await;
     produce(&p, "user-registered", "cid", &encode(&registered("cid", Some(&code), "dev-ana"))).await;
     produce(&p, "user-registered", "dan", &encode(&registered("dan", Some(&code), "dev-dan"))).await;

@@ -447,30 +447,12 @@ async fn end_to_end_a_ring_is_never_paid_while_users_behind_one_nat_ip_are() {
         email: Some(format!("{user}@example.net")),
         country: Some("BR".into()),
     };
-    let code_of = |user: &'static str| {
-        let pool = db.pool.clone();
-        async move {
-            eventually(StdDuration::from_secs(60), "a referral code", || {
-                let pool = pool.clone();
-                async move {
-                    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM referral_codes WHERE user_id = $1")
-                        .bind(user)
-                        .fetch_one(&pool)
-                        .await
-                        .unwrap()
-                        == 1
-                }
-            })
-            .await;
-            sqlx::query_scalar::<_, String>("SELECT code FROM referral_codes WHERE user_id = $1").bind(user).fetch_one(&pool).await.unwrap()
-        }
-    };
     let nat = "100.64.0.1";
     const NAT: [&str; 10] = ["nat-0", "nat-1", "nat-2", "nat-3", "nat-4", "nat-5", "nat-6", "nat-7", "nat-8", "nat-9"];
     const RING: [&str; 4] = ["ring-0", "ring-1", "ring-2", "ring-3"];
     produce(&p, "user-registered", NAT[0], &encode(&registration(NAT[0], None, "phone-nat-0", nat))).await;
     produce(&p, "user-registered", RING[0], &encode(&registration(RING[0], None, "farm-phone", "45.77.1.9"))).await;
-    let (nat_code, ring_code) = (code_of(NAT[0]).await, code_of(RING[0]).await);
+    let (nat_code, ring_code) = (db.minted_code(NAT[0]).await, db.minted_code(RING[0]).await);
     for user in &NAT[1..] {
         produce(&p, "user-registered", user, &encode(&registration(user, Some(nat_code.clone()), &format!("phone-{user}"), nat))).await;
     }

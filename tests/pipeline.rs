@@ -34,15 +34,7 @@ async fn a_first_qualifying_deposit_pays_the_referrer_once() {
     let p = producer(&broker.bootstrap);
 
     produce(&p, "user-registered", "alice", &encode(&registered("alice", None))).await;
-    let pool = db.pool.clone();
-    eventually(Duration::from_secs(60), "alice's referral code", || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM referral_codes WHERE user_id = 'alice'").fetch_one(&pool).await.unwrap() == 1
-        }
-    })
-    .await;
-    let code: String = sqlx::query_scalar("SELECT code FROM referral_codes WHERE user_id = 'alice'").fetch_one(&db.pool).await.unwrap();
+    let code = db.minted_code("alice").await;
 
     produce(&p, "user-registered", "bob", &encode(&registered("bob", Some(&code)))).await;
     produce(&p, "user-registered", "carol", &encode(&registered("carol", Some(&code)))).await;

@@ -69,12 +69,7 @@ async fn a_link_click_attributes_the_signup_and_its_reward_arrives() {
 
     produce(&p, "user-registered", "ana", &encode(&registered("ana", None))).await;
     let pool = db.pool.clone();
-    eventually(Duration::from_secs(60), "ana's referral code", || {
-        let pool = pool.clone();
-        async move { count(&pool, "SELECT count(*) FROM referral_codes WHERE user_id = 'ana'").await == 1 }
-    })
-    .await;
-    let code: String = sqlx::query_scalar("SELECT code FROM referral_codes WHERE user_id = 'ana'").fetch_one(&db.pool).await.unwrap();
+    let code = db.minted_code("ana").await;
     let started = std::time::Instant::now();
     while !healthy(links_metrics) {
         assert!(started.elapsed() < Duration::from_secs(30), "links not ready: {}", links.log_text());

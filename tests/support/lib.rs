@@ -57,6 +57,24 @@ impl TestDb {
     }
 
     /// The referral code minted for `user`.
+    /// `user`'s referral code, once attribution has minted it (waits up to 60 s).
+    pub async fn minted_code(&self, user: &str) -> String {
+        let pool = self.pool.clone();
+        eventually(Duration::from_secs(60), &format!("{user}'s referral code"), || {
+            let (pool, user) = (pool.clone(), user.to_owned());
+            async move {
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM referral_codes WHERE user_id = $1")
+                    .bind(user)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+                    == 1
+            }
+        })
+        .await;
+        self.code_of(user).await
+    }
+
     pub async fn code_of(&self, user: &str) -> String {
         sqlx::query_scalar("SELECT code FROM referral_codes WHERE user_id = $1").bind(user).fetch_one(&self.pool).await.expect("code")
     }
