@@ -100,10 +100,5 @@ pub fn grants(campaign: &Campaign, paid: Paid<'_>) -> Vec<Grant> {
     out
 }
 
-/// What paying `paid` costs the campaign (caps and budgets count it whole).
-pub fn cost(campaign: &Campaign, paid: Paid<'_>) -> Decimal {
-    grants(campaign, paid).iter().map(|g| g.amount.amount).sum()
-}
-
 #[cfg(test)]
 mod tests;

@@ -72,10 +72,7 @@ fn a_referral_pays_its_tier_both_sides_the_upline_and_the_milestone_it_reaches()
             ("milestone_3", "bob", 1, Some(3), gbp("50").to_string(), RewardKind::Bonus, Some(Decimal::new(500, 0))),
         ]
     );
-    assert_eq!(
-        cost(&c, Paid { referrer: "bob", referee: "eve", upline: &up, deposit: "150".parse().unwrap(), rewarded_before: 2 }),
-        "83".parse().unwrap()
-    );
+    assert_eq!(g.iter().map(|g| g.amount.amount).sum::<Decimal>(), "83".parse().unwrap(), "what the payment costs the campaign");
     let fourth = grants(&c, Paid { referrer: "bob", referee: "eve", upline: &up, deposit: "20".parse().unwrap(), rewarded_before: 3 });
     assert!(fourth.iter().all(|g| g.milestone.is_none()), "the milestone is the 3rd referral's only");
 }
