@@ -5,6 +5,8 @@
 # transaction once per event and in batches of 100. Prints one table; stops everything.
 #   BENCH_BROKER=tansu   run against Tansu (scripts/tansu.sh), an independent Kafka-compatible
 #                        broker, instead of the devbroker (librdkafka's mock cluster)
+#   BENCH_PG_PROFILE=1   load pg_stat_statements; refstream-bench then prints the statements
+#                        that took most of Postgres' time after each phase
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A development run: the development fraud.hash_key of the defaults is allowed.
@@ -14,6 +16,14 @@ REL=${CARGO_TARGET_DIR:-target}/release
 trap 'scripts/fleet.sh down; scripts/tansu.sh stop' EXIT
 scripts/pg.sh destroy >/dev/null 2>&1 || true
 export REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS=0
+# The devbroker (librdkafka's mock cluster) cannot wake a waiting fetch: a record waits up to
+# fetch.wait.max.ms at every hop. Apache Kafka answers a waiting fetch when a record arrives.
+if [ "${BENCH_BROKER:-devbroker}" = devbroker ]; then
+  export REFSTREAM__KAFKA__FETCH_WAIT_MAX_MS=${REFSTREAM__KAFKA__FETCH_WAIT_MAX_MS:-3}
+fi
+if [ -n "${BENCH_PG_PROFILE:-}" ]; then
+  export PG_EXTRA_OPTS="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+fi
 if [ "${BENCH_BROKER:-devbroker}" = tansu ]; then
   export FLEET_BROKER
   FLEET_BROKER=$(scripts/tansu.sh start)
@@ -25,6 +35,9 @@ source .local/fleet.env
 # shellcheck disable=SC1091
 source .local/pg.env
 psql -q -c "CREATE DATABASE refstream_pgbench" >/dev/null
+if [ -n "${BENCH_PG_PROFILE:-}" ]; then
+  psql -q -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()" >/dev/null
+fi
 PGBENCH_URL="${DATABASE_URL%/*}/refstream_pgbench"
 REFSTREAM__DATABASE__URL=$PGBENCH_URL "$REL/refstream" migrate >/dev/null
 psql -q -d refstream_pgbench -f bench/pgbench/setup.sql >/dev/null

@@ -10,6 +10,8 @@
 #   scripts/pg.sh url                 print DATABASE_URL of the running instance
 #   scripts/pg.sh status              say whether it runs, where, and on which port
 #
+# PG_EXTRA_OPTS adds server options at start (e.g. "-c shared_preload_libraries=pg_stat_statements").
+#
 # Use it from a shell:   scripts/pg.sh start && source .local/pg.env
 #
 # Where the data lives: $REPO/.local/pg (git-ignored), owned by the `postgres` user when run as
@@ -190,7 +192,7 @@ pg_start_on() {
     # 9>&-: the server must not inherit the lock file descriptor (see lock()), or it would
     # hold the lock for as long as it runs.
     if ! as_pg "$BINDIR/pg_ctl" -w -t 60 -D "$DATA" -l "$LOGFILE" start 9>&- \
-        -o "-p $port -k $SOCK -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200" >/dev/null; then
+        -o "-p $port -k $SOCK -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200 ${PG_EXTRA_OPTS:-}" >/dev/null; then
         log "postgres did not start; last lines of $LOGFILE:"
         tail -n 20 "$LOGFILE" >&2 || true
         exit 1

@@ -208,7 +208,10 @@ impl FraudScorer {
     /// Gathers the evidence about each referral of `subjects` from the tables, in one query, as
     /// of the referee's registration (device and referrer velocity count the window on both
     /// sides of it). `ring_size` is left at 0: the ring graph fills it. Returns each referral's
-    /// evidence and the referee's email domain, in the order of `subjects`.
+    /// evidence and the referee's email domain, in the order of `subjects`. Every lookup is by
+    /// one account's keys (the shared-card test reads the referrer's links by account, `OFFSET
+    /// 0` keeping it so: otherwise the planner hashes every payment link per batch), so the
+    /// query's cost follows the batch, not the tables.
     pub async fn evidence(&self, conn: &mut PgConnection, subjects: &[Subject]) -> sqlx::Result<Vec<(Evidence, Option<String>)>> {
         if subjects.is_empty() {
             return Ok(Vec::new());
@@ -231,8 +234,9 @@ impl FraudScorer {
                   AND u.registered_at > b.at - w.w AND u.registered_at <= b.at + w.w) AS from_device, \
                (SELECT count(*) FROM users u WHERE u.ip_hash = e.ip_hash AND u.registered_at > b.at - w.w AND u.registered_at <= b.at) AS from_ip, \
                (SELECT count(*) FROM users u WHERE u.device_id = e.device_id AND u.user_id <> e.user_id AND u.registered_at <= b.at) AS others_on_device, \
-               EXISTS (SELECT 1 FROM identity_links a JOIN identity_links c ON c.kind = a.kind AND c.value = a.value \
-                       WHERE a.kind = 'payment' AND a.user_id = b.referrer AND c.user_id = b.referee) AS shared_instrument, \
+               EXISTS (SELECT 1 FROM (SELECT kind, value FROM identity_links WHERE user_id = b.referrer OFFSET 0) AS a \
+                       WHERE a.kind = 'payment' AND EXISTS (SELECT 1 FROM identity_links c \
+                         WHERE c.kind = 'payment' AND c.value = a.value AND c.user_id = b.referee)) AS shared_instrument, \
                x.match_confidence AS probabilistic_confidence, COALESCE(x.network_clicks, 0) AS network_clicks \
              FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS b(referrer, referee, at, n) \
              CROSS JOIN (SELECT $4::bigint * interval '1 second' AS w) AS w \

@@ -81,6 +81,39 @@ pub struct Barrier {
     pub verifications: Position,
 }
 
+/// The stream's position when holds ended, read from the broker in one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Captured {
+    pub registrations: Position,
+    pub deposits: Position,
+    pub verifications: Position,
+    /// End offsets of `referral-attributed`, read in the same request.
+    pub attributed: Position,
+}
+
+/// The barrier for payouts whose hold ended, from the ends `at` read after the hold's moment and
+/// what was read between the two: attribution's durable progress, and whether any
+/// `referral-attributed` row was still in the outbox (read after that progress).
+///
+/// When attribution had already covered the registrations and the outbox held no
+/// `referral-attributed` row, the barrier starts at [`Stage::Scorer`] with `at.attributed`: every
+/// registration that had arrived was applied before the ends were read, its
+/// `referral-attributed` row was committed with that progress and was gone from the outbox (the
+/// relay deletes a row only once the broker acknowledged it) before the ends were read, so the
+/// ends include it. This is what the `Attribution` and `Relay` stages would establish one
+/// broker round trip later. Otherwise the barrier starts at [`Stage::Attribution`].
+pub fn barrier_at(at: Captured, attribution: &Position, attributed_unpublished: bool) -> Barrier {
+    let caught_up = !attributed_unpublished && covers(attribution, &at.registrations);
+    Barrier {
+        stage: if caught_up { Stage::Scorer } else { Stage::Attribution },
+        registrations: at.registrations,
+        deposits: at.deposits,
+        outbox_through: None,
+        attributed: caught_up.then_some(at.attributed),
+        verifications: at.verifications,
+    }
+}
+
 /// The barrier's next move, given what the workers have durably done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {

@@ -90,6 +90,8 @@ pub struct KafkaSettings {
     pub group_prefix: String,
     pub batch_max_records: usize,
     pub batch_linger_ms: u64,
+    /// The consumers' `fetch.wait.max.ms`: how long a broker may hold a fetch that found nothing.
+    pub fetch_wait_max_ms: u32,
     pub session_timeout_ms: u32,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -307,6 +309,9 @@ impl Settings {
         }
         if self.kafka.batch_max_records == 0 {
             return Err(ConfigError::new("kafka.batch_max_records", "must be at least 1"));
+        }
+        if self.kafka.fetch_wait_max_ms > 300_000 {
+            return Err(ConfigError::new("kafka.fetch_wait_max_ms", "must be at most 300000 (librdkafka's limit)"));
         }
         if !self.metrics.listen.is_empty() {
             self.metrics_addr(0)?;
@@ -590,6 +595,7 @@ mod tests {
             ("REFSTREAM__CAMPAIGN__CURRENCY", "XXQ", "campaign.currency"),
             ("REFSTREAM__TELEMETRY__FORMAT", "xml", "telemetry.format"),
             ("REFSTREAM__KAFKA__BATCH_MAX_RECORDS", "many", "kafka.batch_max_records"),
+            ("REFSTREAM__KAFKA__FETCH_WAIT_MAX_MS", "400000", "kafka.fetch_wait_max_ms"),
             ("REFSTREAM__DATABASE__SESSION__JIT", "off -c x=y", "database.session.jit"),
             ("REFSTREAM__CAMPAIGN__TOUCH", "middle", "campaign.touch"),
             ("REFSTREAM__LINKS__LISTEN", "port 80", "links.listen"),

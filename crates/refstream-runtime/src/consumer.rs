@@ -171,8 +171,9 @@ pub async fn run<W: Worker>(
         .set("session.timeout.ms", settings.kafka.session_timeout_ms.to_string())
         .set("statistics.interval.ms", "5000")
         // Latency at low load: a fetch returns as soon as one byte is there, and a broker that
-        // cannot wake a waiting fetch (librdkafka's mock cluster) answers within 10 ms.
-        .set("fetch.wait.max.ms", "10")
+        // cannot wake a waiting fetch (librdkafka's mock cluster) answers within
+        // `kafka.fetch_wait_max_ms`.
+        .set("fetch.wait.max.ms", settings.kafka.fetch_wait_max_ms.to_string())
         .set("fetch.min.bytes", "1")
         // Memory: librdkafka prefetches at most this much per consumer (default 64 MiB).
         .set("queued.max.messages.kbytes", "8192");

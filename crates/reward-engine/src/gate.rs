@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use refstream_core::settlement::{behind, step, Barrier, Position, Progress, Stage, Step};
+use refstream_core::settlement::{barrier_at, behind, step, Barrier, Captured, Position, Progress, Stage, Step};
 use refstream_runtime::metrics::{GATE_BEHIND, GATE_STALLED, GATE_WAITING, GATE_WAIT_SECONDS, PROGRESS};
 use refstream_runtime::Settings;
 use serde_json::{json, Value as Json};
@@ -146,6 +146,13 @@ fn from_json(v: &Json) -> Position {
 }
 
 /// Makes a barrier for the payouts whose hold has ended and that have none; returns its id.
+///
+/// Between the hold's moment and the one ListOffsets request (`user-registered`,
+/// `deposit-completed`, `user-verified` and `referral-attributed`), it reads attribution's
+/// durable progress and then whether the outbox holds a `referral-attributed` row: when
+/// attribution had covered the registrations and the relay had published everything, the
+/// barrier starts at the scorer stage ([`refstream_core::settlement::barrier_at`]), saving the
+/// two stages' round trips whenever no registration is in flight.
 pub async fn capture<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: &E) -> anyhow::Result<Option<i64>> {
     let mut tx = pool.begin().await?;
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&mut *tx).await?;
@@ -156,16 +163,38 @@ pub async fn capture<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: 
     if !due {
         return Ok(None);
     }
-    // Read after `now`: the ends include everything the broker had accepted by then.
     let t = &engine.topics;
-    let all = ends.end_offsets(&[t.user_registered.clone(), t.deposit_completed.clone(), t.user_verified.clone()]).await?;
+    // In this order, each statement on a fresh snapshot (read committed): the progress, then
+    // the outbox, then (below) the ends.
+    let attribution = progress_of(&mut tx, ATTRIBUTION).await?;
+    let unpublished: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE topic = $1)")
+        .bind(&t.referral_attributed)
+        .fetch_one(&mut *tx)
+        .await?;
+    // Read after `now`: the ends include everything the broker had accepted by then.
+    let all = ends
+        .end_offsets(&[t.user_registered.clone(), t.deposit_completed.clone(), t.user_verified.clone(), t.referral_attributed.clone()])
+        .await?;
     let of = |topic: &String| -> Position { all.iter().filter(|((t, _), _)| t == topic).map(|(k, v)| (k.clone(), *v)).collect() };
-    let (registrations, deposits, verifications) = (of(&t.user_registered), of(&t.deposit_completed), of(&t.user_verified));
+    let at = Captured {
+        registrations: of(&t.user_registered),
+        deposits: of(&t.deposit_completed),
+        verifications: of(&t.user_verified),
+        attributed: of(&t.referral_attributed),
+    };
+    let barrier = barrier_at(at, &attribution, unpublished);
+    let upstream = json!({
+        "registrations": to_json(&barrier.registrations),
+        "deposits": to_json(&barrier.deposits),
+        "verifications": to_json(&barrier.verifications),
+    });
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO settlement_barriers (hold_ended_at, stage, upstream) VALUES ($1, 'attribution', $2) RETURNING barrier_id",
+        "INSERT INTO settlement_barriers (hold_ended_at, stage, upstream, scored) VALUES ($1, $2, $3, $4) RETURNING barrier_id",
     )
     .bind(now)
-    .bind(json!({"registrations": to_json(&registrations), "deposits": to_json(&deposits), "verifications": to_json(&verifications)}))
+    .bind(barrier.stage.as_str())
+    .bind(upstream)
+    .bind(barrier.attributed.as_ref().map(to_json))
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("UPDATE pending_payouts SET barrier_id = $1 WHERE barrier_id IS NULL AND due_at <= $2")

@@ -24,7 +24,11 @@ enum Action {
     Relay(usize),
     ScoreAttributed(i32, usize),
     ScoreDeposits(i32, usize),
+    /// A hold ends: the engine reads attribution's progress and whether the outbox holds a
+    /// referral-attributed row...
     HoldEnds,
+    /// ...and, any time later, the end offsets (one request), making the barrier.
+    ReadEnds,
     Sweep,
 }
 
@@ -37,6 +41,7 @@ fn action() -> impl Strategy<Value = Action> {
         (0..PARTITIONS, 1..4usize).prop_map(|(p, n)| Action::ScoreAttributed(p, n)),
         (0..PARTITIONS, 1..4usize).prop_map(|(p, n)| Action::ScoreDeposits(p, n)),
         Just(Action::HoldEnds),
+        Just(Action::ReadEnds),
         Just(Action::Sweep),
     ]
 }
@@ -61,6 +66,11 @@ struct World {
     seen_deposits: Vec<u32>,
     /// Barriers with what had arrived when their hold ended.
     barriers: Vec<(Barrier, Vec<u32>, Vec<u32>)>,
+    /// Holds ended whose ends are not read yet: what had arrived, attribution's progress and
+    /// whether a referral-attributed row was unpublished, as read then.
+    capturing: Vec<(Vec<u32>, Vec<u32>, Position, bool)>,
+    /// Barriers that started at the scorer stage (attribution and relay already caught up).
+    fast: usize,
     opened: usize,
 }
 
@@ -109,17 +119,22 @@ impl World {
                 *next = upto as i64;
             }
             Action::HoldEnds => {
-                let barrier = Barrier {
-                    stage: Stage::Attribution,
-                    registrations: Self::ends(&self.registered, "ur"),
-                    deposits: Self::ends(&self.deposited, "dc"),
-                    outbox_through: None,
-                    attributed: None,
-                    verifications: Position::new(),
-                };
                 let known_regs = self.registered.values().flatten().copied().collect();
                 let known_deps = self.deposited.values().flatten().copied().collect();
-                self.barriers.push((barrier, known_regs, known_deps));
+                self.capturing.push((known_regs, known_deps, self.attribution.clone(), !self.outbox.is_empty()));
+            }
+            Action::ReadEnds => {
+                for (known_regs, known_deps, attribution, unpublished) in std::mem::take(&mut self.capturing) {
+                    let at = Captured {
+                        registrations: Self::ends(&self.registered, "ur"),
+                        deposits: Self::ends(&self.deposited, "dc"),
+                        verifications: Position::new(),
+                        attributed: Self::ends(&self.attributed, "ra"),
+                    };
+                    let barrier = barrier_at(at, &attribution, unpublished);
+                    self.fast += usize::from(barrier.stage == Stage::Scorer);
+                    self.barriers.push((barrier, known_regs, known_deps));
+                }
             }
             Action::Sweep => self.sweep(),
         }
@@ -163,6 +178,7 @@ impl World {
 
     /// Everything drains: attribution, relay and scorer catch up completely.
     fn drain(&mut self) {
+        self.apply(&Action::ReadEnds);
         for _ in 0..64 {
             for p in 0..PARTITIONS {
                 self.apply(&Action::Attribute(p, usize::MAX / 4));
@@ -190,6 +206,37 @@ proptest! {
         w.drain();
         prop_assert_eq!(w.opened, w.barriers.len());
     }
+}
+
+#[test]
+fn a_barrier_skips_to_the_scorer_only_when_attribution_and_the_relay_were_caught_up() {
+    let ends = |n| -> Position { [(tp("ur", 0), n)].into_iter().collect() };
+    let at = || Captured { registrations: ends(5), attributed: [(tp("ra", 0), 5)].into_iter().collect(), ..Captured::default() };
+    let fast = barrier_at(at(), &ends(5), false);
+    assert_eq!(fast.stage, Stage::Scorer);
+    assert_eq!(fast.attributed, Some([(tp("ra", 0), 5)].into_iter().collect()));
+    // A referral-attributed row still in the outbox, or attribution behind: the slow path.
+    for (progress, unpublished) in [(ends(5), true), (ends(4), false)] {
+        let slow = barrier_at(at(), &progress, unpublished);
+        assert_eq!((slow.stage, slow.attributed), (Stage::Attribution, None));
+    }
+}
+
+#[test]
+fn with_the_pipeline_caught_up_most_barriers_take_the_fast_path() {
+    let mut w = World::default();
+    for a in [Action::Register(0), Action::Attribute(0, 1), Action::Relay(1)] {
+        w.apply(&a);
+    }
+    for p in 0..PARTITIONS {
+        w.apply(&Action::ScoreAttributed(p, 1));
+    }
+    for _ in 0..3 {
+        for a in [Action::Deposit(1), Action::HoldEnds, Action::ReadEnds, Action::ScoreDeposits(1, 1), Action::Sweep] {
+            w.apply(&a);
+        }
+    }
+    assert_eq!((w.fast, w.opened), (3, 3));
 }
 
 #[test]

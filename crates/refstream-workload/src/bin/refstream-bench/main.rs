@@ -7,6 +7,7 @@
 
 mod pgbench;
 mod procstat;
+mod profile;
 mod report;
 mod rewards;
 
@@ -134,12 +135,26 @@ async fn main() -> anyhow::Result<()> {
     let referees = args.referees.unwrap_or(args.burst + paced_n);
     anyhow::ensure!(args.burst <= referees, "--burst must not exceed --referees");
     let run = format!("{:06x}", uuid::Uuid::new_v4().as_u128() as u32 & 0xff_ffff);
-    let shape = Shape::new(&run, args.referrers, referees, Utc::now() - chrono::Duration::days(60));
+    // The k-th referee of a referrer registers 2k + 1 days after the start: start early enough
+    // that the last registers before now, and late enough that every referral's window (30 days
+    // by default) is still open when its deposit arrives, as in a live program (a referral
+    // whose window had passed would be expired by the engine's expiry sweep and revived by its
+    // late-reported deposit, which is not the load being measured).
+    let last_k = i64::try_from(referees.saturating_sub(1) / args.referrers.max(1))?;
+    let shape = Shape::new(&run, args.referrers, referees, Utc::now() - chrono::Duration::days(2 * last_k + 2));
     let postgres = postmaster(&pool).await?;
     let root = args.root.as_path();
 
+    let profiling = profile::available(&pool).await;
+    if profiling {
+        profile::report_and_reset(&pool, "before the bench", 0).await?;
+    }
+
     // 1. Registrations.
     let registrations = registrations(&mut sender, &pool, &settings, &shape).await?;
+    if profiling {
+        profile::report_and_reset(&pool, "registrations", 25).await?;
+    }
 
     // 2. The burst: qualifying deposits pushed at once.
     let (before, pg_before) = (procstat::workers(root, &WORKERS), postgres.and_then(procstat::postgres_usage));
@@ -149,11 +164,17 @@ async fn main() -> anyhow::Result<()> {
     let last = burst.by_deposit.values().max().copied().unwrap_or_else(Utc::now);
     let burst_time = (last - burst_started).to_std().unwrap_or_default();
     println!("burst: {} of {} rewards back in {burst_time:.1?}", burst.by_deposit.len(), args.burst);
+    if profiling {
+        profile::report_and_reset(&pool, "the burst", 25).await?;
+    }
 
     // 3. The paced load: the remaining referees' deposits at `pace` per second.
     let gap = Duration::from_micros(1_000_000 / args.pace.max(1));
     let (paced_sent, paced) = deposits(&mut sender, &settings, &shape.referees[args.burst..], gap).await?;
     println!("paced: {} of {} rewards back", paced.by_deposit.len(), referees - args.burst);
+    if profiling {
+        profile::report_and_reset(&pool, "the paced load", 25).await?;
+    }
     let peak = procstat::workers(root, &WORKERS);
     // What the settlement gate added at the paced load: from the hold's end to its barrier
     // opening (the scorer, caught up, applying what had arrived by then).

@@ -61,14 +61,15 @@ pub fn tally(phases: &[&Arrivals]) -> Tally {
     t
 }
 
-/// A reader of reward-granted assigned to every partition at its current end, fetching with a
-/// short `fetch.wait.max.ms` so arrival times are not padded by the fetch wait.
+/// A reader of reward-granted assigned to every partition at its current end, fetching with the
+/// fleet's `kafka.fetch_wait_max_ms` (at most 5 ms) so arrival times are padded by the fetch wait
+/// no more than a worker's are.
 pub fn reader(settings: &Settings) -> anyhow::Result<BaseConsumer> {
     let topic = &settings.topics.reward_granted;
     let consumer: BaseConsumer = client_config(settings)
         .set("group.id", format!("bench-{}", Uuid::new_v4()))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", settings.kafka.fetch_wait_max_ms.min(5).to_string())
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();

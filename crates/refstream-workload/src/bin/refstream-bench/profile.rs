@@ -1,0 +1,35 @@
+//! Where Postgres spent its time in each phase of the bench: when the database has the
+//! `pg_stat_statements` extension (`BENCH_PG_PROFILE=1 make bench` loads and creates it), the
+//! statements that took most of the phase's execution time are printed after it, and the
+//! counters reset for the next phase. Without the extension this does nothing. Times are wall
+//! time inside Postgres (lock waits and CPU contention included), for finding what to look at.
+
+use sqlx::PgPool;
+
+/// True when `pg_stat_statements` is installed in the bench's database.
+pub async fn available(pool: &PgPool) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements')")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(false)
+}
+
+/// Prints the `top` statements of the phase just ended (this database only) and resets.
+pub async fn report_and_reset(pool: &PgPool, phase: &str, top: i64) -> anyhow::Result<()> {
+    let rows: Vec<(f64, i64, i64, String)> = sqlx::query_as(
+        "SELECT s.total_exec_time, s.calls, s.rows, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 100) \
+         FROM pg_stat_statements s WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         ORDER BY s.total_exec_time DESC LIMIT $1",
+    )
+    .bind(top)
+    .fetch_all(pool)
+    .await?;
+    println!("Postgres time by statement, {phase} (pg_stat_statements):");
+    println!("{:>9} {:>8} {:>8} {:>8}  statement", "total ms", "calls", "mean ms", "rows");
+    for (total, calls, n, query) in rows {
+        let mean = total / calls.max(1) as f64;
+        println!("{total:>9.0} {calls:>8} {mean:>8.2} {n:>8}  {query}");
+    }
+    sqlx::query("SELECT pg_stat_statements_reset()").execute(pool).await?;
+    Ok(())
+}
