@@ -337,6 +337,15 @@ async fn attribution_decides_a_whole_batch_as_it_would_one_event_at_a_time() {
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM users").await, 7);
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM users WHERE user_id = 'e1' AND device_id = 'dev-e1'").await, 1);
     assert_eq!(h.db.scalar_i64("SELECT count(DISTINCT code) FROM referral_codes").await, 7, "one code per user");
+    // Each new user's row is written with its outcome (not written, then updated).
+    let labels: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT user_id, attribution FROM users WHERE user_id IN ('e1', 'e2', 'e3', 'e6') ORDER BY user_id")
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
+    let label = |u: &str, l: &str| (u.to_owned(), Some(l.to_owned()));
+    assert_eq!(labels, [label("e1", "attributed"), label("e2", "attributed"), label("e3", "awaiting_click"), label("e6", "attributed")]);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM users WHERE attribution IS NULL AND user_id LIKE 'e%'").await, 0);
     let announced: Vec<String> =
         sqlx::query_scalar("SELECT key FROM outbox WHERE topic = 'referral-attributed' ORDER BY key").fetch_all(&h.db.pool).await.unwrap();
     assert_eq!(announced, ["e1", "e2", "e6"], "one ReferralAttributed per referral, in the same transaction");

@@ -35,19 +35,30 @@ pub async fn versions(conn: &mut PgConnection) -> sqlx::Result<Vec<Version>> {
         .collect())
 }
 
+/// Country and platform by user id.
+pub(crate) type Profiles = HashMap<String, (Option<String>, String)>;
+
 /// Binds `referrals` (their events carry the code's campaign) to their campaign versions.
-pub(crate) async fn bind_all(conn: &mut PgConnection, referrals: Vec<&mut Referral>, default_id: &str) -> sqlx::Result<()> {
+/// `known`: referees' country and platform already at hand (users not stored yet); the others
+/// are read from `users`.
+pub(crate) async fn bind_all(
+    conn: &mut PgConnection,
+    referrals: Vec<&mut Referral>,
+    default_id: &str,
+    known: &Profiles,
+) -> sqlx::Result<()> {
     if referrals.is_empty() {
         return Ok(());
     }
     let versions = versions(conn).await?;
-    let referees: Vec<String> = referrals.iter().map(|r| r.event.referee_id.to_string()).collect();
-    let rows: Vec<(String, Option<String>, String)> =
-        sqlx::query_as("SELECT user_id, country, platform FROM users WHERE user_id = ANY($1)")
-            .bind(&referees)
-            .fetch_all(&mut *conn)
-            .await?;
-    let users: HashMap<String, (Option<String>, String)> = rows.into_iter().map(|(u, c, p)| (u, (c, p))).collect();
+    let referees: Vec<String> = referrals.iter().map(|r| r.event.referee_id.to_string()).filter(|u| !known.contains_key(u)).collect();
+    let rows: Vec<(String, Option<String>, String)> = if referees.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as("SELECT user_id, country, platform FROM users WHERE user_id = ANY($1)").bind(&referees).fetch_all(&mut *conn).await?
+    };
+    let mut users: Profiles = rows.into_iter().map(|(u, c, p)| (u, (c, p))).collect();
+    users.extend(known.iter().map(|(u, p)| (u.clone(), p.clone())));
     for r in referrals {
         let user = users.get(r.event.referee_id.as_str());
         let (country, platform) = user.map_or((None, ""), |(c, p)| (c.as_deref(), p.as_str()));

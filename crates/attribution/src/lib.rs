@@ -108,6 +108,11 @@ impl Attribution {
 
     /// Registers the batch's users and attributes the new ones. One outcome per event, in
     /// order: the referral, or why there is none (`None`: waiting for its click).
+    ///
+    /// A new user is decided before its row is written, so the row is inserted with its
+    /// outcome (`users.attribution`) instead of being updated right after: one index entry per
+    /// index, not two. Codes minted in this batch cannot be typed by a registration of the same
+    /// batch (a code is drawn at random when its owner registers).
     async fn register(
         &self,
         conn: &mut PgConnection,
@@ -115,24 +120,36 @@ impl Attribution {
     ) -> sqlx::Result<Vec<Result<ReferralAttributed, Option<NoReferral>>>> {
         let mut first = HashSet::new();
         let rows: Vec<UserRow> = events.iter().filter(|e| first.insert(e.user_id.as_str())).map(|e| self.user_row(e)).collect();
-        let inserted = insert_users(conn, &rows).await?;
-        let fresh: Vec<&UserRegistered> = rows.iter().map(|r| r.event).filter(|e| inserted.contains(e.user_id.as_str())).collect();
-        mint_codes(conn, &fresh, &self.campaign_id, self.code_validity).await?;
-        let pending: Vec<Waiting> = fresh
+        let ids: Vec<&str> = rows.iter().map(|r| r.event.user_id.as_str()).collect();
+        let known = existing_users(conn, &ids).await?;
+        let new_rows: Vec<&UserRow> = rows.iter().filter(|r| !known.contains(r.event.user_id.as_str())).collect();
+        let pending: Vec<Waiting> = new_rows
             .iter()
-            .map(|e| Waiting {
-                user_id: e.user_id.to_string(),
-                registered_at: e.occurred_at,
-                typed_code: e.referral_code.clone(),
-                click_id: e.click_id.clone(),
-                device_id: e.device_id.clone(),
+            .map(|r| Waiting {
+                user_id: r.event.user_id.to_string(),
+                registered_at: r.event.occurred_at,
+                typed_code: r.event.referral_code.clone(),
+                click_id: r.event.click_id.clone(),
+                device_id: r.event.device_id.clone(),
             })
             .collect();
         let mut click_ids: Vec<&str> = pending.iter().filter_map(|p| p.click_id.as_deref()).collect();
         click_ids.sort_unstable();
         click_ids.dedup();
         clicks::lock_click_ids(conn, &click_ids).await?;
-        let mut decided = self.attribute(conn, &pending, false).await?;
+        let profiles: campaigns::Profiles =
+            new_rows.iter().map(|r| (r.event.user_id.to_string(), (r.event.country.clone(), r.event.platform.clone()))).collect();
+        let mut decided = self.decide(conn, &pending, false, &profiles).await?;
+        let outcome_of: HashMap<&str, &str> = decided.iter().map(|(u, o)| (u.as_str(), label(o))).collect();
+        let inserted = insert_users(conn, &new_rows, &outcome_of).await?;
+        drop(outcome_of);
+        // A row another transaction wrote first is that transaction's to attribute.
+        decided.retain(|user, _| inserted.contains(user));
+        let fresh: Vec<&UserRegistered> = new_rows.iter().map(|r| r.event).filter(|e| inserted.contains(e.user_id.as_str())).collect();
+        mint_codes(conn, &fresh, &self.campaign_id, self.code_validity).await?;
+        let relabelled = insert_decided(conn, &mut decided).await?;
+        let labels: Vec<(&str, &str)> = relabelled.iter().filter_map(|u| decided.get(u).map(|o| (u.as_str(), label(o)))).collect();
+        clicks::record_outcomes(conn, &labels).await?;
 
         let mut outcomes = Vec::with_capacity(events.len());
         let mut answered = HashSet::new();
@@ -148,12 +165,29 @@ impl Attribution {
         Ok(outcomes)
     }
 
-    /// Decides `pending` registrations (none referred yet) from the clicks and codes they name,
-    /// inserts the referrals, records each user's outcome on `users.attribution`, and returns
-    /// the outcomes. The caller holds the click locks of `pending` (so a waiting registration
-    /// and its click's arrival cannot miss each other). `wait_over`: a click still not recorded
-    /// is given up on.
+    /// Decides `pending` registrations of stored users (none referred yet) from the clicks and
+    /// codes they name, inserts the referrals, records each user's outcome on
+    /// `users.attribution`, and returns the outcomes. The caller holds the click locks of
+    /// `pending` (so a waiting registration and its click's arrival cannot miss each other).
+    /// `wait_over`: a click still not recorded is given up on.
     async fn attribute(&self, conn: &mut PgConnection, pending: &[Waiting], wait_over: bool) -> sqlx::Result<HashMap<String, Outcome>> {
+        let mut decided = self.decide(conn, pending, wait_over, &campaigns::Profiles::new()).await?;
+        insert_decided(conn, &mut decided).await?;
+        let labels: Vec<(&str, &str)> = decided.iter().map(|(user, outcome)| (user.as_str(), label(outcome))).collect();
+        clicks::record_outcomes(conn, &labels).await?;
+        Ok(decided)
+    }
+
+    /// Decides `pending` registrations from the clicks and codes they name and binds each
+    /// referral to its campaign version (`profiles`: country and platform of users not stored
+    /// yet). Writes nothing.
+    async fn decide(
+        &self,
+        conn: &mut PgConnection,
+        pending: &[Waiting],
+        wait_over: bool,
+        profiles: &campaigns::Profiles,
+    ) -> sqlx::Result<HashMap<String, Outcome>> {
         let mut click_ids: Vec<String> = pending.iter().filter_map(|p| p.click_id.clone()).collect();
         click_ids.sort_unstable();
         click_ids.dedup();
@@ -206,25 +240,7 @@ impl Attribution {
             };
             decided.insert(p.user_id.clone(), outcome);
         }
-        campaigns::bind_all(conn, decided.values_mut().filter_map(|d| d.as_mut().ok()).collect(), &self.campaign_id).await?;
-        let referred = insert_referrals(conn, decided.values().filter_map(|d| d.as_ref().ok()).collect()).await?;
-        for (user, outcome) in decided.iter_mut() {
-            if outcome.is_ok() && !referred.contains(user) {
-                *outcome = Err(Some(NoReferral::AlreadyReferred));
-            }
-        }
-        let labels: Vec<(&str, &str)> = decided
-            .iter()
-            .map(|(user, outcome)| {
-                let label = match outcome {
-                    Ok(_) => "attributed",
-                    Err(None) => "awaiting_click",
-                    Err(Some(why)) => why.label(),
-                };
-                (user.as_str(), label)
-            })
-            .collect();
-        clicks::record_outcomes(conn, &labels).await?;
+        campaigns::bind_all(conn, decided.values_mut().filter_map(|d| d.as_mut().ok()).collect(), &self.campaign_id, profiles).await?;
         Ok(decided)
     }
 
@@ -294,15 +310,25 @@ fn attributed(p: &Waiting, won: &Won) -> Option<ReferralAttributed> {
     })
 }
 
-/// Inserts the users not registered yet; returns their ids.
-async fn insert_users(conn: &mut PgConnection, rows: &[UserRow<'_>]) -> sqlx::Result<HashSet<String>> {
+/// The users of `ids` already stored.
+async fn existing_users(conn: &mut PgConnection, ids: &[&str]) -> sqlx::Result<HashSet<String>> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let found: Vec<String> = sqlx::query_scalar("SELECT user_id FROM users WHERE user_id = ANY($1)").bind(ids).fetch_all(conn).await?;
+    Ok(found.into_iter().collect())
+}
+
+/// Inserts the users not registered yet, each with its attribution outcome (`outcome_of`:
+/// user → label); returns their ids.
+async fn insert_users(conn: &mut PgConnection, rows: &[&UserRow<'_>], outcome_of: &HashMap<&str, &str>) -> sqlx::Result<HashSet<String>> {
     if rows.is_empty() {
         return Ok(HashSet::new());
     }
-    let col = |f: &dyn Fn(&UserRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let col = |f: &dyn Fn(&UserRow) -> Option<String>| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
     let ids: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO users (user_id, registered_at, platform, device_id, ip_hash, ip_prefix_hash, email_hash, email_domain, country, typed_code, click_id) \
-         SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) \
+        "INSERT INTO users (user_id, registered_at, platform, device_id, ip_hash, ip_prefix_hash, email_hash, email_domain, country, typed_code, click_id, attribution) \
+         SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[]) \
          ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
     )
     .bind(col(&|r| Some(r.event.user_id.to_string())))
@@ -316,9 +342,33 @@ async fn insert_users(conn: &mut PgConnection, rows: &[UserRow<'_>]) -> sqlx::Re
     .bind(col(&|r| r.event.country.clone()))
     .bind(col(&|r| r.event.referral_code.clone()))
     .bind(col(&|r| r.event.click_id.clone()))
+    .bind(col(&|r| outcome_of.get(r.event.user_id.as_str()).map(|l| (*l).to_owned())))
     .fetch_all(&mut *conn)
     .await?;
     Ok(ids.into_iter().collect())
+}
+
+/// How a user's attribution is recorded on `users.attribution`.
+fn label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Ok(_) => "attributed",
+        Err(None) => "awaiting_click",
+        Err(Some(why)) => why.label(),
+    }
+}
+
+/// Inserts the referrals of `decided`; a referee referred meanwhile becomes `AlreadyReferred`.
+/// Returns the users whose outcome changed so.
+async fn insert_decided(conn: &mut PgConnection, decided: &mut HashMap<String, Outcome>) -> sqlx::Result<Vec<String>> {
+    let referred = insert_referrals(conn, decided.values().filter_map(|d| d.as_ref().ok()).collect()).await?;
+    let mut changed = Vec::new();
+    for (user, outcome) in decided.iter_mut() {
+        if outcome.is_ok() && !referred.contains(user) {
+            *outcome = Err(Some(NoReferral::AlreadyReferred));
+            changed.push(user.clone());
+        }
+    }
+    Ok(changed)
 }
 
 /// Gives each of `users` a fresh code, drawing again for the (rare: 1 in 2^40 per existing

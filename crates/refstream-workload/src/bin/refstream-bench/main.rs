@@ -11,7 +11,7 @@ mod profile;
 mod report;
 mod rewards;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,13 @@ fn per_second(n: usize, d: Duration) -> Decimal {
 
 /// Produces the referrers and then every referee; returns referees attributed and scored per
 /// second (from the first referee's registration to the last assessment).
-async fn registrations(sender: &mut Sender, pool: &PgPool, settings: &Settings, shape: &Shape) -> anyhow::Result<Decimal> {
+async fn registrations(
+    sender: &mut Sender,
+    pool: &PgPool,
+    settings: &Settings,
+    shape: &Shape,
+    cpu: &mut PhaseCpu<'_>,
+) -> anyhow::Result<Decimal> {
     let topic = &settings.topics.user_registered;
     for p in &shape.referrers {
         let e = registration(p, None)?;
@@ -76,6 +82,7 @@ async fn registrations(sender: &mut Sender, pool: &PgPool, settings: &Settings, 
     let ids: Vec<String> = shape.referrers.iter().map(|p| p.id.clone()).collect();
     let codes = wait_for_codes(pool, &ids, Duration::from_secs(600)).await?;
     let want = count(pool, "SELECT count(*) FROM assessments").await? + i64::try_from(shape.referees.len())?;
+    cpu.start();
     let started = Instant::now();
     for p in &shape.referees {
         let code = p.referrer.map(|r| codes[&shape.referrers[r].id].clone());
@@ -87,8 +94,49 @@ async fn registrations(sender: &mut Sender, pool: &PgPool, settings: &Settings, 
         anyhow::ensure!(started.elapsed() < Duration::from_secs(1800), "referrals not scored in 30 minutes");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    cpu.stop(started.elapsed());
     println!("registrations: {} referees attributed and scored in {:.1?}", shape.referees.len(), started.elapsed());
     Ok(per_second(shape.referees.len(), started.elapsed()))
+}
+
+/// CPU seconds of every process of the fleet (the broker included) and of Postgres over one
+/// phase, beside the CPU seconds the machine had: says whether a phase was short of CPU or
+/// waited on something else.
+pub struct PhaseCpu<'a> {
+    root: &'a Path,
+    postgres: Option<u32>,
+    before: BTreeMap<&'static str, procstat::Usage>,
+    pub used: Vec<(&'static str, String)>,
+    pub available: String,
+}
+
+/// The processes whose CPU a phase reports: the workers and the devbroker (absent with another broker).
+const PROCESSES: [&str; 5] = ["attribution", "fraud-scorer", "reward-engine", "outbox-relay", "devbroker"];
+
+impl<'a> PhaseCpu<'a> {
+    fn new(root: &'a Path, postgres: Option<u32>) -> Self {
+        Self { root, postgres, before: BTreeMap::new(), used: Vec::new(), available: String::new() }
+    }
+
+    fn snapshot(&self) -> BTreeMap<&'static str, procstat::Usage> {
+        let mut all = procstat::workers(self.root, &PROCESSES);
+        if let Some(pg) = self.postgres.and_then(procstat::postgres_usage) {
+            all.insert("postgres", pg);
+        }
+        all
+    }
+
+    fn start(&mut self) {
+        self.before = self.snapshot();
+    }
+
+    fn stop(&mut self, elapsed: Duration) {
+        let after = self.snapshot();
+        self.used = self.before.iter().filter_map(|(name, b)| Some((*name, b.cpu_secs_until(after.get(name)?)))).collect();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ms = elapsed.as_millis() * cores as u128;
+        self.available = format!("{}.{:02} CPU-s ({cores} cores)", ms / 1000, ms % 1000 / 10);
+    }
 }
 
 /// Produces the deposits of `people`, `gap` apart (all at once when `gap` is zero), while a
@@ -151,7 +199,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 1. Registrations.
-    let registrations = registrations(&mut sender, &pool, &settings, &shape).await?;
+    let mut registration_cpu = PhaseCpu::new(root, postgres);
+    let registrations = registrations(&mut sender, &pool, &settings, &shape, &mut registration_cpu).await?;
     if profiling {
         profile::report_and_reset(&pool, "registrations", 25).await?;
     }
@@ -210,6 +259,8 @@ async fn main() -> anyhow::Result<()> {
         burst_n: args.burst,
         pace: args.pace,
         registrations,
+        registration_cpu: registration_cpu.used,
+        registration_cpu_available: registration_cpu.available,
         burst_rate: per_second(burst.by_deposit.len(), burst_time),
         burst_latency: rewards::percentiles(&burst_sent, &burst),
         paced_latency: rewards::percentiles(&paced_sent, &paced),

@@ -17,6 +17,9 @@ pub struct Measured {
     pub pace: u64,
     /// Referees attributed and scored per second.
     pub registrations: Decimal,
+    /// CPU seconds per process during the registrations, and what the machine had.
+    pub registration_cpu: Vec<(&'static str, String)>,
+    pub registration_cpu_available: String,
     /// RewardGranted per second during the burst.
     pub burst_rate: Decimal,
     /// End-to-end p50 / p99 in ms.
@@ -89,6 +92,10 @@ pub fn print(m: &Measured) {
         "≥ 3000/s",
         Some(m.registrations >= Decimal::from(3000)),
     );
+    for (name, cpu) in &m.registration_cpu {
+        line(&format!("{name}: CPU during the registrations"), &format!("{cpu} CPU-s"), "", None);
+    }
+    line("the machine had, during the registrations", &m.registration_cpu_available, "", None);
     line("burst: RewardGranted on Kafka", &format!("{}/s", m.burst_rate), "", None);
     line("burst: end-to-end p50", &ms(m.burst_latency, false).0, "", None);
     line("burst: end-to-end p99", &ms(m.burst_latency, true).0, "", None);
