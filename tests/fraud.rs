@@ -645,8 +645,9 @@ async fn one_batch_scores_a_burst_a_ring_and_clean_referrals_in_their_first_revi
     assert_eq!(h.history_rows().await, (burst.len() + 2 + clean.len()) as i64);
 }
 
-/// Two partitions applied at the same time, each adding one bridge of a ring, with no device,
-/// mailbox or referrer in common (so only the ring lock orders them). Rings need 4 accounts
+/// Two partitions applied at the same time, each adding one bridge of a ring, with no device or
+/// mailbox of their own referees and no referrer in common: only the locks of the identifiers
+/// their graph walks reach order them. Rings need 4 accounts
 /// here. q referred c earlier, both on device D. Partition 1 brings m1, who shares c's mailbox;
 /// partition 2 brings m2, who shares device D. Each batch alone sees a component of 3; together
 /// {q, c, m1, m2} is a ring. The ring lock orders the two graph sections, so the later one sees
@@ -673,8 +674,9 @@ async fn two_partitions_completing_a_ring_at_the_same_time_never_both_miss_it() 
         let first = h.take_attributed(1).await;
         h.register_only(&m2, Some("r2"), 61).await;
         let second = h.take_attributed(2).await;
-        // Hold the ring lock until both batches wait for it: both have written their links (not
-        // committed yet) and read the graph without each other's; only the ring section can
+        // Hold the ring lock (exclusively, as a walk too large to lock identifier by identifier
+        // would) until both batches wait on a lock: both have written their links (not
+        // committed yet) and walked the graph without each other's; only their locked walks can
         // still see the whole ring.
         let mut gate = h.db.pool.acquire().await.unwrap();
         sqlx::query("SELECT pg_advisory_lock($1)").bind(fraud_scorer::RING_LOCK).execute(&mut *gate).await.unwrap();
@@ -712,4 +714,52 @@ async fn two_partitions_completing_a_ring_at_the_same_time_never_both_miss_it() 
             "round {round}: {cause}"
         );
     }
+}
+
+/// The scorer has no lock for the whole graph: while one partition's batch is held in the
+/// middle of its section (re-assessing a referral whose row another transaction holds, with
+/// every lock of its own taken), a batch of another partition with nothing in common (devices,
+/// mailboxes, components, referrer) is scored and committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unrelated_partitions_are_scored_side_by_side() {
+    let mut h = Harness::new().await;
+    h.register(&person("p1"), None, 0).await;
+    h.register(&person("p2"), None, 1).await;
+    h.register(&person("s1"), Some("p1"), 10).await;
+    // s3 registered before s1 on s1's device and arrives late: its batch re-assesses s1.
+    h.register_only(&Person { device: "dev-s1".into(), ..person("s3") }, Some("p1"), 5).await;
+    let late = h.take_attributed(1).await;
+    h.register_only(&person("s2"), Some("p2"), 11).await;
+    let unrelated = h.take_attributed(2).await;
+    let mut holder = h.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM assessments WHERE referee_id = 's1' FOR UPDATE").execute(&mut *holder).await.unwrap();
+    let held = tokio::spawn({
+        let (scorer, pool) = (fraud_scorer::FraudScorer::new(&h.settings).unwrap(), h.db.pool.clone());
+        async move { apply_partition(&scorer, &pool, &late).await }
+    });
+    let mut watch = h.db.pool.acquire().await.unwrap();
+    let mut waits = false;
+    for _ in 0..1000 {
+        waits = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE l.locktype = 'transactionid' AND NOT l.granted) OR EXISTS (SELECT 1 FROM pg_locks \
+             WHERE locktype = 'tuple' AND NOT granted) OR EXISTS (SELECT 1 FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event IN ('transactionid', 'tuple'))",
+        )
+        .fetch_one(&mut *watch)
+        .await
+        .unwrap();
+        if waits {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    assert!(waits, "the late arrival's batch reached s1's row");
+    let other = tokio::time::timeout(StdDuration::from_secs(20), apply_partition(&h.scorer, &h.db.pool, &unrelated)).await;
+    assert_eq!(other.expect("the unrelated batch does not wait for the held one"), Applied::Committed);
+    assert_eq!(h.assessment_of("s2").await.0, "APPROVE");
+    assert!(!held.is_finished(), "the held batch still waits");
+    holder.rollback().await.unwrap();
+    assert_eq!(held.await.unwrap(), Applied::Committed);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM assessments WHERE referee_id = 's3'").await, 1);
 }

@@ -7,8 +7,9 @@
 //! [`refstream_core::fraud::Graph`], so the rule is the one the domain tests pin down.
 //!
 //! Guarantees: links are inserted in one sorted statement that skips links already present or
-//! being inserted by another transaction, so concurrent batches never wait on each other's links. The components are read as of the statement; the caller decides which
-//! lock makes that read complete (see the crate documentation).
+//! being inserted by another transaction, so concurrent batches never wait on each other's
+//! links. The components are read as of the statement, with the lock key of every identifier
+//! they contain, which is what [`crate::locks`] locks to make that read complete.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -72,6 +73,8 @@ pub struct Components {
     graph: Graph,
     members: BTreeSet<String>,
     truncated: bool,
+    /// The lock key (`kind:value`) of every identifier the walk reached.
+    identifiers: BTreeSet<String>,
 }
 
 impl Components {
@@ -93,6 +96,16 @@ impl Components {
     /// The representative of `user`'s component.
     pub fn representative<'a>(&'a self, user: &'a str) -> &'a str {
         self.graph.representative(user)
+    }
+
+    /// The walk stopped at [`MAX_WALK`] accounts.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// The lock key (`kind:value`) of every identifier the walk reached.
+    pub fn identifiers(&self) -> &BTreeSet<String> {
+        &self.identifiers
     }
 }
 
@@ -128,18 +141,9 @@ pub async fn link_users(conn: &mut PgConnection, users: &[(&str, DateTime<Utc>)]
     Ok(inserted.into_iter().collect())
 }
 
-/// Takes the transaction's advisory lock of every payment instrument in `cards`
-/// (`(user, fingerprint)`), in lock order.
-pub async fn lock_payment_values(conn: &mut PgConnection, cards: &[(&str, &str)]) -> sqlx::Result<()> {
-    let values: Vec<&str> = cards.iter().map(|(_, v)| *v).collect();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(h) FROM \
-         (SELECT DISTINCT hashtextextended('payment:' || v, 2718) AS h FROM unnest($1::text[]) AS v) AS locks ORDER BY h",
-    )
-    .bind(&values)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// The lock keys of the payment instruments in `cards` (`(user, fingerprint)`).
+pub fn payment_keys(cards: &[(&str, &str)]) -> std::collections::BTreeSet<String> {
+    cards.iter().map(|(_, v)| format!("payment:{v}")).collect()
 }
 
 /// True when a card of `cards` is (or becomes, within the batch) used by more than one account.
@@ -184,23 +188,6 @@ pub async fn link_payments(
     Ok(inserted.into_iter().collect())
 }
 
-/// Takes the transaction's advisory locks (sorted, so batches cannot deadlock) of each referee's
-/// device and email hash: two batches whose referees share a device or a mailbox run one after
-/// the other, the second seeing everything the first committed. Legitimate users rarely share
-/// either, so these locks rarely wait.
-pub async fn lock_cluster_values(conn: &mut PgConnection, referees: &[&str]) -> sqlx::Result<()> {
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 2718) AS h FROM ( \
-           SELECT 'device:' || device_id AS k FROM users WHERE user_id = ANY($1) AND device_id IS NOT NULL \
-           UNION ALL SELECT 'email:' || email_hash FROM users WHERE user_id = ANY($1) AND email_hash IS NOT NULL) AS keys) AS locks \
-         ORDER BY h",
-    )
-    .bind(referees)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// The components of `users`, and which of them are rings of at least `ring_min_size` accounts:
 /// one statement whatever the number of users.
 pub async fn components(conn: &mut PgConnection, users: &[String], ring_min_size: u32) -> sqlx::Result<Components> {
@@ -208,10 +195,11 @@ pub async fn components(conn: &mut PgConnection, users: &[String], ring_min_size
         return Ok(Components::default());
     }
     // Tagged rows: 'g' a shared identifier (kind, its accounts), 'r' a referral among linked
-    // accounts ([referrer, referee]), 'n' how many accounts the walk reached. `OFFSET 0` keeps
-    // every lookup an index lookup per account: flattened, the planner (which guesses 2,000 rows
-    // for a recursive step) merge-joins the whole of identity_links instead, so each batch's walk
-    // grew with the table (368 ms for 330 seeds over 80,000 links, 20 ms as lookups).
+    // accounts ([referrer, referee]), 'k' the lock keys of every identifier reached, 'n' how many
+    // accounts the walk reached. `OFFSET 0` keeps every lookup an index lookup per account:
+    // flattened, the planner (which guesses 2,000 rows for a recursive step) merge-joins the
+    // whole of identity_links instead, so each batch's walk grew with the table (368 ms for 330
+    // seeds over 80,000 links, 20 ms as lookups).
     let rows: Vec<(String, Option<String>, Vec<String>)> = sqlx::query_as(
         "WITH RECURSIVE comp(user_id) AS ( \
            SELECT DISTINCT u FROM unnest($1::text[]) AS u \
@@ -221,15 +209,18 @@ pub async fn components(conn: &mut PgConnection, users: &[String], ring_min_size
              CROSS JOIN LATERAL (SELECT user_id FROM identity_links WHERE kind = a.kind AND value = a.value OFFSET 0) AS b \
          ), \
          m AS MATERIALIZED (SELECT user_id FROM comp LIMIT $2), \
-         g AS MATERIALIZED (SELECT l.kind, array_agg(l.user_id ORDER BY l.user_id) AS users FROM m \
-           CROSS JOIN LATERAL (SELECT kind, value, user_id FROM identity_links WHERE user_id = m.user_id OFFSET 0) AS l \
-           GROUP BY l.kind, l.value HAVING count(*) > 1), \
+         ids AS MATERIALIZED (SELECT l.kind, l.value, l.user_id FROM m \
+           CROSS JOIN LATERAL (SELECT kind, value, user_id FROM identity_links WHERE user_id = m.user_id OFFSET 0) AS l), \
+         g AS MATERIALIZED (SELECT kind, array_agg(user_id ORDER BY user_id) AS users FROM ids \
+           GROUP BY kind, value HAVING count(*) > 1), \
          linked AS MATERIALIZED (SELECT DISTINCT unnest(users) AS user_id FROM g) \
          SELECT 'g', kind, users FROM g \
          UNION ALL \
          SELECT 'r', NULL, ARRAY[r.referrer_id, r.referee_id] FROM linked e \
            CROSS JOIN LATERAL (SELECT referrer_id, referee_id FROM referrals WHERE referee_id = e.user_id) AS r \
            WHERE r.referrer_id IN (SELECT user_id FROM linked) \
+         UNION ALL \
+         SELECT 'k', NULL, COALESCE(array_agg(DISTINCT kind || ':' || value), '{}') FROM ids \
          UNION ALL \
          SELECT 'n', NULL, ARRAY[count(*)::text] FROM m",
     )
@@ -240,6 +231,7 @@ pub async fn components(conn: &mut PgConnection, users: &[String], ring_min_size
     let mut groups = Vec::new();
     let mut referrals = Vec::new();
     let mut truncated = false;
+    let mut identifiers = BTreeSet::new();
     for (tag, kind, mut users) in rows {
         match (tag.as_str(), kind) {
             ("g", Some(kind)) => groups.push((kind, users)),
@@ -248,6 +240,7 @@ pub async fn components(conn: &mut PgConnection, users: &[String], ring_min_size
                 let referrer = users.pop().unwrap_or_default();
                 referrals.push((referrer, referee));
             }
+            ("k", _) => identifiers.extend(users),
             ("n", _) => truncated = users.first().and_then(|n| n.parse::<i64>().ok()).is_some_and(|n| n > MAX_WALK),
             _ => {}
         }
@@ -256,5 +249,5 @@ pub async fn components(conn: &mut PgConnection, users: &[String], ring_min_size
     let members: BTreeSet<String> = users.iter().cloned().chain(groups.iter().flat_map(|(_, u)| u.iter().cloned())).collect();
     let accounts: Vec<String> = members.iter().cloned().collect();
     let min = usize::try_from(ring_min_size).unwrap_or(usize::MAX);
-    Ok(Components { graph: Graph::build(&accounts, &groups, &referrals, min), members, truncated })
+    Ok(Components { graph: Graph::build(&accounts, &groups, &referrals, min), members, truncated, identifiers })
 }

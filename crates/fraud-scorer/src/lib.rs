@@ -14,7 +14,7 @@
 //!   a deterministic event id (`DerivedId::event`) for its `ReferralScored`.
 //! - **Set-based.** A batch (one partition of one topic, offset order) is applied with a bounded
 //!   number of statements whatever its size: links in one insert, the evidence of every referral
-//!   in one query, the ring graph in three, the candidates for re-assessment in one, the stored
+//!   in one query, the ring graph in two walks (more only while a component grows), the candidates for re-assessment in one, the stored
 //!   assessments locked in one, assessments, history and outbox written through `UNNEST`.
 //! - **Re-assessment of clusters, tighten only.** When a batch makes a cluster suspicious (a ring
 //!   completed by its links, a device or referrer over its velocity limit counted on both sides
@@ -24,40 +24,46 @@
 //!   ([`refstream_core::fraud::tightens`]). Nothing is ever loosened. IP signals are soft: they
 //!   never hold a referral alone.
 //!
-//! # Locking, with partitions applied concurrently
+//! # Locking, with partitions applied concurrently, and no lock for the whole graph
 //!
 //! Evidence is read from `users` and `referrals`, which attribution commits before it publishes
 //! the `ReferralAttributed` that brings a referral here, so every registration a batch's events
 //! refer to is visible to it. What concurrent scorer batches write are links and assessments, and
-//! two of them could each miss what the other writes. The work is split in two:
+//! two of them could each miss what the other writes. A batch locks what it touches
+//! ([`locks`]), never the whole graph:
 //!
-//! 1. Without any global lock: the batch's links are inserted (one statement, sorted, skipping
-//!    links already present, so a popular referrer's links take no lock), and the evidence of
-//!    the batch's new referrals is gathered (the heavy query).
-//! 2. Then the batch takes the transaction-scoped advisory lock [`RING_LOCK`] and holds it to its
-//!    commit, for a short, set-based section: read the components of the accounts it touched,
-//!    insert its first assessments (with the ring verdict), find the candidates for
-//!    re-assessment (ring members, velocity clusters, late arrivals, shared cards — its own fresh
-//!    rows included), lock them `FOR UPDATE` in `referral_id` order, re-assess, write, enqueue.
+//! 1. Without waiting on anyone: its links are inserted (one sorted statement that skips links
+//!    another batch is inserting) and its components walked once, to name what to lock.
+//! 2. In one statement, in hash order: the devices and mailboxes of its referees, every
+//!    identifier the walk reached, the accounts it linked, and its referrers (shared; exclusive
+//!    where the referrer's referrals already exceed the velocity limit). Under these, held to
+//!    the commit: the evidence, the components walked again (locking and walking again while
+//!    the walk reaches an identifier not locked yet), the first assessments, the candidates for
+//!    re-assessment (ring members, velocity clusters, late arrivals, shared cards — its own
+//!    fresh rows included), locked `FOR UPDATE` in `referral_id` order, re-assessed, written.
 //!
-//! Why no ring or cluster is missed: the sections in (2) of all batches are totally ordered by
-//! the lock, and a batch releases it only after its commit is visible. Take two concurrent
-//! batches A then B. Everything A wrote (links, assessments) is committed before B's section
-//! reads anything, so B's component walk sees A's links and its own; if their links complete a
-//! ring together, B sees the whole ring, gives its own referrals FRAUD_RING and re-assesses A's
-//! (committed) referrals in it. Likewise B's candidate query sees A's assessments, and recounts
-//! their device and referrer windows with every registration now known. A's own fresh rows were
-//! assessed with evidence that may predate B's registrations, which is exactly what B's
-//! candidate query re-checks; and B's fresh rows, whose evidence was read before the lock, are
-//! re-checked by B's own candidate query inside the section. Lock order is always: payment-card
-//! locks (sorted, deposits only), then [`RING_LOCK`], then assessment rows (sorted), then the
-//! outbox's key locks (sorted) — so concurrent batches cannot deadlock.
+//! Why no ring or cluster is missed: two batches that could each miss the other's links or
+//! fresh assessments always hold a common lock, so one of them reads only after the other
+//! committed and re-assesses what the two made suspicious together.
+//! - A ring: their links meet in one component, and both lock an identifier (or an account)
+//!   on the way between them ([`locks`] has the argument).
+//! - A device or mailbox cluster, a late arrival: both lock that device or mailbox before
+//!   reading evidence or writing a first assessment.
+//! - A referrer's velocity window: every batch with a referral of that referrer holds the
+//!   referrer's lock, shared, from before its first assessments to its commit. The referral
+//!   that pushes a window over the limit was attributed before its batch locks, so that batch
+//!   sees the window over the limit and takes the referrer's lock exclusively: it waits for every
+//!   batch holding the referrer and sees their assessments; a batch that locks the referrer later
+//!   counts that referral itself and re-assesses its own.
 //!
-//! Deposit batches whose cards no other account uses take only the per-card locks: such a link
-//! joins no component, and the card locks make two batches linking one card to two accounts run
-//! one after the other, the second seeing the first's link.
+//! Unrelated batches (different devices, mailboxes and components; referrers under their limits)
+//! share no exclusive lock and run side by side. Deposit batches whose cards no other account
+//! uses take only the per-card locks: such a link joins no component, and the card locks make
+//! two batches linking one card to two accounts run one after the other, the second seeing the
+//! first's link.
 
 pub mod graph;
+pub mod locks;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -78,9 +84,7 @@ use uuid::Uuid;
 
 use crate::graph::{Component, Components};
 
-/// Orders the ring-graph sections of concurrent batches (see the crate documentation). Held
-/// from the graph read to the commit, never across the heavy evidence query.
-pub const RING_LOCK: i64 = 0x7265_6673_7269_6e67; // "refsring"
+pub use locks::RING_LOCK;
 
 /// The most referrals one account re-assesses through its device, email or referrer: bounds the
 /// work a hot device id can cause.
@@ -110,7 +114,8 @@ pub struct FraudScorer {
     policy: FraudPolicy,
     disposable: DisposableDomains,
     /// Bounds the `referral-attributed` batches worked on at once (`fraud.attributed_batches_in_flight`):
-    /// they queue on the ring lock anyway, so more in flight would only hold memory.
+    /// each holds its evidence and components in memory, and on two cores more in flight only
+    /// compete for Postgres' CPU.
     attributed_slots: tokio::sync::Semaphore,
 }
 
@@ -309,11 +314,8 @@ impl FraudScorer {
             .collect();
         let referees: Vec<&str> = subjects.iter().map(|s| s.referee_id.as_str()).collect();
         let referrers: Vec<&str> = subjects.iter().map(|s| s.referrer_id.as_str()).collect();
-        // (1) Under the locks of the referees' devices and mailboxes, without the
-        // ring lock: links, the evidence of the new referrals, their first assessments (the ring
-        // verdict read here is confirmed in the ring section), and the velocity and late-arrival
-        // clusters they complete.
-        graph::lock_cluster_values(conn, &referees).await?;
+        // (1) Without waiting on anyone: the links (skipping links another batch is inserting)
+        // and a first walk of the components, which names the identifiers to lock.
         let newly_linked = graph::link_users(conn, &users).await?;
         // Where the graph walks start: the referees, and the referrers this batch linked. A
         // referrer linked before needs no walk of its own: its component changes only through
@@ -321,10 +323,28 @@ impl FraudScorer {
         // the new referral closes contains its referee, whose walk reaches the referrer.
         let seeds: Vec<String> =
             referees.iter().map(|u| (*u).to_owned()).chain(newly_linked.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+        let walked = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
+        // (2) The batch's locks, in one statement (see `locks`): the referees' devices and
+        // mailboxes, every identifier the walk reached, the other accounts it linked, its
+        // referrers. Then, under them, the evidence of the new referrals (a concurrent batch on
+        // the same device or mailbox has committed and is seen, or waits and will see these), and
+        // the components again, now under the lock of every identifier in them.
+        let mut held = locks::identity_keys(conn, &referees).await?;
+        held.extend(walked.identifiers().iter().cloned());
+        let referee_set: BTreeSet<&str> = referees.iter().copied().collect();
+        held.extend(newly_linked.iter().filter(|u| !referee_set.contains(u.as_str())).map(|u| format!("account:{u}")));
+        let referrer_at: Vec<(&str, DateTime<Utc>)> = subjects.iter().map(|s| (s.referrer_id.as_str(), s.referee_registered_at)).collect();
+        let velocity =
+            locks::Referrers { at: &referrer_at, window_secs: self.window_secs(), limit: i64::from(self.policy.velocity_per_referrer) };
+        locks::lock(conn, &held, Some(velocity)).await?;
+        drop(walked);
         let evidence = self.evidence(conn, &subjects).await?;
-        let early = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
-        let firsts: Vec<(Assessment, Json)> =
-            subjects.iter().zip(evidence).map(|(s, (e, domain))| self.assess_one(e, domain.as_deref(), &early.of(&s.referee_id))).collect();
+        let components = locks::locked_components(conn, &seeds, held, self.policy.ring_min_size).await?;
+        let firsts: Vec<(Assessment, Json)> = subjects
+            .iter()
+            .zip(evidence)
+            .map(|(s, (e, domain))| self.assess_one(e, domain.as_deref(), &components.of(&s.referee_id)))
+            .collect();
         let inserted = insert_first(conn, &subjects, &firsts, &causes).await?;
         let mut candidates: BTreeMap<Uuid, usize> = BTreeMap::new();
         let mut first_revisions = Vec::new();
@@ -377,14 +397,11 @@ impl FraudScorer {
         .fetch_all(&mut *conn)
         .await?;
         merge(&mut candidates, found);
-        // (2) The ring section, held to the commit (see the crate documentation): the graph again,
-        // now complete; then, in one statement, the referrals of every ring the batch touches
-        // that lack FRAUD_RING (own fresh rows included), the referrer windows the batch completes
-        // (a referrer is not locked: many batches share one), and the later accounts on the
-        // devices and mailboxes of referrers the scorer meets for the first time; then every
-        // re-assessment.
-        ring_lock(conn).await?;
-        let components = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
+        // (3) In one statement: the referrals of every ring the batch touches that lack
+        // FRAUD_RING (own fresh rows included), the referrer windows the batch completes (under
+        // the referrers' locks), and the later accounts on the devices and mailboxes of
+        // referrers the scorer meets for the first time (their identifiers are locked: the walk
+        // reached them); then every re-assessment.
         let touched: Vec<(&str, usize)> =
             subjects.iter().enumerate().flat_map(|(i, s)| [(s.referrer_id.as_str(), i), (s.referee_id.as_str(), i)]).collect();
         let ring = ring_candidates(&components, &touched);
@@ -445,7 +462,8 @@ impl FraudScorer {
         // Payment instruments are locked per value first (sorted, so batches cannot deadlock):
         // two batches linking one card to two accounts run one after the other, and the second
         // sees the first's link.
-        graph::lock_payment_values(conn, &cards).await?;
+        let payments = graph::payment_keys(&cards);
+        locks::lock(conn, &payments, None).await?;
         if !graph::any_card_shared(conn, &cards).await? {
             // No card of the batch is used by another account: no ring, no shared instrument,
             // nothing to re-assess. Record the links in one insert, without the ring lock.
@@ -470,9 +488,15 @@ impl FraudScorer {
         if fresh.is_empty() {
             return Ok(causes);
         }
-        ring_lock(conn).await?;
+        // The depositors' devices, mailboxes and accounts, and (in `locked_components`) every
+        // identifier of their components: see `locks`.
         let seeds: Vec<String> = fresh.iter().map(|(u, _)| (*u).to_owned()).collect::<BTreeSet<_>>().into_iter().collect();
-        let components = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
+        let seed_refs: Vec<&str> = seeds.iter().map(String::as_str).collect();
+        let mut held = locks::identity_keys(conn, &seed_refs).await?;
+        held.extend(seeds.iter().map(|u| format!("account:{u}")));
+        locks::lock(conn, &held, None).await?;
+        held.extend(payments);
+        let components = locks::locked_components(conn, &seeds, held, self.policy.ring_min_size).await?;
         let touched: Vec<(&str, usize)> = fresh.iter().enumerate().map(|(i, (u, _))| (*u, i)).collect();
         let ring = ring_candidates(&components, &touched);
         let users: Vec<&str> = fresh.iter().map(|(u, _)| *u).collect();
@@ -596,11 +620,6 @@ fn merge(candidates: &mut BTreeMap<Uuid, usize>, found: Vec<(Uuid, i32)>) {
         let n = usize::try_from(n).unwrap_or(0);
         candidates.entry(referral_id).and_modify(|c| *c = (*c).max(n)).or_insert(n);
     }
-}
-
-async fn ring_lock(conn: &mut PgConnection) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(RING_LOCK).execute(conn).await?;
-    Ok(())
 }
 
 /// The members of the rings the batch touched, each with the latest batch event that touched

@@ -1,0 +1,130 @@
+//! What a scorer batch locks, so that concurrent batches never both miss a ring, a velocity
+//! cluster or each other's fresh assessments, without one lock for the whole graph. Every lock
+//! is a transaction-scoped Postgres advisory lock, held to the batch's commit, keyed by the
+//! 64-bit hash of a text key:
+//!
+//! - `device:<id>`, `email:<hash>`, `payment:<fingerprint>`: an identifier of the ring graph
+//!   (and of the device and mailbox clusters). A batch locks, exclusively, the identifiers of
+//!   every account it inserts links for (read from `users`, so before its own links are
+//!   visible to anyone) and every identifier its graph walk reaches.
+//! - `account:<user>`: an account this batch inserted links for that is not one of its
+//!   referees (a referrer the scorer meets for the first time, a depositor).
+//! - `referrer:<user>`: shared by every batch with a referral of that referrer, exclusive when
+//!   the referrer's referrals around the batch's registrations already exceed the velocity
+//!   limit (a farm the batch must re-assess whole).
+//! - [`RING_LOCK`]: shared by every graph section; exclusive only for a walk that hit
+//!   [`graph::MAX_WALK`] (a component too large to lock identifier by identifier), which then
+//!   runs alone as every section once did.
+//!
+//! Why this is enough. A batch's ring verdicts come from a walk (the components of its seeds)
+//! made while it holds the lock of every identifier the walk reached. Take two concurrent batches
+//! A and B whose new links end up in one component, and a shortest path between a link of A and a
+//! link of B: its inner links were committed before either walked, so both walks reach every
+//! node on it. If the path has a link, it has an identifier, which both lock; if it has none,
+//! the two links share a node: an identifier (both lock it) or an account both inserted links
+//! for (both lock its device and email, or its `account:` key). So A and B hold a common lock
+//! and one walks only after the other committed: the later sees both batches' links and fresh
+//! assessments, and re-assesses the earlier one's referrals in a ring it completed. A walk that
+//! reaches an identifier not locked yet locks it and walks again, until its walk is covered.
+//!
+//! Deadlocks: the first locks of a batch are taken in one statement in hash order; only a
+//! component that grew between a walk and its locks takes more, out of that order. Postgres
+//! detects the rare cycle and the batch is retried (a transient failure).
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use crate::graph::{self, Components};
+
+/// Key of the ring graph's shared/exclusive lock (see the module documentation).
+pub const RING_LOCK: i64 = 0x7265_6673_7269_6e67; // "refsring"
+
+/// Walks (and lock rounds) before a batch gives up on per-identifier locks and takes
+/// [`RING_LOCK`] exclusively.
+const MAX_ROUNDS: usize = 4;
+
+/// The lock keys of the device and mailbox of each of `users` (from `users`).
+pub async fn identity_keys(conn: &mut PgConnection, users: &[&str]) -> sqlx::Result<BTreeSet<String>> {
+    if users.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT 'device:' || device_id FROM users WHERE user_id = ANY($1) AND device_id IS NOT NULL \
+         UNION SELECT 'email:' || email_hash FROM users WHERE user_id = ANY($1) AND email_hash IS NOT NULL",
+    )
+    .bind(users)
+    .fetch_all(conn)
+    .await?;
+    Ok(keys.into_iter().collect())
+}
+
+/// The referrers of a batch with the registration time of each of their referees in it, and
+/// the velocity window and limit that decide whether a referrer is locked exclusively.
+pub struct Referrers<'a> {
+    pub at: &'a [(&'a str, DateTime<Utc>)],
+    pub window_secs: i64,
+    pub limit: i64,
+}
+
+/// Locks `exclusive` and the referrers' keys in one statement, in hash order.
+pub async fn lock(conn: &mut PgConnection, exclusive: &BTreeSet<String>, referrers: Option<Referrers<'_>>) -> sqlx::Result<()> {
+    let keys: Vec<&str> = exclusive.iter().map(String::as_str).collect();
+    let (ids, at, window, limit) = match &referrers {
+        Some(r) => (r.at.iter().map(|(u, _)| *u).collect(), r.at.iter().map(|(_, t)| *t).collect(), r.window_secs, r.limit),
+        None => (Vec::new(), Vec::new(), 0, 0),
+    };
+    sqlx::query(
+        "WITH b AS (SELECT * FROM unnest($2::text[], $3::timestamptz[]) AS b(referrer, at)), \
+         keys AS (SELECT k, true AS ex FROM unnest($1::text[]) AS k \
+           UNION ALL \
+           SELECT 'referrer:' || b.referrer, (SELECT count(*) FROM referrals o WHERE o.referrer_id = b.referrer \
+             AND o.referee_registered_at BETWEEN b.at - 2 * $4 * interval '1 second' AND b.at + 2 * $4 * interval '1 second') > $5 \
+           FROM b), \
+         locks AS (SELECT hashtextextended(k, 2718) AS h, bool_or(ex) AS ex FROM keys GROUP BY 1) \
+         SELECT CASE WHEN ex THEN pg_advisory_xact_lock(h) ELSE pg_advisory_xact_lock_shared(h) END FROM locks ORDER BY h",
+    )
+    .bind(&keys)
+    .bind(&ids)
+    .bind(&at)
+    .bind(window)
+    .bind(limit)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn ring_lock(conn: &mut PgConnection, exclusive: bool) -> sqlx::Result<()> {
+    let sql = if exclusive { "SELECT pg_advisory_xact_lock($1)" } else { "SELECT pg_advisory_xact_lock_shared($1)" };
+    sqlx::query(sql).bind(RING_LOCK).execute(conn).await?;
+    Ok(())
+}
+
+/// The components of `seeds`, read while this transaction holds the lock of every identifier
+/// they contain. `held`: the identifier keys already locked (the batch's own). Takes
+/// [`RING_LOCK`] shared first, walks, locks what the walk reached, and walks again until a walk
+/// reaches nothing unlocked; a walk cut at [`graph::MAX_WALK`], or one still growing after
+/// [`MAX_ROUNDS`], is done again under [`RING_LOCK`] taken exclusively.
+pub async fn locked_components(
+    conn: &mut PgConnection,
+    seeds: &[String],
+    mut held: BTreeSet<String>,
+    ring_min_size: u32,
+) -> sqlx::Result<Components> {
+    ring_lock(conn, false).await?;
+    for _ in 0..MAX_ROUNDS {
+        let walked = graph::components(conn, seeds, ring_min_size).await?;
+        if walked.truncated() {
+            break;
+        }
+        let new: BTreeSet<String> = walked.identifiers().difference(&held).cloned().collect();
+        if new.is_empty() {
+            return Ok(walked);
+        }
+        lock(conn, &new, None).await?;
+        held.extend(new);
+    }
+    ring_lock(conn, true).await?;
+    graph::components(conn, seeds, ring_min_size).await
+}
