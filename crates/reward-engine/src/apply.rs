@@ -52,7 +52,6 @@ pub(crate) async fn deposits(engine: &RewardEngine, conn: &mut PgConnection, bat
     if fresh.is_empty() {
         return Ok(());
     }
-    unmatched::hold_unknown(conn, &fresh).await?;
     let mut users: Vec<String> = fresh.iter().map(|(d, _)| d.user_id.to_string()).collect();
     users.sort();
     users.dedup();
@@ -60,6 +59,13 @@ pub(crate) async fn deposits(engine: &RewardEngine, conn: &mut PgConnection, bat
     // a referral it expires concurrently is seen expired here (and revived), and one locked here
     // is skipped by it — a deposit and an expiry never miss each other.
     let mut referrals = store::lock_by_referee(conn, engine, &users).await?;
+    // A referee is a registered user: only the other deposits can belong to a user never seen
+    // (their raw records need not travel to Postgres otherwise).
+    let maybe_unknown: Vec<(&DepositCompleted, &Position)> =
+        fresh.iter().filter(|(d, _)| !referrals.contains_key(d.user_id.as_str())).copied().collect();
+    if !maybe_unknown.is_empty() {
+        unmatched::hold_unknown(conn, &maybe_unknown).await?;
+    }
     revive_expired(engine, conn, &mut referrals).await?;
     let open: Vec<&Referral> = referrals
         .values()

@@ -16,8 +16,9 @@ pub async fn available(pool: &PgPool) -> bool {
 
 /// Prints the `top` statements of the phase just ended (this database only) and resets.
 pub async fn report_and_reset(pool: &PgPool, phase: &str, top: i64) -> anyhow::Result<()> {
-    let rows: Vec<(f64, i64, i64, String)> = sqlx::query_as(
-        "SELECT s.total_exec_time, s.calls, s.rows, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 100) \
+    let rows: Vec<(i64, i64, String, i64, String)> = sqlx::query_as(
+        "SELECT round(s.total_exec_time)::int8, s.calls, round(s.mean_exec_time::numeric, 2)::text, s.rows, \
+           left(regexp_replace(s.query, '\\s+', ' ', 'g'), 100) \
          FROM pg_stat_statements s WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
          ORDER BY s.total_exec_time DESC LIMIT $1",
     )
@@ -26,9 +27,8 @@ pub async fn report_and_reset(pool: &PgPool, phase: &str, top: i64) -> anyhow::R
     .await?;
     println!("Postgres time by statement, {phase} (pg_stat_statements):");
     println!("{:>9} {:>8} {:>8} {:>8}  statement", "total ms", "calls", "mean ms", "rows");
-    for (total, calls, n, query) in rows {
-        let mean = total / calls.max(1) as f64;
-        println!("{total:>9.0} {calls:>8} {mean:>8.2} {n:>8}  {query}");
+    for (total, calls, mean, n, query) in rows {
+        println!("{total:>9} {calls:>8} {mean:>8} {n:>8}  {query}");
     }
     sqlx::query("SELECT pg_stat_statements_reset()").execute(pool).await?;
     Ok(())
