@@ -115,10 +115,10 @@ impl Components {
 /// A link another transaction is inserting right now (a referrer shared by two partitions'
 /// batches) is skipped instead of waited for: each link is claimed with a transaction-scoped
 /// try-lock, and the transaction that claimed it has the link's account among the seeds of its
-/// own ring section, which runs after its insert. If that transaction commits first, this
-/// batch's ring section sees the link; if it commits later, its section sees this batch's links;
-/// if it aborts, its batch is redelivered and inserts the link again. No batch waits on another's
-/// uncommitted link.
+/// own locked walk ([`crate::locks`]), which runs after its insert: the link is that batch's, and
+/// the two batches share a lock wherever their links meet, so whichever walks later sees both;
+/// if the claiming batch aborts, it is redelivered and inserts the link again. No batch waits on
+/// another's uncommitted link.
 pub async fn link_users(conn: &mut PgConnection, users: &[(&str, DateTime<Utc>)]) -> sqlx::Result<BTreeSet<String>> {
     let ids: Vec<&str> = users.iter().map(|(u, _)| *u).collect();
     let at: Vec<DateTime<Utc>> = users.iter().map(|(_, t)| *t).collect();

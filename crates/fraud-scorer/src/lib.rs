@@ -466,7 +466,7 @@ impl FraudScorer {
         locks::lock(conn, &payments, None).await?;
         if !graph::any_card_shared(conn, &cards).await? {
             // No card of the batch is used by another account: no ring, no shared instrument,
-            // nothing to re-assess. Record the links in one insert, without the ring lock.
+            // nothing to re-assess. Record the links in one insert, without walking the graph.
             graph::link_payments(conn, &cards, &at).await?;
             return Ok(Vec::new());
         }
