@@ -93,7 +93,8 @@ pub struct Captured {
 
 /// The barrier for payouts whose hold ended, from the ends `at` read after the hold's moment and
 /// what was read between the two: attribution's durable progress, and whether any
-/// `referral-attributed` row was still in the outbox (read after that progress).
+/// `referral-attributed` row was still in the outbox (read with that progress, from one
+/// snapshot, or after it).
 ///
 /// When attribution had already covered the registrations and the outbox held no
 /// `referral-attributed` row, the barrier starts at [`Stage::Scorer`] with `at.attributed`: every

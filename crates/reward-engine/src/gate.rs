@@ -149,28 +149,39 @@ fn from_json(v: &Json) -> Position {
 ///
 /// Between the hold's moment and the one ListOffsets request (`user-registered`,
 /// `deposit-completed`, `user-verified` and `referral-attributed`), it reads attribution's
-/// durable progress and then whether the outbox holds a `referral-attributed` row: when
+/// durable progress and whether the outbox holds a `referral-attributed` row, from one
+/// snapshot: when
 /// attribution had covered the registrations and the relay had published everything, the
 /// barrier starts at the scorer stage ([`refstream_core::settlement::barrier_at`]), saving the
 /// two stages' round trips whenever no registration is in flight.
 pub async fn capture<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: &E) -> anyhow::Result<Option<i64>> {
     let mut tx = pool.begin().await?;
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&mut *tx).await?;
-    let due: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pending_payouts WHERE barrier_id IS NULL AND due_at <= $1)")
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
+    // The moment, and whether a payout's hold had ended by then.
+    let (now, due): (DateTime<Utc>, bool) = sqlx::query_as(
+        "SELECT c.now, EXISTS (SELECT 1 FROM pending_payouts WHERE barrier_id IS NULL AND due_at <= c.now) \
+         FROM (SELECT clock_timestamp() AS now) c",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     if !due {
         return Ok(None);
     }
     let t = &engine.topics;
-    // In this order, each statement on a fresh snapshot (read committed): the progress, then
-    // the outbox, then (below) the ends.
-    let attribution = progress_of(&mut tx, ATTRIBUTION).await?;
-    let unpublished: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE topic = $1)")
-        .bind(&t.referral_attributed)
-        .fetch_one(&mut *tx)
-        .await?;
+    // After the moment, attribution's progress and the outbox in one statement, so from one
+    // snapshot: every referral-attributed row committed with the progress read is either seen
+    // in the outbox or was deleted (published) before it. Then (below) the ends.
+    let found: Vec<(Option<String>, Option<i32>, Option<i64>, bool)> = sqlx::query_as(
+        "SELECT p.topic, p.partition, p.next_offset, o.unpublished FROM \
+           (SELECT EXISTS (SELECT 1 FROM outbox WHERE topic = $2) AS unpublished) o \
+         LEFT JOIN consumer_progress p ON p.consumer = $1",
+    )
+    .bind(ATTRIBUTION)
+    .bind(&t.referral_attributed)
+    .fetch_all(&mut *tx)
+    .await?;
+    let unpublished = found.first().is_none_or(|r| r.3);
+    let rows: Vec<(String, i32, i64)> = found.into_iter().filter_map(|(t, p, n, _)| Some((t?, p?, n?))).collect();
+    let attribution: Position = rows.into_iter().map(|(t, p, n)| ((t, p), n)).collect();
     // Read after `now`: the ends include everything the broker had accepted by then.
     let all = ends
         .end_offsets(&[t.user_registered.clone(), t.deposit_completed.clone(), t.user_verified.clone(), t.referral_attributed.clone()])
@@ -230,13 +241,18 @@ impl BarrierRow {
     }
 }
 
-/// A worker's durable progress.
-async fn progress_of(conn: &mut PgConnection, worker: &str) -> sqlx::Result<Position> {
-    let rows: Vec<(String, i32, i64)> = sqlx::query_as("SELECT topic, partition, next_offset FROM consumer_progress WHERE consumer = $1")
-        .bind(worker)
-        .fetch_all(conn)
-        .await?;
-    Ok(rows.into_iter().map(|(t, p, n)| ((t, p), n)).collect())
+/// The durable progress of each of `workers`, in one query.
+async fn progress_of(conn: &mut PgConnection, workers: &[&str]) -> sqlx::Result<BTreeMap<String, Position>> {
+    let rows: Vec<(String, String, i32, i64)> =
+        sqlx::query_as("SELECT consumer, topic, partition, next_offset FROM consumer_progress WHERE consumer = ANY($1)")
+            .bind(workers)
+            .fetch_all(conn)
+            .await?;
+    let mut by_worker: BTreeMap<String, Position> = BTreeMap::new();
+    for (worker, topic, partition, next) in rows {
+        by_worker.entry(worker).or_default().insert((topic, partition), next);
+    }
+    Ok(by_worker)
 }
 
 /// What the barriers not yet open are waiting on.
@@ -260,9 +276,9 @@ pub async fn advance<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: 
     if rows.is_empty() {
         return Ok(Waiting::default());
     }
-    let attribution = progress_of(&mut conn, ATTRIBUTION).await?;
-    let scorer = progress_of(&mut conn, SCORER).await?;
-    let own = progress_of(&mut conn, ENGINE).await?;
+    let mut progress = progress_of(&mut conn, &[ATTRIBUTION, SCORER, ENGINE]).await?;
+    let mut take = |worker: &str| progress.remove(worker).unwrap_or_default();
+    let (attribution, scorer, own) = (take(ATTRIBUTION), take(SCORER), take(ENGINE));
     let progress = Progress { attribution: &attribution, scorer: &scorer, engine: &own };
     let ra = &engine.topics.referral_attributed;
     let mut waiting = Waiting::default();
