@@ -145,6 +145,10 @@ fn from_json(v: &Json) -> Position {
     p
 }
 
+/// A progress row of attribution (absent: none yet) beside whether a `referral-attributed`
+/// row is in the outbox.
+type ProgressAndOutbox = (Option<String>, Option<i32>, Option<i64>, bool);
+
 /// Makes a barrier for the payouts whose hold has ended and that have none; returns its id.
 ///
 /// Between the hold's moment and the one ListOffsets request (`user-registered`,
@@ -170,7 +174,7 @@ pub async fn capture<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: 
     // After the moment, attribution's progress and the outbox in one statement, so from one
     // snapshot: every referral-attributed row committed with the progress read is either seen
     // in the outbox or was deleted (published) before it. Then (below) the ends.
-    let found: Vec<(Option<String>, Option<i32>, Option<i64>, bool)> = sqlx::query_as(
+    let found: Vec<ProgressAndOutbox> = sqlx::query_as(
         "SELECT p.topic, p.partition, p.next_offset, o.unpublished FROM \
            (SELECT EXISTS (SELECT 1 FROM outbox WHERE topic = $2) AS unpublished) o \
          LEFT JOIN consumer_progress p ON p.consumer = $1",
