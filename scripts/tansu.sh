@@ -29,11 +29,17 @@ start() {
     --storage-engine memory://tansu/ >"$LOCAL/logs/tansu.log" 2>&1 &
   echo $! >"$LOCAL/tansu.pid"
   for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-  for t in user-registered deposit-completed deposit-reversed referral-clicked referral-attributed referral-scored \
-           review-decided reward-granted reward-reversed; do
-    for topic in "$t" "$t.dlq"; do
-      "$tansu" topic create "$topic" --broker "tcp://127.0.0.1:$port" --partitions 12 >/dev/null
-    done
+  # Every topic the configuration names (dead-letter topics included), from `refstream topics
+  # list` when the binary is built, so a topic added to refstream is never missing here.
+  local refstream=${REFSTREAM_BIN:-${CARGO_TARGET_DIR:-target}/release/refstream} topics
+  if [ -x "$refstream" ]; then
+    topics=$(REFSTREAM__DEV_MODE=true "$refstream" topics list)
+  else
+    topics=$(for t in user-registered deposit-completed deposit-reversed referral-clicked referral-attributed \
+               referral-scored review-decided reward-granted reward-reversed user-verified; do echo "$t" "$t.dlq"; done)
+  fi
+  for topic in $topics; do
+    "$tansu" topic create "$topic" --broker "tcp://127.0.0.1:$port" --partitions 12 >/dev/null
   done
   echo "127.0.0.1:$port" >"$LOCAL/tansu.addr"
   echo "tansu.sh: $("$tansu" --version 2>/dev/null | head -1) on 127.0.0.1:$port (log $LOCAL/logs/tansu.log)" >&2
