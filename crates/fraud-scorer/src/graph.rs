@@ -142,7 +142,7 @@ pub async fn link_users(conn: &mut PgConnection, users: &[(&str, DateTime<Utc>)]
 }
 
 /// The lock keys of the payment instruments in `cards` (`(user, fingerprint)`).
-pub fn payment_keys(cards: &[(&str, &str)]) -> std::collections::BTreeSet<String> {
+pub fn payment_keys(cards: &[(&str, &str)]) -> BTreeSet<String> {
     cards.iter().map(|(_, v)| format!("payment:{v}")).collect()
 }
 

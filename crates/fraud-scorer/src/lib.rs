@@ -37,8 +37,8 @@
 //! 2. In one statement, in hash order: the devices and mailboxes of its referees, every
 //!    identifier the walk reached, the accounts it linked, and its referrers (shared; exclusive
 //!    where the referrer's referrals already exceed the velocity limit). Under these, held to
-//!    the commit: the evidence, the components walked again (locking and walking again while
-//!    the walk reaches an identifier not locked yet), the first assessments, the candidates for
+//!    the commit: the components walked again (locking and walking again while the walk
+//!    reaches an identifier not locked yet), the evidence, the first assessments, the candidates for
 //!    re-assessment (ring members, velocity clusters, late arrivals, shared cards — its own
 //!    fresh rows included), locked `FOR UPDATE` in `referral_id` order, re-assessed, written.
 //!
@@ -314,8 +314,7 @@ impl FraudScorer {
             .collect();
         let referees: Vec<&str> = subjects.iter().map(|s| s.referee_id.as_str()).collect();
         let referrers: Vec<&str> = subjects.iter().map(|s| s.referrer_id.as_str()).collect();
-        // (1) Without waiting on anyone: the links (skipping links another batch is inserting)
-        // and a first walk of the components, which names the identifiers to lock.
+        // (1) Without waiting on anyone: the links (skipping links another batch is inserting).
         let newly_linked = graph::link_users(conn, &users).await?;
         // Where the graph walks start: the referees, and the referrers this batch linked. A
         // referrer linked before needs no walk of its own: its component changes only through
@@ -323,23 +322,25 @@ impl FraudScorer {
         // the new referral closes contains its referee, whose walk reaches the referrer.
         let seeds: Vec<String> =
             referees.iter().map(|u| (*u).to_owned()).chain(newly_linked.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
-        let walked = graph::components(conn, &seeds, self.policy.ring_min_size).await?;
         // (2) The batch's locks, in one statement (see `locks`): the referees' devices and
-        // mailboxes, every identifier the walk reached, the other accounts it linked, its
-        // referrers. Then, under them, the evidence of the new referrals (a concurrent batch on
-        // the same device or mailbox has committed and is seen, or waits and will see these), and
-        // the components again, now under the lock of every identifier in them.
-        let mut held = locks::identity_keys(conn, &referees).await?;
-        held.extend(walked.identifiers().iter().cloned());
-        let referee_set: BTreeSet<&str> = referees.iter().copied().collect();
-        held.extend(newly_linked.iter().filter(|u| !referee_set.contains(u.as_str())).map(|u| format!("account:{u}")));
+        // mailboxes, every identifier the first walk reached, the other accounts it linked, its
+        // referrers. Then, under them, the components walked again and the evidence of the new
+        // referrals (a concurrent batch on the same device or mailbox has committed and is seen,
+        // or waits and will see these).
         let referrer_at: Vec<(&str, DateTime<Utc>)> = subjects.iter().map(|s| (s.referrer_id.as_str(), s.referee_registered_at)).collect();
-        let velocity =
-            locks::Referrers { at: &referrer_at, window_secs: self.window_secs(), limit: i64::from(self.policy.velocity_per_referrer) };
-        locks::lock(conn, &held, Some(velocity)).await?;
-        drop(walked);
+        let referee_set: BTreeSet<&str> = referees.iter().copied().collect();
+        let touched = locks::Touched {
+            identities_of: &referees,
+            accounts: newly_linked.iter().map(String::as_str).filter(|u| !referee_set.contains(u)).collect(),
+            held: BTreeSet::new(),
+            referrers: Some(locks::Referrers {
+                at: &referrer_at,
+                window_secs: self.window_secs(),
+                limit: i64::from(self.policy.velocity_per_referrer),
+            }),
+        };
+        let components = locks::lock_and_walk(conn, &seeds, touched, self.policy.ring_min_size).await?;
         let evidence = self.evidence(conn, &subjects).await?;
-        let components = locks::locked_components(conn, &seeds, held, self.policy.ring_min_size).await?;
         let firsts: Vec<(Assessment, Json)> = subjects
             .iter()
             .zip(evidence)
@@ -488,15 +489,12 @@ impl FraudScorer {
         if fresh.is_empty() {
             return Ok(causes);
         }
-        // The depositors' devices, mailboxes and accounts, and (in `locked_components`) every
-        // identifier of their components: see `locks`.
+        // The depositors' devices, mailboxes and accounts, and every identifier of their
+        // components (see `locks`).
         let seeds: Vec<String> = fresh.iter().map(|(u, _)| (*u).to_owned()).collect::<BTreeSet<_>>().into_iter().collect();
         let seed_refs: Vec<&str> = seeds.iter().map(String::as_str).collect();
-        let mut held = locks::identity_keys(conn, &seed_refs).await?;
-        held.extend(seeds.iter().map(|u| format!("account:{u}")));
-        locks::lock(conn, &held, None).await?;
-        held.extend(payments);
-        let components = locks::locked_components(conn, &seeds, held, self.policy.ring_min_size).await?;
+        let touched = locks::Touched { identities_of: &seed_refs, accounts: seed_refs.clone(), held: payments, referrers: None };
+        let components = locks::lock_and_walk(conn, &seeds, touched, self.policy.ring_min_size).await?;
         let touched: Vec<(&str, usize)> = fresh.iter().enumerate().map(|(i, (u, _))| (*u, i)).collect();
         let ring = ring_candidates(&components, &touched);
         let users: Vec<&str> = fresh.iter().map(|(u, _)| *u).collect();

@@ -46,7 +46,7 @@ pub const RING_LOCK: i64 = 0x7265_6673_7269_6e67; // "refsring"
 const MAX_ROUNDS: usize = 4;
 
 /// The lock keys of the device and mailbox of each of `users` (from `users`).
-pub async fn identity_keys(conn: &mut PgConnection, users: &[&str]) -> sqlx::Result<BTreeSet<String>> {
+async fn identity_keys(conn: &mut PgConnection, users: &[&str]) -> sqlx::Result<BTreeSet<String>> {
     if users.is_empty() {
         return Ok(BTreeSet::new());
     }
@@ -101,12 +101,44 @@ async fn ring_lock(conn: &mut PgConnection, exclusive: bool) -> sqlx::Result<()>
     Ok(())
 }
 
+/// What a batch touches, for [`lock_and_walk`].
+pub struct Touched<'a> {
+    /// Accounts the batch linked whose device and mailbox (read from `users`) it locks.
+    pub identities_of: &'a [&'a str],
+    /// Accounts it locks by their `account:` key.
+    pub accounts: Vec<&'a str>,
+    /// Keys it holds already (its cards).
+    pub held: BTreeSet<String>,
+    /// Its referrers, locked shared or exclusive.
+    pub referrers: Option<Referrers<'a>>,
+}
+
+/// Takes a batch's locks and returns the components of `seeds` read under them: a first walk
+/// names the identifiers to lock; they are locked in one statement, in hash order, with the
+/// batch's devices, mailboxes, accounts and referrers; then the components are walked again
+/// under those locks ([`locked_components`]).
+pub async fn lock_and_walk(
+    conn: &mut PgConnection,
+    seeds: &[String],
+    touched: Touched<'_>,
+    ring_min_size: u32,
+) -> sqlx::Result<Components> {
+    let walked = graph::components(conn, seeds, ring_min_size).await?;
+    let mut keys = identity_keys(conn, touched.identities_of).await?;
+    keys.extend(walked.identifiers().iter().cloned());
+    keys.extend(touched.accounts.iter().map(|u| format!("account:{u}")));
+    drop(walked);
+    lock(conn, &keys, touched.referrers).await?;
+    keys.extend(touched.held);
+    locked_components(conn, seeds, keys, ring_min_size).await
+}
+
 /// The components of `seeds`, read while this transaction holds the lock of every identifier
 /// they contain. `held`: the identifier keys already locked (the batch's own). Takes
 /// [`RING_LOCK`] shared first, walks, locks what the walk reached, and walks again until a walk
 /// reaches nothing unlocked; a walk cut at [`graph::MAX_WALK`], or one still growing after
 /// [`MAX_ROUNDS`], is done again under [`RING_LOCK`] taken exclusively.
-pub async fn locked_components(
+async fn locked_components(
     conn: &mut PgConnection,
     seeds: &[String],
     mut held: BTreeSet<String>,
