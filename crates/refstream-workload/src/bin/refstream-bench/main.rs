@@ -206,10 +206,11 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 2. The burst: qualifying deposits pushed at once.
-    let (before, pg_before) = (procstat::workers(root, &WORKERS), postgres.and_then(procstat::postgres_usage));
+    let mut burst_cpu = PhaseCpu::new(root, postgres);
+    burst_cpu.start();
     let burst_started = Utc::now();
     let (burst_sent, burst) = deposits(&mut sender, &settings, &shape.referees[..args.burst], Duration::ZERO).await?;
-    let (after, pg_after) = (procstat::workers(root, &WORKERS), postgres.and_then(procstat::postgres_usage));
+    burst_cpu.stop((Utc::now() - burst_started).to_std().unwrap_or_default());
     let last = burst.by_deposit.values().max().copied().unwrap_or_else(Utc::now);
     let burst_time = (last - burst_started).to_std().unwrap_or_default();
     println!("burst: {} of {} rewards back in {burst_time:.1?}", burst.by_deposit.len(), args.burst);
@@ -266,10 +267,8 @@ async fn main() -> anyhow::Result<()> {
         paced_latency: rewards::percentiles(&paced_sent, &paced),
         gate,
         baseline,
-        before,
-        after,
+        burst_cpu: burst_cpu.used,
         peak,
-        postgres: pg_before.zip(pg_after),
         expected: referees,
         distinct: counted.distinct,
         repeated_events: counted.repeated_events,

@@ -28,12 +28,10 @@ pub struct Measured {
     /// The settlement gate's wait at the paced load, p50 / p99 in ms.
     pub gate: (i64, i64),
     pub baseline: Option<Baseline>,
-    /// Worker usage before and after the burst, and at the end.
-    pub before: BTreeMap<&'static str, Usage>,
-    pub after: BTreeMap<&'static str, Usage>,
+    /// CPU seconds per process during the burst.
+    pub burst_cpu: Vec<(&'static str, String)>,
+    /// Worker usage at the end (peak RSS).
     pub peak: BTreeMap<&'static str, Usage>,
-    /// Postgres before and after the burst.
-    pub postgres: Option<(Usage, Usage)>,
     pub expected: usize,
     pub distinct: usize,
     pub repeated_events: usize,
@@ -114,21 +112,16 @@ pub fn print(m: &Measured) {
     } else {
         line("pgbench", "skipped", "", None);
     }
+    for (name, cpu) in &m.burst_cpu {
+        line(&format!("{name}: CPU during the burst"), &format!("{cpu} CPU-s"), "", None);
+    }
     for w in WORKERS {
-        let cpu = match (m.before.get(w), m.after.get(w)) {
-            (Some(b), Some(a)) => format!("{} CPU-s", b.cpu_secs_until(a)),
-            _ => "-".into(),
-        };
-        line(&format!("{w}: CPU during the burst"), &cpu, "", None);
         match m.peak.get(w) {
             Some(u) => {
                 line(&format!("{w}: peak RSS"), &format!("{} MiB", u.peak_rss_mib()), "< 64 MiB", Some(u.peak_rss_kib < RSS_TARGET_KIB))
             }
             None => line(&format!("{w}: peak RSS"), "-", "< 64 MiB", None),
         }
-    }
-    if let Some((b, a)) = &m.postgres {
-        line("postgres: CPU during the burst", &format!("{} CPU-s", b.cpu_secs_until(a)), "", None);
     }
     line(
         "exactly once: distinct rewards received",
