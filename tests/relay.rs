@@ -1,6 +1,7 @@
 //! The outbox relay with real processes: one active relay per shard with a standby that takes
 //! over when it dies; no row skipped when a lower id commits after a higher one; one key's
-//! rows commit — and are published — in the order of their ids.
+//! rows commit — and are published — in the order of their ids; reading the next claim while
+//! the previous one is delivered sends every row once, each key's rows in id order.
 
 use std::time::Duration;
 
@@ -21,8 +22,14 @@ async fn put(db: &TestDb, rows: &[OutboxMessage]) {
 }
 
 fn relay(db: &TestDb, broker: &Broker) -> (Proc, u16) {
+    relay_with(db, broker, &[])
+}
+
+fn relay_with(db: &TestDb, broker: &Broker, settings: &[(&str, &str)]) -> (Proc, u16) {
     let port = free_port();
-    let p = spawn("outbox-relay", &[], &worker_env(&db.url, &broker.bootstrap, port));
+    let mut env = worker_env(&db.url, &broker.bootstrap, port);
+    env.extend(settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let p = spawn("outbox-relay", &[], &env);
     let started = std::time::Instant::now();
     while !healthy(port) {
         assert!(started.elapsed() < Duration::from_secs(30), "relay not ready: {}", p.log_text());
@@ -94,4 +101,40 @@ async fn one_keys_rows_commit_in_the_order_of_their_ids() {
         .await
         .unwrap();
     assert_eq!(order, vec!["first", "second"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_read_ahead_publish_every_row_once_and_each_key_in_id_order() {
+    let db = TestDb::new().await;
+    let broker = Broker::start();
+    // A lower id that commits last, so read-ahead claims pass it by before it is visible.
+    let mut slow = db.pool.begin().await.unwrap();
+    enqueue(&mut slow, 0, &[row("reward-granted", "late", "late-0")]).await.unwrap();
+    let rows: Vec<OutboxMessage> =
+        (0..40).map(|i| row("reward-granted", &format!("k{}", i % 4), &format!("k{}-{:02}", i % 4, i / 4))).collect();
+    for chunk in rows.chunks(5) {
+        put(&db, chunk).await;
+    }
+    // Claims of three rows: the 40 rows take 14 claims, each read while the one before it is
+    // being delivered.
+    let (_relay, _) = relay_with(&db, &broker, &[("REFSTREAM__RELAY__BATCH_SIZE", "3")]);
+    let first = read_topic(&broker.bootstrap, "reward-granted", 40, Duration::from_secs(30));
+    assert_eq!(first.len(), 40, "the 40 committed rows, each once");
+    slow.commit().await.unwrap();
+    let all = read_topic(&broker.bootstrap, "reward-granted", 41, Duration::from_secs(30));
+    let mut by_key: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for m in &all {
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        by_key.entry(key).or_default().push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+    }
+    assert_eq!(all.len(), 41, "every row once: {by_key:?}");
+    for (key, got) in &by_key {
+        let mut sorted = got.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(got, &sorted, "key {key}: published out of id order or twice");
+    }
+    assert_eq!(by_key["late"], vec!["late-0"]);
+    assert_eq!(by_key.values().map(Vec::len).sum::<usize>(), 41);
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM outbox").await, 0);
 }
