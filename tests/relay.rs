@@ -1,7 +1,7 @@
 //! The outbox relay with real processes: one active relay per shard with a standby that takes
 //! over when it dies; no row skipped when a lower id commits after a higher one; one key's
-//! rows commit — and are published — in the order of their ids; reading the next claim while
-//! the previous one is delivered sends every row once, each key's rows in id order.
+//! rows commit — and are published — in the order of their ids; a backlog relayed in many small
+//! claims sends every row once, each key's rows in id order.
 
 use std::time::Duration;
 
@@ -104,10 +104,10 @@ async fn one_keys_rows_commit_in_the_order_of_their_ids() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn claims_read_ahead_publish_every_row_once_and_each_key_in_id_order() {
+async fn small_claims_publish_every_row_once_and_each_key_in_id_order() {
     let db = TestDb::new().await;
     let broker = Broker::start();
-    // A lower id that commits last, so read-ahead claims pass it by before it is visible.
+    // A lower id that commits last, so later claims pass it by before it is visible.
     let mut slow = db.pool.begin().await.unwrap();
     enqueue(&mut slow, 0, &[row("reward-granted", "late", "late-0")]).await.unwrap();
     let rows: Vec<OutboxMessage> =
@@ -115,8 +115,7 @@ async fn claims_read_ahead_publish_every_row_once_and_each_key_in_id_order() {
     for chunk in rows.chunks(5) {
         put(&db, chunk).await;
     }
-    // Claims of three rows: the 40 rows take 14 claims, each read while the one before it is
-    // being delivered.
+    // Claims of three rows: the 40 rows take 14 claims.
     let (_relay, _) = relay_with(&db, &broker, &[("REFSTREAM__RELAY__BATCH_SIZE", "3")]);
     let first = read_topic(&broker.bootstrap, "reward-granted", 40, Duration::from_secs(30));
     assert_eq!(first.len(), 40, "the 40 committed rows, each once");

@@ -1,21 +1,12 @@
 //! The outbox relay, the only Kafka producer of derived events. For its shard it:
-//! - is the single active relay, holding a session advisory lock on the one connection it reads
-//!   and deletes on; a standby waits for the lock and takes over when that connection dies;
-//! - reads rows in id order (a claim), produces them with an idempotent producer
-//!   (`enable.idempotence=true`, `acks=all`) keyed by the row's key, waits for every delivery
-//!   report, then deletes them; per-key order on the topic is the outbox's id order;
-//! - overlaps the two round trips that used to follow each other: while one claim's delivery
-//!   reports are awaited, the next claim (every row but those in flight, in id order) is read;
-//!   it is produced only after the previous claim was delivered in full and deleted, so a
-//!   failure never lets a later row overtake an earlier one;
-//! - on any delivery failure stops before the delete: the rows stay and are sent again
-//!   (at-least-once on the wire, every record carrying its deterministic `event_id` header for
-//!   downstream dedupe), and the read-ahead claim is dropped unsent.
-//!
-//! No row lock is needed: rows leave the outbox only through the delete of the shard's active
-//! relay, and that delete runs on the connection holding the leadership lock, so it succeeds
-//! only while this relay still leads. A row whose lower id commits after higher ones is read
-//! by a later claim (claims start from the lowest id left, not from a cursor).
+//! - is the single active relay, holding a session advisory lock on the connection it works
+//!   on; a standby waits for the lock and takes over when the active relay's connection dies;
+//! - claims rows in id order with `FOR UPDATE SKIP LOCKED` inside one transaction held across
+//!   claim → produce → delete, waits for every delivery report, deletes, commits;
+//! - produces with an idempotent producer (`enable.idempotence=true`, `acks=all`), keyed by the
+//!   row's key, so per-key order on the topic is the outbox's id order;
+//! - on any delivery failure rolls back: the rows stay and are sent again (at-least-once on the
+//!   wire, every record carrying its deterministic `event_id` header for downstream dedupe).
 //!
 //! It wakes on `LISTEN refstream_outbox`, and polls every `relay.idle_poll_ms` as a fallback.
 
@@ -136,69 +127,40 @@ async fn relay_loop(
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut last_gauge = std::time::Instant::now() - Duration::from_secs(60);
-    // Rows read ahead while the previous claim was being delivered.
-    let mut claimed: Vec<Row> = Vec::new();
     while !stop.is_cancelled() {
-        if claimed.is_empty() {
-            claimed = read_claim(conn, claim, &[]).await?;
-        }
+        let sent = relay_batch(conn, producer, claim).await?;
         health.ready();
         if last_gauge.elapsed() >= Duration::from_secs(2) {
             record_backlog(conn, claim.shard).await?;
             last_gauge = std::time::Instant::now();
         }
-        if claimed.is_empty() {
+        if sent == 0 {
             tokio::select! {
                 () = stop.cancelled() => break,
                 n = listener.recv() => { n?; }
                 () = tokio::time::sleep(idle) => {}
             }
-            continue;
-        }
-        let sending = std::mem::take(&mut claimed);
-        let ids: Vec<i64> = sending.iter().map(|r| r.id).collect();
-        let deliveries = produce(producer, &sending);
-        let (delivered, next) = tokio::join!(delivered(&sending, deliveries), read_claim(conn, claim, &ids));
-        delivered?;
-        claimed = next?;
-        if !claim.pause.is_zero() {
-            tokio::time::sleep(claim.pause).await;
-        }
-        let deleted = sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&ids).execute(&mut **conn).await?.rows_affected();
-        if deleted != ids.len() as u64 {
-            tracing::warn!(
-                claimed = ids.len(),
-                deleted,
-                "outbox rows vanished while being relayed: is a second relay running on this shard under another lock?"
-            );
-        }
-        for row in &sending {
-            PUBLISHED.with_label_values(&[&row.topic]).inc();
         }
     }
     Ok(())
 }
 
-/// Reads the next claim: at most `claim.batch` rows of the shard in id order, leaving out
-/// `in_flight` (the claim being delivered, still in the table until its delete).
-async fn read_claim(conn: &mut PoolConnection<Postgres>, claim: Claim, in_flight: &[i64]) -> sqlx::Result<Vec<Row>> {
-    sqlx::query_as(
-        "SELECT id, topic, key, payload, event_id, headers FROM outbox \
-         WHERE shard = $1 AND id <> ALL($3) ORDER BY id LIMIT $2",
+/// One claim → produce → delete transaction; returns how many rows it published.
+async fn relay_batch(conn: &mut PoolConnection<Postgres>, producer: &FutureProducer, claim: Claim) -> anyhow::Result<usize> {
+    let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, topic, key, payload, event_id, headers FROM outbox WHERE shard = $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
     )
     .bind(claim.shard)
     .bind(claim.batch)
-    .bind(in_flight)
-    .fetch_all(&mut **conn)
-    .await
-}
-
-type Delivery = Result<rdkafka::producer::DeliveryFuture, rdkafka::error::KafkaError>;
-
-/// Hands every row to the producer, in id order; the delivery reports arrive through the futures.
-fn produce(producer: &FutureProducer, rows: &[Row]) -> Vec<Delivery> {
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
     let mut deliveries = Vec::with_capacity(rows.len());
-    for row in rows {
+    for row in &rows {
         let event_id = row.event_id.to_string();
         let mut headers = OwnedHeaders::new().insert(Header { key: "event_id", value: Some(event_id.as_str()) });
         if let serde_json::Value::Object(extra) = &row.headers {
@@ -208,13 +170,9 @@ fn produce(producer: &FutureProducer, rows: &[Row]) -> Vec<Delivery> {
             }
         }
         let record = FutureRecord::to(&row.topic).key(&row.key).payload(&row.payload).headers(headers);
+        // Enqueued now; the delivery report arrives through the future.
         deliveries.push(producer.send_result(record).map_err(|(e, _)| e));
     }
-    deliveries
-}
-
-/// Waits for every delivery report; the first failure, named by its row, if any.
-async fn delivered(rows: &[Row], deliveries: Vec<Delivery>) -> anyhow::Result<()> {
     let mut failed = None;
     for (row, delivery) in rows.iter().zip(deliveries) {
         let outcome = match delivery {
@@ -229,10 +187,20 @@ async fn delivered(rows: &[Row], deliveries: Vec<Delivery>) -> anyhow::Result<()
             failed.get_or_insert_with(|| format!("delivery of outbox row {} to {} failed: {e}", row.id, row.topic));
         }
     }
-    match failed {
-        Some(why) => anyhow::bail!(why),
-        None => Ok(()),
+    if let Some(why) = failed {
+        tx.rollback().await?;
+        anyhow::bail!(why);
     }
+    if !claim.pause.is_zero() {
+        tokio::time::sleep(claim.pause).await;
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
+    tx.commit().await?;
+    for row in &rows {
+        PUBLISHED.with_label_values(&[&row.topic]).inc();
+    }
+    Ok(rows.len())
 }
 
 async fn record_backlog(conn: &mut PoolConnection<Postgres>, shard: i32) -> sqlx::Result<()> {
