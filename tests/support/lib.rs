@@ -227,9 +227,18 @@ pub fn audit(db_url: &str, bootstrap: &str) -> (bool, String) {
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, never one this process handed out before: the port is released
+/// before the process that will listen on it starts, so the kernel may offer it again meanwhile,
+/// and two workers of concurrent tests given one port would have one of them fail to listen
+/// while the other answers its health checks.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+        if HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The four workers, each its own process.
