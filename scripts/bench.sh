@@ -21,8 +21,10 @@ export REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS=0
 if [ "${BENCH_BROKER:-devbroker}" = devbroker ]; then
   export REFSTREAM__KAFKA__FETCH_WAIT_MAX_MS=${REFSTREAM__KAFKA__FETCH_WAIT_MAX_MS:-3}
 fi
+# Commit times let the bench say where the paced load's time went (fleet and pgbench alike).
+export PG_EXTRA_OPTS="${PG_EXTRA_OPTS:-} -c track_commit_timestamp=on"
 if [ -n "${BENCH_PG_PROFILE:-}" ]; then
-  export PG_EXTRA_OPTS="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+  PG_EXTRA_OPTS="$PG_EXTRA_OPTS -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
 fi
 if [ "${BENCH_BROKER:-devbroker}" = tansu ]; then
   export FLEET_BROKER

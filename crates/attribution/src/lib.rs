@@ -261,7 +261,7 @@ impl Attribution {
         }
         let events = self.decide_waiting(&mut tx, overdue.iter().map(String::as_str).collect(), true).await?;
         let out: Vec<OutboxMessage> = events.iter().map(|a| OutboxMessage::record(&self.topic_out, a.referee_id.as_str(), a)).collect();
-        enqueue(&mut tx, 0, &out).await?;
+        enqueue(&mut tx, &out).await?;
         tx.commit().await?;
         Ok(overdue.len())
     }
@@ -518,6 +518,6 @@ impl Worker for Attribution {
                 out.push(OutboxMessage::record(&self.topic_out, attributed.referee_id.as_str(), &attributed));
             }
         }
-        enqueue(batch.conn, 0, &out).await
+        enqueue(batch.conn, &out).await
     }
 }

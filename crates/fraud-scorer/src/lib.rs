@@ -853,6 +853,6 @@ impl Worker for FraudScorer {
             writes.out.extend(more.out);
         }
         insert_history(batch.conn, &writes.history, &causes).await?;
-        enqueue(batch.conn, 0, &writes.out).await
+        enqueue(batch.conn, &writes.out).await
     }
 }

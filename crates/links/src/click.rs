@@ -107,7 +107,7 @@ pub async fn record(pool: &PgPool, topic: &str, click: &NewClick<'_>) -> Result<
         expired: owner.expired,
         occurred_at: clicked_at,
     };
-    enqueue(&mut tx, 0, &[OutboxMessage::record(topic, &owner.referrer_id, &event)]).await?;
+    enqueue(&mut tx, &[OutboxMessage::record(topic, &owner.referrer_id, &event)]).await?;
     tx.commit().await?;
     Ok(click_id)
 }

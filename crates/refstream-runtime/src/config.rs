@@ -245,7 +245,6 @@ pub struct LinkDestinations {
 pub struct RelaySettings {
     pub batch_size: i64,
     pub idle_poll_ms: u64,
-    pub shard: i32,
     pub fault_pause_before_delete_ms: u64,
 }
 

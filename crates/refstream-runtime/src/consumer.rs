@@ -438,7 +438,7 @@ async fn apply_records<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMes
             label: why.label,
             reason: why.reason.clone(),
         };
-        if dead_letter::record(&mut tx, name, 0, &letter).await? {
+        if dead_letter::record(&mut tx, name, &letter).await? {
             lettered.push((m.topic().to_owned(), why.label, why.reason.clone(), m.offset()));
         }
     }

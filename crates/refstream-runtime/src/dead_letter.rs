@@ -26,7 +26,7 @@ pub struct DeadLetter {
 
 /// Stores `letter` for `consumer` and enqueues its `.dlq` record; returns false when this
 /// position was already dead-lettered.
-pub async fn record(conn: &mut PgConnection, consumer: &str, shard: i32, letter: &DeadLetter) -> sqlx::Result<bool> {
+pub async fn record(conn: &mut PgConnection, consumer: &str, letter: &DeadLetter) -> sqlx::Result<bool> {
     let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO dead_letters (consumer, topic, partition, \"offset\", key, payload, reason, reason_label) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -62,6 +62,6 @@ pub async fn record(conn: &mut PgConnection, consumer: &str, shard: i32, letter:
             "reason_label": letter.label,
         }),
     };
-    enqueue(conn, shard, std::slice::from_ref(&message)).await?;
+    enqueue(conn, std::slice::from_ref(&message)).await?;
     Ok(true)
 }

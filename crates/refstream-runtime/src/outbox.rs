@@ -34,8 +34,9 @@ impl OutboxMessage {
     }
 }
 
-/// Inserts `messages` into the outbox of `shard`, in order, inside the caller's transaction.
-pub async fn enqueue(conn: &mut PgConnection, shard: i32, messages: &[OutboxMessage]) -> sqlx::Result<()> {
+/// Inserts `messages` into the outbox, in order, inside the caller's transaction; each row goes
+/// to the lane (`shard`) its key hashes to (`outbox_shard(key)` in Postgres).
+pub async fn enqueue(conn: &mut PgConnection, messages: &[OutboxMessage]) -> sqlx::Result<()> {
     if messages.is_empty() {
         return Ok(());
     }
@@ -53,10 +54,9 @@ pub async fn enqueue(conn: &mut PgConnection, shard: i32, messages: &[OutboxMess
     let headers: Vec<Json> = messages.iter().map(|m| m.headers.clone()).collect();
     sqlx::query(
         "INSERT INTO outbox (shard, topic, key, payload, event_id, headers) \
-         SELECT $1, t, k, p, e, h FROM unnest($2::text[], $3::text[], $4::bytea[], $5::uuid[], $6::jsonb[]) \
+         SELECT outbox_shard(k), t, k, p, e, h FROM unnest($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::jsonb[]) \
          WITH ORDINALITY AS m(t, k, p, e, h, n) ORDER BY n",
     )
-    .bind(shard)
     .bind(&topics)
     .bind(&keys)
     .bind(&payloads)

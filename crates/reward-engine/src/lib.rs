@@ -207,6 +207,6 @@ impl Worker for RewardEngine {
             }
             start = end;
         }
-        enqueue(batch.conn, 0, &out).await
+        enqueue(batch.conn, &out).await
     }
 }

@@ -157,7 +157,7 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
         }
     }
     store::apply_moves(&mut tx, &moves).await?;
-    enqueue(&mut tx, 0, &out).await?;
+    enqueue(&mut tx, &out).await?;
     tx.commit().await?;
     Ok(claimed.len())
 }

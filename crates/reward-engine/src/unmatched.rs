@@ -79,7 +79,7 @@ pub async fn sweep(pool: &PgPool, hold: Duration) -> sqlx::Result<(u64, usize)> 
                 hold.as_secs()
             ),
         };
-        if dead_letter::record(&mut tx, "reward-engine", 0, &letter).await? {
+        if dead_letter::record(&mut tx, "reward-engine", &letter).await? {
             DEAD_LETTERED.with_label_values(&["reward-engine", &h.topic, "unknown_user"]).inc();
         }
     }

@@ -170,6 +170,6 @@ pub async fn decide(
         reason: reason.to_owned(),
         occurred_at: decided_at,
     };
-    enqueue(&mut *tx, 0, &[OutboxMessage::record(&settings.topics.review_decided, &referee, &event)]).await?;
+    enqueue(&mut *tx, &[OutboxMessage::record(&settings.topics.review_decided, &referee, &event)]).await?;
     Ok(Decided { decision_id, referral_id, decision: verdict.to_owned(), reviewer: reviewer.to_owned(), decided_at })
 }

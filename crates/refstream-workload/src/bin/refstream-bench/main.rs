@@ -5,6 +5,7 @@
 //! reward transaction on the same Postgres with the ratios, each against the target.
 //! It fails only when a reward was lost or repeated: timings are printed, never asserted.
 
+mod hops;
 mod pgbench;
 mod procstat;
 mod profile;
@@ -277,6 +278,9 @@ async fn main() -> anyhow::Result<()> {
         doubles,
     };
     report::print(&m);
+    if let Some(b) = hops::measure(&pool, &paced_sent, &paced).await? {
+        hops::print(&b);
+    }
     anyhow::ensure!(m.exactly_once(), "a reward was lost or repeated");
     Ok(())
 }

@@ -21,6 +21,8 @@ use uuid::Uuid;
 pub struct Arrivals {
     /// Qualifying deposit id → when its reward arrived.
     pub by_deposit: HashMap<String, DateTime<Utc>>,
+    /// Qualifying deposit id → when the relay produced its reward (the record's CreateTime).
+    pub produced: HashMap<String, DateTime<Utc>>,
     /// Distinct reward ids (the phase is complete when it has them all).
     pub reward_ids: HashSet<Uuid>,
     /// Every record read: (event id, reward id, partition, offset); [`tally`] counts repeats.
@@ -97,6 +99,9 @@ pub fn read(consumer: &BaseConsumer, want: usize, timeout: Duration) -> Arrivals
         let Ok(g) = decoder.decode::<RewardGranted>(m.payload().unwrap_or_default(), now) else { continue };
         got.records.push((g.event_id, g.reward_id, m.partition(), m.offset()));
         if events.insert(g.event_id) && got.reward_ids.insert(g.reward_id) {
+            if let Some(at) = m.timestamp().to_millis().and_then(DateTime::from_timestamp_millis) {
+                got.produced.insert(g.qualifying_deposit_id.clone(), at);
+            }
             got.by_deposit.insert(g.qualifying_deposit_id, now);
         }
         if complete_at.is_none() && got.reward_ids.len() >= want {
