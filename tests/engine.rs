@@ -511,6 +511,78 @@ async fn large_batches_pay_each_referral_once() {
     h.assert_books_balance().await;
 }
 
+/// A backlog settled by several transactions at once (`settlement.concurrency`), in batches
+/// smaller than the backlog, with referrers shared across batches so concurrent transactions
+/// credit the same balances: each referral is paid once and every balance equals its entries.
+#[tokio::test]
+async fn concurrent_settlement_transactions_pay_a_backlog_once() {
+    let mut h = Harness::new().await;
+    h.settings = refstream_runtime::Settings::load_dev(vec![
+        ("REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS".into(), "0".into()),
+        ("REFSTREAM__SETTLEMENT__BATCH_SIZE".into(), "7".into()),
+        ("REFSTREAM__SETTLEMENT__CONCURRENCY".into(), "4".into()),
+    ])
+    .unwrap();
+    let (referrers, per_referrer) = (6, 16);
+    for r in 0..referrers {
+        h.register(&format!("cr{r}"), None, &format!("dev-cr{r}")).await;
+    }
+    let w = attribution::Attribution::new(&h.settings).unwrap();
+    let topic = h.settings.topics.user_registered.clone();
+    let mut registrations = Vec::new();
+    for r in 0..referrers {
+        let code = h.code_of(&format!("cr{r}")).await;
+        for e in 0..per_referrer {
+            let referee = format!("ce{r}x{e}");
+            registrations.push((referee.clone(), encode(&registration(&referee, Some(&code), None, &format!("dev-{referee}")))));
+        }
+    }
+    h.feed(&w, &topic, registrations).await;
+    let referees: Vec<(String, String)> =
+        (0..referrers).flat_map(|r| (0..per_referrer).map(move |e| (format!("ce{r}x{e}"), format!("cr{r}")))).collect();
+    let engine = h.engine();
+    let scores: Vec<(String, Vec<u8>)> = referees
+        .iter()
+        .map(|(e, r)| {
+            let referee_id = UserId::parse(e.as_str()).unwrap();
+            let s = ReferralScored {
+                event_id: Uuid::new_v4(),
+                referral_id: DerivedId::referral(&referee_id),
+                referrer_id: UserId::parse(r.as_str()).unwrap(),
+                referee_id,
+                score: 0,
+                decision: Decision::Approve,
+                reasons: vec![],
+                rule_version: "test".into(),
+                occurred_at: t0(),
+            };
+            (e.clone(), encode(&s))
+        })
+        .collect();
+    let scored = h.settings.topics.referral_scored.clone();
+    h.feed(&engine, &scored, scores).await;
+    // Every deposit recorded before the sweep runs: the whole backlog is open at once.
+    let deposits: Vec<(String, Vec<u8>)> = referees
+        .iter()
+        .enumerate()
+        .map(|(i, (e, _))| (e.clone(), encode(&deposit(e, &format!("cd{i}"), "25", t0() + Duration::days(1), &format!("card-c{i}")))))
+        .collect();
+    let deposited = h.settings.topics.deposit_completed.clone();
+    h.apply(&engine, &deposited, deposits).await;
+    let n = i64::try_from(referees.len()).unwrap();
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM pending_payouts").await, n);
+    assert_eq!(h.settle().await, referees.len());
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, n);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM referrals WHERE status = 'rewarded'").await, n);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM outbox WHERE topic = 'reward-granted'").await, n);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM pending_payouts").await, 0);
+    for r in 0..referrers {
+        assert_eq!(h.balance(&format!("user:cr{r}")).await, usd("10") * Decimal::from(per_referrer), "referrer cr{r}");
+    }
+    assert_eq!(h.balance("campaign:default").await, usd("-10") * Decimal::from(n));
+    h.assert_books_balance().await;
+}
+
 /// A stream position fixed by the test: where `user-registered`, `deposit-completed` and
 /// `referral-attributed` end.
 struct FixedStream(refstream_core::settlement::Position);

@@ -185,6 +185,8 @@ pub struct SettlementSettings {
     pub gate_alert_secs: u64,
     /// Most payouts settled in one transaction.
     pub batch_size: i64,
+    /// Settlement transactions one engine runs at once while a backlog of open payouts lasts.
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -325,6 +327,9 @@ impl Settings {
         self.fraud_after_payment()?;
         if self.fraud.attributed_batches_in_flight < 1 {
             return Err(ConfigError::new("fraud.attributed_batches_in_flight", "must be at least 1"));
+        }
+        if !(1..=16).contains(&self.settlement.concurrency) {
+            return Err(ConfigError::new("settlement.concurrency", "must be between 1 and 16"));
         }
         if self.settlement.batch_size < 1 {
             return Err(ConfigError::new("settlement.batch_size", "must be at least 1"));

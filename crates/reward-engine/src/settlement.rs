@@ -168,12 +168,20 @@ pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E
     limits::uncap(engine, pool).await?;
     gate::capture(pool, engine, ends).await?;
     let waiting = gate::advance(pool, engine, ends).await?;
-    let mut settled = 0;
-    loop {
-        let n = settle_open(engine, pool, engine.settlement_batch).await?;
-        settled += n;
-        if n < usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX) {
-            break;
+    let full = usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX);
+    // One batch first: a quiet stream's few payouts take one transaction. While batches come
+    // back full (a backlog), `settlement.concurrency` transactions settle at once.
+    let mut settled = settle_open(engine, pool, engine.settlement_batch).await?;
+    let mut last_full = settled >= full;
+    while last_full {
+        let round =
+            futures_util::future::join_all((0..engine.settlement_concurrency).map(|_| settle_open(engine, pool, engine.settlement_batch)))
+                .await;
+        last_full = true;
+        for n in round {
+            let n = n?;
+            settled += n;
+            last_full &= n >= full;
         }
     }
     Ok((settled, waiting.closed))
