@@ -635,7 +635,7 @@ async fn the_gate_waits_for_the_scorer_and_applies_its_latest_assessment() {
     let stage = || h.db.scalar_i64("SELECT count(*) FROM settlement_barriers WHERE stage = 'open'");
     // The harness registered through attribution at partition 0 offsets 1..4 (next 5 ≥ 4):
     // attribution covers; a referral-attributed row is still waiting for the relay.
-    sqlx::query("INSERT INTO outbox (shard, topic, key, payload, event_id) VALUES (outbox_shard('e41'), 'referral-attributed', 'e41', '\\x00', gen_random_uuid())")
+    sqlx::query("INSERT INTO outbox (topic, key, payload, event_id) VALUES ('referral-attributed', 'e41', '\\x00', gen_random_uuid())")
         .execute(&pool)
         .await
         .unwrap();

@@ -18,5 +18,5 @@ ON CONFLICT (account, currency) DO UPDATE SET balance = balances.balance + EXCLU
 WITH moved AS (UPDATE referrals r SET status = 'rewarded', updated_at = now() FROM pb_ids
                WHERE r.referral_id = md5('pb' || pb_ids.i)::uuid AND r.status = 'eligible' RETURNING r.referral_id)
 INSERT INTO referral_transitions (referral_id, from_status, to_status, cause) SELECT referral_id, 'eligible', 'rewarded', 'pgbench' FROM moved;
-INSERT INTO outbox (shard, topic, key, payload, event_id) SELECT outbox_shard('pb-r-' || (i % 1000)), 'pb-reward-granted', 'pb-r-' || (i % 1000), '\x00', md5('pbe' || i)::uuid FROM pb_ids ORDER BY i;
+INSERT INTO outbox (topic, key, payload, event_id) SELECT 'pb-reward-granted', 'pb-r-' || (i % 1000), '\x00', md5('pbe' || i)::uuid FROM pb_ids ORDER BY i;
 END;

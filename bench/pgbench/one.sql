@@ -17,5 +17,5 @@ INSERT INTO balances (account, currency, balance) VALUES ('campaign:pb', 'USD', 
 ON CONFLICT (account, currency) DO UPDATE SET balance = balances.balance + EXCLUDED.balance;
 UPDATE referrals SET status = 'rewarded', updated_at = now() WHERE referral_id = md5('pb' || :i)::uuid AND status = 'eligible';
 INSERT INTO referral_transitions (referral_id, from_status, to_status, cause) VALUES (md5('pb' || :i)::uuid, 'eligible', 'rewarded', 'pgbench');
-INSERT INTO outbox (shard, topic, key, payload, event_id) VALUES (outbox_shard('pb-r-' || (:i % 1000)), 'pb-reward-granted', 'pb-r-' || (:i % 1000), '\x00', md5('pbe' || :i)::uuid);
+INSERT INTO outbox (topic, key, payload, event_id) VALUES ('pb-reward-granted', 'pb-r-' || (:i % 1000), '\x00', md5('pbe' || :i)::uuid);
 END;

@@ -34,8 +34,8 @@ impl OutboxMessage {
     }
 }
 
-/// Inserts `messages` into the outbox, in order, inside the caller's transaction; each row goes
-/// to the lane (`shard`) its key hashes to (`outbox_shard(key)` in Postgres).
+/// Inserts `messages` into the outbox, in order, inside the caller's transaction; Postgres puts
+/// each row in the lane (`shard`) its key hashes to (`outbox_shard(key)`, set by a trigger).
 pub async fn enqueue(conn: &mut PgConnection, messages: &[OutboxMessage]) -> sqlx::Result<()> {
     if messages.is_empty() {
         return Ok(());
@@ -53,8 +53,8 @@ pub async fn enqueue(conn: &mut PgConnection, messages: &[OutboxMessage]) -> sql
     let ids: Vec<Uuid> = messages.iter().map(|m| m.event_id).collect();
     let headers: Vec<Json> = messages.iter().map(|m| m.headers.clone()).collect();
     sqlx::query(
-        "INSERT INTO outbox (shard, topic, key, payload, event_id, headers) \
-         SELECT outbox_shard(k), t, k, p, e, h FROM unnest($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::jsonb[]) \
+        "INSERT INTO outbox (topic, key, payload, event_id, headers) \
+         SELECT t, k, p, e, h FROM unnest($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::jsonb[]) \
          WITH ORDINALITY AS m(t, k, p, e, h, n) ORDER BY n",
     )
     .bind(&topics)
