@@ -4,7 +4,7 @@
 -- key's rows are claimed by one lane, in id order, as before by the one relay.
 --
 -- To change the number of lanes, a migration does, in one transaction:
---   LOCK TABLE outbox IN SHARE ROW EXCLUSIVE MODE;  -- waits for writers in flight, holds new ones
+--   LOCK TABLE outbox IN EXCLUSIVE MODE;  -- waits for writers and claims in flight, holds new ones
 --   CREATE OR REPLACE FUNCTION outbox_shards() ... (the new count);
 --   UPDATE outbox SET shard = outbox_shard(key) WHERE shard <> outbox_shard(key);
 -- so no key ever has rows in two lanes. The relays read the count every few seconds and restart
