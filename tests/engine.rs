@@ -65,20 +65,8 @@ impl Harness {
     }
 
     async fn score(&mut self, referee: &str, referrer: &str, decision: Decision) {
-        let referee_id = UserId::parse(referee).unwrap();
-        let s = ReferralScored {
-            event_id: Uuid::new_v4(),
-            referral_id: DerivedId::referral(&referee_id),
-            referrer_id: UserId::parse(referrer).unwrap(),
-            referee_id,
-            score: 0,
-            decision,
-            reasons: vec![],
-            rule_version: "test".into(),
-            occurred_at: t0(),
-        };
         let (w, topic) = (self.engine(), self.settings.topics.referral_scored.clone());
-        self.feed(&w, &topic, vec![(referee.into(), encode(&s))]).await;
+        self.feed(&w, &topic, vec![scored(referee, referrer, decision)]).await;
     }
 
     async fn deposit_event(&mut self, d: &DepositCompleted, copies: usize) {
@@ -141,6 +129,23 @@ fn registration(user: &str, code: Option<&str>, click: Option<&str>, device: &st
         email: Some(format!("{user}@example.com")),
         country: None,
     }
+}
+
+/// The scorer's verdict on `referee` (referred by `referrer`), keyed as the scorer keys it.
+fn scored(referee: &str, referrer: &str, decision: Decision) -> (String, Vec<u8>) {
+    let referee_id = UserId::parse(referee).unwrap();
+    let s = ReferralScored {
+        event_id: Uuid::new_v4(),
+        referral_id: DerivedId::referral(&referee_id),
+        referrer_id: UserId::parse(referrer).unwrap(),
+        referee_id,
+        score: 0,
+        decision,
+        reasons: vec![],
+        rule_version: "test".into(),
+        occurred_at: t0(),
+    };
+    (referee.to_owned(), encode(&s))
 }
 
 fn t0() -> DateTime<Utc> {
@@ -476,23 +481,7 @@ async fn large_batches_pay_each_referral_once() {
     for i in 0..n {
         h.referral(&format!("br{i}"), &format!("be{i}")).await;
     }
-    let scores: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let referee_id = UserId::parse(format!("be{i}")).unwrap();
-            let s = ReferralScored {
-                event_id: Uuid::new_v4(),
-                referral_id: DerivedId::referral(&referee_id),
-                referrer_id: UserId::parse(format!("br{i}")).unwrap(),
-                referee_id,
-                score: 0,
-                decision: Decision::Approve,
-                reasons: vec![],
-                rule_version: "test".into(),
-                occurred_at: t0(),
-            };
-            (format!("be{i}"), encode(&s))
-        })
-        .collect();
+    let scores: Vec<(String, Vec<u8>)> = (0..n).map(|i| scored(&format!("be{i}"), &format!("br{i}"), Decision::Approve)).collect();
     let (w, topic) = (h.engine(), h.settings.topics.referral_scored.clone());
     h.feed(&w, &topic, scores).await;
     let deposits: Vec<(String, Vec<u8>)> = (0..n)
@@ -541,24 +530,7 @@ async fn concurrent_settlement_transactions_pay_a_backlog_once() {
     let referees: Vec<(String, String)> =
         (0..referrers).flat_map(|r| (0..per_referrer).map(move |e| (format!("ce{r}x{e}"), format!("cr{r}")))).collect();
     let engine = h.engine();
-    let scores: Vec<(String, Vec<u8>)> = referees
-        .iter()
-        .map(|(e, r)| {
-            let referee_id = UserId::parse(e.as_str()).unwrap();
-            let s = ReferralScored {
-                event_id: Uuid::new_v4(),
-                referral_id: DerivedId::referral(&referee_id),
-                referrer_id: UserId::parse(r.as_str()).unwrap(),
-                referee_id,
-                score: 0,
-                decision: Decision::Approve,
-                reasons: vec![],
-                rule_version: "test".into(),
-                occurred_at: t0(),
-            };
-            (e.clone(), encode(&s))
-        })
-        .collect();
+    let scores: Vec<(String, Vec<u8>)> = referees.iter().map(|(e, r)| scored(e, r, Decision::Approve)).collect();
     let scored = h.settings.topics.referral_scored.clone();
     h.feed(&engine, &scored, scores).await;
     // Every deposit recorded before the sweep runs: the whole backlog is open at once.
