@@ -77,3 +77,39 @@ async fn a_first_qualifying_deposit_pays_the_referrer_once() {
     assert_eq!(db.scalar_i64("SELECT count(*) FROM deposits").await, 3);
     drop(fleet);
 }
+
+/// Every text column of refstream's tables compares as bytes (`COLLATE "C"`, migration
+/// 20261205100000), on a database created with a linguistic locale too: identifiers are
+/// compared in every index lookup, and byte order is the order Rust sorts a batch in. A
+/// migration that adds a text column without `COLLATE "C"` fails here. The analytics views,
+/// dropped and created again by that migration, still answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_text_column_compares_as_bytes() {
+    let db = TestDb::new().await;
+    let locale: String =
+        sqlx::query_scalar("SELECT datcollate FROM pg_database WHERE datname = current_database()").fetch_one(&db.pool).await.unwrap();
+    let linguistic: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname || '.' || a.attname FROM pg_class c \
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+         WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' AND c.relname NOT LIKE '\\_sqlx%' \
+           AND a.atttypid = 'text'::regtype AND a.attcollation <> '\"C\"'::regcollation ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(linguistic.is_empty(), "text columns compared under the database's locale ({locale}): {linguistic:?}");
+    assert!(db.scalar_i64("SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relname = 'users'").await == 1);
+    let ordered: Vec<String> =
+        sqlx::query_scalar("SELECT v FROM (VALUES ('b'), ('B'), ('a'), ('é'), ('z')) AS x(v) ORDER BY v COLLATE \"C\"")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let mut in_rust = ordered.clone();
+    in_rust.sort();
+    assert_eq!(ordered, in_rust, "byte order in SQL is Rust's order");
+    for view in
+        ["analytics_referral_places", "analytics_referral_facts", "analytics_reward_facts", "analytics_reversal_facts", "analytics_funnel"]
+    {
+        db.scalar_i64(&format!("SELECT count(*) FROM {view}")).await;
+    }
+}

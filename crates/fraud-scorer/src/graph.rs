@@ -199,10 +199,11 @@ pub async fn components(conn: &mut PgConnection, users: &[String], ring_min_size
     // accounts the walk reached. `OFFSET 0` keeps every lookup an index lookup per account:
     // flattened, the planner (which guesses 2,000 rows for a recursive step) merge-joins the
     // whole of identity_links instead, so each batch's walk grew with the table (368 ms for 330
-    // seeds over 80,000 links, 20 ms as lookups).
+    // seeds over 80,000 links, 20 ms as lookups). The seeds take the collation of
+    // `identity_links.user_id` ("C", migration 20261205100000): a recursive query's terms must agree.
     let rows: Vec<(String, Option<String>, Vec<String>)> = sqlx::query_as(
         "WITH RECURSIVE comp(user_id) AS ( \
-           SELECT DISTINCT u FROM unnest($1::text[]) AS u \
+           SELECT DISTINCT u COLLATE \"C\" FROM unnest($1::text[]) AS u \
            UNION \
            SELECT b.user_id FROM comp \
              CROSS JOIN LATERAL (SELECT kind, value FROM identity_links WHERE user_id = comp.user_id OFFSET 0) AS a \

@@ -14,7 +14,8 @@
 //!   a deterministic event id (`DerivedId::event`) for its `ReferralScored`.
 //! - **Set-based.** A batch (one partition of one topic, offset order) is applied with a bounded
 //!   number of statements whatever its size: links in one insert, the evidence of every referral
-//!   in one query, the ring graph in two walks (more only while a component grows), the candidates for re-assessment in one, the stored
+//!   in one query, the ring graph in one walk (one more before it when a seed shares a link,
+//!   more only while a component grows), the candidates for re-assessment in one, the stored
 //!   assessments locked in one, assessments, history and outbox written through `UNNEST`.
 //! - **Re-assessment of clusters, tighten only.** When a batch makes a cluster suspicious (a ring
 //!   completed by its links, a device or referrer over its velocity limit counted on both sides
@@ -33,11 +34,12 @@
 //! ([`locks`]), never the whole graph:
 //!
 //! 1. Without waiting on anyone: its links are inserted (one sorted statement that skips links
-//!    another batch is inserting) and its components walked once, to name what to lock.
+//!    another batch is inserting) and the identifiers of its seeds read, with the components
+//!    of the seeds that share a link walked once, to name what to lock.
 //! 2. In one statement, in hash order: the devices and mailboxes of its referees, every
-//!    identifier the walk reached, the accounts it linked, and its referrers (shared; exclusive
+//!    identifier so named, the accounts it linked, and its referrers (shared; exclusive
 //!    where the referrer's referrals already exceed the velocity limit). Under these, held to
-//!    the commit: the components walked again (locking and walking again while the walk
+//!    the commit: the components walked (locking and walking again while the walk
 //!    reaches an identifier not locked yet), the evidence, the first assessments, the candidates for
 //!    re-assessment (ring members, velocity clusters, late arrivals, shared cards — its own
 //!    fresh rows included), locked `FOR UPDATE` in `referral_id` order, re-assessed, written.
@@ -323,8 +325,9 @@ impl FraudScorer {
         let seeds: Vec<String> =
             referees.iter().map(|u| (*u).to_owned()).chain(newly_linked.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
         // (2) The batch's locks, in one statement (see `locks`): the referees' devices and
-        // mailboxes, every identifier the first walk reached, the other accounts it linked, its
-        // referrers. Then, under them, the components walked again and the evidence of the new
+        // mailboxes, the identifiers of its seeds' components (walked first only for seeds that
+        // share a link), the other accounts it linked, its referrers. Then, under them, the
+        // components walked and the evidence of the new
         // referrals (a concurrent batch on the same device or mailbox has committed and is seen,
         // or waits and will see these).
         let referrer_at: Vec<(&str, DateTime<Utc>)> = subjects.iter().map(|s| (s.referrer_id.as_str(), s.referee_registered_at)).collect();

@@ -45,19 +45,32 @@ pub const RING_LOCK: i64 = 0x7265_6673_7269_6e67; // "refsring"
 /// [`RING_LOCK`] exclusively.
 const MAX_ROUNDS: usize = 4;
 
-/// The lock keys of the device and mailbox of each of `users` (from `users`).
-async fn identity_keys(conn: &mut PgConnection, users: &[&str]) -> sqlx::Result<BTreeSet<String>> {
-    if users.is_empty() {
-        return Ok(BTreeSet::new());
-    }
-    let keys: Vec<String> = sqlx::query_scalar(
-        "SELECT 'device:' || device_id FROM users WHERE user_id = ANY($1) AND device_id IS NOT NULL \
-         UNION SELECT 'email:' || email_hash FROM users WHERE user_id = ANY($1) AND email_hash IS NOT NULL",
+/// What a batch locks before its walk: the lock keys of the device and mailbox of each of
+/// `identities_of` (read from `users`), and of every identifier `seeds` have links for; and the
+/// seeds with a link another account shares (a component beyond the seed itself).
+async fn own_identifiers(
+    conn: &mut PgConnection,
+    identities_of: &[&str],
+    seeds: &[String],
+) -> sqlx::Result<(BTreeSet<String>, Vec<String>)> {
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT 'device:' || device_id, NULL::text FROM users WHERE user_id = ANY($1) AND device_id IS NOT NULL \
+         UNION SELECT 'email:' || email_hash, NULL FROM users WHERE user_id = ANY($1) AND email_hash IS NOT NULL \
+         UNION SELECT l.kind || ':' || l.value, CASE WHEN EXISTS (SELECT 1 FROM identity_links o \
+                  WHERE o.kind = l.kind AND o.value = l.value AND o.user_id <> l.user_id) THEN l.user_id END \
+           FROM identity_links l WHERE l.user_id = ANY($2)",
     )
-    .bind(users)
+    .bind(identities_of)
+    .bind(seeds)
     .fetch_all(conn)
     .await?;
-    Ok(keys.into_iter().collect())
+    let mut keys = BTreeSet::new();
+    let mut shared = BTreeSet::new();
+    for (key, sharer) in rows {
+        keys.insert(key);
+        shared.extend(sharer);
+    }
+    Ok((keys, shared.into_iter().collect()))
 }
 
 /// The referrers of a batch with the registration time of each of their referees in it, and
@@ -113,21 +126,24 @@ pub struct Touched<'a> {
     pub referrers: Option<Referrers<'a>>,
 }
 
-/// Takes a batch's locks and returns the components of `seeds` read under them: a first walk
-/// names the identifiers to lock; they are locked in one statement, in hash order, with the
-/// batch's devices, mailboxes, accounts and referrers; then the components are walked again
-/// under those locks ([`locked_components`]).
+/// Takes a batch's locks and returns the components of `seeds` read under them. First the
+/// identifiers to lock are named: the seeds' own (a seed whose links no other account shares is
+/// its whole component), and, walked without locks, the components of the seeds that share one.
+/// They are locked in one statement, in hash order, with the batch's devices, mailboxes,
+/// accounts and referrers; then the components are walked under those locks
+/// ([`locked_components`]). Naming them first only keeps the usual batch to one round of locks
+/// in hash order: the locked walk is what makes the read complete, whatever was named.
 pub async fn lock_and_walk(
     conn: &mut PgConnection,
     seeds: &[String],
     touched: Touched<'_>,
     ring_min_size: u32,
 ) -> sqlx::Result<Components> {
-    let walked = graph::components(conn, seeds, ring_min_size).await?;
-    let mut keys = identity_keys(conn, touched.identities_of).await?;
-    keys.extend(walked.identifiers().iter().cloned());
+    let (mut keys, sharing) = own_identifiers(conn, touched.identities_of, seeds).await?;
+    if !sharing.is_empty() {
+        keys.extend(graph::components(conn, &sharing, ring_min_size).await?.identifiers().iter().cloned());
+    }
     keys.extend(touched.accounts.iter().map(|u| format!("account:{u}")));
-    drop(walked);
     lock(conn, &keys, touched.referrers).await?;
     keys.extend(touched.held);
     locked_components(conn, seeds, keys, ring_min_size).await
