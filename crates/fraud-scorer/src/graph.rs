@@ -118,20 +118,24 @@ impl Components {
 /// own locked walk ([`crate::locks`]), which runs after its insert: the link is that batch's, and
 /// the two batches share a lock wherever their links meet, so whichever walks later sees both;
 /// if the claiming batch aborts, it is redelivered and inserts the link again. No batch waits on
-/// another's uncommitted link.
+/// another's uncommitted link. Only links not stored yet are claimed (`OFFSET 0` keeps the
+/// try-lock after that test: the planner runs the cheaper function first otherwise, and every
+/// referral locked its referrer's stored links again).
 pub async fn link_users(conn: &mut PgConnection, users: &[(&str, DateTime<Utc>)]) -> sqlx::Result<BTreeSet<String>> {
     let ids: Vec<&str> = users.iter().map(|(u, _)| *u).collect();
     let at: Vec<DateTime<Utc>> = users.iter().map(|(_, t)| *t).collect();
     let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO identity_links (kind, value, user_id, first_seen_at) \
-         SELECT x.kind, x.value, u.user_id, b.at \
-         FROM (SELECT u, min(t) AS at FROM unnest($1::text[], $2::timestamptz[]) AS b(u, t) GROUP BY u) AS b \
-         CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.u) AS u, \
-           LATERAL (VALUES ('device', u.device_id), ('email', u.email_hash)) AS x(kind, value) \
-         WHERE x.value IS NOT NULL \
-           AND NOT EXISTS (SELECT 1 FROM identity_links l WHERE l.kind = x.kind AND l.value = x.value AND l.user_id = u.user_id) \
-           AND pg_try_advisory_xact_lock(hashtextextended('link:' || x.kind || ':' || x.value || ':' || u.user_id, 2718)) \
-         ORDER BY x.kind, x.value, u.user_id \
+         SELECT kind, value, user_id, at FROM ( \
+           SELECT x.kind, x.value, u.user_id, b.at \
+           FROM (SELECT u, min(t) AS at FROM unnest($1::text[], $2::timestamptz[]) AS b(u, t) GROUP BY u) AS b \
+           CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.u) AS u, \
+             LATERAL (VALUES ('device', u.device_id), ('email', u.email_hash)) AS x(kind, value) \
+           WHERE x.value IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM identity_links l WHERE l.kind = x.kind AND l.value = x.value AND l.user_id = u.user_id) \
+           OFFSET 0) AS missing \
+         WHERE pg_try_advisory_xact_lock(hashtextextended('link:' || kind || ':' || value || ':' || user_id, 2718)) \
+         ORDER BY kind, value, user_id \
          ON CONFLICT DO NOTHING RETURNING user_id",
     )
     .bind(&ids)

@@ -173,7 +173,7 @@ async fn relay_batch(conn: &mut PgConnection, producer: &FutureProducer, claim: 
         tokio::time::sleep(claim.pause).await;
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM outbox WHERE shard = $1 AND id = ANY($2)").bind(claim.shard).bind(&ids).execute(&mut *tx).await?;
     tx.commit().await?;
     for row in &rows {
         PUBLISHED.with_label_values(&[&row.topic]).inc();
