@@ -146,7 +146,7 @@ async fn a_changed_lane_count_is_picked_up_while_running() {
     assert_eq!(bodies(&broker.bootstrap, "reward-granted", 1), vec!["before"]);
     // What a migration to eight lanes does, with a row waiting in the outbox.
     let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE outbox IN EXCLUSIVE MODE").execute(&mut *tx).await.unwrap();
+    sqlx::query("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE").execute(&mut *tx).await.unwrap();
     sqlx::query("CREATE OR REPLACE FUNCTION outbox_shards() RETURNS int LANGUAGE plpgsql STABLE PARALLEL SAFE AS 'BEGIN RETURN 8; END'")
         .execute(&mut *tx)
         .await

@@ -192,11 +192,19 @@ pub async fn link_payments(
     Ok(inserted.into_iter().collect())
 }
 
-/// The components of `users`, and which of them are rings of at least `ring_min_size` accounts:
-/// one statement whatever the number of users.
-pub async fn components(conn: &mut PgConnection, users: &[String], ring_min_size: u32) -> sqlx::Result<Components> {
-    if users.is_empty() {
+/// The components of `users` and of `alone`, and which of them are rings of at least
+/// `ring_min_size` accounts: one statement whatever the number of users. `alone`: accounts the
+/// caller read, under the locks of their identifiers, as sharing no identifier with another
+/// account; each is a component of its own, not walked.
+pub async fn components(conn: &mut PgConnection, users: &[String], alone: &[String], ring_min_size: u32) -> sqlx::Result<Components> {
+    if users.is_empty() && alone.is_empty() {
         return Ok(Components::default());
+    }
+    if users.is_empty() {
+        let members: BTreeSet<String> = alone.iter().cloned().collect();
+        let accounts: Vec<String> = members.iter().cloned().collect();
+        let min = usize::try_from(ring_min_size).unwrap_or(usize::MAX);
+        return Ok(Components { graph: Graph::build(&accounts, &[], &[], min), members, truncated: false, identifiers: BTreeSet::new() });
     }
     // Tagged rows: 'g' a shared identifier (kind, its accounts), 'r' a referral among linked
     // accounts ([referrer, referee]), 'k' the lock keys of every identifier reached, 'n' how many
@@ -251,7 +259,7 @@ pub async fn components(conn: &mut PgConnection, users: &[String], ring_min_size
         }
     }
     // Every account the walk reached beyond the seeds shares an identifier with another.
-    let members: BTreeSet<String> = users.iter().cloned().chain(groups.iter().flat_map(|(_, u)| u.iter().cloned())).collect();
+    let members: BTreeSet<String> = users.iter().chain(alone).cloned().chain(groups.iter().flat_map(|(_, u)| u.iter().cloned())).collect();
     let accounts: Vec<String> = members.iter().cloned().collect();
     let min = usize::try_from(ring_min_size).unwrap_or(usize::MAX);
     Ok(Components { graph: Graph::build(&accounts, &groups, &referrals, min), members, truncated, identifiers })

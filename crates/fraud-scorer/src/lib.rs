@@ -14,8 +14,9 @@
 //!   a deterministic event id (`DerivedId::event`) for its `ReferralScored`.
 //! - **Set-based.** A batch (one partition of one topic, offset order) is applied with a bounded
 //!   number of statements whatever its size: links in one insert, the evidence of every referral
-//!   in one query, the ring graph in one walk (one more before it when a seed shares a link,
-//!   more only while a component grows), the candidates for re-assessment in one, the stored
+//!   in one query, the ring graph walked only from the accounts that share a link (once
+//!   before the locks, once under them, more only while a component grows; an account that
+//!   shares none is its own component), the candidates for re-assessment in one, the stored
 //!   assessments locked in one, assessments, history and outbox written through `UNNEST`.
 //! - **Re-assessment of clusters, tighten only.** When a batch makes a cluster suspicious (a ring
 //!   completed by its links, a device or referrer over its velocity limit counted on both sides
@@ -39,10 +40,11 @@
 //! 2. In one statement, in hash order: the devices and mailboxes of its referees, every
 //!    identifier so named, the accounts it linked, and its referrers (shared; exclusive
 //!    where the referrer's referrals already exceed the velocity limit). Under these, held to
-//!    the commit: the components walked (locking and walking again while the walk
-//!    reaches an identifier not locked yet), the evidence, the first assessments, the candidates for
-//!    re-assessment (ring members, velocity clusters, late arrivals, shared cards — its own
-//!    fresh rows included), locked `FOR UPDATE` in `referral_id` order, re-assessed, written.
+//!    the commit: the seeds' own identifiers read again and the components of those that share
+//!    one walked (locking and walking again while the walk reaches an identifier not locked
+//!    yet), the evidence, the first assessments, the candidates for re-assessment (ring
+//!    members, velocity clusters, late arrivals, shared cards — its own fresh rows included),
+//!    locked `FOR UPDATE` in `referral_id` order, re-assessed, written.
 //!
 //! Why no ring or cluster is missed: two batches that could each miss the other's links or
 //! fresh assessments always hold a common lock, so one of them reads only after the other
@@ -572,7 +574,7 @@ impl FraudScorer {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let more = graph::components(conn, &outside, self.policy.ring_min_size).await?;
+        let more = graph::components(conn, &outside, &[], self.policy.ring_min_size).await?;
         let evidence = self.evidence(conn, &subjects).await?;
         let mut updates = Vec::new();
         for ((s, subject), (e, domain)) in stored.iter().zip(&subjects).zip(evidence) {

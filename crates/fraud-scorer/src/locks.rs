@@ -141,7 +141,7 @@ pub async fn lock_and_walk(
 ) -> sqlx::Result<Components> {
     let (mut keys, sharing) = own_identifiers(conn, touched.identities_of, seeds).await?;
     if !sharing.is_empty() {
-        keys.extend(graph::components(conn, &sharing, ring_min_size).await?.identifiers().iter().cloned());
+        keys.extend(graph::components(conn, &sharing, &[], ring_min_size).await?.identifiers().iter().cloned());
     }
     keys.extend(touched.accounts.iter().map(|u| format!("account:{u}")));
     lock(conn, &keys, touched.referrers).await?;
@@ -151,9 +151,14 @@ pub async fn lock_and_walk(
 
 /// The components of `seeds`, read while this transaction holds the lock of every identifier
 /// they contain. `held`: the identifier keys already locked (the batch's own). Takes
-/// [`RING_LOCK`] shared first, walks, locks what the walk reached, and walks again until a walk
-/// reaches nothing unlocked; a walk cut at [`graph::MAX_WALK`], or one still growing after
-/// [`MAX_ROUNDS`], is done again under [`RING_LOCK`] taken exclusively.
+/// [`RING_LOCK`] shared first; reads the seeds' own identifiers (locking any not held yet and
+/// reading again), then walks from the seeds that share one, locks what the walk reached, and
+/// walks again until a walk reaches nothing unlocked; a walk cut at [`graph::MAX_WALK`], or one
+/// still growing after [`MAX_ROUNDS`], is done again under [`RING_LOCK`] taken exclusively.
+///
+/// A seed that shares none of its identifiers, read while they are all locked, is its own
+/// component without a walk: the walk would read exactly that (its identifiers, each with no
+/// other account), and a batch linking another account to one of them waits for these locks.
 async fn locked_components(
     conn: &mut PgConnection,
     seeds: &[String],
@@ -162,7 +167,16 @@ async fn locked_components(
 ) -> sqlx::Result<Components> {
     ring_lock(conn, false).await?;
     for _ in 0..MAX_ROUNDS {
-        let walked = graph::components(conn, seeds, ring_min_size).await?;
+        let (own, sharing) = own_identifiers(conn, &[], seeds).await?;
+        let unlocked: BTreeSet<String> = own.difference(&held).cloned().collect();
+        if !unlocked.is_empty() {
+            lock(conn, &unlocked, None).await?;
+            held.extend(unlocked);
+            continue;
+        }
+        let walked_from: BTreeSet<&String> = sharing.iter().collect();
+        let alone: Vec<String> = seeds.iter().filter(|s| !walked_from.contains(s)).cloned().collect();
+        let walked = graph::components(conn, &sharing, &alone, ring_min_size).await?;
         if walked.truncated() {
             break;
         }
@@ -174,5 +188,5 @@ async fn locked_components(
         held.extend(new);
     }
     ring_lock(conn, true).await?;
-    graph::components(conn, seeds, ring_min_size).await
+    graph::components(conn, seeds, &[], ring_min_size).await
 }

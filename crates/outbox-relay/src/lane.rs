@@ -1,11 +1,17 @@
 //! One lane of the outbox (the rows whose key hashes to `shard`): a relay process runs one lane
 //! task per lane, and a lane is relayed by at most one task in the whole fleet, the one holding
 //! its session advisory lock on the connection it works on (a standby waits for the lock and
-//! takes over when the active lane's connection dies). The active lane claims its rows in id
-//! order with `FOR UPDATE SKIP LOCKED` inside one transaction held across claim → produce →
-//! delete: it waits for every delivery report, deletes, commits; on any delivery failure it
-//! rolls back, the rows stay and are sent again. A key's rows are all in one lane, so each
-//! key's records reach the topic in the outbox's id order.
+//! takes over when the active lane's connection dies). The active lane reads its rows in id
+//! order inside one transaction held across claim → produce → delete: it waits for every
+//! delivery report, deletes, commits; on any delivery failure it rolls back, the rows stay and
+//! are sent again. A key's rows are all in one lane, so each key's records reach the topic in
+//! the outbox's id order.
+//!
+//! The claim takes no row locks: the lane's advisory lock is held by the same session that
+//! runs the claim transaction, so no other relay reads the lane while it is in flight (the
+//! session's end drops both), and writers only insert. The one statement that moves rows
+//! between lanes, a lane-count migration, takes `ACCESS EXCLUSIVE` on the outbox and so waits
+//! for every claim in flight.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,13 +132,12 @@ async fn relay_loop(
 /// One claim → produce → delete transaction; returns how many rows it published.
 async fn relay_batch(conn: &mut PgConnection, producer: &FutureProducer, claim: Claim) -> anyhow::Result<usize> {
     let mut tx = conn.begin().await?;
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, topic, key, payload, event_id, headers FROM outbox WHERE shard = $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(claim.shard)
-    .bind(claim.batch)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows: Vec<Row> =
+        sqlx::query_as("SELECT id, topic, key, payload, event_id, headers FROM outbox WHERE shard = $1 ORDER BY id LIMIT $2")
+            .bind(claim.shard)
+            .bind(claim.batch)
+            .fetch_all(&mut *tx)
+            .await?;
     if rows.is_empty() {
         tx.commit().await?;
         return Ok(0);
