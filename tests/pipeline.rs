@@ -79,13 +79,17 @@ async fn a_first_qualifying_deposit_pays_the_referrer_once() {
 }
 
 /// Every text column of refstream's tables compares as bytes (`COLLATE "C"`, migration
-/// 20261205100000), on a database created with a linguistic locale too: identifiers are
-/// compared in every index lookup, and byte order is the order Rust sorts a batch in. A
-/// migration that adds a text column without `COLLATE "C"` fails here. The analytics views,
-/// dropped and created again by that migration, still answer.
+/// 20261205100000), whatever locale the database was created with: identifiers are compared in
+/// every index lookup, and byte order is the order Rust sorts a batch in. A migration that adds
+/// a text column without `COLLATE "C"` fails here. The analytics views, dropped and created
+/// again by that migration, still answer. The database is created with a linguistic locale
+/// (ICU's en-US, which sorts 'B' after 'a' and 'é' beside 'e').
 #[tokio::test(flavor = "multi_thread")]
 async fn every_text_column_compares_as_bytes() {
-    let db = TestDb::new().await;
+    let db = TestDb::created_with("TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'").await;
+    let linguistic_order: Vec<String> =
+        sqlx::query_scalar("SELECT v FROM unnest(ARRAY['b', 'B', 'a']) AS v ORDER BY v").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(linguistic_order, ["a", "b", "B"], "the test database sorts by a linguistic locale");
     let locale: String =
         sqlx::query_scalar("SELECT datcollate FROM pg_database WHERE datname = current_database()").fetch_one(&db.pool).await.unwrap();
     let linguistic: Vec<String> = sqlx::query_scalar(
@@ -98,15 +102,20 @@ async fn every_text_column_compares_as_bytes() {
     .await
     .unwrap();
     assert!(linguistic.is_empty(), "text columns compared under the database's locale ({locale}): {linguistic:?}");
-    assert!(db.scalar_i64("SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relname = 'users'").await == 1);
-    let ordered: Vec<String> =
-        sqlx::query_scalar("SELECT v FROM (VALUES ('b'), ('B'), ('a'), ('é'), ('z')) AS x(v) ORDER BY v COLLATE \"C\"")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-    let mut in_rust = ordered.clone();
+    // A stored identifier sorts as Rust sorts it: upper case before lower, accented letters
+    // after 'z'.
+    let ids = ["b", "B", "a", "é", "z", "A-1", "a1"];
+    sqlx::query(
+        "INSERT INTO identity_links (kind, value, user_id, first_seen_at) SELECT 'device', 'd', u, now() FROM unnest($1::text[]) AS u",
+    )
+    .bind(&ids[..])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let in_sql: Vec<String> = sqlx::query_scalar("SELECT user_id FROM identity_links ORDER BY user_id").fetch_all(&db.pool).await.unwrap();
+    let mut in_rust: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
     in_rust.sort();
-    assert_eq!(ordered, in_rust, "byte order in SQL is Rust's order");
+    assert_eq!(in_sql, in_rust, "identity_links.user_id sorts in byte order");
     for view in
         ["analytics_referral_places", "analytics_referral_facts", "analytics_reward_facts", "analytics_reversal_facts", "analytics_funnel"]
     {

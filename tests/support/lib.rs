@@ -45,10 +45,16 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> Self {
+        Self::created_with("").await
+    }
+
+    /// A fresh, migrated database created with `options` appended to `CREATE DATABASE` (a
+    /// locale, say).
+    pub async fn created_with(options: &str) -> Self {
         let admin = admin_url();
         let name = format!("t_{}", Uuid::new_v4().simple());
         let mut conn = PgConnection::connect(&admin).await.expect("connect to the test Postgres");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+        sqlx::query(&format!("CREATE DATABASE {name} {options}")).execute(&mut conn).await.expect("create database");
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).expect("url with a database");
         let url = format!("{base}/{name}");
         let pool = PgPoolOptions::new().max_connections(5).connect(&url).await.expect("connect to the test database");

@@ -406,8 +406,8 @@ impl FraudScorer {
         // (3) In one statement: the referrals of every ring the batch touches that lack
         // FRAUD_RING (own fresh rows included), the referrer windows the batch completes (under
         // the referrers' locks), and the later accounts on the devices and mailboxes of
-        // referrers the scorer meets for the first time (their identifiers are locked: the walk
-        // reached them); then every re-assessment.
+        // referrers the scorer meets for the first time (their identifiers are locked: they are
+        // seeds, whose own identifiers the batch locks); then every re-assessment.
         let touched: Vec<(&str, usize)> =
             subjects.iter().enumerate().flat_map(|(i, s)| [(s.referrer_id.as_str(), i), (s.referee_id.as_str(), i)]).collect();
         let ring = ring_candidates(&components, &touched);

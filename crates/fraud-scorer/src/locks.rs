@@ -6,7 +6,8 @@
 //! - `device:<id>`, `email:<hash>`, `payment:<fingerprint>`: an identifier of the ring graph
 //!   (and of the device and mailbox clusters). A batch locks, exclusively, the identifiers of
 //!   every account it inserts links for (read from `users`, so before its own links are
-//!   visible to anyone) and every identifier its graph walk reaches.
+//!   visible to anyone), every identifier its seeds have links for, and every identifier its
+//!   graph walk reaches.
 //! - `account:<user>`: an account this batch inserted links for that is not one of its
 //!   referees (a referrer the scorer meets for the first time, a depositor).
 //! - `referrer:<user>`: shared by every batch with a referral of that referrer, exclusive when
@@ -17,7 +18,9 @@
 //!   runs alone as every section once did.
 //!
 //! Why this is enough. A batch's ring verdicts come from a walk (the components of its seeds)
-//! made while it holds the lock of every identifier the walk reached. Take two concurrent batches
+//! made while it holds the lock of every identifier the walk reached. A seed whose identifiers,
+//! read while all of them are locked, have no other account is not walked: it is its own
+//! component, which is what the walk would read, so below "walk" covers that read too. Take two concurrent batches
 //! A and B whose new links end up in one component, and a shortest path between a link of A and a
 //! link of B: its inner links were committed before either walked, so both walks reach every
 //! node on it. If the path has a link, it has an identifier, which both lock; if it has none,
@@ -28,7 +31,8 @@
 //! reaches an identifier not locked yet locks it and walks again, until its walk is covered.
 //!
 //! Deadlocks: the first locks of a batch are taken in one statement in hash order; only a
-//! component that grew between a walk and its locks takes more, out of that order. Postgres
+//! component that grew, or a seed that gained a link, between the first reads and the locks
+//! takes more, out of that order. Postgres
 //! detects the rare cycle and the batch is retried (a transient failure).
 
 use std::collections::BTreeSet;

@@ -6,9 +6,15 @@
 -- lookups on a text key took half the time under "C" (400,000 lookups, 1.87 s against 0.97 s),
 -- and the registration path makes a few dozen such comparisons per event.
 --
--- The order of identifiers in SQL (ORDER BY user_id, the lock orders) is then byte order, the
--- order Rust's `String` sorts in: code that sorts a batch in Rust and code that sorts it in SQL
--- agree on any database locale.
+-- The order of identifier columns in SQL (ORDER BY user_id, sorted inserts) is then byte
+-- order, the order Rust's `String` sorts in, on any database locale. (A sort of bare
+-- parameters, such as the values of an unnest, still follows the database's locale.)
+--
+-- Upgrading: a fraud-scorer built before this migration walks the ring graph with seeds in the
+-- database's collation, which Postgres refuses against these columns in a recursive query, and
+-- would dead-letter the referrals it reads. Stop the fraud scorers before the first upgraded
+-- worker starts (any worker applies the migrations), or replay their dead letters afterwards
+-- (`refstream dlq replay <id>`).
 --
 -- The columns keep their type; only their indexes are rebuilt. The analytics views read these
 -- columns, and Postgres will not change a column a view uses, so they are dropped and created
