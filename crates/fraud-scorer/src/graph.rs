@@ -200,12 +200,6 @@ pub async fn components(conn: &mut PgConnection, users: &[String], alone: &[Stri
     if users.is_empty() && alone.is_empty() {
         return Ok(Components::default());
     }
-    if users.is_empty() {
-        let members: BTreeSet<String> = alone.iter().cloned().collect();
-        let accounts: Vec<String> = members.iter().cloned().collect();
-        let min = usize::try_from(ring_min_size).unwrap_or(usize::MAX);
-        return Ok(Components { graph: Graph::build(&accounts, &[], &[], min), members, truncated: false, identifiers: BTreeSet::new() });
-    }
     // Tagged rows: 'g' a shared identifier (kind, its accounts), 'r' a referral among linked
     // accounts ([referrer, referee]), 'k' the lock keys of every identifier reached, 'n' how many
     // accounts the walk reached. `OFFSET 0` keeps every lookup an index lookup per account:
@@ -213,8 +207,11 @@ pub async fn components(conn: &mut PgConnection, users: &[String], alone: &[Stri
     // whole of identity_links instead, so each batch's walk grew with the table (368 ms for 330
     // seeds over 80,000 links, 20 ms as lookups). The seeds take the collation of
     // `identity_links.user_id` ("C", migration 20261205100000): a recursive query's terms must agree.
-    let rows: Vec<(String, Option<String>, Vec<String>)> = sqlx::query_as(
-        "WITH RECURSIVE comp(user_id) AS ( \
+    let rows: Vec<(String, Option<String>, Vec<String>)> = if users.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "WITH RECURSIVE comp(user_id) AS ( \
            SELECT DISTINCT u COLLATE \"C\" FROM unnest($1::text[]) AS u \
            UNION \
            SELECT b.user_id FROM comp \
@@ -236,11 +233,12 @@ pub async fn components(conn: &mut PgConnection, users: &[String], alone: &[Stri
          SELECT 'k', NULL, COALESCE(array_agg(DISTINCT kind || ':' || value), '{}') FROM ids \
          UNION ALL \
          SELECT 'n', NULL, ARRAY[count(*)::text] FROM m",
-    )
-    .bind(users)
-    .bind(MAX_WALK + 1)
-    .fetch_all(&mut *conn)
-    .await?;
+        )
+        .bind(users)
+        .bind(MAX_WALK + 1)
+        .fetch_all(&mut *conn)
+        .await?
+    };
     let mut groups = Vec::new();
     let mut referrals = Vec::new();
     let mut truncated = false;

@@ -20,9 +20,9 @@
 //! Why this is enough. A batch's ring verdicts come from a walk (the components of its seeds)
 //! made while it holds the lock of every identifier the walk reached. A seed whose identifiers,
 //! read while all of them are locked, have no other account is not walked: it is its own
-//! component, which is what the walk would read, so below "walk" covers that read too. Take two concurrent batches
-//! A and B whose new links end up in one component, and a shortest path between a link of A and a
-//! link of B: its inner links were committed before either walked, so both walks reach every
+//! component, which is what the walk would read, so below "walk" covers that read too. Take two
+//! concurrent batches A and B whose new links end up in one component, and a shortest path
+//! between a link of A and a link of B: its inner links were committed before either walked, so both walks reach every
 //! node on it. If the path has a link, it has an identifier, which both lock; if it has none,
 //! the two links share a node: an identifier (both lock it) or an account both inserted links
 //! for (both lock its device and email, or its `account:` key). So A and B hold a common lock
@@ -32,8 +32,8 @@
 //!
 //! Deadlocks: the first locks of a batch are taken in one statement in hash order; only a
 //! component that grew, or a seed that gained a link, between the first reads and the locks
-//! takes more, out of that order. Postgres
-//! detects the rare cycle and the batch is retried (a transient failure).
+//! takes more, out of that order. Postgres detects the rare cycle and the batch is retried (a
+//! transient failure).
 
 use std::collections::BTreeSet;
 
