@@ -120,3 +120,47 @@ async fn every_text_column_compares_as_bytes() {
         db.scalar_i64(&format!("SELECT count(*) FROM {view}")).await;
     }
 }
+
+/// A referral's first move (pending → eligible, one per registration) is made in place: a new
+/// version on the same page and no index entry (Postgres' HOT update), because no index names
+/// the status itself. The move out of the open referrals (eligible → rewarded) is not, and
+/// must not be: the row leaves an index.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_status_move_writes_no_index_entry() {
+    let db = TestDb::new().await;
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO users (user_id, registered_at, platform) VALUES ('hot-referrer', now(), 'web'), ('hot-referee', now(), 'web')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO referrals (referral_id, referrer_id, referee_id, code, campaign_id, attribution, referee_registered_at) \
+         VALUES ($1, 'hot-referrer', 'hot-referee', 'HOTCODE', 'default', 'CODE', now())",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let moves = [("eligible", 1), ("rewarded", 1)];
+    for (to, hot_after) in moves {
+        sqlx::query("UPDATE referrals SET status = $2, updated_at = now() WHERE referral_id = $1")
+            .bind(id)
+            .bind(to)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let (updates, hot): (i64, i64) = sqlx::query_as(
+            "SELECT pg_stat_get_xact_tuples_updated('referrals'::regclass), pg_stat_get_xact_tuples_hot_updated('referrals'::regclass)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(hot, hot_after, "in-place updates after the move to {to} ({updates} updates)");
+    }
+    let open: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM referrals WHERE status_group IN ('open', 'held')").fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(open, 0, "a rewarded referral is not open");
+}

@@ -50,7 +50,7 @@ pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E
     let Some((captured_at, deposits, after_at, after_id)) = barrier else {
         let cutoff = chrono::Duration::from_std(MIN_WINDOW).unwrap_or_default();
         let candidates: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM referrals WHERE status IN ('pending', 'held', 'eligible') AND referee_registered_at < now() - $1::interval)",
+            "SELECT EXISTS (SELECT 1 FROM referrals WHERE status_group IN ('open', 'held') AND referee_registered_at < now() - $1::interval)",
         )
         .bind(cutoff)
         .fetch_one(pool)
@@ -87,7 +87,7 @@ pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E
     let page: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
         "SELECT r.referral_id, r.referee_registered_at FROM referrals r \
          LEFT JOIN campaign_versions v ON v.campaign_id = r.campaign_id AND v.version = r.terms_version \
-         WHERE r.status IN ('pending', 'held', 'eligible') AND r.referee_registered_at < $1 \
+         WHERE r.status_group IN ('open', 'held') AND r.referee_registered_at < $1 \
            AND (r.referee_registered_at, r.referral_id) > ($4, $5) \
            AND r.referee_registered_at + make_interval(days => COALESCE((v.definition->>'window_days')::int, $3)) < $6 \
          ORDER BY r.referee_registered_at, r.referral_id LIMIT $2 FOR UPDATE OF r SKIP LOCKED",

@@ -99,7 +99,7 @@ const PAGE: i64 = 200;
 /// Returns how many were released.
 pub(crate) async fn uncap(engine: &RewardEngine, pool: &sqlx::PgPool) -> sqlx::Result<usize> {
     let campaigns: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT campaign_id FROM referrals WHERE status = 'capped'").fetch_all(pool).await?;
+        sqlx::query_scalar("SELECT DISTINCT campaign_id FROM referrals WHERE status_group = 'capped'").fetch_all(pool).await?;
     if campaigns.is_empty() {
         return Ok(0);
     }
@@ -116,7 +116,7 @@ pub(crate) async fn uncap(engine: &RewardEngine, pool: &sqlx::PgPool) -> sqlx::R
         loop {
             let mut tx = pool.begin().await?;
             let ids: Vec<Uuid> = sqlx::query_scalar(
-                "SELECT referral_id FROM referrals WHERE status = 'capped' AND campaign_id = $1 AND referral_id > $2 \
+                "SELECT referral_id FROM referrals WHERE status_group = 'capped' AND campaign_id = $1 AND referral_id > $2 \
                  ORDER BY referral_id LIMIT $3 FOR UPDATE SKIP LOCKED",
             )
             .bind(&campaign)

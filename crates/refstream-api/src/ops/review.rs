@@ -61,12 +61,12 @@ pub async fn queue(pool: &PgPool, limit: i64) -> sqlx::Result<Queue> {
                             AND t.to_status = 'held' ORDER BY id DESC LIMIT 1) h ON true \
          LEFT JOIN assessments a ON a.referral_id = r.referral_id \
          LEFT JOIN review_decisions d ON d.referral_id = r.referral_id AND d.hold_id = h.id \
-         WHERE r.status = 'held' ORDER BY h.at NULLS FIRST, r.referral_id LIMIT $1",
+         WHERE r.status_group = 'held' ORDER BY h.at NULLS FIRST, r.referral_id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    let total_held = sqlx::query_scalar("SELECT count(*) FROM referrals WHERE status = 'held'").fetch_one(pool).await?;
+    let total_held = sqlx::query_scalar("SELECT count(*) FROM referrals WHERE status_group = 'held'").fetch_one(pool).await?;
     let flagged_after_payment = sqlx::query_as(
         "SELECT r.referral_id, r.referrer_id, r.referee_id, r.status, a.score, a.reasons FROM referrals r \
          JOIN assessments a USING (referral_id) WHERE r.status IN ('rewarded', 'reversed') AND a.decision <> 'APPROVE' \

@@ -2,7 +2,8 @@
 //! `pg_stat_statements` extension (`BENCH_PG_PROFILE=1 make bench` loads and creates it), the
 //! statements that took most of the phase's execution time are printed after it, and the
 //! counters reset for the next phase. Without the extension this does nothing. Times are wall
-//! time inside Postgres (lock waits and CPU contention included), for finding what to look at.
+//! time inside Postgres (lock waits and CPU contention included), for finding what to look at;
+//! beside them, how many of each table's updates were made in place (HOT).
 
 use sqlx::PgPool;
 
@@ -30,6 +31,15 @@ pub async fn report_and_reset(pool: &PgPool, phase: &str, top: i64) -> anyhow::R
     for (total, calls, mean, n, query) in rows {
         println!("{total:>9} {calls:>8} {mean:>8} {n:>8}  {query}");
     }
+    // Updates made in place (HOT: no index entry) beside all updates, since Postgres started;
+    // other sessions report theirs within a second or so.
+    let updated: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE n_tup_upd > 0 ORDER BY n_tup_upd DESC LIMIT 8",
+    )
+    .fetch_all(pool)
+    .await?;
+    let updated: Vec<String> = updated.iter().map(|(t, all, hot)| format!("{t} {hot}/{all}")).collect();
+    println!("updates in place / all updates so far: {}", updated.join(", "));
     sqlx::query("SELECT pg_stat_statements_reset()").execute(pool).await?;
     Ok(())
 }
