@@ -238,7 +238,11 @@ async fn main() -> anyhow::Result<()> {
 
     // 3. The paced load: the remaining referees' deposits at `pace` per second.
     let gap = Duration::from_micros(1_000_000 / args.pace.max(1));
+    let mut paced_cpu = PhaseCpu::new(root, postgres);
+    paced_cpu.start();
+    let paced_started = Utc::now();
     let (paced_sent, paced) = deposits(&mut sender, &settings, &shape.referees[args.burst..], gap).await?;
+    paced_cpu.stop((Utc::now() - paced_started).to_std().unwrap_or_default());
     println!("paced: {} of {} rewards back", paced.by_deposit.len(), referees - args.burst);
     if profiling {
         profile::report_and_reset(&pool, "the paced load", 25).await?;
@@ -286,6 +290,8 @@ async fn main() -> anyhow::Result<()> {
         gate,
         baseline,
         burst_cpu: burst_cpu.used,
+        paced_cpu: paced_cpu.used,
+        paced_cpu_available: paced_cpu.available,
         peak,
         expected: referees,
         distinct: counted.distinct,
@@ -295,6 +301,9 @@ async fn main() -> anyhow::Result<()> {
         doubles,
     };
     report::print(&m);
+    let by_window = rewards::p99_by_window(&paced_sent, &paced, chrono::Duration::seconds(5));
+    let by_window: Vec<String> = by_window.iter().enumerate().map(|(i, ms)| format!("{}–{} s {ms} ms", i * 5, i * 5 + 5)).collect();
+    println!("paced p99 by when the deposit was sent: {}", by_window.join(", "));
     if let Some(b) = hops::measure(&pool, &paced_sent, &paced).await? {
         hops::print(&b);
     }

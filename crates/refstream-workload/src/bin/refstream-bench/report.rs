@@ -30,6 +30,8 @@ pub struct Measured {
     pub baseline: Option<Baseline>,
     /// CPU seconds per process during the burst.
     pub burst_cpu: Vec<(&'static str, String)>,
+    pub paced_cpu: Vec<(&'static str, String)>,
+    pub paced_cpu_available: String,
     /// Worker usage at the end (peak RSS).
     pub peak: BTreeMap<&'static str, Usage>,
     pub expected: usize,
@@ -115,6 +117,10 @@ pub fn print(m: &Measured) {
     for (name, cpu) in &m.burst_cpu {
         line(&format!("{name}: CPU during the burst"), &format!("{cpu} CPU-s"), "", None);
     }
+    for (name, cpu) in &m.paced_cpu {
+        line(&format!("{name}: CPU during the paced load"), &format!("{cpu} CPU-s"), "", None);
+    }
+    line("the machine had, during the paced load", &m.paced_cpu_available, "", None);
     for w in WORKERS {
         match m.peak.get(w) {
             Some(u) => {

@@ -122,6 +122,28 @@ pub fn percentiles(sent: &HashMap<String, DateTime<Utc>>, got: &Arrivals) -> Opt
     Some((rank(50), rank(99)))
 }
 
+/// p99 of arrival − send (ms) over each `window` of send times, from the first send: says
+/// whether the slow rewards cluster (after the burst, while Postgres vacuums it) or are spread.
+pub fn p99_by_window(sent: &HashMap<String, DateTime<Utc>>, got: &Arrivals, window: chrono::Duration) -> Vec<i64> {
+    let Some(first) = sent.values().min().copied() else { return Vec::new() };
+    let mut windows: Vec<Vec<i64>> = Vec::new();
+    for (d, at) in &got.by_deposit {
+        let Some(s) = sent.get(d) else { continue };
+        let i = usize::try_from((*s - first).num_milliseconds() / window.num_milliseconds().max(1)).unwrap_or(0);
+        if windows.len() <= i {
+            windows.resize_with(i + 1, Vec::new);
+        }
+        windows[i].push((*at - *s).num_milliseconds());
+    }
+    windows
+        .into_iter()
+        .map(|mut ms| {
+            ms.sort_unstable();
+            ms.get((ms.len() * 99).div_ceil(100).saturating_sub(1)).copied().unwrap_or(0)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
