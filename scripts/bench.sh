@@ -24,7 +24,7 @@ fi
 # Commit times let the bench say where the paced load's time went (fleet and pgbench alike).
 export PG_EXTRA_OPTS="${PG_EXTRA_OPTS:-} -c track_commit_timestamp=on"
 if [ -n "${BENCH_PG_PROFILE:-}" ]; then
-  PG_EXTRA_OPTS="$PG_EXTRA_OPTS -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+  PG_EXTRA_OPTS="$PG_EXTRA_OPTS -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on"
 fi
 if [ "${BENCH_BROKER:-devbroker}" = tansu ]; then
   export FLEET_BROKER

@@ -26,7 +26,13 @@ pub async fn report_and_reset(pool: &PgPool, phase: &str, top: i64) -> anyhow::R
     .bind(top)
     .fetch_all(pool)
     .await?;
-    println!("Postgres time by statement, {phase} (pg_stat_statements):");
+    let (planning, executing): (i64, i64) = sqlx::query_as(
+        "SELECT round(COALESCE(sum(total_plan_time), 0))::int8, round(COALESCE(sum(total_exec_time), 0))::int8 FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await?;
+    println!("Postgres time by statement, {phase} (pg_stat_statements; {planning} ms planning, {executing} ms executing):");
     println!("{:>9} {:>8} {:>8} {:>8}  statement", "total ms", "calls", "mean ms", "rows");
     for (total, calls, mean, n, query) in rows {
         println!("{total:>9} {calls:>8} {mean:>8} {n:>8}  {query}");
