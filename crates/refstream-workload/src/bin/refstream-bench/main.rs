@@ -101,7 +101,7 @@ async fn registrations(
 /// Each count reads the whole table and competes with the fleet for Postgres, so the pause
 /// between counts is half the time the rest should take at the rate so far, between 50 ms (the
 /// measure's resolution at the end) and 1 s: about fifteen counts in a phase of ten seconds
-/// rather than two hundred.
+/// instead of one every 50 ms (130).
 async fn wait_for_assessments(pool: &PgPool, want: i64, expected: i64, started: Instant) -> anyhow::Result<()> {
     loop {
         let have = count(pool, "SELECT count(*) FROM assessments").await?;
