@@ -68,8 +68,8 @@ pub async fn measure(pool: &PgPool, sent: &HashMap<String, DateTime<Utc>>, got: 
     Ok(breakdown(paths))
 }
 
-/// Nearest-rank percentile `q` (0–100) of sorted `v`.
-fn rank(v: &[i64], q: usize) -> i64 {
+/// Nearest-rank percentile `q` (0–100) of sorted, non-empty `v`.
+pub fn rank(v: &[i64], q: usize) -> i64 {
     v[(v.len() * q).div_ceil(100).clamp(1, v.len()) - 1]
 }
 

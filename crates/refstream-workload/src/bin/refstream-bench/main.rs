@@ -92,7 +92,7 @@ async fn registrations(
     }
     sender.flush().await?;
     wait_for_assessments(pool, want, i64::try_from(shape.referees.len())?, started).await?;
-    cpu.stop(started.elapsed());
+    cpu.stop();
     println!("registrations: {} referees attributed and scored in {:.1?}", shape.referees.len(), started.elapsed());
     Ok(per_second(shape.referees.len(), started.elapsed()))
 }
@@ -124,6 +124,7 @@ pub struct PhaseCpu<'a> {
     root: &'a Path,
     postgres: Option<u32>,
     before: BTreeMap<&'static str, procstat::Usage>,
+    started: Instant,
     pub used: Vec<(&'static str, String)>,
     pub available: String,
 }
@@ -133,7 +134,7 @@ const PROCESSES: [&str; 5] = ["attribution", "fraud-scorer", "reward-engine", "o
 
 impl<'a> PhaseCpu<'a> {
     fn new(root: &'a Path, postgres: Option<u32>) -> Self {
-        Self { root, postgres, before: BTreeMap::new(), used: Vec::new(), available: String::new() }
+        Self { root, postgres, before: BTreeMap::new(), started: Instant::now(), used: Vec::new(), available: String::new() }
     }
 
     fn snapshot(&self) -> BTreeMap<&'static str, procstat::Usage> {
@@ -146,9 +147,12 @@ impl<'a> PhaseCpu<'a> {
 
     fn start(&mut self) {
         self.before = self.snapshot();
+        self.started = Instant::now();
     }
 
-    fn stop(&mut self, elapsed: Duration) {
+    /// Ends the phase begun at [`PhaseCpu::start`].
+    fn stop(&mut self) {
+        let elapsed = self.started.elapsed();
         let after = self.snapshot();
         self.used = self.before.iter().filter_map(|(name, b)| Some((*name, b.cpu_secs_until(after.get(name)?)))).collect();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -228,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
     burst_cpu.start();
     let burst_started = Utc::now();
     let (burst_sent, burst) = deposits(&mut sender, &settings, &shape.referees[..args.burst], Duration::ZERO).await?;
-    burst_cpu.stop((Utc::now() - burst_started).to_std().unwrap_or_default());
+    burst_cpu.stop();
     let last = burst.by_deposit.values().max().copied().unwrap_or_else(Utc::now);
     let burst_time = (last - burst_started).to_std().unwrap_or_default();
     println!("burst: {} of {} rewards back in {burst_time:.1?}", burst.by_deposit.len(), args.burst);
@@ -240,9 +244,8 @@ async fn main() -> anyhow::Result<()> {
     let gap = Duration::from_micros(1_000_000 / args.pace.max(1));
     let mut paced_cpu = PhaseCpu::new(root, postgres);
     paced_cpu.start();
-    let paced_started = Utc::now();
     let (paced_sent, paced) = deposits(&mut sender, &settings, &shape.referees[args.burst..], gap).await?;
-    paced_cpu.stop((Utc::now() - paced_started).to_std().unwrap_or_default());
+    paced_cpu.stop();
     println!("paced: {} of {} rewards back", paced.by_deposit.len(), referees - args.burst);
     if profiling {
         profile::report_and_reset(&pool, "the paced load", 25).await?;

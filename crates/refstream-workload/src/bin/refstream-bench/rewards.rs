@@ -16,6 +16,8 @@ use refstream_runtime::consumer::client_config;
 use refstream_runtime::Settings;
 use uuid::Uuid;
 
+use crate::hops::rank;
+
 /// What came back.
 #[derive(Default)]
 pub struct Arrivals {
@@ -118,8 +120,7 @@ pub fn percentiles(sent: &HashMap<String, DateTime<Utc>>, got: &Arrivals) -> Opt
         return None;
     }
     ms.sort_unstable();
-    let rank = |q: usize| ms[(ms.len() * q).div_ceil(100).clamp(1, ms.len()) - 1];
-    Some((rank(50), rank(99)))
+    Some((rank(&ms, 50), rank(&ms, 99)))
 }
 
 /// p99 of arrival − send (ms) over each `window` of send times, from the first send: says
@@ -139,7 +140,11 @@ pub fn p99_by_window(sent: &HashMap<String, DateTime<Utc>>, got: &Arrivals, wind
         .into_iter()
         .map(|mut ms| {
             ms.sort_unstable();
-            ms.get((ms.len() * 99).div_ceil(100).saturating_sub(1)).copied().unwrap_or(0)
+            if ms.is_empty() {
+                0
+            } else {
+                rank(&ms, 99)
+            }
         })
         .collect()
 }
