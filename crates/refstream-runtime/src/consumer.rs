@@ -397,16 +397,8 @@ async fn apply_records<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMes
 
     let mut tx = pool.begin().await?;
     let ids: Vec<Uuid> = decoded.iter().map(|(_, e)| worker.event_id(e)).collect();
-    let fresh: HashSet<Uuid> = sqlx::query_scalar(
-        "INSERT INTO processed_events (consumer, event_id) SELECT $1, e FROM unnest($2::uuid[]) AS e \
-         ON CONFLICT DO NOTHING RETURNING event_id",
-    )
-    .bind(name)
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
+    let progress = records.last().map(|last| (last.topic(), last.partition(), last.offset() + 1));
+    let fresh = dedupe_and_record_progress(&mut tx, name, &ids, progress).await?;
     let mut seen = HashSet::new();
     let mut positions = Vec::new();
     let mut events = Vec::new();
@@ -442,9 +434,6 @@ async fn apply_records<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMes
             lettered.push((m.topic().to_owned(), why.label, why.reason.clone(), m.offset()));
         }
     }
-    if let Some(last) = records.last() {
-        record_progress(&mut tx, name, last.topic(), last.partition(), last.offset() + 1).await?;
-    }
     tx.commit().await?;
 
     for i in &duplicates {
@@ -460,22 +449,40 @@ async fn apply_records<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMes
     Ok(())
 }
 
-/// Records, in the batch's transaction, that `consumer` has applied `topic[partition]` up to
-/// (not including) `next_offset`. Durable progress only moves forward: the settlement gate
-/// reads it to know what a worker has seen (`consumer_progress`).
-async fn record_progress(conn: &mut PgConnection, consumer: &str, topic: &str, partition: i32, next_offset: i64) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO consumer_progress (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (consumer, topic, partition) DO UPDATE \
-         SET next_offset = GREATEST(consumer_progress.next_offset, EXCLUDED.next_offset), updated_at = now()",
+/// In one statement of the batch's transaction: records `ids` as applied by `consumer` and
+/// returns those not recorded before (the batch's fresh events), and records that `consumer`
+/// has applied `progress` = (topic, partition, next offset) up to, not including, the next
+/// offset. Both commit with the batch's effects or not at all, so writing the progress before
+/// the effects changes nothing a reader can see; one statement instead of two saves a round
+/// trip per batch, which at a low load is a batch per event. Durable progress only moves
+/// forward: the settlement gate reads it to know what a worker has seen (`consumer_progress`).
+/// Two instances overlapping in a rebalance run this same statement on the same partition, so
+/// the second waits for the first's commit on whichever of the rows it reaches first, holding
+/// nothing the first's batch needs; it then finds the events applied.
+async fn dedupe_and_record_progress(
+    conn: &mut PgConnection,
+    consumer: &str,
+    ids: &[Uuid],
+    progress: Option<(&str, i32, i64)>,
+) -> sqlx::Result<HashSet<Uuid>> {
+    let (topic, partition, next_offset) = progress.map_or((None, 0, 0), |(t, p, n)| (Some(t), p, n));
+    let fresh: Vec<Uuid> = sqlx::query_scalar(
+        "WITH progress AS ( \
+           INSERT INTO consumer_progress (consumer, topic, partition, next_offset) \
+           SELECT $1, $3, $4, $5 WHERE $3::text IS NOT NULL \
+           ON CONFLICT (consumer, topic, partition) DO UPDATE \
+           SET next_offset = GREATEST(consumer_progress.next_offset, EXCLUDED.next_offset), updated_at = now()) \
+         INSERT INTO processed_events (consumer, event_id) SELECT $1, e FROM unnest($2::uuid[]) AS e \
+         ON CONFLICT DO NOTHING RETURNING event_id",
     )
     .bind(consumer)
+    .bind(ids)
     .bind(topic)
     .bind(partition)
     .bind(next_offset)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(())
+    Ok(fresh.into_iter().collect())
 }
 
 /// Exponential backoff from 100 ms to 5 s.
