@@ -150,46 +150,40 @@ pub fn payment_keys(cards: &[(&str, &str)]) -> BTreeSet<String> {
     cards.iter().map(|(_, v)| format!("payment:{v}")).collect()
 }
 
-/// True when a card of `cards` is (or becomes, within the batch) used by more than one account.
-pub async fn any_card_shared(conn: &mut PgConnection, cards: &[(&str, &str)]) -> sqlx::Result<bool> {
-    let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
-    for (user, card) in cards {
-        if owners.insert(card, user).is_some_and(|other| other != *user) {
-            return Ok(true);
-        }
-    }
-    let users: Vec<&str> = cards.iter().map(|(u, _)| *u).collect();
-    let values: Vec<&str> = cards.iter().map(|(_, v)| *v).collect();
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM unnest($1::text[], $2::text[]) AS b(u, v) CROSS JOIN LATERAL ( \
-           SELECT 1 FROM identity_links l WHERE l.kind = 'payment' AND l.value = b.v AND l.user_id <> b.u LIMIT 1) AS l)",
-    )
-    .bind(&users)
-    .bind(&values)
-    .fetch_one(conn)
-    .await
+/// What recording a batch's payment links found: whether a card of the batch is used by more
+/// than one account, and the `(user, card)` links that are new.
+pub struct Linked {
+    pub shared: bool,
+    pub new: BTreeSet<(String, String)>,
 }
 
-/// Records every `(user, card)` link of a batch in one sorted insert (`at`: when each card was
-/// used). Returns the `(user, card)` links that are new.
-pub async fn link_payments(
-    conn: &mut PgConnection,
-    cards: &[(&str, &str)],
-    at: &[DateTime<Utc>],
-) -> sqlx::Result<BTreeSet<(String, String)>> {
+/// Records every `(user, card)` link of a batch (`at`: when each card was used) in one sorted
+/// insert and, in the same statement, asks whether a card of the batch was already used by
+/// another account: the statement's reads see the table as it was before its insert, so
+/// `shared` is exactly what a check before the insert would answer (cards the batch itself
+/// gives to two accounts count too). The caller holds the cards' locks, so a concurrent batch
+/// linking one of them has committed before this statement began, or waits for this one.
+pub async fn link_payments(conn: &mut PgConnection, cards: &[(&str, &str)], at: &[DateTime<Utc>]) -> sqlx::Result<Linked> {
+    let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+    let shared_within = cards.iter().any(|(user, card)| owners.insert(card, user).is_some_and(|other| other != *user));
     let users: Vec<&str> = cards.iter().map(|(u, _)| *u).collect();
     let values: Vec<&str> = cards.iter().map(|(_, v)| *v).collect();
-    let inserted: Vec<(String, String)> = sqlx::query_as(
-        "INSERT INTO identity_links (kind, value, user_id, first_seen_at) \
-         SELECT 'payment', v, u, min(t) FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS b(u, v, t) \
-         GROUP BY v, u ORDER BY v, u ON CONFLICT DO NOTHING RETURNING user_id, value",
+    let (shared_before, new_users, new_values): (bool, Vec<String>, Vec<String>) = sqlx::query_as(
+        "WITH b AS (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS b(u, v, t)), \
+         ins AS (INSERT INTO identity_links (kind, value, user_id, first_seen_at) \
+           SELECT 'payment', v, u, min(t) FROM b GROUP BY v, u ORDER BY v, u ON CONFLICT DO NOTHING RETURNING user_id, value) \
+         SELECT EXISTS (SELECT 1 FROM b CROSS JOIN LATERAL ( \
+                  SELECT 1 FROM identity_links l WHERE l.kind = 'payment' AND l.value = b.v AND l.user_id <> b.u LIMIT 1) AS l), \
+                i.users, i.cards \
+         FROM (SELECT COALESCE(array_agg(user_id), '{}') AS users, COALESCE(array_agg(value), '{}') AS cards FROM ins) i",
     )
     .bind(&users)
     .bind(&values)
     .bind(at)
-    .fetch_all(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(inserted.into_iter().collect())
+    let inserted = new_users.into_iter().zip(new_values);
+    Ok(Linked { shared: shared_within || shared_before, new: inserted.collect() })
 }
 
 /// The components of `users` and of `alone`, and which of them are rings of at least

@@ -470,13 +470,12 @@ impl FraudScorer {
         // sees the first's link.
         let payments = graph::payment_keys(&cards);
         locks::lock(conn, &payments, None).await?;
-        if !graph::any_card_shared(conn, &cards).await? {
+        let graph::Linked { shared, new } = graph::link_payments(conn, &cards, &at).await?;
+        if !shared {
             // No card of the batch is used by another account: no ring, no shared instrument,
-            // nothing to re-assess. Record the links in one insert, without walking the graph.
-            graph::link_payments(conn, &cards, &at).await?;
+            // nothing to re-assess, and the graph is not walked.
             return Ok(Vec::new());
         }
-        let new = graph::link_payments(conn, &cards, &at).await?;
         // The deposits whose link is new, the first of each (user, card).
         let mut causes = Vec::new();
         let mut fresh: Vec<(&str, &str)> = Vec::new();
