@@ -118,7 +118,11 @@ async fn relay_loop(
             record_backlog(conn, claim.shard).await?;
             last_gauge = std::time::Instant::now();
         }
-        if sent == 0 {
+        // A claim that found fewer rows than it could take left the lane empty as of its
+        // snapshot: a row committed after it notifies (the permit waits in `wake` even while
+        // this batch was in flight), so the lane sleeps until then instead of claiming again
+        // only to find nothing. A full claim may have left rows behind: claim again at once.
+        if i64::try_from(sent).unwrap_or(i64::MAX) < claim.batch {
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = wake.notified() => {}
