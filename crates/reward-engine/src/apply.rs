@@ -97,7 +97,7 @@ async fn revive_expired(engine: &RewardEngine, conn: &mut PgConnection, referral
     .collect();
     let referees: Vec<String> = referrals.values().filter(|r| ids.contains(&r.referral_id)).map(|r| r.referee_id.clone()).collect();
     let deposits = store::deposits_of(conn, &referees).await?;
-    let rates = store::rates(conn).await?;
+    let rates = store::rates_for(conn, engine, referrals.values().filter(|r| ids.contains(&r.referral_id)), &deposits).await?;
     let mut moves = Vec::new();
     for referral in referrals.values_mut().filter(|r| ids.contains(&r.referral_id)) {
         let qualifies = deposits.get(&referral.referee_id).and_then(|d| store::qualifying(engine, referral, d, &rates)).is_some();

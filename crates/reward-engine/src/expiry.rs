@@ -104,7 +104,7 @@ pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E
     let mut referrals = store::lock_by_id(&mut tx, engine, &ids).await?;
     let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
     let deposits_of = store::deposits_of(&mut tx, &referees).await?;
-    let rates = store::rates(&mut tx).await?;
+    let rates = store::rates_for(&mut tx, engine, referrals.values(), &deposits_of).await?;
     let mut moves = Vec::new();
     for referral in referrals.values_mut() {
         let Some(campaign) = engine.terms.of(referral) else { continue };

@@ -131,7 +131,7 @@ pub(crate) async fn uncap(engine: &RewardEngine, pool: &sqlx::PgPool) -> sqlx::R
             let mut planner = Planner::load(&mut tx, engine, &referrals.values().collect::<Vec<_>>()).await?;
             let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
             let deposits = crate::store::deposits_of(&mut tx, &referees).await?;
-            let rates = crate::store::rates(&mut tx).await?;
+            let rates = crate::store::rates_for(&mut tx, engine, referrals.values(), &deposits).await?;
             let mut moves = Vec::new();
             for referral in referrals.values_mut() {
                 let Some(d) = deposits.get(&referral.referee_id).and_then(|d| crate::store::qualifying(engine, referral, d, &rates)) else {

@@ -90,7 +90,7 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
     .into_iter()
     .collect();
     let deposits = store::deposits_of(&mut tx, &referees).await?;
-    let rates = store::rates(&mut tx).await?;
+    let rates = store::rates_for(&mut tx, engine, referrals.values(), &deposits).await?;
     let kyc = crate::kyc::states_of(&mut tx, engine, referrals.values()).await?;
 
     let mut moves: Vec<Move> = Vec::new();

@@ -128,9 +128,26 @@ pub fn qualifying<'a>(engine: &RewardEngine, referral: &Referral, deposits: &'a 
     Some(Paying { recorded, amount: q.converted.amount.amount, fx: q.converted.rate })
 }
 
-/// Every recorded exchange rate, read in the caller's transaction.
-pub async fn rates(conn: &mut PgConnection) -> sqlx::Result<Rates> {
-    refstream_runtime::campaign_store::exchange_rates(conn).await
+/// The exchange rates that deciding `referrals` on `deposits` (their referees', by user) may
+/// need, read in the caller's transaction: every recorded rate when a deposit is in another
+/// currency than its referral's campaign, else none, without a read — a deposit in its
+/// campaign's own currency is never converted ([`refstream_core::fx::Rates::convert`]), so the
+/// decision is the same either way.
+pub async fn rates_for<'a>(
+    conn: &mut PgConnection,
+    engine: &RewardEngine,
+    referrals: impl IntoIterator<Item = &'a Referral>,
+    deposits: &BTreeMap<String, Vec<Recorded>>,
+) -> sqlx::Result<Rates> {
+    let converts = referrals.into_iter().any(|r| {
+        let Some(campaign) = engine.terms.of(r) else { return false };
+        deposits.get(&r.referee_id).is_some_and(|ds| ds.iter().any(|d| d.deposit.amount.currency != campaign.currency))
+    });
+    if converts {
+        refstream_runtime::campaign_store::exchange_rates(conn).await
+    } else {
+        Ok(Rates::default())
+    }
 }
 
 /// One status change of a locked referral.
@@ -216,7 +233,7 @@ pub async fn schedule_if_qualifying(conn: &mut PgConnection, engine: &RewardEngi
     }
     let users: Vec<String> = referrals.iter().map(|r| r.referee_id.clone()).collect();
     let deposits = deposits_of(conn, &users).await?;
-    let rates = rates(conn).await?;
+    let rates = rates_for(conn, engine, referrals.iter().copied(), &deposits).await?;
     let delay = chrono::Duration::from_std(engine.settle_delay).unwrap_or(chrono::Duration::zero());
     let payouts: BTreeMap<Uuid, DateTime<Utc>> = referrals
         .iter()
