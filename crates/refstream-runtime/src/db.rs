@@ -20,6 +20,8 @@ pub async fn connect(settings: &Settings, stop: &CancellationToken) -> anyhow::R
         let attempt = PgPoolOptions::new()
             .max_connections(settings.database.max_connections)
             .acquire_timeout(Duration::from_secs(settings.database.connect_timeout_secs))
+            .test_before_acquire(false)
+            .before_acquire(|conn, idle| Box::pin(ping_if_idle(conn, idle.idle_for)))
             .connect_with(options.clone())
             .await;
         match attempt {
@@ -35,6 +37,24 @@ pub async fn connect(settings: &Settings, stop: &CancellationToken) -> anyhow::R
             Err(e) => anyhow::bail!("cannot connect to database.url: {e}"),
         }
     }
+}
+
+/// A pooled connection idle longer than this is pinged before it is handed out.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// Whether a connection taken from the pool's idle queue may be handed out. sqlx pings every
+/// connection it takes back into the pool, so one idle for less than [`PING_AFTER_IDLE`] was
+/// answering a moment ago: it is handed out without a second round trip (at a steady low load
+/// a worker's transaction is a batch of one event, and that ping was one round trip in about
+/// ten). One idle longer is pinged, and closed when the ping fails, so a restarted Postgres
+/// costs a worker at most the connections it used in the last second: their next statement
+/// fails as a transient error (a connection error), the batch is retried, and sqlx closes the
+/// connection when it fails the ping it gets on its way back into the pool.
+async fn ping_if_idle(conn: &mut sqlx::PgConnection, idle_for: Duration) -> sqlx::Result<bool> {
+    if idle_for >= PING_AFTER_IDLE {
+        sqlx::Connection::ping(conn).await?;
+    }
+    Ok(true)
 }
 
 /// Applies every pending migration.
