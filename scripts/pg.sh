@@ -189,14 +189,10 @@ pg_start_on() {
     # commit acknowledged to the client can still sit in Postgres' own WAL buffers, and
     # `kill9`/`restart-immediate` would then lose committed transactions, which would make the
     # fault tests fail for the wrong reason. With fsync=off a synchronous commit is cheap anyway.
-    # autovacuum_naptime=5s, as the README recommends for production: the outbox and
-    # pending_payouts are queues (every row is deleted seconds after it is inserted), and the
-    # relay's and the settlement sweep's reads walk their dead rows until a vacuum removes them;
-    # with the default minute between autovacuum visits a steady load leaves a minute of them.
     # 9>&-: the server must not inherit the lock file descriptor (see lock()), or it would
     # hold the lock for as long as it runs.
     if ! as_pg "$BINDIR/pg_ctl" -w -t 60 -D "$DATA" -l "$LOGFILE" start 9>&- \
-        -o "-p $port -k $SOCK -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200 -c autovacuum_naptime=5s ${PG_EXTRA_OPTS:-}" >/dev/null; then
+        -o "-p $port -k $SOCK -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200 ${PG_EXTRA_OPTS:-}" >/dev/null; then
         log "postgres did not start; last lines of $LOGFILE:"
         tail -n 20 "$LOGFILE" >&2 || true
         exit 1
