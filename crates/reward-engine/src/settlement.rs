@@ -5,7 +5,9 @@
 //! assessment (only tightening, as its `ReferralScored` will), re-checks the payment
 //! instrument, and pays through the unique reward key — set-based: one transaction settles up to
 //! `settlement.batch_size` payouts with a handful of statements. Several engines may sweep at
-//! once: payouts are claimed with `FOR UPDATE SKIP LOCKED`, referrals locked in id order.
+//! once: payouts are claimed with `FOR UPDATE SKIP LOCKED`, referrals locked in id order. The
+//! sweep vacuums `pending_payouts` every two seconds while it settles
+//! ([`refstream_runtime::db::QueueVacuum`]): the claim reads the table's deleted rows until then.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -210,6 +212,7 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(5);
 pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPool, ends: E, stop: CancellationToken) {
     let mut last_metrics = Instant::now() - Duration::from_secs(60);
     let mut last_cleanup = Instant::now();
+    let mut vacuum = refstream_runtime::db::QueueVacuum::new("pending_payouts");
     let mut last_expiry = Instant::now() - EXPIRY_EVERY;
     let mut busy = false;
     loop {
@@ -220,7 +223,10 @@ pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPoo
             () = tokio::time::sleep(pause) => {}
         }
         match sweep(&engine, &pool, &ends).await {
-            Ok((settled, closed)) => busy = settled > 0 || closed > 0,
+            Ok((settled, closed)) => {
+                busy = settled > 0 || closed > 0;
+                vacuum.removed(settled as u64);
+            }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "settlement sweep failed");
                 busy = false;
@@ -238,6 +244,7 @@ pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPoo
             }
             last_expiry = Instant::now();
         }
+        vacuum.run_when_due(&pool).await;
         if last_cleanup.elapsed() >= Duration::from_secs(60) {
             if let Err(e) = gate::forget_old(&pool, Duration::from_secs(600)).await {
                 tracing::debug!(error = %e, "old barriers not removed");
