@@ -26,9 +26,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Outbox rows this process' lanes have deleted (published), for the outbox's vacuum.
-pub static DELETED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// Class of the lanes' advisory locks (the lane's shard number is the second key).
 const LOCK_CLASS: i32 = 0x5245_4c59; // "RELY"
 
@@ -187,7 +184,6 @@ async fn relay_batch(conn: &mut PgConnection, producer: &FutureProducer, claim: 
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     sqlx::query("DELETE FROM outbox WHERE shard = $1 AND id = ANY($2)").bind(claim.shard).bind(&ids).execute(&mut *tx).await?;
     tx.commit().await?;
-    DELETED.fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
     for row in &rows {
         PUBLISHED.with_label_values(&[&row.topic]).inc();
     }

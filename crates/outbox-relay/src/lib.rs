@@ -11,9 +11,7 @@
 //!   downstream dedupe);
 //! - wakes a lane on `LISTEN refstream_outbox` (each notification names the lane a statement
 //!   inserted into), polls every `relay.idle_poll_ms` as a fallback, and rereads the number of
-//!   lanes every few seconds, restarting its lanes when a migration changed it;
-//! - vacuums the outbox every two seconds while its lanes delete rows
-//!   ([`refstream_runtime::db::QueueVacuum`]), so a claim does not read a minute of deleted rows.
+//!   lanes every few seconds, restarting its lanes when a migration changed it.
 
 mod lane;
 
@@ -107,9 +105,6 @@ async fn watch(pool: &PgPool, wakes: &[Arc<Notify>], lanes: i32, generation: &Ca
     let mut listener: Option<PgListener> = None;
     let mut check = tokio::time::interval(LANE_CHECK);
     check.tick().await;
-    let mut vacuum = refstream_runtime::db::QueueVacuum::new("outbox");
-    let mut vacuum_check = tokio::time::interval(refstream_runtime::db::QUEUE_VACUUM_EVERY);
-    let mut deleted = lane::DELETED.load(std::sync::atomic::Ordering::Relaxed);
     while !generation.is_cancelled() {
         if listener.is_none() {
             match listen(pool).await {
@@ -120,12 +115,6 @@ async fn watch(pool: &PgPool, wakes: &[Arc<Notify>], lanes: i32, generation: &Ca
         }
         tokio::select! {
             () = generation.cancelled() => return,
-            _ = vacuum_check.tick() => {
-                let now = lane::DELETED.load(std::sync::atomic::Ordering::Relaxed);
-                vacuum.removed(now.saturating_sub(deleted));
-                deleted = now;
-                vacuum.run_when_due(pool).await;
-            }
             _ = check.tick() => match lane_count(pool).await {
                 Ok(n) if n != lanes => {
                     tracing::info!(was = lanes, now = n, "the outbox's lane count changed: restarting the lanes");
