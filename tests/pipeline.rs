@@ -92,6 +92,12 @@ async fn a_first_qualifying_deposit_pays_the_referrer_once() {
         }
     })
     .await;
+    // Neither queue is ever truncated by a vacuum (a truncation locks out every insert and claim).
+    for queue in ["outbox", "pending_payouts"] {
+        let options: Vec<String> =
+            sqlx::query_scalar("SELECT unnest(reloptions) FROM pg_class WHERE relname = $1").bind(queue).fetch_all(&db.pool).await.unwrap();
+        assert!(options.contains(&"vacuum_truncate=false".to_owned()), "{queue}: {options:?}");
+    }
     drop(fleet);
 }
 

@@ -68,7 +68,9 @@ pub const QUEUE_VACUUM_EVERY: Duration = Duration::from_secs(2);
 /// ms vacuumed), and lowering `autovacuum_naptime` for the whole server made it vacuum the
 /// large tables during a bulk load too, which cost more than it saved. So the worker that
 /// drains the queue vacuums that table itself, every [`QUEUE_VACUUM_EVERY`] while it removed
-/// rows, skipping without waiting when a vacuum already runs on it. A role that may not
+/// rows, skipping without waiting when a vacuum already runs on it, and never truncating it
+/// (migration `20261207100000`: a truncation locks the queue against every insert and claim
+/// while it runs). A role that may not
 /// vacuum the table gets a warning from Postgres, and autovacuum alone keeps the table. (The
 /// outbox is not vacuumed this way: its vacuum reads its large indexes whole, 120 ms a time in
 /// the bench, more than its claims saved.)
@@ -94,7 +96,7 @@ impl QueueVacuum {
         if self.removed == 0 || self.last.elapsed() < QUEUE_VACUUM_EVERY {
             return;
         }
-        let statement = format!("VACUUM (SKIP_LOCKED) {}", self.table);
+        let statement = format!("VACUUM (SKIP_LOCKED, TRUNCATE false) {}", self.table);
         match sqlx::raw_sql(&statement).execute(pool).await {
             Ok(_) => self.removed = 0,
             Err(e) => tracing::debug!(table = self.table, error = %e, "queue table not vacuumed"),
