@@ -70,10 +70,9 @@ pub const QUEUE_VACUUM_EVERY: Duration = Duration::from_secs(2);
 /// drains the queue vacuums that table itself, every [`QUEUE_VACUUM_EVERY`] while it removed
 /// rows, skipping without waiting when a vacuum already runs on it, and never truncating it
 /// (migration `20261207100000`: a truncation locks the queue against every insert and claim
-/// while it runs). A role that may not
-/// vacuum the table gets a warning from Postgres, and autovacuum alone keeps the table. (The
-/// outbox is not vacuumed this way: its vacuum reads its large indexes whole, 120 ms a time in
-/// the bench, more than its claims saved.)
+/// while it runs). A role that may not vacuum the table gets a warning from Postgres, and
+/// autovacuum alone keeps the table. (The outbox is not vacuumed this way: its vacuum reads its
+/// large indexes whole, 120 ms a time in the bench, more than its claims saved.)
 pub struct QueueVacuum {
     table: &'static str,
     removed: u64,
