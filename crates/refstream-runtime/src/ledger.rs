@@ -37,8 +37,9 @@ pub struct Entry {
     pub kind: &'static str,
 }
 
-/// Books `entries` in one insert and moves the balances in one upsert (summed per account, in
-/// account order, so concurrent bookings lock balance rows in the same order).
+/// Books `entries` and moves the balances in one statement: the entries' insert and the
+/// balances' upsert (summed per account, in account order, so concurrent bookings lock balance
+/// rows in the same order).
 pub async fn book(conn: &mut PgConnection, entries: &[Entry]) -> sqlx::Result<()> {
     if entries.is_empty() {
         return Ok(());
@@ -47,9 +48,19 @@ pub async fn book(conn: &mut PgConnection, entries: &[Entry]) -> sqlx::Result<()
     let transactions: Vec<Uuid> = entries.iter().map(|e| e.transaction).collect();
     let amounts: Vec<Decimal> = entries.iter().map(|e| e.amount).collect();
     let rewards: Vec<Option<Uuid>> = entries.iter().map(|e| e.reward).collect();
+    let mut sums: BTreeMap<(String, String), Decimal> = BTreeMap::new();
+    for e in entries {
+        *sums.entry((e.account.clone(), e.currency.clone())).or_default() += e.amount;
+    }
+    let (keys, deltas): (Vec<(String, String)>, Vec<Decimal>) = sums.into_iter().unzip();
+    let (accounts, currencies): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+    // One statement: the entries are a data-modifying CTE, inserted whatever the upsert does.
     sqlx::query(
-        "INSERT INTO ledger_entries (transaction_id, account, amount, currency, reward_id, kind) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::text[], $5::uuid[], $6::text[])",
+        "WITH entries AS (INSERT INTO ledger_entries (transaction_id, account, amount, currency, reward_id, kind) \
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::text[], $5::uuid[], $6::text[])) \
+         INSERT INTO balances (account, currency, balance) \
+         SELECT * FROM unnest($7::text[], $8::text[], $9::numeric[]) \
+         ON CONFLICT (account, currency) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()",
     )
     .bind(&transactions)
     .bind(col(|e| e.account.clone()))
@@ -57,19 +68,6 @@ pub async fn book(conn: &mut PgConnection, entries: &[Entry]) -> sqlx::Result<()
     .bind(col(|e| e.currency.clone()))
     .bind(&rewards)
     .bind(col(|e| e.kind.to_owned()))
-    .execute(&mut *conn)
-    .await?;
-    let mut sums: BTreeMap<(String, String), Decimal> = BTreeMap::new();
-    for e in entries {
-        *sums.entry((e.account.clone(), e.currency.clone())).or_default() += e.amount;
-    }
-    let (keys, deltas): (Vec<(String, String)>, Vec<Decimal>) = sums.into_iter().unzip();
-    let (accounts, currencies): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
-    sqlx::query(
-        "INSERT INTO balances (account, currency, balance) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[]) \
-         ON CONFLICT (account, currency) DO UPDATE SET balance = balances.balance + EXCLUDED.balance, updated_at = now()",
-    )
     .bind(&accounts)
     .bind(&currencies)
     .bind(&deltas)

@@ -41,21 +41,18 @@ pub async fn enqueue(conn: &mut PgConnection, messages: &[OutboxMessage]) -> sql
         return Ok(());
     }
     let keys: Vec<&str> = messages.iter().map(|m| m.key.as_str()).collect();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(h) FROM \
-         (SELECT DISTINCT hashtextextended(k, 1299) AS h FROM unnest($1::text[]) AS k) AS locks ORDER BY h",
-    )
-    .bind(&keys)
-    .execute(&mut *conn)
-    .await?;
     let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
     let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
     let ids: Vec<Uuid> = messages.iter().map(|m| m.event_id).collect();
     let headers: Vec<Json> = messages.iter().map(|m| m.headers.clone()).collect();
+    // One statement: the keys' locks are a materialized CTE read by a one-time filter, so all
+    // of them are held before the first row takes its id from the sequence.
     sqlx::query(
-        "INSERT INTO outbox (topic, key, payload, event_id, headers) \
+        "WITH locks AS MATERIALIZED (SELECT pg_advisory_xact_lock(h) FROM \
+           (SELECT DISTINCT hashtextextended(k, 1299) AS h FROM unnest($2::text[]) AS k) AS keys ORDER BY h) \
+         INSERT INTO outbox (topic, key, payload, event_id, headers) \
          SELECT t, k, p, e, h FROM unnest($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::jsonb[]) \
-         WITH ORDINALITY AS m(t, k, p, e, h, n) ORDER BY n",
+         WITH ORDINALITY AS m(t, k, p, e, h, n) WHERE (SELECT count(*) FROM locks) >= 0 ORDER BY n",
     )
     .bind(&topics)
     .bind(&keys)

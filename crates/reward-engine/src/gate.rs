@@ -157,15 +157,17 @@ type ProgressAndOutbox = (Option<String>, Option<i32>, Option<i64>, bool);
 /// snapshot: when
 /// attribution had covered the registrations and the relay had published everything, the
 /// barrier starts at the scorer stage ([`refstream_core::settlement::barrier_at`]), saving the
-/// two stages' round trips whenever no registration is in flight.
-pub async fn capture<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: &E) -> anyhow::Result<Option<i64>> {
-    let mut tx = pool.begin().await?;
+/// two stages' round trips whenever no registration is in flight. No transaction is needed
+/// around the steps: each read is one statement, and the barrier and the payouts that join it
+/// are written by one statement, after the ends were read. A round with nothing due costs one
+/// statement.
+pub async fn capture<E: EndOffsets>(conn: &mut PgConnection, engine: &RewardEngine, ends: &E) -> anyhow::Result<Option<i64>> {
     // The moment, and whether a payout's hold had ended by then.
     let (now, due): (DateTime<Utc>, bool) = sqlx::query_as(
         "SELECT c.now, EXISTS (SELECT 1 FROM pending_payouts WHERE barrier_id IS NULL AND due_at <= c.now) \
          FROM (SELECT clock_timestamp() AS now) c",
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await?;
     if !due {
         return Ok(None);
@@ -181,7 +183,7 @@ pub async fn capture<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: 
     )
     .bind(ATTRIBUTION)
     .bind(&t.referral_attributed)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
     let unpublished = found.first().is_none_or(|r| r.3);
     let rows: Vec<(String, i32, i64)> = found.into_iter().filter_map(|(t, p, n, _)| Some((t?, p?, n?))).collect();
@@ -203,21 +205,22 @@ pub async fn capture<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: 
         "deposits": to_json(&barrier.deposits),
         "verifications": to_json(&barrier.verifications),
     });
+    // The barrier, and every payout due by the moment that has none joins it, at once. (A
+    // concurrent engine's capture may have taken them first: then this barrier waits on nothing
+    // and is forgotten with the old ones.)
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO settlement_barriers (hold_ended_at, stage, upstream, scored) VALUES ($1, $2, $3, $4) RETURNING barrier_id",
+        "WITH b AS (INSERT INTO settlement_barriers (hold_ended_at, stage, upstream, scored) VALUES ($1, $2, $3, $4) \
+                    RETURNING barrier_id), \
+              joined AS (UPDATE pending_payouts SET barrier_id = (SELECT barrier_id FROM b) \
+                         WHERE barrier_id IS NULL AND due_at <= $1) \
+         SELECT barrier_id FROM b",
     )
     .bind(now)
     .bind(barrier.stage.as_str())
     .bind(upstream)
     .bind(barrier.attributed.as_ref().map(to_json))
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await?;
-    sqlx::query("UPDATE pending_payouts SET barrier_id = $1 WHERE barrier_id IS NULL AND due_at <= $2")
-        .bind(id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
     Ok(Some(id))
 }
 
@@ -229,6 +232,8 @@ struct BarrierRow {
     upstream: Json,
     outbox_through: Option<i64>,
     scored: Option<Json>,
+    /// Every gated worker's durable progress (the same on every row).
+    progress: Json,
 }
 
 impl BarrierRow {
@@ -245,18 +250,18 @@ impl BarrierRow {
     }
 }
 
-/// The durable progress of each of `workers`, in one query.
-async fn progress_of(conn: &mut PgConnection, workers: &[&str]) -> sqlx::Result<BTreeMap<String, Position>> {
-    let rows: Vec<(String, String, i32, i64)> =
-        sqlx::query_as("SELECT consumer, topic, partition, next_offset FROM consumer_progress WHERE consumer = ANY($1)")
-            .bind(workers)
-            .fetch_all(conn)
-            .await?;
+/// The durable progress of each worker, from `[consumer, topic, partition, next_offset]` rows.
+fn progress_by_worker(rows: &Json) -> BTreeMap<String, Position> {
     let mut by_worker: BTreeMap<String, Position> = BTreeMap::new();
-    for (worker, topic, partition, next) in rows {
-        by_worker.entry(worker).or_default().insert((topic, partition), next);
+    for row in rows.as_array().into_iter().flatten() {
+        if let (Some(worker), Some(topic), Some(partition), Some(next)) =
+            (row[0].as_str(), row[1].as_str(), row[2].as_i64(), row[3].as_i64())
+        {
+            let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+            by_worker.entry(worker.to_owned()).or_default().insert((topic.to_owned(), partition), next);
+        }
     }
-    Ok(by_worker)
+    by_worker
 }
 
 /// What the barriers not yet open are waiting on.
@@ -269,18 +274,24 @@ pub struct Waiting {
 }
 
 /// Moves every closed barrier as far as the workers' durable progress allows.
-pub async fn advance<E: EndOffsets>(pool: &PgPool, engine: &RewardEngine, ends: &E) -> anyhow::Result<Waiting> {
-    let mut conn = pool.acquire().await?;
+///
+/// The closed barriers and the workers' progress are read by one statement (the progress is
+/// read only when a barrier is closed, and from the same snapshot: progress only grows, and
+/// every barrier read was committed before it).
+pub async fn advance<E: EndOffsets>(conn: &mut PgConnection, engine: &RewardEngine, ends: &E) -> anyhow::Result<Waiting> {
     let rows: Vec<BarrierRow> = sqlx::query_as(
-        "SELECT barrier_id, hold_ended_at, stage, upstream, outbox_through, scored FROM settlement_barriers \
-         WHERE stage <> 'open' ORDER BY barrier_id",
+        "SELECT barrier_id, hold_ended_at, stage, upstream, outbox_through, scored, \
+                (SELECT COALESCE(json_agg(json_build_array(consumer, topic, partition, next_offset)), '[]') \
+                 FROM consumer_progress WHERE consumer = ANY($1)) AS progress \
+         FROM settlement_barriers WHERE stage <> 'open' ORDER BY barrier_id",
     )
+    .bind([ATTRIBUTION, SCORER, ENGINE])
     .fetch_all(&mut *conn)
     .await?;
-    if rows.is_empty() {
+    let Some(first) = rows.first() else {
         return Ok(Waiting::default());
-    }
-    let mut progress = progress_of(&mut conn, &[ATTRIBUTION, SCORER, ENGINE]).await?;
+    };
+    let mut progress = progress_by_worker(&first.progress);
     let mut take = |worker: &str| progress.remove(worker).unwrap_or_default();
     let (attribution, scorer, own) = (take(ATTRIBUTION), take(SCORER), take(ENGINE));
     let progress = Progress { attribution: &attribution, scorer: &scorer, engine: &own };

@@ -164,12 +164,41 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
     Ok(claimed.len())
 }
 
-/// One round: makes a barrier for payouts whose hold ended, advances the closed barriers, and
-/// settles what the open ones let through. Returns (settled, barriers still closed).
+/// One round: releases capped referrals a raised limit admits, makes a barrier for payouts
+/// whose hold ended, advances the closed barriers, and settles what the open ones let through.
+/// Returns (settled, barriers still closed).
 pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<(usize, usize)> {
-    limits::uncap(engine, pool).await?;
-    gate::capture(pool, engine, ends).await?;
-    let waiting = gate::advance(pool, engine, ends).await?;
+    round(engine, pool, ends, Steps::ALL).await
+}
+
+/// The steps of a round that usually find nothing, and whether this round runs them. The
+/// background loop runs them on timers, so a round that waits on a closed barrier costs two
+/// statements: the capture's "anything due?" and the advance's read.
+#[derive(Debug, Clone, Copy)]
+struct Steps {
+    /// Release capped referrals (only a campaign raising its limits gives any).
+    uncap: bool,
+    /// Look for open payouts even when this round opened no barrier: another engine's barrier
+    /// that engine did not settle (it stopped), or a settlement that failed.
+    settle_regardless: bool,
+}
+
+impl Steps {
+    const ALL: Steps = Steps { uncap: true, settle_regardless: true };
+}
+
+async fn round<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, steps: Steps) -> anyhow::Result<(usize, usize)> {
+    if steps.uncap {
+        limits::uncap(engine, pool).await?;
+    }
+    let waiting = {
+        let mut conn = pool.acquire().await?;
+        gate::capture(&mut conn, engine, ends).await?;
+        gate::advance(&mut conn, engine, ends).await?
+    };
+    if waiting.opened == 0 && !steps.settle_regardless {
+        return Ok((0, waiting.closed));
+    }
     let full = usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX);
     // One batch first: a quiet stream's few payouts take one transaction. While batches come
     // back full (a backlog), `settlement.concurrency` transactions settle at once.
@@ -206,14 +235,21 @@ pub async fn settle_all<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, end
 /// How often the expiry sweep runs (a barrier captured in one round expires referrals in a later one).
 const EXPIRY_EVERY: Duration = Duration::from_secs(5);
 
+/// How often a round releases capped referrals, and looks for open payouts it did not open
+/// itself ([`Steps`]).
+const UNCAP_EVERY: Duration = Duration::from_secs(1);
+const SETTLE_REGARDLESS_EVERY: Duration = Duration::from_secs(1);
+
 /// Sweeps until `stop`: at once when a batch scheduled a payout, every
-/// `settlement.busy_sweep_ms` while barriers are closed, else every `settlement.idle_sweep_ms`.
-/// A failed sweep is logged and tried again.
+/// `settlement.busy_sweep_ms` while barriers are closed, else every `settlement.idle_sweep_ms`;
+/// the rarely fruitful steps every second ([`Steps`]). A failed sweep is logged and tried
+/// again (its settlement within a second).
 pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPool, ends: E, stop: CancellationToken) {
     let mut last_metrics = Instant::now() - Duration::from_secs(60);
     let mut last_cleanup = Instant::now();
     let mut vacuum = refstream_runtime::db::QueueVacuum::new("pending_payouts");
     let mut last_expiry = Instant::now() - EXPIRY_EVERY;
+    let (mut last_uncap, mut last_settle_regardless) = (Instant::now() - UNCAP_EVERY, Instant::now() - SETTLE_REGARDLESS_EVERY);
     let mut busy = false;
     loop {
         let pause = if busy { engine.busy_sweep } else { engine.idle_sweep };
@@ -222,7 +258,17 @@ pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPoo
             () = engine.wake.notified() => {}
             () = tokio::time::sleep(pause) => {}
         }
-        match sweep(&engine, &pool, &ends).await {
+        let steps = Steps {
+            uncap: last_uncap.elapsed() >= UNCAP_EVERY,
+            settle_regardless: last_settle_regardless.elapsed() >= SETTLE_REGARDLESS_EVERY,
+        };
+        if steps.uncap {
+            last_uncap = Instant::now();
+        }
+        if steps.settle_regardless {
+            last_settle_regardless = Instant::now();
+        }
+        match round(&engine, &pool, &ends, steps).await {
             Ok((settled, closed)) => {
                 busy = settled > 0 || closed > 0;
                 vacuum.removed(settled as u64);
