@@ -29,9 +29,18 @@ use crate::store::{self, Move};
 use crate::RewardEngine;
 use crate::{limits, plan};
 
-#[derive(sqlx::FromRow)]
+/// A claimed payout: its referral and the barrier that let it settle.
 struct Claimed {
     referral_id: Uuid,
+    barrier_id: i64,
+    hold_ended_at: DateTime<Utc>,
+}
+
+/// A claimed payout as the claim returns it: with its referral, locked.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    referral: store::Referral,
     barrier_id: i64,
     hold_ended_at: DateTime<Utc>,
 }
@@ -49,21 +58,31 @@ struct ToPay {
 /// or not).
 pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sqlx::Result<usize> {
     let mut tx = pool.begin().await?;
-    let claimed: Vec<Claimed> = sqlx::query_as(
+    // The claim deletes the payouts and locks their referrals (in id order, as every writer of
+    // referrals does) in one statement; a referral it waited for is returned as committed.
+    let rows: Vec<ClaimedRow> = sqlx::query_as(&format!(
         "WITH due AS (SELECT p.referral_id FROM pending_payouts p JOIN settlement_barriers b USING (barrier_id) \
-                      WHERE b.stage = 'open' ORDER BY p.referral_id LIMIT $1 FOR UPDATE OF p SKIP LOCKED) \
-         DELETE FROM pending_payouts p USING due, settlement_barriers b \
-         WHERE p.referral_id = due.referral_id AND b.barrier_id = p.barrier_id \
-         RETURNING p.referral_id, p.barrier_id, b.hold_ended_at",
-    )
+                      WHERE b.stage = 'open' ORDER BY p.referral_id LIMIT $1 FOR UPDATE OF p SKIP LOCKED), \
+              claimed AS (DELETE FROM pending_payouts p USING due, settlement_barriers b \
+                          WHERE p.referral_id = due.referral_id AND b.barrier_id = p.barrier_id \
+                          RETURNING p.referral_id, p.barrier_id, b.hold_ended_at) \
+         SELECT {}, c.barrier_id, c.hold_ended_at FROM referrals r JOIN claimed c USING (referral_id) \
+         ORDER BY r.referral_id FOR UPDATE OF r",
+        store::REFERRAL_COLUMNS
+    ))
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    if claimed.is_empty() {
+    if rows.is_empty() {
         return Ok(0);
     }
+    let claimed: Vec<Claimed> = rows
+        .iter()
+        .map(|r| Claimed { referral_id: r.referral.referral_id, barrier_id: r.barrier_id, hold_ended_at: r.hold_ended_at })
+        .collect();
     let ids: Vec<Uuid> = claimed.iter().map(|c| c.referral_id).collect();
-    let mut referrals = store::lock_by_id(&mut tx, engine, &ids).await?;
+    engine.terms.load(&mut tx, rows.iter().map(|r| &r.referral)).await?;
+    let mut referrals: BTreeMap<Uuid, store::Referral> = rows.into_iter().map(|r| (r.referral.referral_id, r.referral)).collect();
     // A payout is never settled without the terms it pays by: rolled back (the payout stays)
     // and the sweep reports the failure until the campaign version is readable again.
     if let Some(r) = referrals.values().find(|r| engine.terms.of(r).is_none()) {

@@ -37,7 +37,7 @@ impl Referral {
     }
 }
 
-const REFERRAL_COLUMNS: &str =
+pub(crate) const REFERRAL_COLUMNS: &str =
     "referral_id, referrer_id, referee_id, campaign_id, terms_version, referee_registered_at, status, cleared_by_review";
 
 /// Locks the referrals of `referees` (in `referral_id` order) for the transaction, with their
