@@ -57,53 +57,6 @@ async fn ping_if_idle(conn: &mut sqlx::PgConnection, idle_for: Duration) -> sqlx
     Ok(true)
 }
 
-/// How often a worker vacuums the queue table it drains, while it keeps removing rows.
-pub const QUEUE_VACUUM_EVERY: Duration = Duration::from_secs(2);
-
-/// The vacuum of a queue table (`pending_payouts`): every row is deleted seconds after it was
-/// inserted, and the claim that drains the table reads from its front, over the deleted rows,
-/// until a vacuum removes them. Autovacuum visits a database once a minute by default: at a
-/// steady load that is a minute of dead rows under every claim (in the bench the settlement
-/// claim read 300 pages of them, 1.9 ms a call, the costliest statement of the paced load; 0.4
-/// ms vacuumed), and lowering `autovacuum_naptime` for the whole server made it vacuum the
-/// large tables during a bulk load too, which cost more than it saved. So the worker that
-/// drains the queue vacuums that table itself, every [`QUEUE_VACUUM_EVERY`] while it removed
-/// rows, skipping without waiting when a vacuum already runs on it, and never truncating it
-/// (migration `20261207100000`: a truncation locks the queue against every insert and claim
-/// while it runs). A role that may not vacuum the table gets a warning from Postgres, and
-/// autovacuum alone keeps the table. (The outbox is not vacuumed this way: its vacuum reads its
-/// large indexes whole, 120 ms a time in the bench, more than its claims saved.)
-pub struct QueueVacuum {
-    table: &'static str,
-    removed: u64,
-    last: std::time::Instant,
-}
-
-impl QueueVacuum {
-    pub fn new(table: &'static str) -> Self {
-        Self { table, removed: 0, last: std::time::Instant::now() }
-    }
-
-    /// Counts rows the worker deleted from the table.
-    pub fn removed(&mut self, rows: u64) {
-        self.removed += rows;
-    }
-
-    /// Vacuums the table when rows were removed and the last vacuum is [`QUEUE_VACUUM_EVERY`]
-    /// old; a failure is logged, and the next call tries again.
-    pub async fn run_when_due(&mut self, pool: &PgPool) {
-        if self.removed == 0 || self.last.elapsed() < QUEUE_VACUUM_EVERY {
-            return;
-        }
-        let statement = format!("VACUUM (SKIP_LOCKED, TRUNCATE false) {}", self.table);
-        match sqlx::raw_sql(&statement).execute(pool).await {
-            Ok(_) => self.removed = 0,
-            Err(e) => tracing::debug!(table = self.table, error = %e, "queue table not vacuumed"),
-        }
-        self.last = std::time::Instant::now();
-    }
-}
-
 /// Applies every pending migration.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.map_err(|e| anyhow::anyhow!("migrations failed: {e}"))

@@ -118,12 +118,14 @@ async fn wait_for_assessments(pool: &PgPool, want: i64, expected: i64, started: 
 }
 
 /// CPU seconds of every process of the fleet (the broker included) and of Postgres over one
-/// phase, beside the CPU seconds the machine had: says whether a phase was short of CPU or
-/// waited on something else.
+/// phase, beside the CPU seconds the machine had and how many of them the hypervisor took
+/// (steal): says whether a phase was short of CPU or waited on something else, and how much of
+/// a slow run was the host's.
 pub struct PhaseCpu<'a> {
     root: &'a Path,
     postgres: Option<u32>,
     before: BTreeMap<&'static str, procstat::Usage>,
+    stolen_before: Option<u64>,
     started: Instant,
     pub used: Vec<(&'static str, String)>,
     pub available: String,
@@ -134,7 +136,15 @@ const PROCESSES: [&str; 5] = ["attribution", "fraud-scorer", "reward-engine", "o
 
 impl<'a> PhaseCpu<'a> {
     fn new(root: &'a Path, postgres: Option<u32>) -> Self {
-        Self { root, postgres, before: BTreeMap::new(), started: Instant::now(), used: Vec::new(), available: String::new() }
+        Self {
+            root,
+            postgres,
+            before: BTreeMap::new(),
+            stolen_before: None,
+            started: Instant::now(),
+            used: Vec::new(),
+            available: String::new(),
+        }
     }
 
     fn snapshot(&self) -> BTreeMap<&'static str, procstat::Usage> {
@@ -147,6 +157,7 @@ impl<'a> PhaseCpu<'a> {
 
     fn start(&mut self) {
         self.before = self.snapshot();
+        self.stolen_before = procstat::stolen_ticks();
         self.started = Instant::now();
     }
 
@@ -157,7 +168,11 @@ impl<'a> PhaseCpu<'a> {
         self.used = self.before.iter().filter_map(|(name, b)| Some((*name, b.cpu_secs_until(after.get(name)?)))).collect();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let ms = elapsed.as_millis() * cores as u128;
-        self.available = format!("{}.{:02} CPU-s ({cores} cores)", ms / 1000, ms % 1000 / 10);
+        let stolen = match (self.stolen_before, procstat::stolen_ticks()) {
+            (Some(b), Some(a)) => format!(", {} of them stolen by the hypervisor", procstat::secs(a.saturating_sub(b))),
+            _ => String::new(),
+        };
+        self.available = format!("{}.{:02} CPU-s ({cores} cores){stolen}", ms / 1000, ms % 1000 / 10);
     }
 }
 

@@ -19,8 +19,7 @@ pub struct Usage {
 impl Usage {
     /// CPU seconds between `self` (earlier) and `later`, with two decimals.
     pub fn cpu_secs_until(&self, later: &Usage) -> String {
-        let ticks = later.cpu_ticks.saturating_sub(self.cpu_ticks);
-        format!("{}.{:02}", ticks / TICKS_PER_SEC, ticks % TICKS_PER_SEC * 100 / TICKS_PER_SEC)
+        secs(later.cpu_ticks.saturating_sub(self.cpu_ticks))
     }
 
     /// The peak RSS in MiB with one decimal.
@@ -51,6 +50,18 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 /// The usage of one process.
 pub fn usage(pid: u32) -> Option<Usage> {
     Some(Usage { cpu_ticks: cpu_ticks(pid, false)?, peak_rss_kib: peak_rss_kib(pid)? })
+}
+
+/// Ticks the hypervisor took from this machine's CPUs so far (the `steal` column of the `cpu`
+/// line of `/proc/stat`): time the machine's processes were ready to run and no core ran them.
+pub fn stolen_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().find(|l| l.starts_with("cpu "))?.split_whitespace().nth(8)?.parse().ok()
+}
+
+/// Ticks as seconds with two decimals.
+pub fn secs(ticks: u64) -> String {
+    format!("{}.{:02}", ticks / TICKS_PER_SEC, ticks % TICKS_PER_SEC * 100 / TICKS_PER_SEC)
 }
 
 /// The parent of `pid`.
