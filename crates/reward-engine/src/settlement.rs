@@ -193,27 +193,17 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
 /// whose hold ended, advances the closed barriers, and settles what the open ones let through.
 /// Returns (settled, barriers still closed).
 pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<(usize, usize)> {
-    round(engine, pool, ends, Steps::ALL).await
+    round(engine, pool, ends, true).await
 }
 
-/// The steps of a round that usually find nothing, and whether this round runs them. The
-/// background loop runs them on timers, so a round that waits on a closed barrier costs two
+/// One round; `rare_steps`: whether it also runs the steps that usually find nothing —
+/// releasing capped referrals (only a campaign raising its limits gives any), and looking for
+/// open payouts when this round opened no barrier (another engine's that it did not settle
+/// because it stopped, or a settlement that failed). The background loop runs them once a
+/// second ([`RARE_STEPS_EVERY`]), so a round that waits on a closed barrier costs two
 /// statements: the capture's "anything due?" and the advance's read.
-#[derive(Debug, Clone, Copy)]
-struct Steps {
-    /// Release capped referrals (only a campaign raising its limits gives any).
-    uncap: bool,
-    /// Look for open payouts even when this round opened no barrier: another engine's barrier
-    /// that engine did not settle (it stopped), or a settlement that failed.
-    settle_regardless: bool,
-}
-
-impl Steps {
-    const ALL: Steps = Steps { uncap: true, settle_regardless: true };
-}
-
-async fn round<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, steps: Steps) -> anyhow::Result<(usize, usize)> {
-    if steps.uncap {
+async fn round<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, rare_steps: bool) -> anyhow::Result<(usize, usize)> {
+    if rare_steps {
         limits::uncap(engine, pool).await?;
     }
     let waiting = {
@@ -221,7 +211,7 @@ async fn round<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, st
         gate::capture(&mut conn, engine, ends).await?;
         gate::advance(&mut conn, engine, ends).await?
     };
-    if waiting.opened == 0 && !steps.settle_regardless {
+    if waiting.opened == 0 && !rare_steps {
         return Ok((0, waiting.closed));
     }
     let full = usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX);
@@ -280,14 +270,12 @@ async fn vacuum_payouts(pool: &PgPool) {
     }
 }
 
-/// How often a round releases capped referrals, and looks for open payouts it did not open
-/// itself ([`Steps`]).
-const UNCAP_EVERY: Duration = Duration::from_secs(1);
-const SETTLE_REGARDLESS_EVERY: Duration = Duration::from_secs(1);
+/// How often a round of the background loop runs the rare steps ([`round`]).
+const RARE_STEPS_EVERY: Duration = Duration::from_secs(1);
 
 /// Sweeps until `stop`: at once when a batch scheduled a payout, every
 /// `settlement.busy_sweep_ms` while barriers are closed, else every `settlement.idle_sweep_ms`;
-/// the rarely fruitful steps every second ([`Steps`]). A failed sweep is logged and tried
+/// the rarely fruitful steps every second ([`round`]). A failed sweep is logged and tried
 /// again (its settlement within a second).
 pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPool, ends: E, stop: CancellationToken) {
     let mut last_metrics = Instant::now() - Duration::from_secs(60);
@@ -295,7 +283,7 @@ pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPoo
     // Payouts settled since the last vacuum of their table, and when that was.
     let (mut settled_since_vacuum, mut last_vacuum) = (0, Instant::now());
     let mut last_expiry = Instant::now() - EXPIRY_EVERY;
-    let (mut last_uncap, mut last_settle_regardless) = (Instant::now() - UNCAP_EVERY, Instant::now() - SETTLE_REGARDLESS_EVERY);
+    let mut last_rare_steps = Instant::now() - RARE_STEPS_EVERY;
     let mut busy = false;
     loop {
         let pause = if busy { engine.busy_sweep } else { engine.idle_sweep };
@@ -304,17 +292,11 @@ pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPoo
             () = engine.wake.notified() => {}
             () = tokio::time::sleep(pause) => {}
         }
-        let steps = Steps {
-            uncap: last_uncap.elapsed() >= UNCAP_EVERY,
-            settle_regardless: last_settle_regardless.elapsed() >= SETTLE_REGARDLESS_EVERY,
-        };
-        if steps.uncap {
-            last_uncap = Instant::now();
+        let rare_steps = last_rare_steps.elapsed() >= RARE_STEPS_EVERY;
+        if rare_steps {
+            last_rare_steps = Instant::now();
         }
-        if steps.settle_regardless {
-            last_settle_regardless = Instant::now();
-        }
-        match round(&engine, &pool, &ends, steps).await {
+        match round(&engine, &pool, &ends, rare_steps).await {
             Ok((settled, closed)) => {
                 busy = settled > 0 || closed > 0;
                 settled_since_vacuum += settled;
