@@ -11,6 +11,7 @@ mod procstat;
 mod profile;
 mod report;
 mod rewards;
+mod soak;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -51,6 +52,10 @@ struct Args {
     /// skipped without it).
     #[arg(long)]
     pgbench_url: Option<String>,
+    /// Also print the paced load window by window, one window per this many seconds: latency,
+    /// CPU per deposit, resident memory and database size (for a long paced load: `make bench-soak`).
+    #[arg(long)]
+    soak_window_secs: Option<u64>,
 }
 
 pub const WORKERS: [&str; 4] = ["attribution", "fraud-scorer", "reward-engine", "outbox-relay"];
@@ -132,7 +137,7 @@ pub struct PhaseCpu<'a> {
 }
 
 /// The processes whose CPU a phase reports: the workers and the devbroker (absent with another broker).
-const PROCESSES: [&str; 5] = ["attribution", "fraud-scorer", "reward-engine", "outbox-relay", "devbroker"];
+pub(crate) const PROCESSES: [&str; 5] = ["attribution", "fraud-scorer", "reward-engine", "outbox-relay", "devbroker"];
 
 impl<'a> PhaseCpu<'a> {
     fn new(root: &'a Path, postgres: Option<u32>) -> Self {
@@ -186,7 +191,9 @@ async fn deposits(
 ) -> anyhow::Result<(HashMap<String, DateTime<Utc>>, rewards::Arrivals)> {
     let consumer = rewards::reader(settings)?;
     let want = people.len();
-    let reading = std::thread::spawn(move || rewards::read(&consumer, want, Duration::from_secs(900)));
+    // Fifteen minutes for the rewards after the last deposit is sent.
+    let timeout = Duration::from_secs(900) + gap * u32::try_from(people.len())?;
+    let reading = std::thread::spawn(move || rewards::read(&consumer, want, timeout));
     let mut sent = HashMap::with_capacity(people.len());
     let started = tokio::time::Instant::now();
     for (i, p) in people.iter().enumerate() {
@@ -257,10 +264,16 @@ async fn main() -> anyhow::Result<()> {
 
     // 3. The paced load: the remaining referees' deposits at `pace` per second.
     let gap = Duration::from_micros(1_000_000 / args.pace.max(1));
+    let soak_window = args.soak_window_secs.map(|s| Duration::from_secs(s.max(1)));
+    let sampler = soak_window.map(|every| soak::Sampler::start(root.to_path_buf(), postgres, pool.clone(), every));
     let mut paced_cpu = PhaseCpu::new(root, postgres);
     paced_cpu.start();
     let (paced_sent, paced) = deposits(&mut sender, &settings, &shape.referees[args.burst..], gap).await?;
     paced_cpu.stop();
+    let soak_samples = match sampler {
+        Some(s) => Some(s.stop().await),
+        None => None,
+    };
     println!("paced: {} of {} rewards back", paced.by_deposit.len(), referees - args.burst);
     if profiling {
         profile::report_and_reset(&pool, "the paced load", 25).await?;
@@ -324,6 +337,9 @@ async fn main() -> anyhow::Result<()> {
     println!("paced p99 by when the deposit was sent: {}", by_window.join(", "));
     if let Some(b) = hops::measure(&pool, &paced_sent, &paced).await? {
         hops::print(&b);
+    }
+    if let (Some(samples), Some(every)) = (&soak_samples, soak_window) {
+        soak::print(samples, every, &paced_sent, &paced);
     }
     anyhow::ensure!(m.exactly_once(), "a reward was lost or repeated");
     Ok(())

@@ -14,6 +14,8 @@ pub struct Usage {
     pub cpu_ticks: u64,
     /// VmHWM: the peak resident set, KiB.
     pub peak_rss_kib: u64,
+    /// VmRSS: the resident set now, KiB.
+    pub rss_kib: u64,
 }
 
 impl Usage {
@@ -42,14 +44,15 @@ fn cpu_ticks(pid: u32, with_children: bool) -> Option<u64> {
     Some(if with_children { own + f.get(13)? + f.get(14)? } else { own })
 }
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+/// The KiB of one `/proc/PID/status` line (`VmHWM:`, `VmRSS:`).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The usage of one process.
 pub fn usage(pid: u32) -> Option<Usage> {
-    Some(Usage { cpu_ticks: cpu_ticks(pid, false)?, peak_rss_kib: peak_rss_kib(pid)? })
+    Some(Usage { cpu_ticks: cpu_ticks(pid, false)?, peak_rss_kib: status_kib(pid, "VmHWM:")?, rss_kib: status_kib(pid, "VmRSS:")? })
 }
 
 /// Ticks the hypervisor took from this machine's CPUs so far (the `steal` column of the `cpu`
@@ -79,7 +82,7 @@ pub fn postgres_usage(postmaster: u32) -> Option<Usage> {
             ticks += cpu_ticks(pid, false).unwrap_or(0);
         }
     }
-    Some(Usage { cpu_ticks: ticks, peak_rss_kib: peak_rss_kib(postmaster)? })
+    Some(Usage { cpu_ticks: ticks, peak_rss_kib: status_kib(postmaster, "VmHWM:")?, rss_kib: status_kib(postmaster, "VmRSS:")? })
 }
 
 /// The fleet's workers: name → usage, pids read from `<root>/.local/<worker>.pid`.
