@@ -201,16 +201,13 @@ pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E
 /// open payouts when this round opened no barrier (another engine's that it did not settle
 /// because it stopped, or a settlement that failed). The background loop runs them once a
 /// second ([`RARE_STEPS_EVERY`]), so a round that waits on a closed barrier costs two
-/// statements: the capture's "anything due?" and the advance's read.
+/// statements: the capture's "anything due?" and the advance's read. While a backlog drains,
+/// the gate's two steps run again before each wave of transactions.
 async fn round<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, rare_steps: bool) -> anyhow::Result<(usize, usize)> {
     if rare_steps {
         limits::uncap(engine, pool).await?;
     }
-    let waiting = {
-        let mut conn = pool.acquire().await?;
-        gate::capture(&mut conn, engine, ends).await?;
-        gate::advance(&mut conn, engine, ends).await?
-    };
+    let mut waiting = capture_and_advance(engine, pool, ends).await?;
     if waiting.opened == 0 && !rare_steps {
         return Ok((0, waiting.closed));
     }
@@ -220,6 +217,10 @@ async fn round<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, ra
     let mut settled = settle_open(engine, pool, engine.settlement_batch).await?;
     let mut last_full = settled >= full;
     while last_full {
+        // Payouts whose hold ended while the backlog drains get their barrier now, and join
+        // the drain once it opens, instead of waiting for the whole drain (seconds, in a burst)
+        // for the next round's capture.
+        waiting = capture_and_advance(engine, pool, ends).await?;
         let round =
             futures_util::future::join_all((0..engine.settlement_concurrency).map(|_| settle_open(engine, pool, engine.settlement_batch)))
                 .await;
@@ -231,6 +232,14 @@ async fn round<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, ra
         }
     }
     Ok((settled, waiting.closed))
+}
+
+/// The gate's two steps on one connection: a barrier for the payouts whose hold ended, and the
+/// closed barriers advanced (opened when the workers have read past them).
+async fn capture_and_advance<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<gate::Waiting> {
+    let mut conn = pool.acquire().await?;
+    gate::capture(&mut conn, engine, ends).await?;
+    gate::advance(&mut conn, engine, ends).await
 }
 
 /// Sweeps until nothing is left to settle and no barrier is closed (or `rounds` rounds):
