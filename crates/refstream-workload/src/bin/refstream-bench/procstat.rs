@@ -1,11 +1,11 @@
-//! CPU seconds and peak memory of processes, from `/proc` (Linux only; a process that is gone
+//! CPU seconds and peak and current memory of processes, from `/proc` (Linux only; a process that is gone
 //! or unreadable is simply absent from the result).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Clock ticks per second of `/proc/PID/stat` times (USER_HZ, 100 on every Linux we run on).
-const TICKS_PER_SEC: u64 = 100;
+pub const TICKS_PER_SEC: u64 = 100;
 
 /// What one process has used so far.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,15 +44,17 @@ fn cpu_ticks(pid: u32, with_children: bool) -> Option<u64> {
     Some(if with_children { own + f.get(13)? + f.get(14)? } else { own })
 }
 
-/// The KiB of one `/proc/PID/status` line (`VmHWM:`, `VmRSS:`).
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
+/// A process' usage with `cpu_ticks` and its resident set (VmHWM, VmRSS), read from one
+/// `/proc/PID/status`.
+fn with_memory(pid: u32, cpu_ticks: u64) -> Option<Usage> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+    let kib = |field: &str| -> Option<u64> { status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok() };
+    Some(Usage { cpu_ticks, peak_rss_kib: kib("VmHWM:")?, rss_kib: kib("VmRSS:")? })
 }
 
 /// The usage of one process.
 pub fn usage(pid: u32) -> Option<Usage> {
-    Some(Usage { cpu_ticks: cpu_ticks(pid, false)?, peak_rss_kib: status_kib(pid, "VmHWM:")?, rss_kib: status_kib(pid, "VmRSS:")? })
+    with_memory(pid, cpu_ticks(pid, false)?)
 }
 
 /// Ticks the hypervisor took from this machine's CPUs so far (the `steal` column of the `cpu`
@@ -82,7 +84,7 @@ pub fn postgres_usage(postmaster: u32) -> Option<Usage> {
             ticks += cpu_ticks(pid, false).unwrap_or(0);
         }
     }
-    Some(Usage { cpu_ticks: ticks, peak_rss_kib: status_kib(postmaster, "VmHWM:")?, rss_kib: status_kib(postmaster, "VmRSS:")? })
+    with_memory(postmaster, ticks)
 }
 
 /// The fleet's workers: name → usage, pids read from `<root>/.local/<worker>.pid`.

@@ -23,8 +23,6 @@ use crate::rewards::Arrivals;
 
 /// The processes a window reports, in column order (Postgres first: most of the CPU).
 const COLUMNS: [&str; 6] = ["postgres", "reward-engine", "fraud-scorer", "outbox-relay", "attribution", "devbroker"];
-/// The workers whose resident memory a window reports.
-const RESIDENT: [&str; 4] = ["attribution", "fraud-scorer", "reward-engine", "outbox-relay"];
 
 /// What the machine looked like at one moment.
 struct Sample {
@@ -43,7 +41,7 @@ async fn sample(root: &std::path::Path, postgres: Option<u32>, pool: &PgPool) ->
     if let Some(pg) = postgres.and_then(procstat::postgres_usage) {
         cpu.insert("postgres", pg.cpu_ticks);
     }
-    let rss_kib = workers.iter().filter(|(w, _)| RESIDENT.contains(w)).map(|(w, u)| (*w, u.rss_kib)).collect();
+    let rss_kib = workers.iter().filter(|(w, _)| crate::WORKERS.contains(w)).map(|(w, u)| (*w, u.rss_kib)).collect();
     let db_bytes = sqlx::query_scalar("SELECT pg_database_size(current_database())").fetch_one(pool).await.unwrap_or(0);
     Sample { at: Utc::now(), cpu, rss_kib, db_bytes }
 }
@@ -112,8 +110,8 @@ fn windows(samples: &[Sample], every: Duration, sent: &HashMap<String, DateTime<
             ms.sort_unstable();
             let latency = (!ms.is_empty()).then(|| (rank(&ms, 50), rank(&ms, 99)));
             let n = u64::try_from(in_window.len()).unwrap_or(0).max(1);
-            // A tick is 10 ms = 10,000 µs.
-            let cpu_us = b.cpu.iter().filter_map(|(p, after)| Some((*p, after.saturating_sub(*a.cpu.get(p)?) * 10_000 / n))).collect();
+            let us_per_tick = 1_000_000 / procstat::TICKS_PER_SEC;
+            let cpu_us = b.cpu.iter().filter_map(|(p, after)| Some((*p, after.saturating_sub(*a.cpu.get(p)?) * us_per_tick / n))).collect();
             Window {
                 from_secs: (a.at - first).num_seconds(),
                 to_secs: (b.at - first).num_seconds(),
@@ -161,7 +159,7 @@ pub fn print(samples: &Samples, every: Duration, sent: &HashMap<String, DateTime
         "soak: the paced load window by window (CPU in ms per deposit sent in the window; resident memory and database size at its end)"
     );
     let cpu_heads: Vec<String> = COLUMNS.iter().map(|c| format!("{:>10}", short(c))).collect();
-    let rss_heads: Vec<String> = RESIDENT.iter().map(|w| format!("{:>8}", short(w))).collect();
+    let rss_heads: Vec<String> = crate::WORKERS.iter().map(|w| format!("{:>8}", short(w))).collect();
     println!(
         "{:<13} {:>6} {:>5} {:>5} | CPU ms/deposit:{} | RSS MiB:{} | db MiB",
         "window",
@@ -174,7 +172,8 @@ pub fn print(samples: &Samples, every: Duration, sent: &HashMap<String, DateTime
     for w in &windows {
         let (p50, p99) = w.latency.map_or(("-".into(), "-".into()), |(a, b)| (a.to_string(), b.to_string()));
         let cpu: Vec<String> = COLUMNS.iter().map(|c| format!("{:>10}", w.cpu_us.get(c).map_or("-".into(), |us| ms_of_us(*us)))).collect();
-        let rss: Vec<String> = RESIDENT.iter().map(|r| format!("{:>8}", w.rss_mib.get(r).map_or("-".into(), u64::to_string))).collect();
+        let rss: Vec<String> =
+            crate::WORKERS.iter().map(|r| format!("{:>8}", w.rss_mib.get(r).map_or("-".into(), u64::to_string))).collect();
         println!(
             "{:<13} {:>6} {:>5} {:>5} |                {} |         {} | {:>6}",
             format!("{}–{} s", w.from_secs, w.to_secs),
