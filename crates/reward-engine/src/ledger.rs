@@ -84,21 +84,31 @@ async fn insert(conn: &mut PgConnection, rows: &[&Row<'_, '_>]) -> sqlx::Result<
     .await
 }
 
-/// Credits every planned grant in one insert (and one more for milestones); books, and announces, only the rows that insert
-/// really inserted (a conflict on the reward key, or on a milestone's once-per-referrer key,
-/// inserts nothing). Returns the referral ids that got a new reward.
+/// What a grant inserted: the referral ids that got a new reward, and the ledger entries of
+/// those rewards, for the caller to [`book`].
+#[derive(Default)]
+pub(crate) struct Granted {
+    pub paid: Vec<Uuid>,
+    pub entries: Vec<Entry>,
+}
+
+/// Credits every planned grant in one insert (and one more for milestones), and announces,
+/// and returns the entries of, only the rows that insert really inserted (a conflict on the
+/// reward key, or on a milestone's once-per-referrer key, inserts nothing). The caller books
+/// the entries in the same transaction: settlement books them last before its outbox rows,
+/// because the campaign's balance row they lock is shared by every settlement transaction.
 pub(crate) async fn grant(
     conn: &mut PgConnection,
     engine: &RewardEngine,
     planned: &[Planned<'_>],
     out: &mut Vec<OutboxMessage>,
-) -> sqlx::Result<Vec<Uuid>> {
+) -> sqlx::Result<Granted> {
     let rows: Vec<Row<'_, '_>> = planned
         .iter()
         .flat_map(|p| p.grants.iter().map(move |g| (&p.payment, g, DerivedId::reward(p.payment.referral.referral_id, &g.reward_type))))
         .collect();
     if rows.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Granted::default());
     }
     // Own and level rewards first; a milestone goes in only with its referral's own rewards (a
     // referral paid again inserts nothing, so it never reaches a milestone twice).
@@ -140,8 +150,7 @@ pub(crate) async fn grant(
             paid.push(payment.referral.referral_id);
         }
     }
-    book(conn, &entries).await?;
-    Ok(paid)
+    Ok(Granted { paid, entries })
 }
 
 /// Which rewards a reversal takes back.

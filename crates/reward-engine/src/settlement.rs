@@ -10,12 +10,14 @@
 //! claim reads the table's deleted rows until then.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use refstream_core::lifecycle::{self, Decision};
 use refstream_core::settlement::{settle, AtSettlement, Verdict};
+use refstream_runtime::ledger::book;
 use refstream_runtime::metrics::OUTCOMES;
 use refstream_runtime::outbox::enqueue;
 use rust_decimal::Decimal;
@@ -168,7 +170,7 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
     // referral is capped.
     let (planned, capped) = plan::plan(&mut tx, engine, payments).await?;
     let mut out = Vec::new();
-    let paid = ledger::grant(&mut tx, engine, &planned, &mut out).await?;
+    let granted = ledger::grant(&mut tx, engine, &planned, &mut out).await?;
     drop(planned);
     for (id, reason) in capped {
         if let Some(referral) = referrals.get_mut(&id) {
@@ -177,13 +179,17 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
         }
     }
     let deposit_of: BTreeMap<Uuid, &str> = to_pay.iter().map(|(id, d, _)| (*id, d.deposit_id.as_str())).collect();
-    for id in paid {
-        if let Some(referral) = referrals.get_mut(&id) {
-            let cause = format!("qualifying deposit {}", deposit_of.get(&id).copied().unwrap_or_default());
+    for id in &granted.paid {
+        if let Some(referral) = referrals.get_mut(id) {
+            let cause = format!("qualifying deposit {}", deposit_of.get(id).copied().unwrap_or_default());
             moves.extend(Move::of(referral, lifecycle::REWARD, cause));
         }
     }
     store::apply_moves(&mut tx, &moves).await?;
+    // Last, the rows other settlement transactions wait for: the balances (the campaign's is in
+    // every one) and the outbox keys (a referrer's rewards in two batches). From here to the
+    // commit concurrent settlements run one at a time, so nothing else is done in between.
+    book(&mut tx, &granted.entries).await?;
     enqueue(&mut tx, &out).await?;
     tx.commit().await?;
     Ok(claimed.len())
@@ -201,37 +207,84 @@ pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E
 /// open payouts when this round opened no barrier (another engine's that it did not settle
 /// because it stopped, or a settlement that failed). The background loop runs them once a
 /// second ([`RARE_STEPS_EVERY`]), so a round that waits on a closed barrier costs two
-/// statements: the capture's "anything due?" and the advance's read. While a backlog drains,
-/// the gate's two steps run again before each wave of transactions.
+/// statements: the capture's "anything due?" and the advance's read. While a backlog drains
+/// ([`drain`]), the gate's two steps run alongside it.
 async fn round<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, rare_steps: bool) -> anyhow::Result<(usize, usize)> {
     if rare_steps {
         limits::uncap(engine, pool).await?;
     }
-    let mut waiting = capture_and_advance(engine, pool, ends).await?;
+    let waiting = capture_and_advance(engine, pool, ends).await?;
     if waiting.opened == 0 && !rare_steps {
         return Ok((0, waiting.closed));
     }
     let full = usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX);
-    // One batch first: a quiet stream's few payouts take one transaction. While batches come
-    // back full (a backlog), `settlement.concurrency` transactions settle at once.
-    let mut settled = settle_open(engine, pool, engine.settlement_batch).await?;
-    let mut last_full = settled >= full;
-    while last_full {
-        // Payouts whose hold ended while the backlog drains get their barrier now, and join
-        // the drain once it opens, instead of waiting for the whole drain (seconds, in a burst)
-        // for the next round's capture.
-        waiting = capture_and_advance(engine, pool, ends).await?;
-        let round =
-            futures_util::future::join_all((0..engine.settlement_concurrency).map(|_| settle_open(engine, pool, engine.settlement_batch)))
-                .await;
-        last_full = true;
-        for n in round {
-            let n = n?;
-            settled += n;
-            last_full &= n >= full;
+    // One batch first: a quiet stream's few payouts take one transaction.
+    let settled = settle_open(engine, pool, engine.settlement_batch).await?;
+    if settled < full {
+        return Ok((settled, waiting.closed));
+    }
+    let mut settled = settled;
+    loop {
+        // A barrier the gate opened while the drain ran may have come after its lanes' last
+        // claims: drain again until a drain opens nothing.
+        let (drained, waiting, opened) = drain(engine, pool, ends).await?;
+        settled += drained;
+        if opened == 0 {
+            return Ok((settled, waiting.closed));
         }
     }
-    Ok((settled, waiting.closed))
+}
+
+/// How often the gate's two steps run while a backlog drains.
+const DRAIN_GATE_EVERY: Duration = Duration::from_millis(20);
+
+/// Drains a backlog of open payouts: `settlement.concurrency` lanes, each settling batch after
+/// batch (a transaction each) until one comes back short. A lane starts its next batch as soon
+/// as its last commits, never waiting for the others: concurrent settlements wait on each other
+/// only for the tail of their transactions (the balances and outbox keys they share), so the
+/// lanes overlap one's tail with the others' work. Meanwhile the gate's two steps run every
+/// [`DRAIN_GATE_EVERY`]: payouts whose hold ends while the backlog drains get their barrier
+/// and join the drain once it opens, instead of waiting for the whole drain (seconds, in a
+/// burst) for the next round's capture. Returns the payouts settled, the gate's last view, and
+/// how many barriers the gate opened meanwhile.
+async fn drain<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<(usize, gate::Waiting, usize)> {
+    let full = usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX);
+    let lanes_left = AtomicUsize::new(engine.settlement_concurrency);
+    let lane = || async {
+        let mut settled = 0;
+        let outcome = loop {
+            match settle_open(engine, pool, engine.settlement_batch).await {
+                Ok(n) => {
+                    settled += n;
+                    if n < full {
+                        break Ok(settled);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        lanes_left.fetch_sub(1, Ordering::Release);
+        outcome
+    };
+    let gate_steps = async {
+        let mut opened = 0;
+        loop {
+            let waiting = capture_and_advance(engine, pool, ends).await?;
+            opened += waiting.opened;
+            if lanes_left.load(Ordering::Acquire) == 0 {
+                return anyhow::Ok((waiting, opened));
+            }
+            tokio::time::sleep(DRAIN_GATE_EVERY).await;
+        }
+    };
+    let (lanes, gate) =
+        futures_util::future::join(futures_util::future::join_all((0..engine.settlement_concurrency).map(|_| lane())), gate_steps).await;
+    let mut settled = 0;
+    for n in lanes {
+        settled += n?;
+    }
+    let (waiting, opened) = gate?;
+    Ok((settled, waiting, opened))
 }
 
 /// The gate's two steps on one connection: a barrier for the payouts whose hold ended, and the
