@@ -199,7 +199,18 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
 /// whose hold ended, advances the closed barriers, and settles what the open ones let through.
 /// Returns (settled, barriers still closed).
 pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<(usize, usize)> {
-    round(engine, pool, ends, true).await
+    let r = round(engine, pool, ends, true, true).await?;
+    Ok((r.settled, r.closed))
+}
+
+/// What a round did.
+struct Round {
+    settled: usize,
+    /// Barriers still closed.
+    closed: usize,
+    /// Barriers the gate opened while this round drained a backlog: their payouts may have
+    /// come after the drain's last claims, so the next round settles even if it opens none.
+    opened_while_draining: usize,
 }
 
 /// One round; `rare_steps`: whether it also runs the steps that usually find nothing —
@@ -207,32 +218,33 @@ pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E
 /// open payouts when this round opened no barrier (another engine's that it did not settle
 /// because it stopped, or a settlement that failed). The background loop runs them once a
 /// second ([`RARE_STEPS_EVERY`]), so a round that waits on a closed barrier costs two
-/// statements: the capture's "anything due?" and the advance's read. While a backlog drains
-/// ([`drain`]), the gate's two steps run alongside it.
-async fn round<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, rare_steps: bool) -> anyhow::Result<(usize, usize)> {
+/// statements: the capture's "anything due?" and the advance's read. `settle_anyway`: look for
+/// open payouts even if this round opens no barrier (the last drain's gate opened some). While a
+/// backlog drains ([`drain`]), the gate's two steps run alongside it.
+async fn round<E: EndOffsets>(
+    engine: &RewardEngine,
+    pool: &PgPool,
+    ends: &E,
+    rare_steps: bool,
+    settle_anyway: bool,
+) -> anyhow::Result<Round> {
     if rare_steps {
         limits::uncap(engine, pool).await?;
     }
     let waiting = capture_and_advance(engine, pool, ends).await?;
-    if waiting.opened == 0 && !rare_steps {
-        return Ok((0, waiting.closed));
+    if waiting.opened == 0 && !rare_steps && !settle_anyway {
+        return Ok(Round { settled: 0, closed: waiting.closed, opened_while_draining: 0 });
     }
     let full = usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX);
     // One batch first: a quiet stream's few payouts take one transaction.
     let settled = settle_open(engine, pool, engine.settlement_batch).await?;
     if settled < full {
-        return Ok((settled, waiting.closed));
+        return Ok(Round { settled, closed: waiting.closed, opened_while_draining: 0 });
     }
-    let mut settled = settled;
-    loop {
-        // A barrier the gate opened while the drain ran may have come after its lanes' last
-        // claims: drain again until a drain opens nothing.
-        let (drained, waiting, opened) = drain(engine, pool, ends).await?;
-        settled += drained;
-        if opened == 0 {
-            return Ok((settled, waiting.closed));
-        }
-    }
+    // A round drains once and returns, so the loop's other duties (vacuum, expiry, metrics)
+    // keep their pace under a sustained backlog.
+    let (drained, waiting, opened) = drain(engine, pool, ends).await?;
+    Ok(Round { settled: settled + drained, closed: waiting.closed, opened_while_draining: opened })
 }
 
 /// How often the gate's two steps run while a backlog drains.
@@ -347,6 +359,8 @@ pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPoo
     let mut last_expiry = Instant::now() - EXPIRY_EVERY;
     let mut last_rare_steps = Instant::now() - RARE_STEPS_EVERY;
     let mut busy = false;
+    // The last round's drain opened barriers: settle in the next round whatever it opens.
+    let mut opened_while_draining = false;
     loop {
         let pause = if busy { engine.busy_sweep } else { engine.idle_sweep };
         tokio::select! {
@@ -358,10 +372,11 @@ pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPoo
         if rare_steps {
             last_rare_steps = Instant::now();
         }
-        match round(&engine, &pool, &ends, rare_steps).await {
-            Ok((settled, closed)) => {
-                busy = settled > 0 || closed > 0;
-                settled_since_vacuum += settled;
+        match round(&engine, &pool, &ends, rare_steps, opened_while_draining).await {
+            Ok(r) => {
+                opened_while_draining = r.opened_while_draining > 0;
+                busy = r.settled > 0 || r.closed > 0 || opened_while_draining;
+                settled_since_vacuum += r.settled;
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "settlement sweep failed");
