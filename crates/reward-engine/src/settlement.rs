@@ -208,9 +208,9 @@ struct Round {
     settled: usize,
     /// Barriers still closed.
     closed: usize,
-    /// Barriers the gate opened while this round drained a backlog: their payouts may have
+    /// The gate opened barriers while this round drained a backlog: their payouts may have
     /// come after the drain's last claims, so the next round settles even if it opens none.
-    opened_while_draining: usize,
+    opened_while_draining: bool,
 }
 
 /// One round; `rare_steps`: whether it also runs the steps that usually find nothing —
@@ -233,17 +233,17 @@ async fn round<E: EndOffsets>(
     }
     let waiting = capture_and_advance(engine, pool, ends).await?;
     if waiting.opened == 0 && !rare_steps && !settle_anyway {
-        return Ok(Round { settled: 0, closed: waiting.closed, opened_while_draining: 0 });
+        return Ok(Round { settled: 0, closed: waiting.closed, opened_while_draining: false });
     }
     let full = usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX);
     // One batch first: a quiet stream's few payouts take one transaction.
     let settled = settle_open(engine, pool, engine.settlement_batch).await?;
     if settled < full {
-        return Ok(Round { settled, closed: waiting.closed, opened_while_draining: 0 });
+        return Ok(Round { settled, closed: waiting.closed, opened_while_draining: false });
     }
     // A round drains once and returns, so the loop's other duties (vacuum, expiry, metrics)
     // keep their pace under a sustained backlog.
-    let (drained, waiting, opened) = drain(engine, pool, ends).await?;
+    let (drained, waiting, opened) = drain(engine, pool, ends, full).await?;
     Ok(Round { settled: settled + drained, closed: waiting.closed, opened_while_draining: opened })
 }
 
@@ -251,38 +251,36 @@ async fn round<E: EndOffsets>(
 const DRAIN_GATE_EVERY: Duration = Duration::from_millis(20);
 
 /// Drains a backlog of open payouts: `settlement.concurrency` lanes, each settling batch after
-/// batch (a transaction each) until one comes back short. A lane starts its next batch as soon
-/// as its last commits, never waiting for the others: concurrent settlements wait on each other
-/// only for the tail of their transactions (the balances and outbox keys they share), so the
-/// lanes overlap one's tail with the others' work. Meanwhile the gate's two steps run every
+/// batch (a transaction each) until one comes back short of `full`. A lane starts its next
+/// batch as soon as its last commits, never waiting for the others: concurrent settlements wait
+/// on each other only for the tail of their transactions (the balances and outbox keys they
+/// share), so the lanes overlap one's tail with the others' work. Meanwhile the gate's two steps run every
 /// [`DRAIN_GATE_EVERY`]: payouts whose hold ends while the backlog drains get their barrier
 /// and join the drain once it opens, instead of waiting for the whole drain (seconds, in a
 /// burst) for the next round's capture. Returns the payouts settled, the gate's last view, and
-/// how many barriers the gate opened meanwhile.
-async fn drain<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<(usize, gate::Waiting, usize)> {
-    let full = usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX);
+/// whether the gate opened a barrier meanwhile.
+async fn drain<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, full: usize) -> anyhow::Result<(usize, gate::Waiting, bool)> {
     let lanes_left = AtomicUsize::new(engine.settlement_concurrency);
     let lane = || async {
-        let mut settled = 0;
-        let outcome = loop {
-            match settle_open(engine, pool, engine.settlement_batch).await {
-                Ok(n) => {
-                    settled += n;
-                    if n < full {
-                        break Ok(settled);
-                    }
+        let outcome: sqlx::Result<usize> = async {
+            let mut settled = 0;
+            loop {
+                let n = settle_open(engine, pool, engine.settlement_batch).await?;
+                settled += n;
+                if n < full {
+                    return Ok(settled);
                 }
-                Err(e) => break Err(e),
             }
-        };
+        }
+        .await;
         lanes_left.fetch_sub(1, Ordering::Release);
         outcome
     };
     let gate_steps = async {
-        let mut opened = 0;
+        let mut opened = false;
         loop {
             let waiting = capture_and_advance(engine, pool, ends).await?;
-            opened += waiting.opened;
+            opened |= waiting.opened > 0;
             if lanes_left.load(Ordering::Acquire) == 0 {
                 return anyhow::Ok((waiting, opened));
             }
@@ -374,7 +372,7 @@ pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPoo
         }
         match round(&engine, &pool, &ends, rare_steps, opened_while_draining).await {
             Ok(r) => {
-                opened_while_draining = r.opened_while_draining > 0;
+                opened_while_draining = r.opened_while_draining;
                 busy = r.settled > 0 || r.closed > 0 || opened_while_draining;
                 settled_since_vacuum += r.settled;
             }
