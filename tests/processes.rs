@@ -44,7 +44,7 @@ fn outside_dev_mode_the_development_hash_key_and_an_empty_one_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_drains_and_exits_within_the_deadline() {
+async fn sigterm_drains_and_exits_within_the_deadline_and_connections_name_their_worker() {
     let db = TestDb::new().await;
     let broker = Broker::start();
     for w in WORKERS {
@@ -57,6 +57,14 @@ async fn sigterm_drains_and_exits_within_the_deadline() {
         }
         // Let the consumer join its group, so shutdown has partitions to revoke.
         std::thread::sleep(Duration::from_secs(2));
+        // Its Postgres connections say whose they are (pg_stat_activity, Postgres' logs).
+        let named: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1")
+                .bind(w)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert!(named > 0, "{w} has no Postgres connection named after it: {}", p.log_text());
         let began = Instant::now();
         let status =
             p.terminate(Duration::from_secs(15)).unwrap_or_else(|| panic!("{w} did not exit within 15 s of SIGTERM: {}", p.log_text()));

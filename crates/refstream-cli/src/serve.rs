@@ -60,7 +60,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let stop = refstream_runtime::shutdown::on_signal(settings.shutdown_deadline());
     let health = refstream_runtime::http::Health::starting();
     refstream_runtime::http::serve(metrics, health.clone(), stop.clone()).await?;
-    let pool = refstream_runtime::db::connect(&settings, &stop).await?;
+    let pool = refstream_runtime::db::connect(&settings, "refstream-api", &stop).await?;
     refstream_runtime::db::migrate(&pool).await?;
     health.ready();
     refstream_api::serve(settings, pool, stop).await

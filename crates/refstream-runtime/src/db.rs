@@ -13,8 +13,13 @@ use crate::config::Settings;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects, retrying with backoff while Postgres is unreachable, until `stop` is cancelled.
-pub async fn connect(settings: &Settings, stop: &CancellationToken) -> anyhow::Result<PgPool> {
-    let options = settings.database_options()?;
+/// Every connection carries `name` as its `application_name` (unless `database.url` sets one),
+/// so `pg_stat_activity` and Postgres' logs say which worker a backend serves.
+pub async fn connect(settings: &Settings, name: &str, stop: &CancellationToken) -> anyhow::Result<PgPool> {
+    let mut options = settings.database_options()?;
+    if options.get_application_name().is_none() {
+        options = options.application_name(name);
+    }
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = PgPoolOptions::new()

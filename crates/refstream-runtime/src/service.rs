@@ -68,7 +68,7 @@ where
         let health = Health::starting();
         let bound = crate::http::serve(metrics_addr, health.clone(), stop.clone()).await?;
         tracing::info!(service = name, metrics = %bound, "started");
-        let pool = crate::db::connect(&settings, &stop).await?;
+        let pool = crate::db::connect(&settings, name, &stop).await?;
         crate::db::migrate(&pool).await?;
         body(Service { settings, pool, health, stop }).await
     });

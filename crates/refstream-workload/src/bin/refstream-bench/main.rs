@@ -97,7 +97,7 @@ async fn registrations(
     }
     sender.flush().await?;
     wait_for_assessments(pool, want, i64::try_from(shape.referees.len())?, started).await?;
-    cpu.stop();
+    cpu.stop().await?;
     println!("registrations: {} referees attributed and scored in {:.1?}", shape.referees.len(), started.elapsed());
     Ok(per_second(shape.referees.len(), started.elapsed()))
 }
@@ -123,31 +123,49 @@ async fn wait_for_assessments(pool: &PgPool, want: i64, expected: i64, started: 
 }
 
 /// CPU seconds of every process of the fleet (the broker included) and of Postgres over one
-/// phase, beside the CPU seconds the machine had and how many of them the hypervisor took
-/// (steal): says whether a phase was short of CPU or waited on something else, and how much of
-/// a slow run was the host's.
+/// phase, Postgres' also split by the worker whose connections used it (each worker names its
+/// connections: `application_name`), beside the CPU seconds the machine had and how many of them
+/// the hypervisor took (steal): says whether a phase was short of CPU or waited on something
+/// else, which worker's statements Postgres' share was, and how much of a slow run was the
+/// host's.
 pub struct PhaseCpu<'a> {
     root: &'a Path,
     postgres: Option<u32>,
+    pool: PgPool,
     before: BTreeMap<&'static str, procstat::Usage>,
+    backends_before: BTreeMap<u32, u64>,
     stolen_before: Option<u64>,
     started: Instant,
     pub used: Vec<(&'static str, String)>,
+    /// Postgres' CPU seconds by the worker whose connections used them; "the rest": its own
+    /// processes (autovacuum, WAL writer, ...), the bench's connections and backends that ended.
+    pub postgres_by_worker: Vec<(&'static str, String)>,
     pub available: String,
 }
 
 /// The processes whose CPU a phase reports: the workers and the devbroker (absent with another broker).
 pub(crate) const PROCESSES: [&str; 5] = ["attribution", "fraud-scorer", "reward-engine", "outbox-relay", "devbroker"];
 
+/// How a worker's share of Postgres' CPU is labelled, by the worker's `application_name`.
+const POSTGRES_FOR: [(&str, &str); 4] = [
+    ("attribution", "postgres for attribution"),
+    ("fraud-scorer", "postgres for fraud-scorer"),
+    ("reward-engine", "postgres for reward-engine"),
+    ("outbox-relay", "postgres for outbox-relay"),
+];
+
 impl<'a> PhaseCpu<'a> {
-    fn new(root: &'a Path, postgres: Option<u32>) -> Self {
+    fn new(root: &'a Path, postgres: Option<u32>, pool: &PgPool) -> Self {
         Self {
             root,
             postgres,
+            pool: pool.clone(),
             before: BTreeMap::new(),
+            backends_before: BTreeMap::new(),
             stolen_before: None,
             started: Instant::now(),
             used: Vec::new(),
+            postgres_by_worker: Vec::new(),
             available: String::new(),
         }
     }
@@ -160,16 +178,22 @@ impl<'a> PhaseCpu<'a> {
         all
     }
 
+    fn backends(&self) -> BTreeMap<u32, u64> {
+        self.postgres.map(procstat::backend_ticks).unwrap_or_default()
+    }
+
     fn start(&mut self) {
         self.before = self.snapshot();
+        self.backends_before = self.backends();
         self.stolen_before = procstat::stolen_ticks();
         self.started = Instant::now();
     }
 
     /// Ends the phase begun at [`PhaseCpu::start`].
-    fn stop(&mut self) {
+    async fn stop(&mut self) -> anyhow::Result<()> {
         let elapsed = self.started.elapsed();
         let after = self.snapshot();
+        let backends_after = self.backends();
         self.used = self.before.iter().filter_map(|(name, b)| Some((*name, b.cpu_secs_until(after.get(name)?)))).collect();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let ms = elapsed.as_millis() * cores as u128;
@@ -178,6 +202,31 @@ impl<'a> PhaseCpu<'a> {
             _ => String::new(),
         };
         self.available = format!("{}.{:02} CPU-s ({cores} cores){stolen}", ms / 1000, ms % 1000 / 10);
+        // Which worker each live backend serves; a backend that started during the phase used
+        // all its ticks in it.
+        let names: Vec<(i32, String)> =
+            sqlx::query_as("SELECT pid, application_name FROM pg_stat_activity WHERE backend_type = 'client backend'")
+                .fetch_all(&self.pool)
+                .await?;
+        let name_of: BTreeMap<u32, &str> =
+            names.iter().filter_map(|(pid, name)| Some((u32::try_from(*pid).ok()?, name.as_str()))).collect();
+        let mut by_worker: BTreeMap<&'static str, u64> = POSTGRES_FOR.iter().map(|(_, label)| (*label, 0)).collect();
+        let mut attributed = 0;
+        for (pid, ticks) in &backends_after {
+            let used = ticks.saturating_sub(self.backends_before.get(pid).copied().unwrap_or(0));
+            let label = name_of.get(pid).and_then(|n| POSTGRES_FOR.iter().find(|(w, _)| w == n)).map(|(_, label)| *label);
+            if let Some(label) = label {
+                *by_worker.entry(label).or_default() += used;
+                attributed += used;
+            }
+        }
+        let total = match (self.before.get("postgres"), after.get("postgres")) {
+            (Some(b), Some(a)) => a.cpu_ticks.saturating_sub(b.cpu_ticks),
+            _ => 0,
+        };
+        self.postgres_by_worker = by_worker.into_iter().map(|(label, t)| (label, procstat::secs(t))).collect();
+        self.postgres_by_worker.push(("postgres for the rest", procstat::secs(total.saturating_sub(attributed))));
+        Ok(())
     }
 }
 
@@ -243,18 +292,18 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 1. Registrations.
-    let mut registration_cpu = PhaseCpu::new(root, postgres);
+    let mut registration_cpu = PhaseCpu::new(root, postgres, &pool);
     let registrations = registrations(&mut sender, &pool, &settings, &shape, &mut registration_cpu).await?;
     if profiling {
         profile::report_and_reset(&pool, "registrations", 25).await?;
     }
 
     // 2. The burst: qualifying deposits pushed at once.
-    let mut burst_cpu = PhaseCpu::new(root, postgres);
+    let mut burst_cpu = PhaseCpu::new(root, postgres, &pool);
     burst_cpu.start();
     let burst_started = Utc::now();
     let (burst_sent, burst) = deposits(&mut sender, &settings, &shape.referees[..args.burst], Duration::ZERO).await?;
-    burst_cpu.stop();
+    burst_cpu.stop().await?;
     let last = burst.by_deposit.values().max().copied().unwrap_or_else(Utc::now);
     let burst_time = (last - burst_started).to_std().unwrap_or_default();
     println!("burst: {} of {} rewards back in {burst_time:.1?}", burst.by_deposit.len(), args.burst);
@@ -266,10 +315,10 @@ async fn main() -> anyhow::Result<()> {
     let gap = Duration::from_micros(1_000_000 / args.pace.max(1));
     let soak_window = args.soak_window_secs.map(|s| Duration::from_secs(s.max(1)));
     let sampler = soak_window.map(|every| soak::Sampler::start(root.to_path_buf(), postgres, pool.clone(), every));
-    let mut paced_cpu = PhaseCpu::new(root, postgres);
+    let mut paced_cpu = PhaseCpu::new(root, postgres, &pool);
     paced_cpu.start();
     let (paced_sent, paced) = deposits(&mut sender, &settings, &shape.referees[args.burst..], gap).await?;
-    paced_cpu.stop();
+    paced_cpu.stop().await?;
     let soak_samples = match sampler {
         Some(s) => Some(s.stop().await),
         None => None,
@@ -313,15 +362,15 @@ async fn main() -> anyhow::Result<()> {
         burst_n: args.burst,
         pace: args.pace,
         registrations,
-        registration_cpu: registration_cpu.used,
+        registration_cpu: [registration_cpu.used, registration_cpu.postgres_by_worker].concat(),
         registration_cpu_available: registration_cpu.available,
         burst_rate: per_second(burst.by_deposit.len(), burst_time),
         burst_latency: rewards::percentiles(&burst_sent, &burst),
         paced_latency: rewards::percentiles(&paced_sent, &paced),
         gate,
         baseline,
-        burst_cpu: burst_cpu.used,
-        paced_cpu: paced_cpu.used,
+        burst_cpu: [burst_cpu.used, burst_cpu.postgres_by_worker].concat(),
+        paced_cpu: [paced_cpu.used, paced_cpu.postgres_by_worker].concat(),
         paced_cpu_available: paced_cpu.available,
         peak,
         expected: referees,

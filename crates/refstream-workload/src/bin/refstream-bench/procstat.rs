@@ -77,14 +77,19 @@ pub fn parent(pid: u32) -> Option<u32> {
 /// A Postgres instance's CPU: the postmaster with every backend it reaped, plus the live
 /// backends. Peak RSS is the postmaster's own.
 pub fn postgres_usage(postmaster: u32) -> Option<Usage> {
-    let mut ticks = cpu_ticks(postmaster, true)?;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        if parent(pid) == Some(postmaster) {
-            ticks += cpu_ticks(pid, false).unwrap_or(0);
-        }
-    }
+    let ticks = cpu_ticks(postmaster, true)? + backend_ticks(postmaster).values().sum::<u64>();
     with_memory(postmaster, ticks)
+}
+
+/// The CPU ticks of each live process the postmaster started (its backends and auxiliary
+/// processes), by pid.
+pub fn backend_ticks(postmaster: u32) -> BTreeMap<u32, u64> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return BTreeMap::new() };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|&pid| parent(pid) == Some(postmaster))
+        .filter_map(|pid| Some((pid, cpu_ticks(pid, false)?)))
+        .collect()
 }
 
 /// The fleet's workers: name → usage, pids read from `<root>/.local/<worker>.pid`.

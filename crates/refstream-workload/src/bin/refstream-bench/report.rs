@@ -62,7 +62,7 @@ fn verdict(ok: Option<bool>) -> &'static str {
 }
 
 fn line(measure: &str, value: &str, target: &str, ok: Option<bool>) {
-    println!("{measure:<46} {value:>16}   {target:<12} {}", verdict(ok));
+    println!("{measure:<56} {value:>16}   {target:<12} {}", verdict(ok));
 }
 
 fn ms(v: Option<(i64, i64)>, p99: bool) -> (String, Option<i64>) {
