@@ -136,23 +136,15 @@ pub struct PhaseCpu<'a> {
     backends_before: BTreeMap<u32, u64>,
     stolen_before: Option<u64>,
     started: Instant,
-    pub used: Vec<(&'static str, String)>,
-    /// Postgres' CPU seconds by the worker whose connections used them; "the rest": its own
-    /// processes (autovacuum, WAL writer, ...), the bench's connections and backends that ended.
-    pub postgres_by_worker: Vec<(&'static str, String)>,
+    /// CPU seconds by process, then Postgres' by the worker whose connections used them
+    /// (`postgres for <worker>`; `postgres for the rest`: its own processes — autovacuum, the WAL
+    /// writer — the bench's connections and backends that ended).
+    pub used: Vec<(String, String)>,
     pub available: String,
 }
 
 /// The processes whose CPU a phase reports: the workers and the devbroker (absent with another broker).
 pub(crate) const PROCESSES: [&str; 5] = ["attribution", "fraud-scorer", "reward-engine", "outbox-relay", "devbroker"];
-
-/// How a worker's share of Postgres' CPU is labelled, by the worker's `application_name`.
-const POSTGRES_FOR: [(&str, &str); 4] = [
-    ("attribution", "postgres for attribution"),
-    ("fraud-scorer", "postgres for fraud-scorer"),
-    ("reward-engine", "postgres for reward-engine"),
-    ("outbox-relay", "postgres for outbox-relay"),
-];
 
 impl<'a> PhaseCpu<'a> {
     fn new(root: &'a Path, postgres: Option<u32>, pool: &PgPool) -> Self {
@@ -165,7 +157,6 @@ impl<'a> PhaseCpu<'a> {
             stolen_before: None,
             started: Instant::now(),
             used: Vec::new(),
-            postgres_by_worker: Vec::new(),
             available: String::new(),
         }
     }
@@ -194,7 +185,7 @@ impl<'a> PhaseCpu<'a> {
         let elapsed = self.started.elapsed();
         let after = self.snapshot();
         let backends_after = self.backends();
-        self.used = self.before.iter().filter_map(|(name, b)| Some((*name, b.cpu_secs_until(after.get(name)?)))).collect();
+        self.used = self.before.iter().filter_map(|(name, b)| Some(((*name).to_owned(), b.cpu_secs_until(after.get(name)?)))).collect();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let ms = elapsed.as_millis() * cores as u128;
         let stolen = match (self.stolen_before, procstat::stolen_ticks()) {
@@ -210,22 +201,19 @@ impl<'a> PhaseCpu<'a> {
                 .await?;
         let name_of: BTreeMap<u32, &str> =
             names.iter().filter_map(|(pid, name)| Some((u32::try_from(*pid).ok()?, name.as_str()))).collect();
-        let mut by_worker: BTreeMap<&'static str, u64> = POSTGRES_FOR.iter().map(|(_, label)| (*label, 0)).collect();
-        let mut attributed = 0;
+        let mut by_worker: BTreeMap<&str, u64> = WORKERS.iter().map(|w| (*w, 0)).collect();
         for (pid, ticks) in &backends_after {
-            let used = ticks.saturating_sub(self.backends_before.get(pid).copied().unwrap_or(0));
-            let label = name_of.get(pid).and_then(|n| POSTGRES_FOR.iter().find(|(w, _)| w == n)).map(|(_, label)| *label);
-            if let Some(label) = label {
-                *by_worker.entry(label).or_default() += used;
-                attributed += used;
+            if let Some(used) = name_of.get(pid).and_then(|n| by_worker.get_mut(n)) {
+                *used += ticks.saturating_sub(self.backends_before.get(pid).copied().unwrap_or(0));
             }
         }
         let total = match (self.before.get("postgres"), after.get("postgres")) {
             (Some(b), Some(a)) => a.cpu_ticks.saturating_sub(b.cpu_ticks),
             _ => 0,
         };
-        self.postgres_by_worker = by_worker.into_iter().map(|(label, t)| (label, procstat::secs(t))).collect();
-        self.postgres_by_worker.push(("postgres for the rest", procstat::secs(total.saturating_sub(attributed))));
+        let rest = total.saturating_sub(by_worker.values().sum());
+        self.used.extend(by_worker.into_iter().map(|(w, t)| (format!("postgres for {w}"), procstat::secs(t))));
+        self.used.push(("postgres for the rest".to_owned(), procstat::secs(rest)));
         Ok(())
     }
 }
@@ -362,15 +350,15 @@ async fn main() -> anyhow::Result<()> {
         burst_n: args.burst,
         pace: args.pace,
         registrations,
-        registration_cpu: [registration_cpu.used, registration_cpu.postgres_by_worker].concat(),
+        registration_cpu: registration_cpu.used,
         registration_cpu_available: registration_cpu.available,
         burst_rate: per_second(burst.by_deposit.len(), burst_time),
         burst_latency: rewards::percentiles(&burst_sent, &burst),
         paced_latency: rewards::percentiles(&paced_sent, &paced),
         gate,
         baseline,
-        burst_cpu: [burst_cpu.used, burst_cpu.postgres_by_worker].concat(),
-        paced_cpu: [paced_cpu.used, paced_cpu.postgres_by_worker].concat(),
+        burst_cpu: burst_cpu.used,
+        paced_cpu: paced_cpu.used,
         paced_cpu_available: paced_cpu.available,
         peak,
         expected: referees,

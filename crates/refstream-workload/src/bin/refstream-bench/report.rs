@@ -18,7 +18,7 @@ pub struct Measured {
     /// Referees attributed and scored per second.
     pub registrations: Decimal,
     /// CPU seconds per process during the registrations, and what the machine had.
-    pub registration_cpu: Vec<(&'static str, String)>,
+    pub registration_cpu: Vec<(String, String)>,
     pub registration_cpu_available: String,
     /// RewardGranted per second during the burst.
     pub burst_rate: Decimal,
@@ -29,8 +29,8 @@ pub struct Measured {
     pub gate: (i64, i64),
     pub baseline: Option<Baseline>,
     /// CPU seconds per process during the burst.
-    pub burst_cpu: Vec<(&'static str, String)>,
-    pub paced_cpu: Vec<(&'static str, String)>,
+    pub burst_cpu: Vec<(String, String)>,
+    pub paced_cpu: Vec<(String, String)>,
     pub paced_cpu_available: String,
     /// Worker usage at the end (peak RSS).
     pub peak: BTreeMap<&'static str, Usage>,
