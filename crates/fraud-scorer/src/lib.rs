@@ -9,7 +9,8 @@
 //!   input record causes (the first assessment of its referral, and every re-assessment of the
 //!   cluster it makes suspicious) commits in the transaction that consumes that record, where the
 //!   consumer runtime also writes `consumer_progress`. `assessments` always holds the latest
-//!   revision; `assessment_history` every revision, each with `cause_event_id`, the event id of
+//!   revision (its decision, score, reasons and cause); `assessment_history` every revision with
+//!   its signals and evidence (written once, there), each with `cause_event_id`, the event id of
 //!   the input record (`ReferralAttributed` or `DepositCompleted`) whose processing made it, and
 //!   a deterministic event id (`DerivedId::event`) for its `ReferralScored`.
 //! - **Set-based.** A batch (one partition of one topic, offset order) is applied with a bounded
@@ -220,7 +221,8 @@ impl FraudScorer {
     /// evidence and the referee's email domain, in the order of `subjects`. Every lookup is by
     /// one account's keys (the shared-card test reads the referrer's links by account, `OFFSET
     /// 0` keeping it so: otherwise the planner hashes every payment link per batch), so the
-    /// query's cost follows the batch, not the tables.
+    /// query's cost follows the batch, not the tables; the device's window and its earlier
+    /// accounts are counted in one scan of the device's registrations.
     pub async fn evidence(&self, conn: &mut PgConnection, subjects: &[Subject]) -> sqlx::Result<Vec<(Evidence, Option<String>)>> {
         if subjects.is_empty() {
             return Ok(Vec::new());
@@ -239,10 +241,9 @@ impl FraudScorer {
                e.email_domain, \
                (SELECT count(*) FROM referrals x WHERE x.referrer_id = b.referrer \
                   AND x.referee_registered_at > b.at - w.w AND x.referee_registered_at <= b.at + w.w) AS by_referrer, \
-               (SELECT count(*) FROM users u WHERE u.device_id = e.device_id \
-                  AND u.registered_at > b.at - w.w AND u.registered_at <= b.at + w.w) AS from_device, \
+               d.from_device, \
                (SELECT count(*) FROM users u WHERE u.ip_hash = e.ip_hash AND u.registered_at > b.at - w.w AND u.registered_at <= b.at) AS from_ip, \
-               (SELECT count(*) FROM users u WHERE u.device_id = e.device_id AND u.user_id <> e.user_id AND u.registered_at <= b.at) AS others_on_device, \
+               d.others_on_device, \
                EXISTS (SELECT 1 FROM (SELECT kind, value FROM identity_links WHERE user_id = b.referrer OFFSET 0) AS a \
                        WHERE a.kind = 'payment' AND EXISTS (SELECT 1 FROM identity_links c \
                          WHERE c.kind = 'payment' AND c.value = a.value AND c.user_id = b.referee)) AS shared_instrument, \
@@ -251,6 +252,9 @@ impl FraudScorer {
              CROSS JOIN (SELECT $4::bigint * interval '1 second' AS w) AS w \
              LEFT JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referrer) AS r ON true \
              LEFT JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referee) AS e ON true \
+             LEFT JOIN LATERAL (SELECT count(*) FILTER (WHERE u.registered_at > b.at - w.w) AS from_device, \
+                                       count(*) FILTER (WHERE u.user_id <> e.user_id AND u.registered_at <= b.at) AS others_on_device \
+                                FROM users u WHERE u.device_id = e.device_id AND u.registered_at <= b.at + w.w) AS d ON true \
              LEFT JOIN LATERAL (SELECT CASE WHEN click_match = 'probabilistic' THEN match_confidence END AS match_confidence, network_clicks \
                                 FROM referrals WHERE referee_id = b.referee) AS x ON true \
              ORDER BY b.n",
@@ -353,106 +357,108 @@ impl FraudScorer {
             .collect();
         let inserted = insert_first(conn, &subjects, &firsts, &causes).await?;
         let mut candidates: BTreeMap<Uuid, usize> = BTreeMap::new();
-        let mut first_revisions = Vec::new();
-        for (i, (s, (assessment, signals))) in subjects.iter().zip(firsts).enumerate() {
+        for (i, (s, (assessment, _))) in subjects.iter().zip(&firsts).enumerate() {
             if !inserted.contains(&s.referral_id) {
                 // Already assessed (a replay under another event id): only a re-assessment can apply.
                 candidates.insert(s.referral_id, i);
                 continue;
             }
             OUTCOMES.with_label_values(&["fraud-scorer", assessment.decision.as_str()]).inc();
-            let event_id = DerivedId::event("referral-scored", s.referral_id);
-            w.out.push(self.scored(s, &assessment, event_id, causes[i].at));
-            first_revisions.push(Revision { referral_id: s.referral_id, revision: 1, assessment, signals, cause: i, event_id });
+            w.out.push(self.scored(s, assessment, first_event_id(s.referral_id), causes[i].at));
         }
-        insert_history(conn, &first_revisions, &causes).await?;
-        // The device clusters each referee completes (its device's window, counted on both sides
-        // of every registration in it) and the later accounts on its device or mailbox: all read
-        // through values this batch holds the locks of, so a concurrent batch on the same device
-        // or mailbox has either committed (and is seen) or waits (and will see this one). Own
-        // fresh rows are included: their evidence may predate a registration committed since.
-        let index: Vec<i32> = (0..subjects.len()).map(|i| i32::try_from(i).unwrap_or(i32::MAX)).collect();
-        let found: Vec<(Uuid, i32)> = sqlx::query_as(
-            "WITH b AS (SELECT * FROM unnest($1::text[], $2::int[]) AS b(referee, n)), \
-             w AS (SELECT $3::bigint * interval '1 second' AS w), \
-             late AS (SELECT l.referral_id, b.n FROM b CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referee) AS n, LATERAL ( \
-                 SELECT x.referral_id FROM ( \
-                   SELECT s.referral_id, u.registered_at FROM users u CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = u.user_id) AS s \
-                    WHERE u.device_id = n.device_id AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
-                   UNION \
-                   SELECT s.referral_id, u.registered_at FROM users u CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = u.user_id) AS s \
-                    WHERE u.email_hash = n.email_hash AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
-                 ) x ORDER BY x.registered_at, x.referral_id LIMIT $6) l), \
-             device AS (SELECT d.referral_id, b.n FROM b CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referee) AS n CROSS JOIN w, LATERAL ( \
-                 SELECT s.referral_id FROM users u CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = u.user_id) AS s \
-                 WHERE u.device_id = n.device_id AND u.registered_at BETWEEN n.registered_at - w.w AND n.registered_at + w.w \
-                   AND NOT ($4 = ANY(s.reasons)) \
-                   AND (SELECT count(*) FROM users o WHERE o.device_id = u.device_id \
-                        AND o.registered_at > u.registered_at - w.w AND o.registered_at <= u.registered_at + w.w) > $5 \
-                 LIMIT $6) d \
-               WHERE (SELECT count(*) FROM users o WHERE o.device_id = n.device_id \
-                      AND o.registered_at BETWEEN n.registered_at - 2 * w.w AND n.registered_at + 2 * w.w) > $5) \
-             SELECT referral_id, max(n) FROM (SELECT * FROM late UNION ALL SELECT * FROM device) c GROUP BY referral_id",
-        )
-        .bind(&referees)
-        .bind(&index)
-        .bind(self.window_secs())
-        .bind(VELOCITY_DEVICE)
-        .bind(i64::from(self.policy.velocity_per_device))
-        .bind(MAX_CLUSTER_RESCORES)
-        .fetch_all(&mut *conn)
-        .await?;
-        merge(&mut candidates, found);
-        // (3) In one statement: the referrals of every ring the batch touches that lack
-        // FRAUD_RING (own fresh rows included), the referrer windows the batch completes (under
-        // the referrers' locks), and the later accounts on the devices and mailboxes of
-        // referrers the scorer meets for the first time (their identifiers are locked: they are
-        // seeds, whose own identifiers the batch locks); then every re-assessment.
+        // In one statement, the referrals to re-assess (own fresh rows included: their evidence
+        // may predate a registration committed since), each with the latest batch event that
+        // found it: the device clusters each referee completes (its device's window, counted on
+        // both sides of every registration in it) and the later accounts on its device or
+        // mailbox, read through values this batch holds the locks of, so a concurrent batch on
+        // the same device or mailbox has either committed (and is seen) or waits (and will see
+        // this one); the referrals of every ring the batch touches that lack FRAUD_RING; the
+        // referrer windows the batch completes (under the referrers' locks); and the later
+        // accounts on the devices and mailboxes of referrers the scorer meets for the first time
+        // (their identifiers are locked: they are seeds, whose own identifiers the batch locks).
+        // Then every re-assessment.
         let touched: Vec<(&str, usize)> =
             subjects.iter().enumerate().flat_map(|(i, s)| [(s.referrer_id.as_str(), i), (s.referee_id.as_str(), i)]).collect();
         let ring = ring_candidates(&components, &touched);
         let referrer_linked: Vec<bool> = subjects.iter().map(|s| newly_linked.contains(&s.referrer_id)).collect();
-        let found: Vec<(Uuid, i32)> = sqlx::query_as(
+        let found = self.clusters(conn, &referees, &referrers, &referrer_linked, &ring).await?;
+        merge(&mut candidates, found);
+        self.revise(conn, candidates, &causes, &components, w).await?;
+        Ok(causes)
+    }
+
+    /// The referrals a batch of referrals makes suspicious, each with the index of the latest
+    /// batch event that found it, in one statement (see [`Self::apply_attributed`]): for each
+    /// referee, the later assessed accounts on its device or mailbox and its device's window
+    /// (when over the limit); the same later accounts for each referrer met for the first time
+    /// (`referrer_linked`); each referrer's window (when over the limit); and the members of the
+    /// rings the batch touched (`ring`: account, event index). Each referee's `users` row is
+    /// read once, for every part that needs it.
+    async fn clusters(
+        &self,
+        conn: &mut PgConnection,
+        referees: &[&str],
+        referrers: &[&str],
+        referrer_linked: &[bool],
+        ring: &(Vec<String>, Vec<i32>),
+    ) -> sqlx::Result<Vec<(Uuid, i32)>> {
+        let index: Vec<i32> = (0..referees.len()).map(|i| i32::try_from(i).unwrap_or(i32::MAX)).collect();
+        sqlx::query_as(
             "WITH b AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bool[]) AS b(referee, referrer, n, referrer_linked)), \
              w AS (SELECT $5::bigint * interval '1 second' AS w), \
-             late AS (SELECT l.referral_id, b.n FROM b CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referrer) AS n, LATERAL ( \
+             e AS MATERIALIZED (SELECT b.n, b.referrer, u.user_id, u.device_id, u.email_hash, u.registered_at \
+                 FROM b CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referee) AS u), \
+             met AS (SELECT n, user_id, device_id, email_hash, registered_at FROM e \
+                 UNION ALL \
+                 SELECT b.n, u.user_id, u.device_id, u.email_hash, u.registered_at \
+                 FROM b CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referrer) AS u WHERE b.referrer_linked), \
+             late AS (SELECT l.referral_id, m.n FROM met m, LATERAL ( \
                  SELECT x.referral_id FROM ( \
-                   SELECT s.referral_id, u.registered_at FROM users u CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = u.user_id) AS s \
-                    WHERE u.device_id = n.device_id AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
+                   SELECT s.referral_id, u.registered_at FROM users u CROSS JOIN LATERAL (SELECT a.referral_id FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referee_id = u.user_id) AS s \
+                    WHERE u.device_id = m.device_id AND (u.registered_at, u.user_id) > (m.registered_at, m.user_id) \
                    UNION \
-                   SELECT s.referral_id, u.registered_at FROM users u CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = u.user_id) AS s \
-                    WHERE u.email_hash = n.email_hash AND (u.registered_at, u.user_id) > (n.registered_at, n.user_id) \
-                 ) x ORDER BY x.registered_at, x.referral_id LIMIT $8) l WHERE b.referrer_linked), \
-             farm AS (SELECT f.referral_id, b.n FROM b CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.referee) AS n CROSS JOIN w, LATERAL ( \
-                 SELECT s.referral_id FROM referrals r CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referral_id = r.referral_id) AS s \
-                 WHERE r.referrer_id = b.referrer AND r.referee_registered_at BETWEEN n.registered_at - w.w AND n.registered_at + w.w \
+                   SELECT s.referral_id, u.registered_at FROM users u CROSS JOIN LATERAL (SELECT a.referral_id FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referee_id = u.user_id) AS s \
+                    WHERE u.email_hash = m.email_hash AND (u.registered_at, u.user_id) > (m.registered_at, m.user_id) \
+                 ) x ORDER BY x.registered_at, x.referral_id LIMIT $10) l), \
+             device AS (SELECT d.referral_id, e.n FROM e CROSS JOIN w, LATERAL ( \
+                 SELECT s.referral_id FROM users u CROSS JOIN LATERAL (SELECT a.referral_id, a.reasons FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referee_id = u.user_id) AS s \
+                 WHERE u.device_id = e.device_id AND u.registered_at BETWEEN e.registered_at - w.w AND e.registered_at + w.w \
                    AND NOT ($6 = ANY(s.reasons)) \
+                   AND (SELECT count(*) FROM users o WHERE o.device_id = u.device_id \
+                        AND o.registered_at > u.registered_at - w.w AND o.registered_at <= u.registered_at + w.w) > $7 \
+                 LIMIT $10) d \
+               WHERE (SELECT count(*) FROM users o WHERE o.device_id = e.device_id \
+                      AND o.registered_at BETWEEN e.registered_at - 2 * w.w AND e.registered_at + 2 * w.w) > $7), \
+             farm AS (SELECT f.referral_id, e.n FROM e CROSS JOIN w, LATERAL ( \
+                 SELECT s.referral_id FROM referrals r CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referral_id = r.referral_id) AS s \
+                 WHERE r.referrer_id = e.referrer AND r.referee_registered_at BETWEEN e.registered_at - w.w AND e.registered_at + w.w \
+                   AND NOT ($8 = ANY(s.reasons)) \
                    AND (SELECT count(*) FROM referrals o WHERE o.referrer_id = r.referrer_id \
-                        AND o.referee_registered_at > r.referee_registered_at - w.w AND o.referee_registered_at <= r.referee_registered_at + w.w) > $7 \
-                 LIMIT $8) f \
-               WHERE (SELECT count(*) FROM referrals o WHERE o.referrer_id = b.referrer \
-                      AND o.referee_registered_at BETWEEN n.registered_at - 2 * w.w AND n.registered_at + 2 * w.w) > $7), \
-             ring AS (SELECT s.referral_id, m.n FROM unnest($9::text[], $10::int[]) AS m(user_id, n) \
-                 CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = m.user_id) AS s WHERE NOT ($11 = ANY(s.reasons))) \
-             SELECT referral_id, max(n) FROM (SELECT * FROM late UNION ALL SELECT * FROM farm UNION ALL SELECT * FROM ring) c \
+                        AND o.referee_registered_at > r.referee_registered_at - w.w AND o.referee_registered_at <= r.referee_registered_at + w.w) > $9 \
+                 LIMIT $10) f \
+               WHERE (SELECT count(*) FROM referrals o WHERE o.referrer_id = e.referrer \
+                      AND o.referee_registered_at BETWEEN e.registered_at - 2 * w.w AND e.registered_at + 2 * w.w) > $9), \
+             ring AS (SELECT s.referral_id, m.n FROM unnest($11::text[], $12::int[]) AS m(user_id, n) \
+                 CROSS JOIN LATERAL (SELECT a.referral_id, a.reasons FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referee_id = m.user_id) AS s WHERE NOT ($13 = ANY(s.reasons))) \
+             SELECT referral_id, max(n) FROM (SELECT * FROM late UNION ALL SELECT * FROM device UNION ALL SELECT * FROM farm \
+               UNION ALL SELECT * FROM ring) c \
              GROUP BY referral_id",
         )
-        .bind(&referees)
-        .bind(&referrers)
+        .bind(referees)
+        .bind(referrers)
         .bind(&index)
-        .bind(&referrer_linked)
+        .bind(referrer_linked)
         .bind(self.window_secs())
+        .bind(VELOCITY_DEVICE)
+        .bind(i64::from(self.policy.velocity_per_device))
         .bind(VELOCITY_REFERRER)
         .bind(i64::from(self.policy.velocity_per_referrer))
         .bind(MAX_CLUSTER_RESCORES)
         .bind(&ring.0)
         .bind(&ring.1)
         .bind(FRAUD_RING)
-        .fetch_all(&mut *conn)
-        .await?;
-        merge(&mut candidates, found);
-        self.revise(conn, candidates, &causes, &components, w).await?;
-        Ok(causes)
+        .fetch_all(conn)
+        .await
     }
 
     /// A batch of `deposit-completed`: payment links, and the referrals between accounts that now
@@ -509,13 +515,15 @@ impl FraudScorer {
         let found: Vec<(Uuid, i32)> = sqlx::query_as(
             "SELECT referral_id, max(n) FROM ( \
                SELECT a.referral_id, b.n FROM unnest($1::text[], $2::text[], $3::int[]) AS b(u, v, n) \
-               CROSS JOIN LATERAL (SELECT referral_id, referrer_id AS other, reasons FROM assessments WHERE referee_id = b.u \
-                 UNION ALL SELECT referral_id, referee_id, reasons FROM assessments WHERE referrer_id = b.u) AS a \
+               CROSS JOIN LATERAL ( \
+                 SELECT a.referral_id, rf.referrer_id AS other, a.reasons FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referee_id = b.u \
+                 UNION ALL \
+                 SELECT a.referral_id, rf.referee_id, a.reasons FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referrer_id = b.u) AS a \
                WHERE NOT ($4 = ANY(a.reasons)) \
                  AND EXISTS (SELECT 1 FROM identity_links l WHERE l.kind = 'payment' AND l.value = b.v AND l.user_id = a.other) \
                UNION ALL \
                SELECT s.referral_id, m.n FROM unnest($5::text[], $6::int[]) AS m(user_id, n) \
-               CROSS JOIN LATERAL (SELECT referral_id, reasons FROM assessments WHERE referee_id = m.user_id) AS s WHERE NOT ($7 = ANY(s.reasons)) \
+               CROSS JOIN LATERAL (SELECT a.referral_id, a.reasons FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referee_id = m.user_id) AS s WHERE NOT ($7 = ANY(s.reasons)) \
              ) c GROUP BY referral_id",
         )
         .bind(&users)
@@ -687,7 +695,16 @@ fn signals_json(a: &Assessment, evidence: &Json) -> Json {
     json!({"signals": signals, "evidence": evidence})
 }
 
-/// Stores the first assessments of a batch in one insert; returns the referrals that had none.
+/// The event id of a referral's first `ReferralScored` (revision 1).
+fn first_event_id(referral_id: Uuid) -> Uuid {
+    DerivedId::event("referral-scored", referral_id)
+}
+
+/// Stores the first assessments of a batch and, for each that was really inserted, its
+/// revision 1 in `assessment_history`, in one statement; returns the referrals that had none.
+/// The signals and evidence are written once, to the history: `assessments` holds a referral's
+/// latest decision, score and reasons, and explain reads the signals of every revision from
+/// `assessment_history` (migration 20261209100000).
 async fn insert_first(
     conn: &mut PgConnection,
     subjects: &[Subject],
@@ -705,13 +722,18 @@ async fn insert_first(
     let reasons: Vec<Json> = firsts.iter().map(|(a, _)| json!(a.reasons())).collect();
     let signals: Vec<&Json> = firsts.iter().map(|(_, s)| s).collect();
     let cause_ids: Vec<Uuid> = causes.iter().map(|c| c.event_id).collect();
+    let event_ids: Vec<Uuid> = ids.iter().map(|id| first_event_id(*id)).collect();
     let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO assessments (referral_id, referrer_id, referee_id, score, decision, reasons, signals, rule_version, revision, cause, cause_event_id) \
-         SELECT b.id, b.referrer, b.referee, b.score, b.decision, ARRAY(SELECT jsonb_array_elements_text(b.reasons)), b.signals, $9, 1, \
-           'referral attributed', b.cause \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[], $8::uuid[]) \
-           AS b(id, referrer, referee, score, decision, reasons, signals, cause) \
-         ORDER BY b.id ON CONFLICT (referral_id) DO NOTHING RETURNING referral_id",
+        "WITH b AS MATERIALIZED (SELECT b.*, ARRAY(SELECT jsonb_array_elements_text(b.reasons)) AS reason_list \
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[], $8::uuid[], $9::uuid[]) \
+           AS b(id, referrer, referee, score, decision, reasons, signals, cause, event_id)), \
+         a AS (INSERT INTO assessments (referral_id, referrer_id, referee_id, score, decision, reasons, rule_version, revision, cause, cause_event_id) \
+           SELECT id, referrer, referee, score, decision, reason_list, $10, 1, 'referral attributed', cause FROM b \
+           ORDER BY id ON CONFLICT (referral_id) DO NOTHING RETURNING referral_id), \
+         h AS (INSERT INTO assessment_history (referral_id, revision, score, decision, reasons, signals, rule_version, cause, event_id, cause_event_id) \
+           SELECT b.id, 1, b.score, b.decision, b.reason_list, b.signals, $10, 'referral attributed', b.event_id, b.cause \
+           FROM b JOIN a ON a.referral_id = b.id ORDER BY b.id ON CONFLICT DO NOTHING) \
+         SELECT referral_id FROM a",
     )
     .bind(&ids)
     .bind(&referrers)
@@ -721,6 +743,7 @@ async fn insert_first(
     .bind(&reasons)
     .bind(&signals)
     .bind(&cause_ids)
+    .bind(&event_ids)
     .bind(RULE_VERSION)
     .fetch_all(&mut *conn)
     .await?;
@@ -736,22 +759,20 @@ async fn update_latest(conn: &mut PgConnection, updates: &[Revision], causes: &[
     let scores: Vec<i32> = updates.iter().map(|u| i32::from(u.assessment.score)).collect();
     let decisions: Vec<&str> = updates.iter().map(|u| u.assessment.decision.as_str()).collect();
     let reasons: Vec<Json> = updates.iter().map(|u| json!(u.assessment.reasons())).collect();
-    let signals: Vec<&Json> = updates.iter().map(|u| &u.signals).collect();
     let revisions: Vec<i32> = updates.iter().map(|u| u.revision).collect();
     let cause_texts: Vec<&str> = updates.iter().map(|u| causes[u.cause].text.as_str()).collect();
     let cause_ids: Vec<Uuid> = updates.iter().map(|u| causes[u.cause].event_id).collect();
     sqlx::query(
         "UPDATE assessments a SET score = b.score, decision = b.decision, reasons = ARRAY(SELECT jsonb_array_elements_text(b.reasons)), \
-           signals = b.signals, rule_version = $9, revision = b.revision, cause = b.cause, cause_event_id = b.cause_id, assessed_at = now() \
-         FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::jsonb[], $6::int[], $7::text[], $8::uuid[]) \
-           AS b(id, score, decision, reasons, signals, revision, cause, cause_id) \
+           signals = '[]', rule_version = $8, revision = b.revision, cause = b.cause, cause_event_id = b.cause_id, assessed_at = now() \
+         FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::int[], $6::text[], $7::uuid[]) \
+           AS b(id, score, decision, reasons, revision, cause, cause_id) \
          WHERE a.referral_id = b.id",
     )
     .bind(&ids)
     .bind(&scores)
     .bind(&decisions)
     .bind(&reasons)
-    .bind(&signals)
     .bind(&revisions)
     .bind(&cause_texts)
     .bind(&cause_ids)
@@ -761,7 +782,8 @@ async fn update_latest(conn: &mut PgConnection, updates: &[Revision], causes: &[
     Ok(())
 }
 
-/// Appends every revision of the batch to `assessment_history`, in one insert.
+/// Appends the batch's re-assessments to `assessment_history`, in one insert (first assessments
+/// are written with their history by [`insert_first`]).
 async fn insert_history(conn: &mut PgConnection, history: &[Revision], causes: &[Cause]) -> sqlx::Result<()> {
     if history.is_empty() {
         return Ok(());
@@ -772,8 +794,7 @@ async fn insert_history(conn: &mut PgConnection, history: &[Revision], causes: &
     let decisions: Vec<&str> = history.iter().map(|h| h.assessment.decision.as_str()).collect();
     let reasons: Vec<Json> = history.iter().map(|h| json!(h.assessment.reasons())).collect();
     let signals: Vec<&Json> = history.iter().map(|h| &h.signals).collect();
-    let cause_texts: Vec<&str> =
-        history.iter().map(|h| if h.revision == 1 { "referral attributed" } else { causes[h.cause].text.as_str() }).collect();
+    let cause_texts: Vec<&str> = history.iter().map(|h| causes[h.cause].text.as_str()).collect();
     let event_ids: Vec<Uuid> = history.iter().map(|h| h.event_id).collect();
     let cause_ids: Vec<Uuid> = history.iter().map(|h| causes[h.cause].event_id).collect();
     sqlx::query(

@@ -51,16 +51,17 @@ const MAX_ROUNDS: usize = 4;
 
 /// What a batch locks before its walk: the lock keys of the device and mailbox of each of
 /// `identities_of` (read from `users`), and of every identifier `seeds` have links for; and the
-/// seeds with a link another account shares (a component beyond the seed itself).
+/// seeds with a link another account shares (a component beyond the seed itself). One read of
+/// each account's `users` row; the keys are deduplicated here, not by Postgres.
 async fn own_identifiers(
     conn: &mut PgConnection,
     identities_of: &[&str],
     seeds: &[String],
 ) -> sqlx::Result<(BTreeSet<String>, Vec<String>)> {
     let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT 'device:' || device_id, NULL::text FROM users WHERE user_id = ANY($1) AND device_id IS NOT NULL \
-         UNION SELECT 'email:' || email_hash, NULL FROM users WHERE user_id = ANY($1) AND email_hash IS NOT NULL \
-         UNION SELECT l.kind || ':' || l.value, CASE WHEN EXISTS (SELECT 1 FROM identity_links o \
+        "SELECT x.k, NULL::text FROM users u, LATERAL (VALUES ('device:' || u.device_id), ('email:' || u.email_hash)) AS x(k) \
+           WHERE u.user_id = ANY($1) AND x.k IS NOT NULL \
+         UNION ALL SELECT l.kind || ':' || l.value, CASE WHEN EXISTS (SELECT 1 FROM identity_links o \
                   WHERE o.kind = l.kind AND o.value = l.value AND o.user_id <> l.user_id) THEN l.user_id END \
            FROM identity_links l WHERE l.user_id = ANY($2)",
     )
