@@ -56,6 +56,10 @@ struct Args {
     /// CPU per deposit, resident memory and database size (for a long paced load: `make bench-soak`).
     #[arg(long)]
     soak_window_secs: Option<u64>,
+    /// Only produce the registrations and return once attribution has recorded every referral,
+    /// without waiting for a scorer (`scripts/scorer-ab.sh` then scores them with each binary).
+    #[arg(long)]
+    attribute_only: bool,
 }
 
 pub const WORKERS: [&str; 4] = ["attribution", "fraud-scorer", "reward-engine", "outbox-relay"];
@@ -70,14 +74,32 @@ fn per_second(n: usize, d: Duration) -> Decimal {
     (Decimal::from(n) * Decimal::from(1000) / ms).round()
 }
 
-/// Produces the referrers and then every referee; returns referees attributed and scored per
-/// second (from the first referee's registration to the last assessment).
+/// Where the registrations phase ends: when every referee is scored (an assessment), or, for
+/// `--attribute-only`, attributed (a referral).
+#[derive(Clone, Copy)]
+enum Until {
+    Scored,
+    Attributed,
+}
+
+impl Until {
+    fn table(self) -> &'static str {
+        match self {
+            Until::Scored => "assessments",
+            Until::Attributed => "referrals",
+        }
+    }
+}
+
+/// Produces the referrers and then every referee; returns referees attributed and scored (or
+/// only attributed) per second (from the first referee's registration to the last row).
 async fn registrations(
     sender: &mut Sender,
     pool: &PgPool,
     settings: &Settings,
     shape: &Shape,
     cpu: &mut PhaseCpu<'_>,
+    until: Until,
 ) -> anyhow::Result<Decimal> {
     let topic = &settings.topics.user_registered;
     for p in &shape.referrers {
@@ -87,7 +109,8 @@ async fn registrations(
     sender.flush().await?;
     let ids: Vec<String> = shape.referrers.iter().map(|p| p.id.clone()).collect();
     let codes = wait_for_codes(pool, &ids, Duration::from_secs(600)).await?;
-    let want = count(pool, "SELECT count(*) FROM assessments").await? + i64::try_from(shape.referees.len())?;
+    let counted = format!("SELECT count(*) FROM {}", until.table());
+    let want = count(pool, &counted).await? + i64::try_from(shape.referees.len())?;
     cpu.start();
     let started = Instant::now();
     for p in &shape.referees {
@@ -96,25 +119,30 @@ async fn registrations(
         sender.send(topic, &p.id, &encode(&e), e.event_id).await?;
     }
     sender.flush().await?;
-    wait_for_assessments(pool, want, i64::try_from(shape.referees.len())?, started).await?;
+    wait_for_rows(pool, &counted, want, i64::try_from(shape.referees.len())?, started).await?;
     cpu.stop().await?;
-    println!("registrations: {} referees attributed and scored in {:.1?}", shape.referees.len(), started.elapsed());
+    let done = match until {
+        Until::Scored => "attributed and scored",
+        Until::Attributed => "attributed",
+    };
+    println!("registrations: {} referees {done} in {:.1?}", shape.referees.len(), started.elapsed());
     Ok(per_second(shape.referees.len(), started.elapsed()))
 }
 
-/// Waits until `assessments` holds `want` rows, `expected` of them written since `started`.
+/// Waits until `counted` (a count of a whole table) reaches `want` rows, `expected` of them
+/// written since `started`.
 /// Each count reads the whole table and competes with the fleet for Postgres, so the pause
 /// between counts is half the time the rest should take at the rate so far, between 50 ms (the
 /// measure's resolution at the end) and 1 s: about fifteen counts in a phase of ten seconds
 /// instead of one every 50 ms (130).
-async fn wait_for_assessments(pool: &PgPool, want: i64, expected: i64, started: Instant) -> anyhow::Result<()> {
+async fn wait_for_rows(pool: &PgPool, counted: &str, want: i64, expected: i64, started: Instant) -> anyhow::Result<()> {
     loop {
-        let have = count(pool, "SELECT count(*) FROM assessments").await?;
+        let have = count(pool, counted).await?;
         if have >= want {
             return Ok(());
         }
         let elapsed = started.elapsed();
-        anyhow::ensure!(elapsed < Duration::from_secs(1800), "referrals not scored in 30 minutes");
+        anyhow::ensure!(elapsed < Duration::from_secs(1800), "referees not counted in 30 minutes ({counted})");
         let done = u32::try_from((expected - (want - have)).max(1)).unwrap_or(u32::MAX);
         let left = u32::try_from(want - have).unwrap_or(u32::MAX);
         let pause = (elapsed / done).saturating_mul(left) / 2;
@@ -281,7 +309,11 @@ async fn main() -> anyhow::Result<()> {
 
     // 1. Registrations.
     let mut registration_cpu = PhaseCpu::new(root, postgres, &pool);
-    let registrations = registrations(&mut sender, &pool, &settings, &shape, &mut registration_cpu).await?;
+    if args.attribute_only {
+        registrations(&mut sender, &pool, &settings, &shape, &mut registration_cpu, Until::Attributed).await?;
+        return Ok(());
+    }
+    let registrations = registrations(&mut sender, &pool, &settings, &shape, &mut registration_cpu, Until::Scored).await?;
     if profiling {
         profile::report_and_reset(&pool, "registrations", 25).await?;
     }
