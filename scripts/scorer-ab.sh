@@ -26,7 +26,7 @@ cargo build --release --bins
 REL=${CARGO_TARGET_DIR:-target}/release
 trap 'scripts/fleet.sh down' EXIT
 scripts/pg.sh destroy >/dev/null 2>&1 || true
-export REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS=0 REFSTREAM__KAFKA__FETCH_WAIT_MAX_MS=3
+export REFSTREAM__CAMPAIGN__SETTLE_DELAY_SECS=0 REFSTREAM__KAFKA__FETCH_WAIT_MAX_MS=6
 FLEET_SKIP="analytics fraud-scorer" FLEET_BIN=$REL scripts/fleet.sh up
 # shellcheck disable=SC1091
 source .local/fleet.env
