@@ -209,13 +209,53 @@ async fn accounts_sharing_a_device_with_referrals_between_them_are_a_ring_from_t
     assert!(reasons.contains(&FRAUD_RING.to_owned()));
     assert_eq!(h.status_of("ring-b").await, "rejected", "held → rejected by the re-score");
     assert_eq!(h.status_of("ring-c").await, "rejected");
-    let links = h.db.scalar_i64("SELECT count(*) FROM identity_links WHERE kind = 'device' AND value = 'dev-farm-phone'").await;
-    assert_eq!(links, 3);
+    // The device links the three accounts the scorer met: c's first assessment saw all three.
+    let accounts = h
+        .db
+        .scalar_i64(&format!(
+            "SELECT (signals->'evidence'->'component'->>'accounts')::bigint FROM assessment_history WHERE referral_id = '{}' AND revision = 1",
+            referral_id("ring-c")
+        ))
+        .await;
+    assert_eq!(accounts, 3);
     // History keeps both revisions of b's assessment.
     assert_eq!(
         h.db.scalar_i64(&format!("SELECT count(*) FROM assessment_history WHERE referral_id = '{}'", referral_id("ring-b"))).await,
         2
     );
+}
+
+/// An account attribution wrote but the scorer has not met (registered without a referral,
+/// referring no one yet) links nothing, whatever it shares: the graph is what the scorer has
+/// read. Its device counts once the scorer meets it, with its first referral, and the ring it
+/// then completes re-scores the referral inside it.
+#[tokio::test]
+async fn an_account_the_scorer_has_not_met_links_nothing_until_it_refers_someone() {
+    let mut h = Harness::new().await;
+    let shared = "dev-lounge-tablet".to_owned();
+    let w = Person { device: shared.clone(), ..person("quiet-w") };
+    let a = Person { device: shared.clone(), ..person("quiet-a") };
+    let b = Person { device: shared, ..person("quiet-b") };
+    h.register(&w, None, 0).await;
+    h.register(&a, None, 5).await;
+    h.register(&b, Some("quiet-a"), 10).await;
+    let (_, reasons, revision) = h.assessment_of("quiet-b").await;
+    assert!(!reasons.contains(&FRAUD_RING.to_owned()) && revision == 1, "{reasons:?}");
+    let component = |referee: &str, revision: i32| {
+        format!(
+            "SELECT (signals->'evidence'->'component'->>'accounts')::bigint FROM assessment_history WHERE referral_id = '{}' AND revision = {revision}",
+            referral_id(referee)
+        )
+    };
+    assert_eq!(h.db.scalar_i64(&component("quiet-b", 1)).await, 2, "a and b: w is on the device but not met");
+    // w refers c (a device of c's own): the scorer meets w, whose device joins a and b.
+    h.register(&person("quiet-c"), Some("quiet-w"), 20).await;
+    let (_, reasons, revision) = h.assessment_of("quiet-b").await;
+    assert!(reasons.contains(&FRAUD_RING.to_owned()) && revision == 2, "{reasons:?} (revision {revision})");
+    assert_eq!(h.db.scalar_i64(&component("quiet-b", 2)).await, 3, "w, a and b");
+    assert_eq!(h.status_of("quiet-b").await, "rejected");
+    let (_, reasons, _) = h.assessment_of("quiet-c").await;
+    assert!(!reasons.contains(&FRAUD_RING.to_owned()), "c is outside the ring: {reasons:?}");
 }
 
 /// a refers b, c and d, each on their own device: all approved. Then one card turns up in the

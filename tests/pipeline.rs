@@ -127,7 +127,7 @@ async fn every_text_column_compares_as_bytes() {
     // after 'z'.
     let ids = ["b", "B", "a", "é", "z", "A-1", "a1"];
     sqlx::query(
-        "INSERT INTO identity_links (kind, value, user_id, first_seen_at) SELECT 'device', 'd', u, now() FROM unnest($1::text[]) AS u",
+        "INSERT INTO identity_links (kind, value, user_id, first_seen_at) SELECT 'payment', 'card', u, now() FROM unnest($1::text[]) AS u",
     )
     .bind(&ids[..])
     .execute(&db.pool)

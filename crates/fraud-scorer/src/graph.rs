@@ -1,15 +1,19 @@
-//! The scorer's graph of hard links (`identity_links`): accounts that share a device id, a
-//! normalized email (its keyed hash) or a payment instrument are linked, and a connected
-//! component of at least `ring_min_size` accounts within which one account referred another is a
-//! fraud ring. This module only reads and writes the links, set-based: a batch's links are
-//! written in one statement and the components of all the accounts a batch touches are loaded in
-//! three, whatever the batch's size. What counts as a ring is decided by the pure
+//! The scorer's graph of hard links: accounts that share a device id, a normalized email (its
+//! keyed hash) or a payment instrument are linked, and a connected component of at least
+//! `ring_min_size` accounts within which one account referred another is a fraud ring. A
+//! device or mailbox links the accounts the scorer has met (the referees and referrers of the
+//! referrals it has assessed) through their `users` rows; a payment instrument links the
+//! accounts that paid with it (`identity_links`, written from the deposits the scorer reads).
+//! This module only reads the graph and writes the payment links, set-based: a batch's links
+//! are written in one statement and the components of all the accounts a batch touches are
+//! loaded in one, whatever the batch's size. What counts as a ring is decided by the pure
 //! [`refstream_core::fraud::Graph`], so the rule is the one the domain tests pin down.
 //!
-//! Guarantees: links are inserted in one sorted statement that skips links already present or
-//! being inserted by another transaction, so concurrent batches never wait on each other's
-//! links. The components are read as of the statement, with the lock key of every identifier
-//! they contain, which is what [`crate::locks`] locks to make that read complete.
+//! Guarantees: an account's device and mailbox enter the graph when the batch that assesses its
+//! first referral commits, and a card when the batch that reads its first deposit with it
+//! commits: the graph is what the scorer has read, whatever attribution has written ahead of
+//! it. The components are read as of the statement, with the lock key of every identifier they
+//! contain, which is what [`crate::locks`] locks to make that read complete.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -109,40 +113,20 @@ impl Components {
     }
 }
 
-/// Records the device and email links of `users` (each with when the scorer first met it) from
-/// their `users` rows, in one sorted insert. Returns the users that got a new link.
-///
-/// A link another transaction is inserting right now (a referrer shared by two partitions'
-/// batches) is skipped instead of waited for: each link is claimed with a transaction-scoped
-/// try-lock, and the transaction that claimed it has the link's account among the seeds of its
-/// own locked walk ([`crate::locks`]), which runs after its insert: the link is that batch's, and
-/// the two batches share a lock wherever their links meet, so whichever walks later sees both;
-/// if the claiming batch aborts, it is redelivered and inserts the link again. No batch waits on
-/// another's uncommitted link. Only links not stored yet are claimed (`OFFSET 0` keeps the
-/// try-lock after that test: the planner runs the cheaper function first otherwise, and every
-/// referral locked its referrer's stored links again).
-pub async fn link_users(conn: &mut PgConnection, users: &[(&str, DateTime<Utc>)]) -> sqlx::Result<BTreeSet<String>> {
-    let ids: Vec<&str> = users.iter().map(|(u, _)| *u).collect();
-    let at: Vec<DateTime<Utc>> = users.iter().map(|(_, t)| *t).collect();
-    let inserted: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO identity_links (kind, value, user_id, first_seen_at) \
-         SELECT kind, value, user_id, at FROM ( \
-           SELECT x.kind, x.value, u.user_id, b.at \
-           FROM (SELECT u, min(t) AS at FROM unnest($1::text[], $2::timestamptz[]) AS b(u, t) GROUP BY u) AS b \
-           CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.u) AS u, \
-             LATERAL (VALUES ('device', u.device_id), ('email', u.email_hash)) AS x(kind, value) \
-           WHERE x.value IS NOT NULL \
-             AND NOT EXISTS (SELECT 1 FROM identity_links l WHERE l.kind = x.kind AND l.value = x.value AND l.user_id = u.user_id) \
-           OFFSET 0) AS missing \
-         WHERE pg_try_advisory_xact_lock(hashtextextended('link:' || kind || ':' || value || ':' || user_id, 2718)) \
-         ORDER BY kind, value, user_id \
-         ON CONFLICT DO NOTHING RETURNING user_id",
+/// The accounts of `accounts` the scorer meets for the first time: neither the referee nor the
+/// referrer of a referral it has assessed. An account's device and mailbox are in the graph once
+/// it is met (see [`components`]), so a batch that meets one locks its identifiers and walks from
+/// it ([`crate::locks`]). Two index probes per account, whatever the tables' size.
+pub async fn newly_met(conn: &mut PgConnection, accounts: &[&str]) -> sqlx::Result<BTreeSet<String>> {
+    let first: Vec<String> = sqlx::query_scalar(
+        "SELECT b.u FROM (SELECT DISTINCT u FROM unnest($1::text[]) AS u) AS b \
+         WHERE NOT EXISTS (SELECT 1 FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referrer_id = b.u) \
+           AND NOT EXISTS (SELECT 1 FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referee_id = b.u)",
     )
-    .bind(&ids)
-    .bind(&at)
-    .fetch_all(&mut *conn)
+    .bind(accounts)
+    .fetch_all(conn)
     .await?;
-    Ok(inserted.into_iter().collect())
+    Ok(first.into_iter().collect())
 }
 
 /// The lock keys of the payment instruments in `cards` (`(user, fingerprint)`).
@@ -189,32 +173,65 @@ pub async fn link_payments(conn: &mut PgConnection, cards: &[(&str, &str)], at: 
 /// The components of `users` and of `alone`, and which of them are rings of at least
 /// `ring_min_size` accounts: one statement whatever the number of users. `alone`: accounts the
 /// caller read, under the locks of their identifiers, as sharing no identifier with another
-/// account; each is a component of its own, not walked.
-pub async fn components(conn: &mut PgConnection, users: &[String], alone: &[String], ring_min_size: u32) -> sqlx::Result<Components> {
+/// account; each is a component of its own, not walked. `meeting`: the accounts the caller's
+/// batch meets (its referrals' referees and referrers), met here though their assessments are
+/// not written yet.
+///
+/// An account's payment instruments are its `identity_links`; its device and mailbox are its
+/// `users` row's, and they link it only once the scorer has met it: it is in `meeting`, or the
+/// referee or referrer of an assessed referral. So the graph is what the scorer has read, not
+/// what attribution has written ahead of it, exactly as when those links were copied into
+/// `identity_links` by the batch that met the account (migration 20261210100000).
+pub async fn components(
+    conn: &mut PgConnection,
+    users: &[String],
+    alone: &[String],
+    meeting: &[String],
+    ring_min_size: u32,
+) -> sqlx::Result<Components> {
     if users.is_empty() && alone.is_empty() {
         return Ok(Components::default());
     }
     // Tagged rows: 'g' a shared identifier (kind, its accounts), 'r' a referral among linked
     // accounts ([referrer, referee]), 'k' the lock keys of every identifier reached, 'n' how many
-    // accounts the walk reached. `OFFSET 0` keeps every lookup an index lookup per account:
-    // flattened, the planner (which guesses 2,000 rows for a recursive step) merge-joins the
-    // whole of identity_links instead, so each batch's walk grew with the table (368 ms for 330
-    // seeds over 80,000 links, 20 ms as lookups). The seeds take the collation of
-    // `identity_links.user_id` ("C", migration 20261205100000): a recursive query's terms must agree.
+    // accounts the walk reached. Each account of the walk carries whether it is met (computed
+    // once, `OFFSET 0` keeping it a subquery instead of a copy in each use): an account reached
+    // through a device or a mailbox counts only when met, one reached through a card always.
+    // `OFFSET 0` keeps every lookup an index lookup per account: flattened, the planner (which
+    // guesses 2,000 rows for a recursive step) merge-joins whole tables instead, so each batch's
+    // walk grew with the table (368 ms for 330 seeds over 80,000 links, 20 ms as lookups). The
+    // seeds take the collation of the user ids ("C", migration 20261205100000): a recursive
+    // query's terms must agree.
     let rows: Vec<(String, Option<String>, Vec<String>)> = if users.is_empty() {
         Vec::new()
     } else {
         sqlx::query_as(
-            "WITH RECURSIVE comp(user_id) AS ( \
-           SELECT DISTINCT u COLLATE \"C\" FROM unnest($1::text[]) AS u \
+            "WITH RECURSIVE comp(user_id, met) AS ( \
+           SELECT s.u, m.met FROM (SELECT DISTINCT u COLLATE \"C\" AS u FROM unnest($1::text[]) AS u) AS s \
+             CROSS JOIN LATERAL (SELECT s.u IN (SELECT unnest($3::text[])) \
+               OR EXISTS (SELECT 1 FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referee_id = s.u) \
+               OR EXISTS (SELECT 1 FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referrer_id = s.u) AS met OFFSET 0) AS m \
            UNION \
-           SELECT b.user_id FROM comp \
-             CROSS JOIN LATERAL (SELECT kind, value FROM identity_links WHERE user_id = comp.user_id OFFSET 0) AS a \
-             CROSS JOIN LATERAL (SELECT user_id FROM identity_links WHERE kind = a.kind AND value = a.value OFFSET 0) AS b \
+           SELECT b.user_id, b.met FROM comp \
+             CROSS JOIN LATERAL ((SELECT kind, value FROM identity_links WHERE user_id = comp.user_id OFFSET 0) \
+               UNION ALL \
+               SELECT x.kind, x.value FROM users s CROSS JOIN LATERAL (VALUES ('device', s.device_id), ('email', s.email_hash)) AS x(kind, value) \
+                 WHERE comp.met AND s.user_id = comp.user_id AND x.value IS NOT NULL) AS i \
+             CROSS JOIN LATERAL (SELECT c.user_id, m.met FROM ( \
+                 (SELECT user_id FROM identity_links WHERE i.kind = 'payment' AND kind = 'payment' AND value = i.value OFFSET 0) \
+                 UNION ALL SELECT user_id FROM users WHERE i.kind = 'device' AND device_id = i.value \
+                 UNION ALL SELECT user_id FROM users WHERE i.kind = 'email' AND email_hash = i.value) AS c \
+               CROSS JOIN LATERAL (SELECT c.user_id IN (SELECT unnest($3::text[])) \
+                 OR EXISTS (SELECT 1 FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referee_id = c.user_id) \
+                 OR EXISTS (SELECT 1 FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referrer_id = c.user_id) AS met OFFSET 0) AS m \
+               WHERE i.kind = 'payment' OR m.met) AS b \
          ), \
-         m AS MATERIALIZED (SELECT user_id FROM comp LIMIT $2), \
-         ids AS MATERIALIZED (SELECT l.kind, l.value, l.user_id FROM m \
-           CROSS JOIN LATERAL (SELECT kind, value, user_id FROM identity_links WHERE user_id = m.user_id OFFSET 0) AS l), \
+         m AS MATERIALIZED (SELECT user_id, met FROM comp LIMIT $2), \
+         ids AS MATERIALIZED (SELECT l.kind, l.value, m.user_id FROM m \
+           CROSS JOIN LATERAL ((SELECT kind, value FROM identity_links WHERE user_id = m.user_id OFFSET 0) \
+             UNION ALL \
+             SELECT x.kind, x.value FROM users s CROSS JOIN LATERAL (VALUES ('device', s.device_id), ('email', s.email_hash)) AS x(kind, value) \
+               WHERE m.met AND s.user_id = m.user_id AND x.value IS NOT NULL) AS l), \
          g AS MATERIALIZED (SELECT kind, array_agg(user_id ORDER BY user_id) AS users FROM ids \
            GROUP BY kind, value HAVING count(*) > 1), \
          linked AS MATERIALIZED (SELECT DISTINCT unnest(users) AS user_id FROM g) \
@@ -230,6 +247,7 @@ pub async fn components(conn: &mut PgConnection, users: &[String], alone: &[Stri
         )
         .bind(users)
         .bind(MAX_WALK + 1)
+        .bind(meeting)
         .fetch_all(&mut *conn)
         .await?
     };

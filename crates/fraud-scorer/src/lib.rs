@@ -315,32 +315,28 @@ impl FraudScorer {
                 at: r.occurred_at,
             })
             .collect();
-        let users: Vec<(&str, DateTime<Utc>)> = subjects
-            .iter()
-            .zip(&events)
-            .flat_map(|(s, r)| [(s.referrer_id.as_str(), r.occurred_at), (s.referee_id.as_str(), r.occurred_at)])
-            .collect();
         let referees: Vec<&str> = subjects.iter().map(|s| s.referee_id.as_str()).collect();
         let referrers: Vec<&str> = subjects.iter().map(|s| s.referrer_id.as_str()).collect();
-        // (1) Without waiting on anyone: the links (skipping links another batch is inserting).
-        let newly_linked = graph::link_users(conn, &users).await?;
-        // Where the graph walks start: the referees, and the referrers this batch linked. A
-        // referrer linked before needs no walk of its own: its component changes only through
-        // a new link, and the batch that inserts a link walks from that link's account; a ring
-        // the new referral closes contains its referee, whose walk reaches the referrer.
+        // (1) The referrers this batch meets first (no assessed referral names them yet): with
+        // the referees, the accounts whose device and mailbox enter the graph at its commit.
+        let first_met = graph::newly_met(conn, &referrers).await?;
+        // Where the graph walks start: the referees, and the referrers met first. A referrer met
+        // before needs no walk of its own: its component changes only through a new link, and
+        // the batch that makes a link walks from that link's account; a ring the new referral
+        // closes contains its referee, whose walk reaches the referrer.
         let seeds: Vec<String> =
-            referees.iter().map(|u| (*u).to_owned()).chain(newly_linked.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
-        // (2) The batch's locks, in one statement (see `locks`): the referees' devices and
-        // mailboxes, the identifiers of its seeds' components (walked first only for seeds that
-        // share a link), the other accounts it linked, its referrers. Then, under them, the
+            referees.iter().map(|u| (*u).to_owned()).chain(first_met.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+        // (2) The batch's locks, in one statement (see `locks`): its seeds' devices, mailboxes
+        // and cards, the identifiers of its seeds' components (walked first only for seeds that
+        // share one), the referrers it meets first, its referrers. Then, under them, the
         // components walked and the evidence of the new
         // referrals (a concurrent batch on the same device or mailbox has committed and is seen,
         // or waits and will see these).
         let referrer_at: Vec<(&str, DateTime<Utc>)> = subjects.iter().map(|s| (s.referrer_id.as_str(), s.referee_registered_at)).collect();
         let referee_set: BTreeSet<&str> = referees.iter().copied().collect();
         let touched = locks::Touched {
-            identities_of: &referees,
-            accounts: newly_linked.iter().map(String::as_str).filter(|u| !referee_set.contains(u)).collect(),
+            meeting: &seeds,
+            accounts: first_met.iter().map(String::as_str).filter(|u| !referee_set.contains(u)).collect(),
             held: BTreeSet::new(),
             referrers: Some(locks::Referrers {
                 at: &referrer_at,
@@ -380,7 +376,7 @@ impl FraudScorer {
         let touched: Vec<(&str, usize)> =
             subjects.iter().enumerate().flat_map(|(i, s)| [(s.referrer_id.as_str(), i), (s.referee_id.as_str(), i)]).collect();
         let ring = ring_candidates(&components, &touched);
-        let referrer_linked: Vec<bool> = subjects.iter().map(|s| newly_linked.contains(&s.referrer_id)).collect();
+        let referrer_linked: Vec<bool> = subjects.iter().map(|s| first_met.contains(&s.referrer_id)).collect();
         let found = self.clusters(conn, &referees, &referrers, &referrer_linked, &ring).await?;
         merge(&mut candidates, found);
         self.revise(conn, candidates, &causes, &components, w).await?;
@@ -503,7 +499,7 @@ impl FraudScorer {
         // components (see `locks`).
         let seeds: Vec<String> = fresh.iter().map(|(u, _)| (*u).to_owned()).collect::<BTreeSet<_>>().into_iter().collect();
         let seed_refs: Vec<&str> = seeds.iter().map(String::as_str).collect();
-        let touched = locks::Touched { identities_of: &seed_refs, accounts: seed_refs.clone(), held: payments, referrers: None };
+        let touched = locks::Touched { meeting: &[], accounts: seed_refs, held: payments, referrers: None };
         let components = locks::lock_and_walk(conn, &seeds, touched, self.policy.ring_min_size).await?;
         let touched: Vec<(&str, usize)> = fresh.iter().enumerate().map(|(i, (u, _))| (*u, i)).collect();
         let ring = ring_candidates(&components, &touched);
@@ -573,7 +569,9 @@ impl FraudScorer {
             })
             .collect();
         // Candidates found through a device, email or referrer may lie outside the components
-        // already loaded: load theirs too (one more graph read, within the same lock).
+        // already loaded: load theirs too (one more graph read, within the same lock). The
+        // batch's first assessments are written by now, so every account it meets counts as
+        // met without naming them.
         let outside: Vec<String> = subjects
             .iter()
             .filter(|s| !components.covers(&s.referee_id))
@@ -581,7 +579,7 @@ impl FraudScorer {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let more = graph::components(conn, &outside, &[], self.policy.ring_min_size).await?;
+        let more = graph::components(conn, &outside, &[], &[], self.policy.ring_min_size).await?;
         let evidence = self.evidence(conn, &subjects).await?;
         let mut updates = Vec::new();
         for ((s, subject), (e, domain)) in stored.iter().zip(&subjects).zip(evidence) {

@@ -5,11 +5,10 @@
 //!
 //! - `device:<id>`, `email:<hash>`, `payment:<fingerprint>`: an identifier of the ring graph
 //!   (and of the device and mailbox clusters). A batch locks, exclusively, the identifiers of
-//!   every account it inserts links for (read from `users`, so before its own links are
-//!   visible to anyone), every identifier its seeds have links for, and every identifier its
-//!   graph walk reaches.
-//! - `account:<user>`: an account this batch inserted links for that is not one of its
-//!   referees (a referrer the scorer meets for the first time, a depositor).
+//!   its seeds: the device and mailbox of their `users` rows (so before the accounts it meets
+//!   are met for anyone else) and their cards; and every identifier its graph walk reaches.
+//! - `account:<user>`: a seed that is not one of the batch's referees (a referrer the scorer
+//!   meets for the first time, a depositor).
 //! - `referrer:<user>`: shared by every batch with a referral of that referrer, exclusive when
 //!   the referrer's referrals around the batch's registrations already exceed the velocity
 //!   limit (a farm the batch must re-assess whole).
@@ -17,15 +16,18 @@
 //!   [`graph::MAX_WALK`] (a component too large to lock identifier by identifier), which then
 //!   runs alone as every section once did.
 //!
-//! Why this is enough. A batch's ring verdicts come from a walk (the components of its seeds)
+//! Why this is enough. A batch's new links are the device and mailbox of each account it meets
+//! (the referees and first-time referrers of its referrals: they count as met from its commit,
+//! [`graph::components`]) and the cards it records; every such account is one of its seeds. A
+//! batch's ring verdicts come from a walk (the components of its seeds)
 //! made while it holds the lock of every identifier the walk reached. A seed whose identifiers,
 //! read while all of them are locked, have no other account is not walked: it is its own
 //! component, which is what the walk would read, so below "walk" covers that read too. Take two
 //! concurrent batches A and B whose new links end up in one component, and a shortest path
 //! between a link of A and a link of B: its inner links were committed before either walked, so both walks reach every
 //! node on it. If the path has a link, it has an identifier, which both lock; if it has none,
-//! the two links share a node: an identifier (both lock it) or an account both inserted links
-//! for (both lock its device and email, or its `account:` key). So A and B hold a common lock
+//! the two links share a node: an identifier (both lock it) or an account both meet or link
+//! (both lock its device and email, or its `account:` key). So A and B hold a common lock
 //! and one walks only after the other committed: the later sees both batches' links and fresh
 //! assessments, and re-assesses the earlier one's referrals in a ring it completed. A walk that
 //! reaches an identifier not locked yet locks it and walks again, until its walk is covered.
@@ -49,23 +51,23 @@ pub const RING_LOCK: i64 = 0x7265_6673_7269_6e67; // "refsring"
 /// [`RING_LOCK`] exclusively.
 const MAX_ROUNDS: usize = 4;
 
-/// What a batch locks before its walk: the lock keys of the device and mailbox of each of
-/// `identities_of` (read from `users`), and of every identifier `seeds` have links for; and the
-/// seeds with a link another account shares (a component beyond the seed itself). One read of
-/// each account's `users` row; the keys are deduplicated here, not by Postgres.
-async fn own_identifiers(
-    conn: &mut PgConnection,
-    identities_of: &[&str],
-    seeds: &[String],
-) -> sqlx::Result<(BTreeSet<String>, Vec<String>)> {
+/// The lock keys (`kind:value`) of every identifier of `seeds` (their payment links, and the
+/// device and mailbox of their `users` rows), and the seeds with an identifier another account
+/// has: a card another account paid with, or a device or mailbox on another `users` row, met
+/// or not (a seed no other account shares anything with is its whole component; one that
+/// shares only with accounts not met yet is walked, and the walk finds it alone). One read of
+/// each seed's `users` row; the keys are deduplicated here, not by Postgres.
+async fn own_identifiers(conn: &mut PgConnection, seeds: &[String]) -> sqlx::Result<(BTreeSet<String>, Vec<String>)> {
     let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT x.k, NULL::text FROM users u, LATERAL (VALUES ('device:' || u.device_id), ('email:' || u.email_hash)) AS x(k) \
-           WHERE u.user_id = ANY($1) AND x.k IS NOT NULL \
+        "SELECT x.kind || ':' || x.value, CASE WHEN x.shared THEN u.user_id END FROM users u, LATERAL (VALUES \
+             ('device', u.device_id, EXISTS (SELECT 1 FROM users o WHERE o.device_id = u.device_id AND o.user_id <> u.user_id)), \
+             ('email', u.email_hash, EXISTS (SELECT 1 FROM users o WHERE o.email_hash = u.email_hash AND o.user_id <> u.user_id))) \
+             AS x(kind, value, shared) \
+           WHERE u.user_id = ANY($1) AND x.value IS NOT NULL \
          UNION ALL SELECT l.kind || ':' || l.value, CASE WHEN EXISTS (SELECT 1 FROM identity_links o \
                   WHERE o.kind = l.kind AND o.value = l.value AND o.user_id <> l.user_id) THEN l.user_id END \
-           FROM identity_links l WHERE l.user_id = ANY($2)",
+           FROM identity_links l WHERE l.user_id = ANY($1)",
     )
-    .bind(identities_of)
     .bind(seeds)
     .fetch_all(conn)
     .await?;
@@ -121,8 +123,9 @@ async fn ring_lock(conn: &mut PgConnection, exclusive: bool) -> sqlx::Result<()>
 
 /// What a batch touches, for [`lock_and_walk`].
 pub struct Touched<'a> {
-    /// Accounts the batch linked whose device and mailbox (read from `users`) it locks.
-    pub identities_of: &'a [&'a str],
+    /// The accounts the batch meets (its referees and referrers), which count as met in its
+    /// walks although their assessments are not written yet ([`graph::components`]).
+    pub meeting: &'a [String],
     /// Accounts it locks by their `account:` key.
     pub accounts: Vec<&'a str>,
     /// Keys it holds already (its cards).
@@ -144,14 +147,14 @@ pub async fn lock_and_walk(
     touched: Touched<'_>,
     ring_min_size: u32,
 ) -> sqlx::Result<Components> {
-    let (mut keys, sharing) = own_identifiers(conn, touched.identities_of, seeds).await?;
+    let (mut keys, sharing) = own_identifiers(conn, seeds).await?;
     if !sharing.is_empty() {
-        keys.extend(graph::components(conn, &sharing, &[], ring_min_size).await?.identifiers().iter().cloned());
+        keys.extend(graph::components(conn, &sharing, &[], touched.meeting, ring_min_size).await?.identifiers().iter().cloned());
     }
     keys.extend(touched.accounts.iter().map(|u| format!("account:{u}")));
     lock(conn, &keys, touched.referrers).await?;
     keys.extend(touched.held);
-    locked_components(conn, seeds, keys, ring_min_size).await
+    locked_components(conn, seeds, keys, touched.meeting, ring_min_size).await
 }
 
 /// The components of `seeds`, read while this transaction holds the lock of every identifier
@@ -168,11 +171,12 @@ async fn locked_components(
     conn: &mut PgConnection,
     seeds: &[String],
     mut held: BTreeSet<String>,
+    meeting: &[String],
     ring_min_size: u32,
 ) -> sqlx::Result<Components> {
     ring_lock(conn, false).await?;
     for _ in 0..MAX_ROUNDS {
-        let (own, sharing) = own_identifiers(conn, &[], seeds).await?;
+        let (own, sharing) = own_identifiers(conn, seeds).await?;
         let unlocked: BTreeSet<String> = own.difference(&held).cloned().collect();
         if !unlocked.is_empty() {
             lock(conn, &unlocked, None).await?;
@@ -181,7 +185,7 @@ async fn locked_components(
         }
         let walked_from: BTreeSet<&String> = sharing.iter().collect();
         let alone: Vec<String> = seeds.iter().filter(|s| !walked_from.contains(s)).cloned().collect();
-        let walked = graph::components(conn, &sharing, &alone, ring_min_size).await?;
+        let walked = graph::components(conn, &sharing, &alone, meeting, ring_min_size).await?;
         if walked.truncated() {
             break;
         }
@@ -193,5 +197,5 @@ async fn locked_components(
         held.extend(new);
     }
     ring_lock(conn, true).await?;
-    graph::components(conn, seeds, &[], ring_min_size).await
+    graph::components(conn, seeds, &[], meeting, ring_min_size).await
 }
