@@ -123,8 +123,9 @@ async fn ring_lock(conn: &mut PgConnection, exclusive: bool) -> sqlx::Result<()>
 
 /// What a batch touches, for [`lock_and_walk`].
 pub struct Touched<'a> {
-    /// The accounts the batch meets (its referees and referrers), which count as met in its
-    /// walks although their assessments are not written yet ([`graph::components`]).
+    /// The accounts the batch meets (its referees and the referrers it meets first), which
+    /// count as met in its walks although their assessments are not written yet
+    /// ([`graph::components`]).
     pub meeting: &'a [String],
     /// Accounts it locks by their `account:` key.
     pub accounts: Vec<&'a str>,

@@ -150,6 +150,20 @@ async fn wait_for_rows(pool: &PgPool, counted: &str, want: i64, expected: i64, s
     }
 }
 
+/// Waits, between two phases and outside both, until the reward engine has applied every score
+/// (no referral is `pending` any more), so that the next phase starts from a quiet fleet instead
+/// of sharing the machine with the end of this one; returns how long that took. The
+/// registrations end with the last assessment, and the engine's move of the last referrals to
+/// `eligible` follows it by the relay's and the engine's hop.
+async fn wait_for_scores_applied(pool: &PgPool) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while count(pool, "SELECT count(*) FROM referrals WHERE status = 'pending'").await? > 0 {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "referrals still pending 10 minutes after their assessments");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(started.elapsed())
+}
+
 /// CPU seconds of every process of the fleet (the broker included) and of Postgres over one
 /// phase, Postgres' also split by the worker whose connections used it (each worker names its
 /// connections: `application_name`), beside the CPU seconds the machine had and how many of them
@@ -314,6 +328,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let registrations = registrations(&mut sender, &pool, &settings, &shape, &mut registration_cpu, Until::Scored).await?;
+    let applied = wait_for_scores_applied(&pool).await?;
+    println!("registrations: the engine applied the last scores {applied:.1?} after the last assessment");
     if profiling {
         profile::report_and_reset(&pool, "registrations", 25).await?;
     }
