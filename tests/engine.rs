@@ -641,6 +641,115 @@ async fn the_gate_waits_for_the_scorer_and_applies_its_latest_assessment() {
     h.assert_books_balance().await;
 }
 
+/// A barrier covers every payout due by its moment, whenever the payout was committed: one whose
+/// hold ended before a barrier's moment settles behind that barrier, with no barrier of its own,
+/// and one due after it waits for a barrier that covers it. A payout scheduled after its
+/// deposit's hold (the referral was still pending then and is approved later) is due when it is
+/// scheduled, so it waits for the stream up to then, not for the barrier that covered the deposit.
+#[tokio::test]
+async fn a_barrier_covers_the_payouts_due_by_its_moment() {
+    let mut h = Harness::new().await;
+    for n in 50..53 {
+        h.referral(&format!("r{n}"), &format!("e{n}")).await;
+    }
+    let engine = h.engine();
+    let pool = h.db.pool.clone();
+    let referral = |e: &str| DerivedId::referral(&UserId::parse(e).unwrap());
+    let scorer_at = |next: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO consumer_progress (consumer, topic, partition, next_offset) VALUES ('fraud-scorer', 'deposit-completed', 0, $1) \
+                 ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+            )
+            .bind(next)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let barrier_of = |e: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT w.barrier_id FROM rewards w JOIN referrals r USING (referral_id) WHERE r.referee_id = $1")
+                .bind(e)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let barriers = || {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM settlement_barriers").fetch_one(&pool).await.unwrap() }
+    };
+    let stream = |end: i64| FixedStream([(("deposit-completed".to_owned(), 0), end)].into_iter().collect());
+    // Records applied without the harness's settling (which opens every barrier at once).
+    let mut records = Vec::new();
+    for (e, r) in [("e50", "r50"), ("e51", "r51")] {
+        records.push(h.message("referral-scored", e, scored(e, r, Decision::Approve).1));
+    }
+    for (e, d) in [("e50", "d50"), ("e51", "d51"), ("e52", "d52")] {
+        let bytes = encode(&deposit(e, d, "30", t0() + Duration::days(1), &format!("c-{e}")));
+        records.push(h.message("deposit-completed", e, bytes));
+    }
+    records.push(h.message("referral-scored", "e52", scored("e52", "r52", Decision::Approve).1));
+    let mut records = records.into_iter();
+    let mut apply = || {
+        let (engine, pool, msg) = (&engine, &pool, records.next().unwrap());
+        async move { assert_eq!(apply_partition(engine, pool, &[msg]).await, Applied::Committed) }
+    };
+    apply().await;
+    apply().await;
+    apply().await; // d50
+    let sweep = |end: i64| {
+        let (engine, pool) = (&engine, &pool);
+        async move { reward_engine::settlement::sweep(engine, pool, &stream(end)).await.unwrap() }
+    };
+    assert_eq!(sweep(1).await, (0, 1), "d50's barrier waits for the scorer");
+    // d51 recorded by a transaction that began before the barrier's moment and committed after
+    // it was captured: due before the moment, so the barrier covers it and none is made for it.
+    apply().await;
+    sqlx::query(
+        "UPDATE pending_payouts SET due_at = (SELECT hold_ended_at FROM settlement_barriers) - interval '1 millisecond' \
+         WHERE referral_id = $1",
+    )
+    .bind(referral("e51"))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(sweep(1).await, (0, 1));
+    assert_eq!(barriers().await, 1, "a covered payout makes no barrier");
+    scorer_at(1).await;
+    assert_eq!(sweep(1).await, (2, 0), "the barrier opens and both settle behind it");
+    let first = barrier_of("e50").await;
+    assert_eq!(barrier_of("e51").await, first);
+    // d52's referral is still pending when its deposit's hold ends: a new barrier covers it
+    // (the scorer has read the stream's end already, so it opens at once), and nothing is paid.
+    apply().await;
+    assert_eq!(sweep(1).await, (1, 0));
+    assert_eq!(barriers().await, 2);
+    assert_eq!(h.status_of("e52").await, "pending");
+    // Approved later: the payout is due at the approval, after every barrier so far, so it
+    // waits for one that covers the stream up to then.
+    apply().await;
+    let after_every_barrier: bool = sqlx::query_scalar(
+        "SELECT p.due_at > (SELECT max(hold_ended_at) FROM settlement_barriers) FROM pending_payouts p WHERE p.referral_id = $1",
+    )
+    .bind(referral("e52"))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(after_every_barrier, "a payout scheduled late is due when scheduled");
+    assert_eq!(sweep(2).await, (0, 1), "the stream has grown since: its barrier waits for the scorer");
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 2);
+    scorer_at(2).await;
+    assert_eq!(sweep(2).await, (1, 0));
+    assert_eq!(h.status_of("e52").await, "rewarded");
+    assert!(barrier_of("e52").await > first);
+    assert_eq!(barriers().await, 3);
+    h.assert_books_balance().await;
+}
+
 /// Stores a data campaign's next version, in force since before the harness's registrations (as
 /// `refstream campaigns apply` records it, backdated: the harness's events are two days old).
 async fn campaign_in_force(h: &Harness, toml_text: &str) {

@@ -27,7 +27,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -68,6 +68,7 @@ impl From<crate::codec::DecodeError> for Rejection {
 pub struct Batch<'c> {
     pub conn: &'c mut PgConnection,
     rejected: Vec<(usize, Rejection)>,
+    wake: Option<Arc<Notify>>,
 }
 
 impl Batch<'_> {
@@ -75,6 +76,12 @@ impl Batch<'_> {
     /// committed with the batch.
     pub fn reject(&mut self, index: usize, rejection: Rejection) {
         self.rejected.push((index, rejection));
+    }
+
+    /// Wakes `notify` once the batch has committed, so that the task it wakes finds what the
+    /// batch wrote (woken before the commit, it would look too early and sleep again).
+    pub fn wake_after_commit(&mut self, notify: Arc<Notify>) {
+        self.wake = Some(notify);
     }
 }
 
@@ -413,9 +420,9 @@ async fn apply_records<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMes
         }
     }
 
-    let mut batch = Batch { conn: &mut tx, rejected: Vec::new() };
+    let mut batch = Batch { conn: &mut tx, rejected: Vec::new(), wake: None };
     worker.apply(&mut batch, &events).await?;
-    let applied_rejections = batch.rejected;
+    let (applied_rejections, wake) = (batch.rejected, batch.wake);
     rejections.extend(applied_rejections.into_iter().map(|(j, r)| (positions[j], r)));
 
     let mut lettered = Vec::new();
@@ -435,6 +442,9 @@ async fn apply_records<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMes
         }
     }
     tx.commit().await?;
+    if let Some(notify) = wake {
+        notify.notify_one();
+    }
 
     for i in &duplicates {
         metrics::DEDUPLICATED.with_label_values(&[name, records[*i].topic()]).inc();

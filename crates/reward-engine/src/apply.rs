@@ -20,8 +20,13 @@ use crate::store::{self, Move, Referral};
 use crate::{unmatched, Position, RewardEngine};
 
 /// Records deposits (a replayed deposit id is skipped), holds those of unknown users, and
-/// schedules a payout for every referral that may still pay and now has a qualifying deposit.
-pub(crate) async fn deposits(engine: &RewardEngine, conn: &mut PgConnection, batch: &[(&DepositCompleted, &Position)]) -> sqlx::Result<()> {
+/// schedules a payout for every referral that may still pay and now has a qualifying deposit;
+/// true when it scheduled one.
+pub(crate) async fn deposits(
+    engine: &RewardEngine,
+    conn: &mut PgConnection,
+    batch: &[(&DepositCompleted, &Position)],
+) -> sqlx::Result<bool> {
     let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO deposits (deposit_id, user_id, amount, currency, payment_fingerprint, occurred_at, reversed_at, reversal_reason) \
          SELECT d.id, d.user_id, d.amount, d.currency, d.card, d.at, r.occurred_at, r.reason \
@@ -50,7 +55,7 @@ pub(crate) async fn deposits(engine: &RewardEngine, conn: &mut PgConnection, bat
         batch.iter().filter(|(d, _)| left.get_mut(d.deposit_id.as_str()).is_some_and(|n| std::mem::replace(n, 0) > 0)).copied().collect()
     };
     if fresh.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let mut users: Vec<String> = fresh.iter().map(|(d, _)| d.user_id.to_string()).collect();
     users.sort();
@@ -71,11 +76,7 @@ pub(crate) async fn deposits(engine: &RewardEngine, conn: &mut PgConnection, bat
         .values()
         .filter(|r| matches!(r.status(), ReferralStatus::Pending | ReferralStatus::Held | ReferralStatus::Eligible))
         .collect();
-    let scheduled = store::schedule_if_qualifying(conn, engine, &open).await?;
-    if scheduled > 0 {
-        engine.wake.notify_one();
-    }
-    Ok(())
+    Ok(store::schedule_if_qualifying(conn, engine, &open).await? > 0)
 }
 
 /// Expired referrals among `referrals` (locked) that a deposit made within their window
@@ -175,13 +176,14 @@ pub(crate) async fn reversals(
 
 /// Applies scores in order: the first moves a pending referral, later ones only tighten an
 /// unpaid one; a paid referral the scorer flags is clawed back or left for review, as the
-/// campaign says. A referral that becomes eligible gets a payout if a deposit qualifies.
+/// campaign says. A referral that becomes eligible gets a payout if a deposit qualifies (then
+/// true).
 pub(crate) async fn scores(
     engine: &RewardEngine,
     conn: &mut PgConnection,
     batch: &[&ReferralScored],
     out: &mut Vec<OutboxMessage>,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<bool> {
     let referees: Vec<String> = batch.iter().map(|s| s.referee_id.to_string()).collect();
     let mut referrals = store::lock_by_referee(conn, engine, &referees).await?;
     let mut moves = Vec::new();
@@ -271,7 +273,7 @@ async fn claw_back(
 
 /// Reviewers' decisions on held referrals: approve makes one eligible (and cleared, so a
 /// later REVIEW signal does not hold it again) and schedules its payout; reject rejects it.
-pub(crate) async fn reviews(engine: &RewardEngine, conn: &mut PgConnection, batch: &[&ReviewDecided]) -> sqlx::Result<()> {
+pub(crate) async fn reviews(engine: &RewardEngine, conn: &mut PgConnection, batch: &[&ReviewDecided]) -> sqlx::Result<bool> {
     let referees: Vec<String> = batch.iter().map(|r| r.referee_id.to_string()).collect();
     let mut referrals = store::lock_by_referee(conn, engine, &referees).await?;
     let mut moves = Vec::new();
@@ -295,16 +297,14 @@ pub(crate) async fn reviews(engine: &RewardEngine, conn: &mut PgConnection, batc
     schedule_eligible(engine, conn, &referrals, &cleared).await
 }
 
+/// Schedules the payouts of `referees`' referrals that are eligible; true when it scheduled one.
 async fn schedule_eligible(
     engine: &RewardEngine,
     conn: &mut PgConnection,
     referrals: &BTreeMap<String, Referral>,
     referees: &[String],
-) -> sqlx::Result<()> {
+) -> sqlx::Result<bool> {
     let now_eligible: Vec<&Referral> =
         referees.iter().filter_map(|e| referrals.get(e)).filter(|r| r.status() == ReferralStatus::Eligible).collect();
-    if store::schedule_if_qualifying(conn, engine, &now_eligible).await? > 0 {
-        engine.wake.notify_one();
-    }
-    Ok(())
+    Ok(store::schedule_if_qualifying(conn, engine, &now_eligible).await? > 0)
 }

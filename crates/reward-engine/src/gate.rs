@@ -2,8 +2,9 @@
 //! `refstream_core::settlement`). When payouts' holds end, one barrier captures the stream's
 //! position at that moment (end offsets of `user-registered`, `deposit-completed` and
 //! `user-verified`, read from the broker after the moment was taken, so they include
-//! everything that had arrived by then)
-//! and the payouts join it. The barrier then advances only on durable facts: attribution's and
+//! everything that had arrived by then). It covers every payout due by its moment, committed
+//! before or after it: nothing is written to a payout to join it (migration 20261211100000).
+//! The barrier then advances only on durable facts: attribution's and
 //! the scorer's `consumer_progress` (committed with their effects), and the outbox (a row is
 //! gone only once the relay's delivery report confirmed it). It opens when the scorer has
 //! applied everything that had arrived when the holds ended, whatever its lag, and the engine
@@ -149,7 +150,10 @@ fn from_json(v: &Json) -> Position {
 /// row is in the outbox.
 type ProgressAndOutbox = (Option<String>, Option<i32>, Option<i64>, bool);
 
-/// Makes a barrier for the payouts whose hold has ended and that have none; returns its id.
+/// Makes a barrier for the payouts whose hold has ended and that no barrier covers yet (each was
+/// due after the latest barrier's moment); returns whether payouts an open barrier already
+/// covers are waiting (committed after that barrier was captured, or opened by another
+/// engine): they settle without another barrier opening.
 ///
 /// Between the hold's moment and the one ListOffsets request (`user-registered`,
 /// `deposit-completed`, `user-verified` and `referral-attributed`), it reads attribution's
@@ -158,19 +162,22 @@ type ProgressAndOutbox = (Option<String>, Option<i32>, Option<i64>, bool);
 /// attribution had covered the registrations and the relay had published everything, the
 /// barrier starts at the scorer stage ([`refstream_core::settlement::barrier_at`]), saving the
 /// two stages' round trips whenever no registration is in flight. No transaction is needed
-/// around the steps: each read is one statement, and the barrier and the payouts that join it
-/// are written by one statement, after the ends were read. A round with nothing due costs one
-/// statement.
-pub async fn capture<E: EndOffsets>(conn: &mut PgConnection, engine: &RewardEngine, ends: &E) -> anyhow::Result<Option<i64>> {
-    // The moment, and whether a payout's hold had ended by then.
-    let (now, due): (DateTime<Utc>, bool) = sqlx::query_as(
-        "SELECT c.now, EXISTS (SELECT 1 FROM pending_payouts WHERE barrier_id IS NULL AND due_at <= c.now) \
+/// around the steps: each read is one statement, and the barrier is written after the ends were
+/// read. A round with nothing due costs one statement.
+pub async fn capture<E: EndOffsets>(conn: &mut PgConnection, engine: &RewardEngine, ends: &E) -> anyhow::Result<bool> {
+    // The moment, whether a payout's hold had ended by then that no barrier covers, and whether
+    // one an open barrier covers waits.
+    let (now, due, covered): (DateTime<Utc>, bool, bool) = sqlx::query_as(
+        "SELECT c.now, EXISTS (SELECT 1 FROM pending_payouts WHERE due_at <= c.now AND due_at > \
+                               (SELECT COALESCE(max(hold_ended_at), '-infinity') FROM settlement_barriers)), \
+                EXISTS (SELECT 1 FROM pending_payouts WHERE due_at <= \
+                               (SELECT max(hold_ended_at) FROM settlement_barriers WHERE stage = 'open')) \
          FROM (SELECT clock_timestamp() AS now) c",
     )
     .fetch_one(&mut *conn)
     .await?;
     if !due {
-        return Ok(None);
+        return Ok(covered);
     }
     let t = &engine.topics;
     // After the moment, attribution's progress and the outbox in one statement, so from one
@@ -205,23 +212,16 @@ pub async fn capture<E: EndOffsets>(conn: &mut PgConnection, engine: &RewardEngi
         "deposits": to_json(&barrier.deposits),
         "verifications": to_json(&barrier.verifications),
     });
-    // The barrier, and every payout due by the moment that has none joins it, at once. (A
-    // concurrent engine's capture may have taken them first: then this barrier waits on nothing
-    // and is forgotten with the old ones.)
-    let id: i64 = sqlx::query_scalar(
-        "WITH b AS (INSERT INTO settlement_barriers (hold_ended_at, stage, upstream, scored) VALUES ($1, $2, $3, $4) \
-                    RETURNING barrier_id), \
-              joined AS (UPDATE pending_payouts SET barrier_id = (SELECT barrier_id FROM b) \
-                         WHERE barrier_id IS NULL AND due_at <= $1) \
-         SELECT barrier_id FROM b",
-    )
-    .bind(now)
-    .bind(barrier.stage.as_str())
-    .bind(upstream)
-    .bind(barrier.attributed.as_ref().map(to_json))
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Some(id))
+    // The barrier covers every payout due by the moment. (A concurrent engine may capture one
+    // too: two barriers of nearly the same moment, each opening on its own.)
+    sqlx::query("INSERT INTO settlement_barriers (hold_ended_at, stage, upstream, scored) VALUES ($1, $2, $3, $4)")
+        .bind(now)
+        .bind(barrier.stage.as_str())
+        .bind(upstream)
+        .bind(barrier.attributed.as_ref().map(to_json))
+        .execute(&mut *conn)
+        .await?;
+    Ok(covered)
 }
 
 #[derive(sqlx::FromRow)]
@@ -271,6 +271,8 @@ pub struct Waiting {
     pub closed: usize,
     /// Barriers opened by this advance.
     pub opened: usize,
+    /// Payouts an open barrier covers are waiting (the capture's finding, before this advance).
+    pub covered: bool,
 }
 
 /// Moves every closed barrier as far as the workers' durable progress allows.
@@ -371,11 +373,19 @@ pub async fn advance<E: EndOffsets>(conn: &mut PgConnection, engine: &RewardEngi
     Ok(waiting)
 }
 
-/// Refreshes the gauges of payouts waiting on closed barriers, per stage.
+/// Refreshes the gauges of payouts waiting on closed barriers, per stage: a payout waits on the
+/// first barrier that covers it when no open one does (the closed barriers after the latest
+/// open one, each counting the payouts due since the one before it).
 pub async fn record_waiting(pool: &PgPool) -> sqlx::Result<()> {
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT b.stage, count(p.referral_id), COALESCE(extract(epoch FROM now() - min(b.hold_ended_at))::int8, 0) \
-         FROM settlement_barriers b JOIN pending_payouts p USING (barrier_id) WHERE b.stage <> 'open' GROUP BY b.stage",
+        "WITH open AS (SELECT COALESCE(max(hold_ended_at), '-infinity') AS t FROM settlement_barriers WHERE stage = 'open'), \
+              closed AS (SELECT b.stage, b.hold_ended_at, \
+                                COALESCE(lag(b.hold_ended_at) OVER (ORDER BY b.hold_ended_at, b.barrier_id), open.t) AS after \
+                         FROM settlement_barriers b, open WHERE b.stage <> 'open' AND b.hold_ended_at > open.t) \
+         SELECT c.stage, sum(w.n)::int8, COALESCE(extract(epoch FROM now() - min(c.hold_ended_at) FILTER (WHERE w.n > 0))::int8, 0) \
+         FROM closed c CROSS JOIN LATERAL \
+              (SELECT count(*) AS n FROM pending_payouts p WHERE p.due_at > c.after AND p.due_at <= c.hold_ended_at) w \
+         GROUP BY c.stage HAVING sum(w.n) > 0",
     )
     .fetch_all(pool)
     .await?;
@@ -390,12 +400,12 @@ pub async fn record_waiting(pool: &PgPool) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// Deletes open barriers no payout waits on any more, older than `keep` (rewards keep their
-/// barrier id and hold end for the audit).
+/// Deletes open barriers opened more than `keep` ago, except the latest open one: it covers
+/// every payout the older ones covered (rewards keep their barrier id and hold end for the audit).
 pub async fn forget_old(pool: &PgPool, keep: Duration) -> sqlx::Result<u64> {
     Ok(sqlx::query(
         "DELETE FROM settlement_barriers b WHERE b.stage = 'open' AND b.opened_at < now() - make_interval(secs => $1) \
-         AND NOT EXISTS (SELECT 1 FROM pending_payouts p WHERE p.barrier_id = b.barrier_id)",
+         AND b.hold_ended_at < (SELECT max(hold_ended_at) FROM settlement_barriers WHERE stage = 'open')",
     )
     .bind(keep.as_secs_f64())
     .execute(pool)

@@ -23,8 +23,8 @@ use crate::store::{self, Move, Referral};
 use crate::RewardEngine;
 
 /// Records a batch of verdicts (the latest per user by event time stands) and applies them to
-/// the open referrals of those users.
-pub(crate) async fn verifications(engine: &RewardEngine, conn: &mut PgConnection, batch: &[&UserVerified]) -> sqlx::Result<()> {
+/// the open referrals of those users; true when a payout was scheduled.
+pub(crate) async fn verifications(engine: &RewardEngine, conn: &mut PgConnection, batch: &[&UserVerified]) -> sqlx::Result<bool> {
     sqlx::query(
         "INSERT INTO user_verifications (user_id, verified, reason, occurred_at, event_id) \
          SELECT DISTINCT ON (u) u, v, r, t, e FROM unnest($1::text[], $2::bool[], $3::text[], $4::timestamptz[], $5::uuid[]) AS b(u, v, r, t, e) \
@@ -49,7 +49,7 @@ pub(crate) async fn verifications(engine: &RewardEngine, conn: &mut PgConnection
     .fetch_all(&mut *conn)
     .await?;
     if ids.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let mut referrals = store::lock_by_id(conn, engine, &ids).await?;
     let states = states_of(conn, engine, referrals.values()).await?;
@@ -96,10 +96,7 @@ pub(crate) async fn verifications(engine: &RewardEngine, conn: &mut PgConnection
     }
     store::apply_moves(conn, &moves).await?;
     let clear: Vec<&Referral> = now_clear.iter().filter_map(|id| referrals.get(id)).collect();
-    if store::schedule_if_qualifying(conn, engine, &clear).await? > 0 {
-        engine.wake.notify_one();
-    }
-    Ok(())
+    Ok(store::schedule_if_qualifying(conn, engine, &clear).await? > 0)
 }
 
 /// The KYC state of each referral under its campaign's requirement (campaigns that require

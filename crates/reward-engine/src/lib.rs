@@ -178,6 +178,8 @@ impl Worker for RewardEngine {
 
     async fn apply(&self, batch: &mut Batch<'_>, events: &[Input]) -> sqlx::Result<()> {
         let mut out = Vec::new();
+        // Whether a payout was scheduled: the settlement sweep is woken once the batch commits.
+        let mut scheduled = false;
         // A batch is one partition of one topic; runs of one kind keep the order regardless.
         let mut start = 0;
         while start < events.len() {
@@ -188,7 +190,7 @@ impl Worker for RewardEngine {
                 Input::Deposit(..) => {
                     let deposits: Vec<_> =
                         run.iter().filter_map(|e| if let Input::Deposit(d, at) = e { Some((d, at)) } else { None }).collect();
-                    apply::deposits(self, batch.conn, &deposits).await?;
+                    scheduled |= apply::deposits(self, batch.conn, &deposits).await?;
                 }
                 Input::Reversal(_) => {
                     let reversals: Vec<_> = run.iter().filter_map(|e| if let Input::Reversal(r) = e { Some(r) } else { None }).collect();
@@ -196,18 +198,21 @@ impl Worker for RewardEngine {
                 }
                 Input::Scored(_) => {
                     let scores: Vec<_> = run.iter().filter_map(|e| if let Input::Scored(s) = e { Some(s) } else { None }).collect();
-                    apply::scores(self, batch.conn, &scores, &mut out).await?;
+                    scheduled |= apply::scores(self, batch.conn, &scores, &mut out).await?;
                 }
                 Input::Review(_) => {
                     let reviews: Vec<_> = run.iter().filter_map(|e| if let Input::Review(r) = e { Some(r) } else { None }).collect();
-                    apply::reviews(self, batch.conn, &reviews).await?;
+                    scheduled |= apply::reviews(self, batch.conn, &reviews).await?;
                 }
                 Input::Verified(_) => {
                     let verdicts: Vec<_> = run.iter().filter_map(|e| if let Input::Verified(v) = e { Some(v) } else { None }).collect();
-                    kyc::verifications(self, batch.conn, &verdicts).await?;
+                    scheduled |= kyc::verifications(self, batch.conn, &verdicts).await?;
                 }
             }
             start = end;
+        }
+        if scheduled {
+            batch.wake_after_commit(self.wake.clone());
         }
         enqueue(batch.conn, &out).await
     }

@@ -60,15 +60,20 @@ struct ToPay {
 /// or not).
 pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sqlx::Result<usize> {
     let mut tx = pool.begin().await?;
-    // The claim deletes the payouts and locks their referrals (in id order, as every writer of
-    // referrals does) in one statement; a referral it waited for is returned as committed.
+    // The claim takes the payouts an open barrier covers (due by the latest open barrier's
+    // moment), oldest first, deletes them, names the first open barrier that covered each, and
+    // locks their referrals (in id order, as every writer of referrals does) in one statement; a
+    // referral it waited for is returned as committed.
     let rows: Vec<ClaimedRow> = sqlx::query_as(&format!(
-        "WITH due AS (SELECT p.referral_id FROM pending_payouts p JOIN settlement_barriers b USING (barrier_id) \
-                      WHERE b.stage = 'open' ORDER BY p.referral_id LIMIT $1 FOR UPDATE OF p SKIP LOCKED), \
-              claimed AS (DELETE FROM pending_payouts p USING due, settlement_barriers b \
-                          WHERE p.referral_id = due.referral_id AND b.barrier_id = p.barrier_id \
-                          RETURNING p.referral_id, p.barrier_id, b.hold_ended_at) \
-         SELECT {}, c.barrier_id, c.hold_ended_at FROM referrals r JOIN claimed c USING (referral_id) \
+        "WITH due AS (SELECT p.referral_id FROM pending_payouts p \
+                      WHERE p.due_at <= (SELECT max(hold_ended_at) FROM settlement_barriers WHERE stage = 'open') \
+                      ORDER BY p.due_at LIMIT $1 FOR UPDATE OF p SKIP LOCKED), \
+              claimed AS (DELETE FROM pending_payouts p USING due WHERE p.referral_id = due.referral_id \
+                          RETURNING p.referral_id, p.due_at) \
+         SELECT {}, b.barrier_id, b.hold_ended_at FROM referrals r JOIN claimed c USING (referral_id) \
+         CROSS JOIN LATERAL (SELECT o.barrier_id, o.hold_ended_at FROM settlement_barriers o \
+                             WHERE o.stage = 'open' AND o.hold_ended_at >= c.due_at \
+                             ORDER BY o.hold_ended_at, o.barrier_id LIMIT 1) b \
          ORDER BY r.referral_id FOR UPDATE OF r",
         store::REFERRAL_COLUMNS
     ))
@@ -232,7 +237,7 @@ async fn round<E: EndOffsets>(
         limits::uncap(engine, pool).await?;
     }
     let waiting = capture_and_advance(engine, pool, ends).await?;
-    if waiting.opened == 0 && !rare_steps && !settle_anyway {
+    if waiting.opened == 0 && !waiting.covered && !rare_steps && !settle_anyway {
         return Ok(Round { settled: 0, closed: waiting.closed, opened_while_draining: false });
     }
     let full = usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX);
@@ -255,8 +260,8 @@ const DRAIN_GATE_EVERY: Duration = Duration::from_millis(20);
 /// batch as soon as its last commits, never waiting for the others: concurrent settlements wait
 /// on each other only for the tail of their transactions (the balances and outbox keys they
 /// share), so the lanes overlap one's tail with the others' work. Meanwhile the gate's two steps run every
-/// [`DRAIN_GATE_EVERY`]: payouts whose hold ends while the backlog drains get their barrier
-/// and join the drain once it opens, instead of waiting for the whole drain (seconds, in a
+/// [`DRAIN_GATE_EVERY`]: payouts whose hold ends while the backlog drains get a barrier and
+/// join the drain once it opens, instead of waiting for the whole drain (seconds, in a
 /// burst) for the next round's capture. Returns the payouts settled, the gate's last view, and
 /// whether the gate opened a barrier meanwhile.
 async fn drain<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, full: usize) -> anyhow::Result<(usize, gate::Waiting, bool)> {
@@ -301,8 +306,8 @@ async fn drain<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, fu
 /// closed barriers advanced (opened when the workers have read past them).
 async fn capture_and_advance<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<gate::Waiting> {
     let mut conn = pool.acquire().await?;
-    gate::capture(&mut conn, engine, ends).await?;
-    gate::advance(&mut conn, engine, ends).await
+    let covered = gate::capture(&mut conn, engine, ends).await?;
+    Ok(gate::Waiting { covered, ..gate::advance(&mut conn, engine, ends).await? })
 }
 
 /// Sweeps until nothing is left to settle and no barrier is closed (or `rounds` rounds):

@@ -207,7 +207,10 @@ pub async fn apply_moves(conn: &mut PgConnection, moves: &[Move]) -> sqlx::Resul
 }
 
 /// Schedules payouts: `(referral_id, due_at)`, one upsert in referral order; a referral already
-/// waiting keeps the earlier due time and its barrier.
+/// waiting keeps the earlier due time. A payout is due no earlier than it is scheduled: one
+/// scheduled late (a KYC pass, a review's approval, a raised cap, a late deposit that revives
+/// an expired referral) waits for a barrier that covers the stream up to then, as its new hold
+/// end, not for the one that covered its deposit's hold.
 pub async fn schedule_payouts(conn: &mut PgConnection, payouts: &BTreeMap<Uuid, DateTime<Utc>>) -> sqlx::Result<()> {
     if payouts.is_empty() {
         return Ok(());
@@ -215,7 +218,7 @@ pub async fn schedule_payouts(conn: &mut PgConnection, payouts: &BTreeMap<Uuid, 
     let ids: Vec<Uuid> = payouts.keys().copied().collect();
     let due: Vec<DateTime<Utc>> = payouts.values().copied().collect();
     sqlx::query(
-        "INSERT INTO pending_payouts (referral_id, due_at) SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) \
+        "INSERT INTO pending_payouts (referral_id, due_at) SELECT id, GREATEST(due, now()) FROM unnest($1::uuid[], $2::timestamptz[]) AS p(id, due) \
          ON CONFLICT (referral_id) DO UPDATE SET due_at = LEAST(pending_payouts.due_at, EXCLUDED.due_at)",
     )
     .bind(&ids)

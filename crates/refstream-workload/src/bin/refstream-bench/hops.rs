@@ -1,8 +1,10 @@
 //! Where the paced load's end-to-end time went. Each paced reward's path is cut at the moments
 //! the bench can see: the deposit sent, the commit of the engine's transaction that recorded it,
-//! its hold's end (the settlement sweep that gave it a barrier), the barrier's opening, the
-//! commit of the settlement transaction that granted it, the relay's produce (the record's Kafka
-//! CreateTime) and the bench's read. Commit times need `track_commit_timestamp = on` (`make
+//! its hold's end (the moment of the first open barrier that covered it), the barrier's opening,
+//! the commit of the settlement transaction that granted it, the relay's produce (the record's
+//! Kafka CreateTime) and the bench's read. A barrier covers the payouts due by its moment, also
+//! those committed after it was captured or opened: its moment and opening, when before the
+//! deposit's commit, count as the commit (those hops took no time). Commit times need `track_commit_timestamp = on` (`make
 //! bench` starts Postgres with it); without it the transactions' start times stand in. Kafka's
 //! stamps are whole milliseconds, so a hop is approximate to about a millisecond; the hops of
 //! one reward add up to its end-to-end time. Printed, never asserted.
@@ -18,7 +20,7 @@ use crate::rewards::Arrivals;
 /// The hops, in path order.
 pub const HOPS: [&str; 6] = [
     "sent → engine commits the deposit",
-    "committed → hold ends (sweep gives a barrier)",
+    "committed → hold ends (a barrier covers it)",
     "hold ends → barrier opens (the gate)",
     "barrier opens → reward committed",
     "committed → relay produces",
@@ -58,7 +60,9 @@ pub async fn measure(pool: &PgPool, sent: &HashMap<String, DateTime<Utc>>, got: 
         else {
             continue;
         };
-        let marks = [*sent_at, recorded, hold_ended, opened, granted, *produced, *read_at];
+        // The barrier's moment and opening, when before the deposit's commit, count as it.
+        let hold_ended = hold_ended.max(recorded);
+        let marks = [*sent_at, recorded, hold_ended, opened.max(hold_ended), granted, *produced, *read_at];
         let mut hops = [0i64; 6];
         for (i, hop) in hops.iter_mut().enumerate() {
             *hop = (marks[i + 1] - marks[i]).num_microseconds().unwrap_or(0);
