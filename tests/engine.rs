@@ -750,6 +750,39 @@ async fn a_barrier_covers_the_payouts_due_by_its_moment() {
     h.assert_books_balance().await;
 }
 
+/// The gauges of payouts waiting on the gate count each payout on the first barrier that covers
+/// it, when no open barrier does: a payout an open barrier covers settles, and one no barrier
+/// covers yet waits for the next capture, not on a stage.
+#[tokio::test]
+async fn waiting_payouts_count_on_the_first_barrier_that_covers_them() {
+    let mut h = Harness::new().await;
+    for n in 60..64 {
+        h.referral(&format!("r{n}"), &format!("e{n}")).await;
+    }
+    let pool = h.db.pool.clone();
+    sqlx::query(
+        "INSERT INTO settlement_barriers (hold_ended_at, stage, upstream, opened_at) VALUES \
+         (now() - interval '3 seconds', 'open', '{}', now()), (now() - interval '2 seconds', 'scorer', '{}', NULL), \
+         (now() - interval '1 second', 'relay', '{}', NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Due before the open barrier, before the scorer-stage one, before the relay-stage one, after all.
+    for (e, ago) in [("e60", 3.5), ("e61", 2.5), ("e62", 1.5), ("e63", 0.5)] {
+        sqlx::query("INSERT INTO pending_payouts (referral_id, due_at) VALUES ($1, now() - make_interval(secs => $2))")
+            .bind(DerivedId::referral(&UserId::parse(e).unwrap()))
+            .bind(ago)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    reward_engine::gate::record_waiting(&pool).await.unwrap();
+    let waiting = |stage: &str| refstream_runtime::metrics::GATE_WAITING.with_label_values(&[stage]).get();
+    assert_eq!((waiting("attribution"), waiting("relay"), waiting("scorer")), (0, 1, 1));
+    assert_eq!(refstream_runtime::metrics::GATE_WAIT_SECONDS.with_label_values(&["scorer"]).get(), 2);
+}
+
 /// Stores a data campaign's next version, in force since before the harness's registrations (as
 /// `refstream campaigns apply` records it, backdated: the harness's events are two days old).
 async fn campaign_in_force(h: &Harness, toml_text: &str) {
