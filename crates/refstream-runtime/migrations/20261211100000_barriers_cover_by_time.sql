@@ -13,8 +13,9 @@
 -- a barrier column that is gone, and its sweep fails (logged, retried) until it is replaced:
 -- stop the old engines before the first upgraded worker starts (any worker applies the
 -- migrations).
+-- Dropping the column drops its foreign key and both partial indexes that name it (by barrier,
+-- and by due time while without one); payouts are then indexed by due time alone.
 ALTER TABLE pending_payouts DROP COLUMN barrier_id;
-DROP INDEX IF EXISTS pending_payouts_due;
 CREATE INDEX pending_payouts_due ON pending_payouts (due_at);
 
 -- The sweep's questions about barriers, by moment: the latest one captured (is a due payout
