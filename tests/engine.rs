@@ -555,6 +555,21 @@ async fn concurrent_settlement_transactions_pay_a_backlog_once() {
     h.assert_books_balance().await;
 }
 
+/// Sets `worker`'s durable progress on a partition, as its batch's commit would.
+async fn progress(pool: &sqlx::PgPool, worker: &str, topic: &str, partition: i32, next: i64) {
+    sqlx::query(
+        "INSERT INTO consumer_progress (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+    )
+    .bind(worker)
+    .bind(topic)
+    .bind(partition)
+    .bind(next)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 /// A stream position fixed by the test: where `user-registered`, `deposit-completed` and
 /// `referral-attributed` end.
 struct FixedStream(refstream_core::settlement::Position);
@@ -587,22 +602,6 @@ async fn the_gate_waits_for_the_scorer_and_applies_its_latest_assessment() {
         let msg = h.message("deposit-completed", e, encode(&deposit(e, d, "30", t0() + Duration::days(1), &format!("c-{e}"))));
         assert_eq!(apply_partition(&engine, &pool, &[msg]).await, Applied::Committed);
     }
-    let progress = |worker: &'static str, topic: &'static str, partition: i32, next: i64| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query(
-                "INSERT INTO consumer_progress (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-            )
-            .bind(worker)
-            .bind(topic)
-            .bind(partition)
-            .bind(next)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-    };
     let sweep = || reward_engine::settlement::sweep(&engine, &pool, &ends);
     let stage = || h.db.scalar_i64("SELECT count(*) FROM settlement_barriers WHERE stage = 'open'");
     // The harness registered through attribution at partition 0 offsets 1..4 (next 5 ≥ 4):
@@ -616,7 +615,7 @@ async fn the_gate_waits_for_the_scorer_and_applies_its_latest_assessment() {
     sqlx::query("DELETE FROM outbox WHERE topic = 'referral-attributed'").execute(&pool).await.unwrap();
     assert_eq!(sweep().await.unwrap(), (0, 1), "the scorer has applied nothing yet");
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 0);
-    progress("fraud-scorer", "referral-attributed", 3, 7).await;
+    progress(&pool, "fraud-scorer", "referral-attributed", 3, 7).await;
     assert_eq!(sweep().await.unwrap(), (0, 1), "still behind on deposit-completed");
     // Meanwhile the scorer learned something about e41 and committed a rejecting revision.
     sqlx::query(
@@ -627,7 +626,7 @@ async fn the_gate_waits_for_the_scorer_and_applies_its_latest_assessment() {
     .execute(&pool)
     .await
     .unwrap();
-    progress("fraud-scorer", "deposit-completed", 0, 2).await;
+    progress(&pool, "fraud-scorer", "deposit-completed", 0, 2).await;
     assert_eq!(sweep().await.unwrap(), (2, 0), "the barrier opens and both payouts settle");
     assert_eq!(stage().await, 1);
     assert_eq!(h.status_of("e40").await, "rewarded");
@@ -655,19 +654,6 @@ async fn a_barrier_covers_the_payouts_due_by_its_moment() {
     let engine = h.engine();
     let pool = h.db.pool.clone();
     let referral = |e: &str| DerivedId::referral(&UserId::parse(e).unwrap());
-    let scorer_at = |next: i64| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query(
-                "INSERT INTO consumer_progress (consumer, topic, partition, next_offset) VALUES ('fraud-scorer', 'deposit-completed', 0, $1) \
-                 ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-            )
-            .bind(next)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-    };
     let barrier_of = |e: &'static str| {
         let pool = pool.clone();
         async move {
@@ -677,10 +663,6 @@ async fn a_barrier_covers_the_payouts_due_by_its_moment() {
                 .await
                 .unwrap()
         }
-    };
-    let barriers = || {
-        let pool = pool.clone();
-        async move { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM settlement_barriers").fetch_one(&pool).await.unwrap() }
     };
     let stream = |end: i64| FixedStream([(("deposit-completed".to_owned(), 0), end)].into_iter().collect());
     // Records applied without the harness's settling (which opens every barrier at once).
@@ -694,6 +676,7 @@ async fn a_barrier_covers_the_payouts_due_by_its_moment() {
     }
     records.push(h.message("referral-scored", "e52", scored("e52", "r52", Decision::Approve).1));
     let mut records = records.into_iter();
+    let barriers = || h.db.scalar_i64("SELECT count(*) FROM settlement_barriers");
     let mut apply = || {
         let (engine, pool, msg) = (&engine, &pool, records.next().unwrap());
         async move { assert_eq!(apply_partition(engine, pool, &[msg]).await, Applied::Committed) }
@@ -719,7 +702,7 @@ async fn a_barrier_covers_the_payouts_due_by_its_moment() {
     .unwrap();
     assert_eq!(sweep(1).await, (0, 1));
     assert_eq!(barriers().await, 1, "a covered payout makes no barrier");
-    scorer_at(1).await;
+    progress(&pool, "fraud-scorer", "deposit-completed", 0, 1).await;
     assert_eq!(sweep(1).await, (2, 0), "the barrier opens and both settle behind it");
     let first = barrier_of("e50").await;
     assert_eq!(barrier_of("e51").await, first);
@@ -742,7 +725,7 @@ async fn a_barrier_covers_the_payouts_due_by_its_moment() {
     assert!(after_every_barrier, "a payout scheduled late is due when scheduled");
     assert_eq!(sweep(2).await, (0, 1), "the stream has grown since: its barrier waits for the scorer");
     assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 2);
-    scorer_at(2).await;
+    progress(&pool, "fraud-scorer", "deposit-completed", 0, 2).await;
     assert_eq!(sweep(2).await, (1, 0));
     assert_eq!(h.status_of("e52").await, "rewarded");
     assert!(barrier_of("e52").await > first);
