@@ -27,22 +27,9 @@ pub(crate) async fn deposits(
     conn: &mut PgConnection,
     batch: &[(&DepositCompleted, &Position)],
 ) -> sqlx::Result<bool> {
-    let inserted: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO deposits (deposit_id, user_id, amount, currency, payment_fingerprint, occurred_at, reversed_at, reversal_reason) \
-         SELECT d.id, d.user_id, d.amount, d.currency, d.card, d.at, r.occurred_at, r.reason \
-         FROM unnest($1::text[], $2::text[], $3::numeric[], $4::text[], $5::text[], $6::timestamptz[]) \
-              WITH ORDINALITY AS d(id, user_id, amount, currency, card, at, n) \
-         LEFT JOIN deposit_reversals r ON r.deposit_id = d.id ORDER BY d.n \
-         ON CONFLICT (deposit_id) DO NOTHING RETURNING deposit_id",
-    )
-    .bind(batch.iter().map(|(d, _)| d.deposit_id.clone()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|(d, _)| d.user_id.to_string()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|(d, _)| d.amount.amount).collect::<Vec<_>>())
-    .bind(batch.iter().map(|(d, _)| d.amount.currency.as_str().to_owned()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|(d, _)| d.payment_fingerprint.clone()).collect::<Vec<Option<String>>>())
-    .bind(batch.iter().map(|(d, _)| d.occurred_at).collect::<Vec<_>>())
-    .fetch_all(&mut *conn)
-    .await?;
+    let recorded: Vec<&DepositCompleted> = batch.iter().map(|(d, _)| *d).collect();
+    let store::RecordedAndLocked { inserted, mut referrals, mut deposits } =
+        store::record_deposits_and_lock(conn, engine, &recorded).await?;
     let duplicates = batch.len() - inserted.len();
     if duplicates > 0 {
         OUTCOMES.with_label_values(&["reward-engine", "duplicate_deposit"]).inc_by(duplicates as u64);
@@ -57,13 +44,6 @@ pub(crate) async fn deposits(
     if fresh.is_empty() {
         return Ok(false);
     }
-    let mut users: Vec<String> = fresh.iter().map(|(d, _)| d.user_id.to_string()).collect();
-    users.sort();
-    users.dedup();
-    // The referrals are locked before anything is decided: the expiry sweep locks them too, so
-    // a referral it expires concurrently is seen expired here (and revived), and one locked here
-    // is skipped by it — a deposit and an expiry never miss each other.
-    let mut referrals = store::lock_by_referee(conn, engine, &users).await?;
     // A referee is a registered user: only the other deposits can belong to a user never seen
     // (their raw records need not travel to Postgres otherwise).
     let maybe_unknown: Vec<(&DepositCompleted, &Position)> =
@@ -71,21 +51,25 @@ pub(crate) async fn deposits(
     if !maybe_unknown.is_empty() {
         unmatched::hold_unknown(conn, &maybe_unknown).await?;
     }
-    revive_expired(engine, conn, &mut referrals).await?;
+    deposits.extend(revive_expired(engine, conn, &mut referrals).await?);
     let open: Vec<&Referral> = referrals
         .values()
         .filter(|r| matches!(r.status(), ReferralStatus::Pending | ReferralStatus::Held | ReferralStatus::Eligible))
         .collect();
-    Ok(store::schedule_if_qualifying(conn, engine, &open).await? > 0)
+    Ok(store::schedule_qualifying(conn, engine, &open, &deposits).await? > 0)
 }
 
 /// Expired referrals among `referrals` (locked) that a deposit made within their window
 /// (reported late) now qualifies go back to the state they expired from; the caller then
-/// schedules their payouts.
-async fn revive_expired(engine: &RewardEngine, conn: &mut PgConnection, referrals: &mut BTreeMap<String, Referral>) -> sqlx::Result<()> {
+/// schedules their payouts. Returns the deposits of the expired referrals' referees, by user.
+async fn revive_expired(
+    engine: &RewardEngine,
+    conn: &mut PgConnection,
+    referrals: &mut BTreeMap<String, Referral>,
+) -> sqlx::Result<BTreeMap<String, Vec<store::Recorded>>> {
     let ids: Vec<Uuid> = referrals.values().filter(|r| r.status() == ReferralStatus::Expired).map(|r| r.referral_id).collect();
     if ids.is_empty() {
-        return Ok(());
+        return Ok(BTreeMap::new());
     }
     let before: BTreeMap<Uuid, String> = sqlx::query_as::<_, (Uuid, String)>(
         "SELECT DISTINCT ON (referral_id) referral_id, from_status FROM referral_transitions \
@@ -108,7 +92,8 @@ async fn revive_expired(engine: &RewardEngine, conn: &mut PgConnection, referral
             moves.extend(Move::of(referral, t, "a qualifying deposit made within the window was reported after it expired"));
         }
     }
-    store::apply_moves(conn, &moves).await
+    store::apply_moves(conn, &moves).await?;
+    Ok(deposits)
 }
 
 /// Takes back every reward paid for a reversed deposit (a reversal that arrives first is kept,

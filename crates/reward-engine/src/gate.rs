@@ -146,54 +146,68 @@ fn from_json(v: &Json) -> Position {
     p
 }
 
-/// A progress row of attribution (absent: none yet) beside whether a `referral-attributed`
-/// row is in the outbox.
-type ProgressAndOutbox = (Option<String>, Option<i32>, Option<i64>, bool);
+/// A row of the capture's first statement: the moment, whether a payout no barrier covers is
+/// due, whether one an open barrier covers waits, and (when one is due) whether a
+/// `referral-attributed` row is in the outbox beside a progress row of attribution (absent:
+/// none yet).
+#[derive(sqlx::FromRow)]
+struct DueAndProgress {
+    now: DateTime<Utc>,
+    due: bool,
+    covered: bool,
+    unpublished: Option<bool>,
+    topic: Option<String>,
+    partition: Option<i32>,
+    next_offset: Option<i64>,
+}
 
 /// Makes a barrier for the payouts whose hold has ended and that no barrier covers yet (each was
 /// due after the latest barrier's moment); returns whether payouts an open barrier already
 /// covers are waiting (committed after that barrier was captured, or opened by another
 /// engine): they settle without another barrier opening.
 ///
-/// Between the hold's moment and the one ListOffsets request (`user-registered`,
-/// `deposit-completed`, `user-verified` and `referral-attributed`), it reads attribution's
-/// durable progress and whether the outbox holds a `referral-attributed` row, from one
-/// snapshot: when
+/// In the statement that takes the hold's moment, before the one ListOffsets request
+/// (`user-registered`, `deposit-completed`, `user-verified` and `referral-attributed`), it reads
+/// attribution's durable progress and whether the outbox holds a `referral-attributed` row,
+/// from that statement's snapshot (progress read earlier only makes the check below stricter):
+/// when
 /// attribution had covered the registrations and the relay had published everything, the
 /// barrier starts at the scorer stage ([`refstream_core::settlement::barrier_at`]), saving the
 /// two stages' round trips whenever no registration is in flight. No transaction is needed
 /// around the steps: each read is one statement, and the barrier is written after the ends were
 /// read. A round with nothing due costs one statement.
 pub async fn capture<E: EndOffsets>(conn: &mut PgConnection, engine: &RewardEngine, ends: &E) -> anyhow::Result<bool> {
-    // The moment, whether a payout's hold had ended by then that no barrier covers, and whether
-    // one an open barrier covers waits.
-    let (now, due, covered): (DateTime<Utc>, bool, bool) = sqlx::query_as(
-        "SELECT c.now, EXISTS (SELECT 1 FROM pending_payouts WHERE due_at <= c.now AND due_at > \
-                               (SELECT COALESCE(max(hold_ended_at), '-infinity') FROM settlement_barriers)), \
-                EXISTS (SELECT 1 FROM pending_payouts WHERE due_at <= \
-                               (SELECT max(hold_ended_at) FROM settlement_barriers WHERE stage = 'open')) \
-         FROM (SELECT clock_timestamp() AS now) c",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    if !due {
-        return Ok(covered);
-    }
-    let t = &engine.topics;
-    // After the moment, attribution's progress and the outbox in one statement, so from one
+    // In one statement: the moment, whether a payout's hold had ended by then that no barrier
+    // covers, whether one an open barrier covers waits, and (only when one is due) attribution's
+    // progress and whether the outbox holds a referral-attributed row, from the statement's one
     // snapshot: every referral-attributed row committed with the progress read is either seen
-    // in the outbox or was deleted (published) before it. Then (below) the ends.
-    let found: Vec<ProgressAndOutbox> = sqlx::query_as(
-        "SELECT p.topic, p.partition, p.next_offset, o.unpublished FROM \
-           (SELECT EXISTS (SELECT 1 FROM outbox WHERE topic = $2) AS unpublished) o \
-         LEFT JOIN consumer_progress p ON p.consumer = $1",
+    // in the outbox or was deleted (published) before it. Then (below) the ends, read after the
+    // moment and after that snapshot.
+    let t = &engine.topics;
+    let found: Vec<DueAndProgress> = sqlx::query_as(
+        "WITH c AS (SELECT n.now, \
+                  EXISTS (SELECT 1 FROM pending_payouts WHERE due_at <= n.now AND due_at > \
+                          (SELECT COALESCE(max(hold_ended_at), '-infinity') FROM settlement_barriers)) AS due, \
+                  EXISTS (SELECT 1 FROM pending_payouts WHERE due_at <= \
+                          (SELECT max(hold_ended_at) FROM settlement_barriers WHERE stage = 'open')) AS covered \
+                  FROM (SELECT clock_timestamp() AS now) n) \
+         SELECT c.now, c.due, c.covered, o.unpublished, p.topic, p.partition, p.next_offset FROM c \
+         LEFT JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM outbox WHERE topic = $2) AS unpublished WHERE c.due) o ON true \
+         LEFT JOIN LATERAL (SELECT topic, partition, next_offset FROM consumer_progress WHERE c.due AND consumer = $1) p ON true",
     )
     .bind(ATTRIBUTION)
     .bind(&t.referral_attributed)
     .fetch_all(&mut *conn)
     .await?;
-    let unpublished = found.first().is_none_or(|r| r.3);
-    let rows: Vec<(String, i32, i64)> = found.into_iter().filter_map(|(t, p, n, _)| Some((t?, p?, n?))).collect();
+    let Some(first) = found.first() else {
+        return Ok(false);
+    };
+    let (now, due, covered) = (first.now, first.due, first.covered);
+    if !due {
+        return Ok(covered);
+    }
+    let unpublished = first.unpublished.unwrap_or(true);
+    let rows: Vec<(String, i32, i64)> = found.into_iter().filter_map(|r| Some((r.topic?, r.partition?, r.next_offset?))).collect();
     let attribution: Position = rows.into_iter().map(|(t, p, n)| ((t, p), n)).collect();
     // Read after `now`: the ends include everything the broker had accepted by then.
     let all = ends

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use refstream_core::campaign::RecordedDeposit;
+use refstream_core::events::DepositCompleted;
 use refstream_core::fx::Rates;
 use refstream_core::lifecycle::{ReferralStatus, Transition};
 use refstream_core::{Currency, Money};
@@ -56,6 +57,133 @@ pub async fn lock_by_referee(
     Ok(rows.into_iter().map(|r| (r.referee_id.clone(), r)).collect())
 }
 
+/// A row of [`record_deposits_and_lock`]: a deposit it inserted (`kind` = `inserted`), a
+/// deposit stored before (`deposit`), or a referral it locked (`referral`).
+#[derive(sqlx::FromRow)]
+struct RecordedOrLocked {
+    kind: String,
+    deposit_id: Option<String>,
+    user_id: Option<String>,
+    amount: Option<Decimal>,
+    currency: Option<String>,
+    occurred_at: Option<DateTime<Utc>>,
+    reversed: Option<bool>,
+    recorded_at: Option<DateTime<Utc>>,
+    referral_id: Option<Uuid>,
+    referrer_id: Option<String>,
+    referee_id: Option<String>,
+    campaign_id: Option<String>,
+    terms_version: Option<i32>,
+    referee_registered_at: Option<DateTime<Utc>>,
+    status: Option<String>,
+    cleared_by_review: Option<bool>,
+}
+
+impl RecordedOrLocked {
+    fn deposit(self) -> Option<DepositRow> {
+        Some(DepositRow {
+            deposit_id: self.deposit_id?,
+            user_id: self.user_id?,
+            amount: self.amount?,
+            currency: self.currency?,
+            occurred_at: self.occurred_at?,
+            reversed: self.reversed?,
+            recorded_at: self.recorded_at?,
+        })
+    }
+
+    fn referral(self) -> Option<Referral> {
+        Some(Referral {
+            referral_id: self.referral_id?,
+            referrer_id: self.referrer_id?,
+            referee_id: self.referee_id?,
+            campaign_id: self.campaign_id?,
+            terms_version: self.terms_version?,
+            referee_registered_at: self.referee_registered_at?,
+            status: self.status?,
+            cleared_by_review: self.cleared_by_review?,
+        })
+    }
+}
+
+/// What [`record_deposits_and_lock`] found: the deposit ids it inserted (one per row), the
+/// referrals it locked by referee, and every recorded deposit of the referees whose referral
+/// may still pay (`pending`, `held`, `eligible`), by user.
+pub struct RecordedAndLocked {
+    pub inserted: Vec<String>,
+    pub referrals: BTreeMap<String, Referral>,
+    pub deposits: BTreeMap<String, Vec<Recorded>>,
+}
+
+/// Records `deposits` (a deposit id already stored is skipped), locks the referrals of the
+/// users whose deposits were inserted (in `referral_id` order, with their terms loaded), and
+/// reads the deposits of those whose referral may still pay, in one statement (one round trip:
+/// at a low load a batch is one deposit).
+///
+/// The referrals are locked before anything is decided: the expiry sweep locks them too, so a
+/// referral it expires concurrently is returned expired (a row waited for is returned as
+/// committed) and revived, and one locked here is skipped by it; a deposit and an expiry never
+/// miss each other. The deposits come from the statement's snapshot, taken before any wait for
+/// those locks: only a reversal changes a stored deposit, and a reversal does not take the
+/// referral's lock before it marks its deposit, so no later read here could order the two
+/// either. A deposit reversed meanwhile is caught where it matters: settlement reads the
+/// deposits again under the referral's lock before it pays, and a reversal that lands after
+/// the payment takes the reward back.
+pub async fn record_deposits_and_lock(
+    conn: &mut PgConnection,
+    engine: &RewardEngine,
+    deposits: &[&DepositCompleted],
+) -> sqlx::Result<RecordedAndLocked> {
+    let rows: Vec<RecordedOrLocked> = sqlx::query_as(&format!(
+        "WITH ins AS (INSERT INTO deposits (deposit_id, user_id, amount, currency, payment_fingerprint, occurred_at, reversed_at, reversal_reason) \
+           SELECT d.id, d.user_id, d.amount, d.currency, d.card, d.at, r.occurred_at, r.reason \
+           FROM unnest($1::text[], $2::text[], $3::numeric[], $4::text[], $5::text[], $6::timestamptz[]) \
+                WITH ORDINALITY AS d(id, user_id, amount, currency, card, at, n) \
+           LEFT JOIN deposit_reversals r ON r.deposit_id = d.id ORDER BY d.n \
+           ON CONFLICT (deposit_id) DO NOTHING RETURNING deposit_id, user_id, amount, currency, occurred_at, reversed_at, recorded_at), \
+              locked AS (SELECT {REFERRAL_COLUMNS} FROM referrals WHERE referee_id IN (SELECT user_id FROM ins) \
+                         ORDER BY referral_id FOR UPDATE) \
+         SELECT 'inserted' AS kind, deposit_id, user_id, amount, currency, occurred_at, reversed_at IS NOT NULL AS reversed, recorded_at, \
+                {NO_REFERRAL} FROM ins \
+         UNION ALL \
+         SELECT 'deposit', deposit_id, user_id, amount, currency, occurred_at, reversed_at IS NOT NULL, recorded_at, {NO_REFERRAL} \
+         FROM deposits WHERE user_id IN (SELECT referee_id FROM locked WHERE status IN ('pending', 'held', 'eligible')) \
+         UNION ALL \
+         SELECT 'referral', NULL, NULL, NULL, NULL, NULL, NULL, NULL, {REFERRAL_COLUMNS} FROM locked"
+    ))
+    .bind(deposits.iter().map(|d| d.deposit_id.clone()).collect::<Vec<_>>())
+    .bind(deposits.iter().map(|d| d.user_id.to_string()).collect::<Vec<_>>())
+    .bind(deposits.iter().map(|d| d.amount.amount).collect::<Vec<_>>())
+    .bind(deposits.iter().map(|d| d.amount.currency.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(deposits.iter().map(|d| d.payment_fingerprint.clone()).collect::<Vec<Option<String>>>())
+    .bind(deposits.iter().map(|d| d.occurred_at).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut inserted = Vec::new();
+    let mut stored = Vec::new();
+    let mut referrals = Vec::new();
+    for row in rows {
+        match row.kind.as_str() {
+            "inserted" => {
+                inserted.extend(row.deposit_id.clone());
+                stored.extend(row.deposit());
+            }
+            "deposit" => stored.extend(row.deposit()),
+            _ => referrals.extend(row.referral()),
+        }
+    }
+    engine.terms.load(conn, referrals.iter()).await?;
+    let referrals: BTreeMap<String, Referral> = referrals.into_iter().map(|r| (r.referee_id.clone(), r)).collect();
+    // The deposits of the users the batch inserted for but who have no referral that may pay
+    // are of no use here.
+    stored.retain(|d| referrals.get(&d.user_id).is_some_and(|r| matches!(r.status.as_str(), "pending" | "held" | "eligible")));
+    Ok(RecordedAndLocked { inserted, referrals, deposits: by_user(stored) })
+}
+
+/// The referral columns of [`REFERRAL_COLUMNS`], null, for a row that carries none.
+const NO_REFERRAL: &str = "NULL::uuid AS referral_id, NULL AS referrer_id, NULL AS referee_id, NULL AS campaign_id, \
+     NULL::int AS terms_version, NULL::timestamptz AS referee_registered_at, NULL AS status, NULL::bool AS cleared_by_review";
+
 /// Locks referrals by id (in id order) for the transaction, with their terms loaded.
 pub async fn lock_by_id(conn: &mut PgConnection, engine: &RewardEngine, ids: &[Uuid]) -> sqlx::Result<BTreeMap<Uuid, Referral>> {
     let rows: Vec<Referral> =
@@ -94,6 +222,11 @@ pub async fn deposits_of(conn: &mut PgConnection, users: &[String]) -> sqlx::Res
     .bind(users)
     .fetch_all(&mut *conn)
     .await?;
+    Ok(by_user(rows))
+}
+
+/// Deposit rows by user (a row whose currency no longer parses is skipped).
+fn by_user(rows: Vec<DepositRow>) -> BTreeMap<String, Vec<Recorded>> {
     let mut by_user: BTreeMap<String, Vec<Recorded>> = BTreeMap::new();
     for r in rows {
         // Currencies were validated when the deposit was decoded.
@@ -106,7 +239,7 @@ pub async fn deposits_of(conn: &mut PgConnection, users: &[String]) -> sqlx::Res
         };
         by_user.entry(r.user_id).or_default().push(Recorded { deposit, recorded_at: r.recorded_at });
     }
-    Ok(by_user)
+    by_user
 }
 
 /// The deposit that pays a referral, and its amount in the campaign's currency (converted at
@@ -236,7 +369,21 @@ pub async fn schedule_if_qualifying(conn: &mut PgConnection, engine: &RewardEngi
     }
     let users: Vec<String> = referrals.iter().map(|r| r.referee_id.clone()).collect();
     let deposits = deposits_of(conn, &users).await?;
-    let rates = rates_for(conn, engine, referrals.iter().copied(), &deposits).await?;
+    schedule_qualifying(conn, engine, referrals, &deposits).await
+}
+
+/// [`schedule_if_qualifying`] with the referees' deposits already read (`deposits`: every
+/// recorded deposit of each referee of `referrals`, by user).
+pub async fn schedule_qualifying(
+    conn: &mut PgConnection,
+    engine: &RewardEngine,
+    referrals: &[&Referral],
+    deposits: &BTreeMap<String, Vec<Recorded>>,
+) -> sqlx::Result<usize> {
+    if referrals.is_empty() {
+        return Ok(0);
+    }
+    let rates = rates_for(conn, engine, referrals.iter().copied(), deposits).await?;
     let delay = chrono::Duration::from_std(engine.settle_delay).unwrap_or(chrono::Duration::zero());
     let payouts: BTreeMap<Uuid, DateTime<Utc>> = referrals
         .iter()
