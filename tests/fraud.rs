@@ -756,6 +756,70 @@ async fn two_partitions_completing_a_ring_at_the_same_time_never_both_miss_it() 
     }
 }
 
+/// Two deposit batches of different partitions linking one card to a referrer and its referee
+/// at the same time: the card's lock, taken by the runtime in each batch's first statement
+/// (`Worker::batch_locks`), makes the second read after the first committed, so it sees the
+/// card on both accounts and holds the referral. Both are held at that lock until both wait on
+/// it; without it they would link the card side by side, each missing the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_partitions_linking_one_card_at_the_same_time_never_both_miss_it() {
+    let mut h = Harness::new().await;
+    h.register(&person("r"), None, 0).await;
+    h.register(&person("e"), Some("r"), 5).await;
+    assert_eq!(h.status_of("e").await, "eligible");
+    let topic = h.settings.topics.deposit_completed.clone();
+    let deposit = |user: &str, partition: i32| {
+        let d = DepositCompleted {
+            event_id: Uuid::new_v4(),
+            deposit_id: format!("dep-{user}"),
+            user_id: UserId::parse(user).unwrap(),
+            amount: Money::new("30.00".parse().unwrap(), Currency::USD),
+            payment_fingerprint: Some("card-twins".into()),
+            occurred_at: t0() + Duration::days(1),
+        };
+        vec![refstream_e2e::record(&topic, user.as_bytes(), partition, 1, encode(&d))]
+    };
+    let (of_referrer, of_referee) = (deposit("r", 1), deposit("e", 2));
+    let mut gate = h.db.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('payment:card-twins', $1))")
+        .bind(fraud_scorer::locks::KEY_SEED)
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    let release = async {
+        let mut both_waited = false;
+        for _ in 0..300 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+                 WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()",
+            )
+            .fetch_one(&mut *gate)
+            .await
+            .unwrap();
+            if waiting >= 2 {
+                both_waited = true;
+                break;
+            }
+            tokio::time::sleep(StdDuration::from_millis(10)).await;
+        }
+        sqlx::query("SELECT pg_advisory_unlock(hashtextextended('payment:card-twins', $1))")
+            .bind(fraud_scorer::locks::KEY_SEED)
+            .execute(&mut *gate)
+            .await
+            .unwrap();
+        both_waited
+    };
+    let (a, b, both_waited) =
+        tokio::join!(apply_partition(&h.scorer, &h.db.pool, &of_referrer), apply_partition(&h.scorer, &h.db.pool, &of_referee), release);
+    assert!(both_waited, "each batch waits for its card's lock before it links the card");
+    assert_eq!((a, b), (Applied::Committed, Applied::Committed));
+    let (decision, reasons, revision) = h.assessment_of("e").await;
+    assert_eq!((decision.as_str(), revision), ("REVIEW", 2), "{reasons:?}");
+    assert!(reasons.contains(&SHARED_PAYMENT_INSTRUMENT.to_owned()), "{reasons:?}");
+    h.relay().await;
+    assert_eq!(h.status_of("e").await, "held");
+}
+
 /// The scorer has no lock for the whole graph: while one partition's batch is held in the
 /// middle of its section (re-assessing a referral whose row another transaction holds, with
 /// every lock of its own taken), a batch of another partition with nothing in common (devices,

@@ -79,7 +79,7 @@ use refstream_core::fraud::{assess, tightens, Assessment, DisposableDomains, Evi
 use refstream_core::lifecycle::Decision;
 use refstream_core::{DerivedId, UserId};
 use refstream_runtime::codec::{AvroRecord, Decoder};
-use refstream_runtime::consumer::{Batch, Inbound, Rejection, Worker};
+use refstream_runtime::consumer::{Batch, BatchLocks, Inbound, Rejection, Worker};
 use refstream_runtime::metrics::OUTCOMES;
 use refstream_runtime::outbox::{enqueue, OutboxMessage};
 use refstream_runtime::Settings;
@@ -467,11 +467,11 @@ impl FraudScorer {
             return Ok(Vec::new());
         }
         let at: Vec<DateTime<Utc>> = with_card.iter().map(|d| d.occurred_at).collect();
-        // Payment instruments are locked per value first (sorted, so batches cannot deadlock):
-        // two batches linking one card to two accounts run one after the other, and the second
-        // sees the first's link.
+        // Payment instruments are locked per value before anything is read (in hash order, so
+        // batches cannot deadlock): two batches linking one card to two accounts run one after
+        // the other, and the second sees the first's link. The runtime took these locks in the
+        // batch's first statement ([`Worker::batch_locks`]).
         let payments = graph::payment_keys(&cards);
-        locks::lock(conn, &payments, None).await?;
         let graph::Linked { shared, new } = graph::link_payments(conn, &cards, &at).await?;
         if !shared {
             // No card of the batch is used by another account: no ring, no shared instrument,
@@ -841,6 +841,18 @@ impl Worker for FraudScorer {
             Input::Attributed(e) => e.event_id(),
             Input::Deposit(e) => e.event_id(),
         }
+    }
+
+    /// A deposit batch's payment instruments, locked before [`Self::apply`] reads any link.
+    fn batch_locks(&self, events: &[&Input]) -> BatchLocks {
+        let cards: Vec<(&str, &str)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Input::Deposit(d) => Some((d.user_id.as_str(), d.payment_fingerprint.as_deref()?)),
+                Input::Attributed(_) => None,
+            })
+            .collect();
+        BatchLocks { seed: locks::KEY_SEED, keys: graph::payment_keys(&cards).into_iter().collect() }
     }
 
     async fn apply(&self, batch: &mut Batch<'_>, events: &[Input]) -> sqlx::Result<()> {

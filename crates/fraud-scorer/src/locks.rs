@@ -44,6 +44,9 @@ use sqlx::PgConnection;
 
 use crate::graph::{self, Components};
 
+/// The seed of `hashtextextended` that turns a lock key into the advisory lock's id.
+pub const KEY_SEED: i64 = 2718;
+
 /// Key of the ring graph's shared/exclusive lock (see the module documentation).
 pub const RING_LOCK: i64 = 0x7265_6673_7269_6e67; // "refsring"
 
@@ -102,7 +105,7 @@ pub async fn lock(conn: &mut PgConnection, exclusive: &BTreeSet<String>, referre
            SELECT 'referrer:' || b.referrer, (SELECT count(*) FROM referrals o WHERE o.referrer_id = b.referrer \
              AND o.referee_registered_at BETWEEN b.at - 2 * $4 * interval '1 second' AND b.at + 2 * $4 * interval '1 second') > $5 \
            FROM b), \
-         locks AS (SELECT hashtextextended(k, 2718) AS h, bool_or(ex) AS ex FROM keys GROUP BY 1) \
+         locks AS (SELECT hashtextextended(k, $6) AS h, bool_or(ex) AS ex FROM keys GROUP BY 1) \
          SELECT CASE WHEN ex THEN pg_advisory_xact_lock(h) ELSE pg_advisory_xact_lock_shared(h) END FROM locks ORDER BY h",
     )
     .bind(&keys)
@@ -110,6 +113,7 @@ pub async fn lock(conn: &mut PgConnection, exclusive: &BTreeSet<String>, referre
     .bind(&at)
     .bind(window)
     .bind(limit)
+    .bind(KEY_SEED)
     .execute(conn)
     .await?;
     Ok(())

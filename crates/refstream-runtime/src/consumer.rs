@@ -85,6 +85,16 @@ impl Batch<'_> {
     }
 }
 
+/// Advisory locks a batch takes in its first statement ([`Worker::batch_locks`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchLocks {
+    /// The seed of `hashtextextended`: the worker's lock namespace.
+    pub seed: i64,
+    /// Text keys, each locked exclusively for the transaction as `hashtextextended(key, seed)`,
+    /// all in hash order.
+    pub keys: Vec<String>,
+}
+
 /// A stream-processing worker: how to read a record, and what a batch of events does.
 pub trait Worker: Send + Sync + 'static {
     type Event: Send + Sync;
@@ -101,6 +111,14 @@ pub trait Worker: Send + Sync + 'static {
     /// transaction. Other partitions' batches run concurrently in their own transactions: lock
     /// shared rows in a deterministic order.
     fn apply(&self, batch: &mut Batch<'_>, events: &[Self::Event]) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Advisory locks the batch's transaction takes before [`Worker::apply`] runs, named by its
+    /// decoded events (duplicates included): taken in the statement that dedupes the batch and
+    /// records its progress, so a worker whose batch starts by locking what its events name
+    /// saves that statement's round trip (at a low load a batch is one event). `apply` runs only
+    /// inside the runtime's transaction, so it may count on them. Default: none.
+    fn batch_locks(&self, _events: &[&Self::Event]) -> BatchLocks {
+        BatchLocks::default()
+    }
 }
 
 /// What applying a partition's records ended in.
@@ -405,7 +423,8 @@ async fn apply_records<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMes
     let mut tx = pool.begin().await?;
     let ids: Vec<Uuid> = decoded.iter().map(|(_, e)| worker.event_id(e)).collect();
     let progress = records.last().map(|last| (last.topic(), last.partition(), last.offset() + 1));
-    let fresh = dedupe_and_record_progress(&mut tx, name, &ids, progress).await?;
+    let locks = worker.batch_locks(&decoded.iter().map(|(_, e)| e).collect::<Vec<_>>());
+    let fresh = dedupe_and_record_progress(&mut tx, name, &ids, progress, &locks).await?;
     let mut seen = HashSet::new();
     let mut positions = Vec::new();
     let mut events = Vec::new();
@@ -460,38 +479,48 @@ async fn apply_records<W: Worker>(worker: &W, pool: &PgPool, records: &[OwnedMes
 }
 
 /// In one statement of the batch's transaction: records `ids` as applied by `consumer` and
-/// returns those not recorded before (the batch's fresh events), and records that `consumer`
-/// has applied `progress` = (topic, partition, next offset) up to, not including, the next
-/// offset. Both commit with the batch's effects or not at all, so writing the progress before
-/// the effects changes nothing a reader can see; one statement instead of two saves a round
-/// trip per batch, which at a low load is a batch per event. Durable progress only moves
+/// returns those not recorded before (the batch's fresh events), records that `consumer` has
+/// applied `progress` = (topic, partition, next offset) up to, not including, the next offset,
+/// and takes the batch's `locks` first ([`Worker::batch_locks`]; a materialized CTE read by a
+/// one-time filter, so all of them are held before the first row is written). Both records
+/// commit with the batch's effects or not at all, so writing the progress before the effects
+/// changes nothing a reader can see; one statement instead of two (three with locks) saves a
+/// round trip per batch, which at a low load is a batch per event. Durable progress only moves
 /// forward: the settlement gate reads it to know what a worker has seen (`consumer_progress`).
 /// Two instances overlapping in a rebalance run this same statement on the same partition, so
-/// the second waits for the first's commit on whichever of the rows it reaches first, holding
-/// nothing the first's batch needs; it then finds the events applied.
+/// the second waits for the first's commit on whichever of the rows or locks it reaches first,
+/// holding nothing the first's batch needs; it then finds the events applied.
 async fn dedupe_and_record_progress(
     conn: &mut PgConnection,
     consumer: &str,
     ids: &[Uuid],
     progress: Option<(&str, i32, i64)>,
+    locks: &BatchLocks,
 ) -> sqlx::Result<HashSet<Uuid>> {
-    let (topic, partition, next_offset) = progress.map_or((None, 0, 0), |(t, p, n)| (Some(t), p, n));
-    let fresh: Vec<Uuid> = sqlx::query_scalar(
-        "WITH progress AS ( \
+    const PROGRESS: &str = "progress AS ( \
            INSERT INTO consumer_progress (consumer, topic, partition, next_offset) \
            SELECT $1, $3, $4, $5 WHERE $3::text IS NOT NULL \
            ON CONFLICT (consumer, topic, partition) DO UPDATE \
-           SET next_offset = GREATEST(consumer_progress.next_offset, EXCLUDED.next_offset), updated_at = now()) \
-         INSERT INTO processed_events (consumer, event_id) SELECT $1, e FROM unnest($2::uuid[]) AS e \
-         ON CONFLICT DO NOTHING RETURNING event_id",
-    )
-    .bind(consumer)
-    .bind(ids)
-    .bind(topic)
-    .bind(partition)
-    .bind(next_offset)
-    .fetch_all(conn)
-    .await?;
+           SET next_offset = GREATEST(consumer_progress.next_offset, EXCLUDED.next_offset), updated_at = now())";
+    let (topic, partition, next_offset) = progress.map_or((None, 0, 0), |(t, p, n)| (Some(t), p, n));
+    let query = if locks.keys.is_empty() {
+        format!(
+            "WITH {PROGRESS} INSERT INTO processed_events (consumer, event_id) SELECT $1, e FROM unnest($2::uuid[]) AS e \
+             ON CONFLICT DO NOTHING RETURNING event_id"
+        )
+    } else {
+        format!(
+            "WITH locks AS MATERIALIZED (SELECT pg_advisory_xact_lock(h) FROM \
+               (SELECT DISTINCT hashtextextended(k, $7) AS h FROM unnest($6::text[]) AS k) AS keys ORDER BY h), {PROGRESS} \
+             INSERT INTO processed_events (consumer, event_id) SELECT $1, e FROM unnest($2::uuid[]) AS e \
+             WHERE (SELECT count(*) FROM locks) >= 0 ON CONFLICT DO NOTHING RETURNING event_id"
+        )
+    };
+    let mut q = sqlx::query_scalar(&query).bind(consumer).bind(ids).bind(topic).bind(partition).bind(next_offset);
+    if !locks.keys.is_empty() {
+        q = q.bind(&locks.keys).bind(locks.seed);
+    }
+    let fresh: Vec<Uuid> = q.fetch_all(conn).await?;
     Ok(fresh.into_iter().collect())
 }
 
