@@ -350,16 +350,22 @@ async fn vacuum_payouts(pool: &PgPool) {
 /// How often a round of the background loop runs the rare steps ([`round`]).
 const RARE_STEPS_EVERY: Duration = Duration::from_secs(1);
 
+/// Sweeps until `stop` ([`settle_loop`]), and beside it, on the same task but never in its way,
+/// does the housekeeping that used to run between rounds ([`housekeeping`]): the expiry sweep's
+/// scan of open referrals, the queue's vacuum, the gate's gauges and the removal of old
+/// barriers each took a round's place, and every payout whose hold ended meanwhile waited for
+/// them (tens of milliseconds for the expiry scan on a loaded host).
+pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPool, ends: E, stop: CancellationToken) {
+    // Payouts settled since the last vacuum of their table.
+    let settled = AtomicUsize::new(0);
+    tokio::join!(settle_loop(&engine, &pool, &ends, &stop, &settled), housekeeping(&engine, &pool, &ends, &stop, &settled));
+}
+
 /// Sweeps until `stop`: at once when a batch scheduled a payout, every
 /// `settlement.busy_sweep_ms` while barriers are closed, else every `settlement.idle_sweep_ms`;
 /// the rarely fruitful steps every second ([`round`]). A failed sweep is logged and tried
-/// again (its settlement within a second).
-pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPool, ends: E, stop: CancellationToken) {
-    let mut last_metrics = Instant::now() - Duration::from_secs(60);
-    let mut last_cleanup = Instant::now();
-    // Payouts settled since the last vacuum of their table, and when that was.
-    let (mut settled_since_vacuum, mut last_vacuum) = (0, Instant::now());
-    let mut last_expiry = Instant::now() - EXPIRY_EVERY;
+/// again (its settlement within a second). Adds what it settles to `settled`.
+async fn settle_loop<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, stop: &CancellationToken, settled: &AtomicUsize) {
     let mut last_rare_steps = Instant::now() - RARE_STEPS_EVERY;
     let mut busy = false;
     // The last round's drain opened barriers: settle in the next round whatever it opens.
@@ -375,35 +381,59 @@ pub async fn run<E: EndOffsets + 'static>(engine: Arc<RewardEngine>, pool: PgPoo
         if rare_steps {
             last_rare_steps = Instant::now();
         }
-        match round(&engine, &pool, &ends, rare_steps, opened_while_draining).await {
+        match round(engine, pool, ends, rare_steps, opened_while_draining).await {
             Ok(r) => {
                 opened_while_draining = r.opened_while_draining;
                 busy = r.settled > 0 || r.closed > 0 || opened_while_draining;
-                settled_since_vacuum += r.settled;
+                settled.fetch_add(r.settled, Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "settlement sweep failed");
                 busy = false;
             }
         }
+    }
+}
+
+/// How often [`housekeeping`] looks for a step that is due.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
+
+/// Until `stop`: the gate's gauges every second, the expiry sweep every [`EXPIRY_EVERY`], a
+/// vacuum of `pending_payouts` every [`VACUUM_EVERY`] while payouts are settled (`settled`
+/// counts them), and old barriers removed every minute. Each step is logged and tried again at
+/// its next turn when it fails. Runs beside [`settle_loop`]: the expiry sweep locks referrals
+/// with `SKIP LOCKED` (then again in id order, rows it holds), so it never waits for a
+/// settlement, and a settlement waits for it only on the referrals it is expiring, as it would
+/// for another engine's sweep.
+async fn housekeeping<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, stop: &CancellationToken, settled: &AtomicUsize) {
+    let mut last_metrics = Instant::now() - Duration::from_secs(60);
+    let mut last_cleanup = Instant::now();
+    let mut last_vacuum = Instant::now();
+    let mut last_expiry = Instant::now() - EXPIRY_EVERY;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
+        }
         if last_metrics.elapsed() >= Duration::from_secs(1) {
-            if let Err(e) = gate::record_waiting(&pool).await {
+            if let Err(e) = gate::record_waiting(pool).await {
                 tracing::debug!(error = %e, "gate metrics not refreshed");
             }
             last_metrics = Instant::now();
         }
         if last_expiry.elapsed() >= EXPIRY_EVERY {
-            if let Err(e) = crate::expiry::sweep(&engine, &pool, &ends).await {
+            if let Err(e) = crate::expiry::sweep(engine, pool, ends).await {
                 tracing::warn!(error = %format!("{e:#}"), "expiry sweep failed");
             }
             last_expiry = Instant::now();
         }
-        if settled_since_vacuum > 0 && last_vacuum.elapsed() >= VACUUM_EVERY {
-            vacuum_payouts(&pool).await;
-            (settled_since_vacuum, last_vacuum) = (0, Instant::now());
+        if last_vacuum.elapsed() >= VACUUM_EVERY && settled.load(Ordering::Relaxed) > 0 {
+            settled.store(0, Ordering::Relaxed);
+            vacuum_payouts(pool).await;
+            last_vacuum = Instant::now();
         }
         if last_cleanup.elapsed() >= Duration::from_secs(60) {
-            if let Err(e) = gate::forget_old(&pool, Duration::from_secs(600)).await {
+            if let Err(e) = gate::forget_old(pool, Duration::from_secs(600)).await {
                 tracing::debug!(error = %e, "old barriers not removed");
             }
             last_cleanup = Instant::now();
