@@ -182,6 +182,25 @@ impl Harness {
     }
 }
 
+/// Polls every 10 ms, at most `tries` times, until `n` sessions of this database wait for an
+/// advisory lock; true when they did.
+async fn advisory_waiters_reach(conn: &mut sqlx::PgConnection, n: i64, tries: usize) -> bool {
+    for _ in 0..tries {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        if waiting >= n {
+            return true;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    false
+}
+
 fn referral_id(referee: &str) -> Uuid {
     DerivedId::referral(&UserId::parse(referee).unwrap())
 }
@@ -721,19 +740,7 @@ async fn two_partitions_completing_a_ring_at_the_same_time_never_both_miss_it() 
         let mut gate = h.db.pool.acquire().await.unwrap();
         sqlx::query("SELECT pg_advisory_lock($1)").bind(fraud_scorer::RING_LOCK).execute(&mut *gate).await.unwrap();
         let release = async {
-            for _ in 0..500 {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
-                     WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()",
-                )
-                .fetch_one(&mut *gate)
-                .await
-                .unwrap();
-                if waiting >= 2 {
-                    break;
-                }
-                tokio::time::sleep(StdDuration::from_millis(10)).await;
-            }
+            advisory_waiters_reach(&mut gate, 2, 500).await;
             sqlx::query("SELECT pg_advisory_unlock($1)").bind(fraud_scorer::RING_LOCK).execute(&mut *gate).await.unwrap();
         };
         let (a, b, ()) =
@@ -787,21 +794,7 @@ async fn two_partitions_linking_one_card_at_the_same_time_never_both_miss_it() {
         .await
         .unwrap();
     let release = async {
-        let mut both_waited = false;
-        for _ in 0..300 {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
-                 WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()",
-            )
-            .fetch_one(&mut *gate)
-            .await
-            .unwrap();
-            if waiting >= 2 {
-                both_waited = true;
-                break;
-            }
-            tokio::time::sleep(StdDuration::from_millis(10)).await;
-        }
+        let both_waited = advisory_waiters_reach(&mut gate, 2, 300).await;
         sqlx::query("SELECT pg_advisory_unlock(hashtextextended('payment:card-twins', $1))")
             .bind(fraud_scorer::locks::KEY_SEED)
             .execute(&mut *gate)

@@ -107,8 +107,9 @@ impl RecordedOrLocked {
 }
 
 /// What [`record_deposits_and_lock`] found: the deposit ids it inserted (one per row), the
-/// referrals it locked by referee, and every recorded deposit of the referees whose referral
-/// may still pay (`pending`, `held`, `eligible`), by user.
+/// referrals it locked by referee, and by user every recorded deposit of the referees whose
+/// referral may still pay (`pending`, `held`, `eligible`), beside the batch's own deposits of
+/// the other users (never looked up: only a referral that may still pay is decided).
 pub struct RecordedAndLocked {
     pub inserted: Vec<String>,
     pub referrals: BTreeMap<String, Referral>,
@@ -173,11 +174,11 @@ pub async fn record_deposits_and_lock(
         }
     }
     engine.terms.load(conn, referrals.iter()).await?;
-    let referrals: BTreeMap<String, Referral> = referrals.into_iter().map(|r| (r.referee_id.clone(), r)).collect();
-    // The deposits of the users the batch inserted for but who have no referral that may pay
-    // are of no use here.
-    stored.retain(|d| referrals.get(&d.user_id).is_some_and(|r| matches!(r.status.as_str(), "pending" | "held" | "eligible")));
-    Ok(RecordedAndLocked { inserted, referrals, deposits: by_user(stored) })
+    Ok(RecordedAndLocked {
+        inserted,
+        referrals: referrals.into_iter().map(|r| (r.referee_id.clone(), r)).collect(),
+        deposits: by_user(stored),
+    })
 }
 
 /// The referral columns of [`REFERRAL_COLUMNS`], null, for a row that carries none.
