@@ -276,6 +276,36 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
     assert!(report.contains("FAIL  no reward exceeds its campaign's terms") && report.contains(&tampered.to_string()), "{report}");
     assert!(report.contains("FAIL  every RewardGranted on Kafka has its reward row"), "{report}");
     sqlx::query("UPDATE rewards SET amount = 7 WHERE reward_id = $1").bind(tampered).execute(&db.pool).await.unwrap();
+    // The rows every reward is explained by are never deleted: the schema refuses it.
+    for sql in ["DELETE FROM rewards WHERE reward_id = $1", "DELETE FROM deposits WHERE deposit_id = 'dep-eu-web' AND $1 IS NOT NULL"] {
+        let refused = sqlx::query(sql).bind(tampered).execute(&db.pool).await.unwrap_err().to_string();
+        assert!(refused.contains("are never deleted"), "{sql}: {refused}");
+    }
+    let refused = sqlx::query("TRUNCATE referrals, users CASCADE").execute(&db.pool).await.unwrap_err().to_string();
+    assert!(refused.contains("are never deleted"), "{refused}");
+    // A booking that names no recorded reward (balanced, and balances moved with it) is caught
+    // by the audit, naming the entry.
+    let orphan = Uuid::new_v4();
+    sqlx::query(
+        "WITH e AS (INSERT INTO ledger_entries (transaction_id, account, amount, currency, reward_id, kind) \
+           VALUES ($1, 'user:ana', 3, 'CHF', $1, 'grant'), ($1, 'campaign:gb-web-tiers', -3, 'CHF', $1, 'grant')) \
+         INSERT INTO balances (account, currency, balance) VALUES ('user:ana', 'CHF', 3), ('campaign:gb-web-tiers', 'CHF', -3) \
+         ON CONFLICT (account, currency) DO UPDATE SET balance = balances.balance + EXCLUDED.balance",
+    )
+    .bind(orphan)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (passed, report) = audit(&db.url, &broker.bootstrap);
+    assert!(!passed, "{report}");
+    assert!(
+        report.contains("FAIL  every grant and reversal entry names a recorded reward") && report.contains(&orphan.to_string()),
+        "{report}"
+    );
+    assert!(
+        report.contains("ok    every balance equals its ledger") && report.contains("ok    no reward exceeds its campaign's terms"),
+        "{report}"
+    );
 
     let listing = cli(&db.url, &["campaigns", "list"]);
     assert!(listing.contains("gb-web-tiers") && listing.contains("ios-launch") && listing.contains("paused"), "{listing}");

@@ -80,8 +80,18 @@ async fn ledger(pool: &PgPool) -> anyhow::Result<Vec<Check>> {
          WHERE COALESCE(b.balance, 0) <> COALESCE(l.s, 0)",
     )
     .await?;
+    // Grants and reversals name their reward (a funding names none); the schema no longer
+    // checks it (migration 20261213100000), so the audit does.
+    let orphans = strings(
+        pool,
+        "SELECT e.entry_id || ' (' || e.kind || ') names reward ' || COALESCE(e.reward_id::text, 'none') FROM ledger_entries e \
+         WHERE (e.kind <> 'fund' OR e.reward_id IS NOT NULL) \
+           AND NOT EXISTS (SELECT 1 FROM rewards w WHERE w.reward_id = e.reward_id) ORDER BY e.entry_id",
+    )
+    .await?;
     Ok(vec![
         Check::new("the ledger sums to zero per currency", format!("{entries} entries"), currencies),
+        Check::new("every grant and reversal entry names a recorded reward", format!("{entries} entries"), orphans),
         Check::new("every ledger transaction is two entries summing to zero", format!("{} transactions", entries / 2), transactions),
         Check::new("every balance equals its ledger", "balances against sums of entries".into(), balances),
     ])
