@@ -275,6 +275,10 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
     assert!(!passed, "{report}");
     assert!(report.contains("FAIL  no reward exceeds its campaign's terms") && report.contains(&tampered.to_string()), "{report}");
     assert!(report.contains("FAIL  every RewardGranted on Kafka has its reward row"), "{report}");
+    // Its ledger entries (7 each way) no longer match its amount: the bookings, summed per
+    // reward in one pass over the ledger, name it too.
+    assert!(report.contains("FAIL  every reward is booked once, and every reversal books its exact negation"), "{report}");
+    assert!(report.contains(&format!("{tampered}: grant entries Some(7.0000) / Some(-7.0000) for 12")), "{report}");
     sqlx::query("UPDATE rewards SET amount = 7 WHERE reward_id = $1").bind(tampered).execute(&db.pool).await.unwrap();
     // The rows every reward is explained by are never deleted: the schema refuses it.
     let deletes = [

@@ -150,7 +150,9 @@ async fn terms(settings: &Settings, pool: &PgPool, keys: BTreeSet<(String, i32)>
 /// Every reward against its referral, its qualifying deposit, its terms and its ledger entries;
 /// every reversal against its cause.
 async fn rewards(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check>> {
-    // The beneficiary's balance of the reward's kind: cash or bonus.
+    // The beneficiary's balance of the reward's kind: cash or bonus. Each reward's entries are
+    // summed in one pass over the ledger, joined by reward (a sum per reward as a correlated
+    // subquery scanned the campaign's entries once per reward: 138 s for 26,000 rewards).
     let account = "CASE w.kind WHEN 'BONUS' THEN 'user:' || w.beneficiary_id || ':bonus' ELSE 'user:' || w.beneficiary_id END";
     let rows: Vec<RewardRow> = sqlx::query_as(&format!(
         "SELECT w.reward_id, w.reward_type, w.beneficiary_id, w.role, w.amount, w.currency::text AS currency, w.campaign_id, w.terms_version, \
@@ -162,12 +164,16 @@ async fn rewards(settings: &Settings, pool: &PgPool) -> anyhow::Result<Vec<Check
                 r.referrer_id, r.referee_id, r.referee_registered_at AS registered_at, r.campaign_id AS referral_campaign, \
                 r.terms_version AS referral_version, d.user_id AS deposit_user, d.amount AS deposit_amount, \
                 d.currency::text AS deposit_currency, d.occurred_at AS deposit_at, x.reason AS refund, \
-                (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'grant' AND e.account = {account}) AS grant_user, \
-                (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'grant' AND e.account LIKE 'campaign:%') AS grant_campaign, \
-                (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'reverse' AND e.account = {account}) AS reverse_user, \
-                (SELECT sum(amount) FROM ledger_entries e WHERE e.reward_id = w.reward_id AND e.kind = 'reverse' AND e.account LIKE 'campaign:%') AS reverse_campaign \
+                l.grant_user, l.grant_campaign, l.reverse_user, l.reverse_campaign \
          FROM rewards w LEFT JOIN referrals r USING (referral_id) LEFT JOIN deposits d ON d.deposit_id = w.qualifying_deposit_id \
-         LEFT JOIN deposit_reversals x ON x.deposit_id = w.qualifying_deposit_id ORDER BY w.reward_id"
+         LEFT JOIN deposit_reversals x ON x.deposit_id = w.qualifying_deposit_id \
+         LEFT JOIN (SELECT e.reward_id, \
+                      sum(e.amount) FILTER (WHERE e.kind = 'grant' AND e.account = {account}) AS grant_user, \
+                      sum(e.amount) FILTER (WHERE e.kind = 'grant' AND e.account LIKE 'campaign:%') AS grant_campaign, \
+                      sum(e.amount) FILTER (WHERE e.kind = 'reverse' AND e.account = {account}) AS reverse_user, \
+                      sum(e.amount) FILTER (WHERE e.kind = 'reverse' AND e.account LIKE 'campaign:%') AS reverse_campaign \
+                    FROM ledger_entries e JOIN rewards w ON w.reward_id = e.reward_id GROUP BY e.reward_id) l ON l.reward_id = w.reward_id \
+         ORDER BY w.reward_id"
     ))
     .fetch_all(pool)
     .await?;
