@@ -1020,3 +1020,47 @@ async fn a_capped_referral_is_released_only_when_its_whole_cost_fits_the_raised_
     assert_eq!(h.balance("user:ref").await, usd("20"));
     h.assert_books_balance().await;
 }
+
+const REFERRER_CAP: &str = r#"
+id = "referrer-cap"
+name = "10 to the referrer, two referrals each"
+currency = "USD"
+min_deposit = "20"
+window_days = 30
+[[rewards]]
+type = "referrer_bonus"
+role = "referrer"
+amount = "10"
+[limits]
+per_referrer = 2
+"#;
+
+#[tokio::test]
+async fn a_referrers_third_referral_is_capped_from_what_was_paid_before_and_others_are_not() {
+    let mut h = Harness::new().await;
+    campaign_in_force(&h, REFERRER_CAP).await;
+    h.register("pr", None, "dev-pr").await;
+    h.register("qr", None, "dev-qr").await;
+    let (pr, qr) = (h.code_of("pr").await, h.code_of("qr").await);
+    for (e, code, referrer) in [("p1", &pr, "pr"), ("p2", &pr, "pr"), ("p3", &pr, "pr"), ("q1", &qr, "qr")] {
+        h.register(e, Some(code), &format!("dev-{e}")).await;
+        h.score(e, referrer, Decision::Approve).await;
+    }
+    // Each deposit settles on its own: the third reads the referrer's two paid referrals back
+    // from the rewards (what earlier transactions committed), not from its own batch.
+    for e in ["p1", "p2", "p3", "q1"] {
+        h.deposit(e, &format!("d-{e}"), "25").await;
+    }
+    let statuses = [h.status_of("p1").await, h.status_of("p2").await, h.status_of("p3").await, h.status_of("q1").await];
+    assert_eq!(statuses, ["rewarded", "rewarded", "capped", "rewarded"]);
+    let reason: String = sqlx::query_scalar(
+        "SELECT t.cause FROM referral_transitions t JOIN referrals r USING (referral_id) WHERE r.referee_id = 'p3' AND t.to_status = 'capped'",
+    )
+    .fetch_one(&h.db.pool)
+    .await
+    .unwrap();
+    assert!(reason.contains("referrer cap: 2"), "{reason}");
+    assert_eq!(h.balance("user:pr").await, usd("20"));
+    assert_eq!(h.balance("user:qr").await, usd("10"));
+    h.assert_books_balance().await;
+}

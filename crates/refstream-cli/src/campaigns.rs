@@ -80,9 +80,11 @@ pub async fn run(action: Action, settings: &Settings, pool: &PgPool) -> anyhow::
         Action::Resume { id, by } => set_active(pool, &id, true, &by, delay).await?,
         Action::List => {
             let rows: Vec<Listed> = sqlx::query_as(
-                "SELECT DISTINCT ON (v.campaign_id) v.campaign_id, v.version, v.active, v.effective_from, v.definition, \
-                   (SELECT count(*) FROM referrals r WHERE r.campaign_id = v.campaign_id) \
-                 FROM campaign_versions v ORDER BY v.campaign_id, v.version DESC",
+                "SELECT l.campaign_id, l.version, l.active, l.effective_from, l.definition, COALESCE(n.bound, 0) \
+                 FROM (SELECT DISTINCT ON (campaign_id) campaign_id, version, active, effective_from, definition \
+                       FROM campaign_versions ORDER BY campaign_id, version DESC) l \
+                 LEFT JOIN (SELECT campaign_id, count(*) AS bound FROM referrals GROUP BY campaign_id) n USING (campaign_id) \
+                 ORDER BY l.campaign_id",
             )
             .fetch_all(pool)
             .await?;
@@ -112,12 +114,16 @@ pub async fn run(action: Action, settings: &Settings, pool: &PgPool) -> anyhow::
             .await?;
             let Some(current) = versions.last() else { anyhow::bail!("no campaign {id} (`refstream campaigns list` shows them)") };
             println!("campaign {id}: version {} ({})", current.0, state(current.1));
-            for (version, active, at, change, by, _) in &versions {
-                let bound: i64 = sqlx::query_scalar("SELECT count(*) FROM referrals WHERE campaign_id = $1 AND terms_version = $2")
+            // The referrals bound to each version, in one pass over the campaign's referrals.
+            let bound_to: std::collections::HashMap<i32, i64> =
+                sqlx::query_as("SELECT terms_version, count(*) FROM referrals WHERE campaign_id = $1 GROUP BY terms_version")
                     .bind(&id)
-                    .bind(version)
-                    .fetch_one(pool)
-                    .await?;
+                    .fetch_all(pool)
+                    .await?
+                    .into_iter()
+                    .collect();
+            for (version, active, at, change, by, _) in &versions {
+                let bound = bound_to.get(version).copied().unwrap_or(0);
                 println!(
                     "  v{version:<4} {}  {change:<8} by {by:<16} {:<7} {bound} referral(s) bound",
                     at.format("%Y-%m-%d %H:%M:%S UTC"),

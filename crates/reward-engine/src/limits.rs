@@ -26,31 +26,45 @@ pub(crate) async fn current(conn: &mut PgConnection, campaigns: &[String]) -> sq
     Ok(rows.into_iter().filter_map(|(id, d)| d.limits().ok().filter(|l| !l.is_empty()).map(|l| (id, l))).collect())
 }
 
-/// Takes the campaign's limits lock and reads what it has paid (net of reversals), with the
-/// rewarded referrals of `referrers`.
-async fn usage(conn: &mut PgConnection, campaign: &str, referrers: &[String]) -> sqlx::Result<Usage> {
+/// Takes the campaign's limits lock and reads what it has paid (net of reversals) as far as
+/// `limits` ask: its rewarded referrals and spending only when it has a budget or a cap on them
+/// (through the campaign's index: its own rewards), and the rewarded referrals of `referrers`
+/// only when it caps referrers (from each referrer's referrals: what the batch's referrers
+/// were paid, whatever the campaign paid to others).
+async fn usage(conn: &mut PgConnection, campaign: &str, limits: &Limits, referrers: &[String]) -> sqlx::Result<Usage> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('campaign-limits:' || $1, 2718))")
         .bind(campaign)
         .execute(&mut *conn)
         .await?;
-    let (rewarded, spent): (i64, Decimal) = sqlx::query_as(
-        "SELECT count(DISTINCT referral_id), COALESCE(sum(amount), 0) FROM rewards WHERE campaign_id = $1 AND reversed_at IS NULL",
-    )
-    .bind(campaign)
-    .fetch_one(&mut *conn)
-    .await?;
-    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT DISTINCT ON (w.referral_id) r.referrer_id, d.occurred_at FROM rewards w JOIN referrals r USING (referral_id) \
-         JOIN deposits d ON d.deposit_id = w.qualifying_deposit_id \
-         WHERE w.campaign_id = $1 AND w.reversed_at IS NULL AND r.referrer_id = ANY($2) ORDER BY w.referral_id",
-    )
-    .bind(campaign)
-    .bind(referrers)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut usage = Usage { rewarded_referrals: u32::try_from(rewarded).unwrap_or(u32::MAX), spent, ..Usage::default() };
-    for (referrer, at) in rows {
-        usage.by_referrer.entry(referrer).or_default().push(at);
+    let mut usage = Usage::default();
+    if limits.budget.is_some() || limits.max_rewarded_referrals.is_some() {
+        let (rewarded, spent): (i64, Decimal) = sqlx::query_as(
+            "SELECT count(DISTINCT referral_id), COALESCE(sum(amount), 0) FROM rewards WHERE campaign_id = $1 AND reversed_at IS NULL",
+        )
+        .bind(campaign)
+        .fetch_one(&mut *conn)
+        .await?;
+        usage.rewarded_referrals = u32::try_from(rewarded).unwrap_or(u32::MAX);
+        usage.spent = spent;
+    }
+    if limits.per_referrer.is_some() || limits.per_referrer_per_period.is_some() {
+        // Lateral lookups from each referrer: the planner cannot hash every reward instead.
+        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT DISTINCT ON (w.referral_id) r.referrer_id, d.occurred_at \
+             FROM (SELECT DISTINCT b FROM unnest($2::text[]) AS b) AS b \
+             CROSS JOIN LATERAL (SELECT r.referral_id, r.referrer_id FROM referrals r WHERE r.referrer_id = b.b) AS r \
+             CROSS JOIN LATERAL (SELECT w.referral_id, w.qualifying_deposit_id FROM rewards w \
+                                 WHERE w.referral_id = r.referral_id AND w.campaign_id = $1 AND w.reversed_at IS NULL) AS w \
+             CROSS JOIN LATERAL (SELECT d.occurred_at FROM deposits d WHERE d.deposit_id = w.qualifying_deposit_id) AS d \
+             ORDER BY w.referral_id",
+        )
+        .bind(campaign)
+        .bind(referrers)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (referrer, at) in rows {
+            usage.by_referrer.entry(referrer).or_default().push(at);
+        }
     }
     Ok(usage)
 }
@@ -72,9 +86,9 @@ impl Admission {
         }
         let limits = current(conn, &campaigns).await?;
         let mut usages = BTreeMap::new();
-        for campaign in limits.keys() {
+        for (campaign, limits) in &limits {
             let referrers: Vec<String> = referrals.iter().filter(|r| &r.campaign_id == campaign).map(|r| r.referrer_id.clone()).collect();
-            usages.insert(campaign.clone(), usage(conn, campaign, &referrers).await?);
+            usages.insert(campaign.clone(), usage(conn, campaign, limits, &referrers).await?);
         }
         Ok(Self { limits, usages })
     }

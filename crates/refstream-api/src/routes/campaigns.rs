@@ -49,19 +49,28 @@ fn version(row: Row) -> CampaignVersion {
     }
 }
 
-const SELECT: &str = "SELECT v.campaign_id, v.version, v.active, v.effective_from, v.change, v.changed_by, v.definition, \
-                        (SELECT count(*) FROM referrals r WHERE r.campaign_id = v.campaign_id AND r.terms_version = v.version) \
-                      FROM campaign_versions v";
+/// A campaign's versions (`v`) with the referrals bound to each, counted in one grouped pass
+/// over the campaign's referrals (a count per version read the whole table once per version).
+fn versions_query(latest_only: bool) -> String {
+    let (versions, bound_to) = if latest_only {
+        ("(SELECT DISTINCT ON (campaign_id) * FROM campaign_versions ORDER BY campaign_id, version DESC)", "WHERE terms_version > 0")
+    } else {
+        ("campaign_versions", "WHERE campaign_id = $1")
+    };
+    format!(
+        "SELECT v.campaign_id, v.version, v.active, v.effective_from, v.change, v.changed_by, v.definition, COALESCE(n.bound, 0) \
+         FROM {versions} v LEFT JOIN (SELECT campaign_id, terms_version, count(*) AS bound FROM referrals {bound_to} \
+                                      GROUP BY campaign_id, terms_version) n \
+         ON n.campaign_id = v.campaign_id AND n.terms_version = v.version"
+    )
+}
 
 /// Every data campaign, its current version (the default campaign of the settings is not listed).
 #[utoipa::path(get, path = "/v1/admin/campaigns", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = Vec<CampaignVersion>), (status = 401, body = Problem), (status = 403, body = Problem)))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<CampaignVersion>>, Problem> {
     caller.require(Role::Viewer)?;
-    let rows: Vec<Row> =
-        sqlx::query_as(&format!("SELECT DISTINCT ON (campaign_id) * FROM ({SELECT}) x ORDER BY campaign_id, version DESC"))
-            .fetch_all(&state.pool)
-            .await?;
+    let rows: Vec<Row> = sqlx::query_as(&format!("{} ORDER BY v.campaign_id", versions_query(true))).fetch_all(&state.pool).await?;
     Ok(Json(rows.into_iter().map(version).collect()))
 }
 
@@ -71,8 +80,10 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     responses((status = 200, body = Vec<CampaignVersion>), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
 pub async fn show(State(state): State<AppState>, caller: Caller, Segment(id): Segment) -> Result<Json<Vec<CampaignVersion>>, Problem> {
     caller.require(Role::Viewer)?;
-    let rows: Vec<Row> =
-        sqlx::query_as(&format!("{SELECT} WHERE v.campaign_id = $1 ORDER BY v.version")).bind(&id).fetch_all(&state.pool).await?;
+    let rows: Vec<Row> = sqlx::query_as(&format!("{} WHERE v.campaign_id = $1 ORDER BY v.version", versions_query(false)))
+        .bind(&id)
+        .fetch_all(&state.pool)
+        .await?;
     if rows.is_empty() {
         return Err(Problem::not_found(format!("no campaign {id}")));
     }
