@@ -1064,3 +1064,88 @@ async fn a_referrers_third_referral_is_capped_from_what_was_paid_before_and_othe
     assert_eq!(h.balance("user:qr").await, usd("10"));
     h.assert_books_balance().await;
 }
+
+const ONE_REWARD: &str = r#"
+id = "one-reward"
+name = "10 to the referrer, one rewarded referral in all"
+currency = "USD"
+min_deposit = "20"
+window_days = 30
+[[rewards]]
+type = "referrer_bonus"
+role = "referrer"
+amount = "10"
+[limits]
+max_rewarded_referrals = 1
+pay_capped_when_raised = true
+"#;
+
+#[tokio::test]
+async fn a_capped_referral_is_paid_once_a_reversal_frees_the_room_it_needs_and_only_then() {
+    let mut h = Harness::new().await;
+    campaign_in_force(&h, ONE_REWARD).await;
+    h.register("or", None, "dev-or").await;
+    let code = h.code_of("or").await;
+    for e in ["o1", "o2"] {
+        h.register(e, Some(&code), &format!("dev-{e}")).await;
+        h.score(e, "or", Decision::Approve).await;
+    }
+    h.deposit("o1", "d-o1", "25").await;
+    h.deposit("o2", "d-o2", "25").await;
+    assert_eq!((h.status_of("o1").await, h.status_of("o2").await), ("rewarded".to_owned(), "capped".to_owned()));
+    // One engine's sweeps: the first walks the capped referrals and keeps what it saw; those
+    // after it find nothing changed (no new version, no reversal) and leave it capped.
+    let (engine, pool) = (h.engine(), h.db.pool.clone());
+    for _ in 0..3 {
+        reward_engine::settlement::settle_all(&engine, &pool, &EmptyStream).await.unwrap();
+    }
+    assert_eq!(h.status_of("o2").await, "capped");
+    // o1's deposit is charged back: its reward is reversed, and the room it used pays o2, once.
+    let rev = DepositReversed {
+        event_id: Uuid::new_v4(),
+        deposit_id: "d-o1".into(),
+        user_id: UserId::parse("o1").unwrap(),
+        reason: ReversalReason::Chargeback,
+        occurred_at: t0() + Duration::days(2),
+    };
+    let (w, topic) = (h.engine(), h.settings.topics.deposit_reversed.clone());
+    h.apply(&w, &topic, vec![("o1".into(), encode(&rev))]).await;
+    assert_eq!(h.status_of("o1").await, "reversed");
+    // The same engine sees the campaign's reversed rewards grow and walks its capped referrals again.
+    for _ in 0..2 {
+        reward_engine::settlement::settle_all(&engine, &pool, &EmptyStream).await.unwrap();
+    }
+    assert_eq!(h.status_of("o2").await, "rewarded");
+    assert_eq!(h.balance("user:or").await, usd("10"), "10 granted, 10 reversed, 10 granted");
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards WHERE reversed_at IS NULL").await, 1);
+    h.assert_books_balance().await;
+}
+
+#[tokio::test]
+async fn a_campaign_with_a_window_shorter_than_the_defaults_expires_its_referrals_by_its_own_window() {
+    let mut h = Harness::new().await;
+    // A referral made before the campaign (the default's 30 days) and one bound to a campaign
+    // of one day, both registered two days ago: the sweep reads back as far as the shortest
+    // window any campaign has, and expires only the one whose own window ended.
+    h.register("wr", None, "dev-wr").await;
+    let code = h.code_of("wr").await;
+    h.register("w-default", Some(&code), "dev-w-default").await;
+    campaign_in_force(&h, &REFERRER_CAP.replace("window_days = 30", "window_days = 1").replace("[limits]\nper_referrer = 2\n", "")).await;
+    h.register("w-short", Some(&code), "dev-w-short").await;
+    for e in ["w-default", "w-short"] {
+        h.score(e, "wr", Decision::Approve).await;
+    }
+    let (engine, pool) = (h.engine(), h.db.pool.clone());
+    // The first round captures where deposits end; the next expires what had expired by then.
+    for _ in 0..2 {
+        reward_engine::expiry::sweep(&engine, &pool, &EmptyStream).await.unwrap();
+    }
+    assert_eq!((h.status_of("w-default").await, h.status_of("w-short").await), ("eligible".to_owned(), "expired".to_owned()));
+    let cause: String = sqlx::query_scalar(
+        "SELECT t.cause FROM referral_transitions t JOIN referrals r USING (referral_id) WHERE r.referee_id = 'w-short' AND t.to_status = 'expired'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(cause.starts_with("window of 1 days ended"), "{cause}");
+}

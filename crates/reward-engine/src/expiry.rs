@@ -8,8 +8,6 @@
 //! published after that (a payments backlog) brings the referral back (`apply::deposits`), so a
 //! late report never loses a reward.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use refstream_core::lifecycle;
 use refstream_core::settlement::{covers, Position};
@@ -21,8 +19,6 @@ use crate::gate::EndOffsets;
 use crate::store::{self, Move};
 use crate::RewardEngine;
 
-/// The shortest window a campaign can have: referrals registered later cannot have expired.
-const MIN_WINDOW: Duration = Duration::from_secs(86_400);
 /// Referrals expired per transaction.
 const BATCH: i64 = 500;
 
@@ -40,6 +36,21 @@ fn from_json(v: &serde_json::Value) -> Position {
         .unwrap_or_default()
 }
 
+/// The shortest window any referral can have: the default campaign's, or a stored campaign
+/// version's (`window_days`, the default's where a version has none). A referral registered
+/// less than this before a moment cannot have expired by then, so the sweep never reads the
+/// open referrals still inside every window (with a floor of a day it read every open referral
+/// older than a day, each round, to expire none of those inside a 30-day window).
+async fn shortest_window(engine: &RewardEngine, pool: &PgPool) -> sqlx::Result<chrono::Duration> {
+    let default = i32::try_from(engine.terms.default_campaign().window.num_days()).unwrap_or(i32::MAX);
+    let days: i32 =
+        sqlx::query_scalar("SELECT LEAST($1, COALESCE(min(COALESCE((definition->>'window_days')::int, $1)), $1)) FROM campaign_versions")
+            .bind(default)
+            .fetch_one(pool)
+            .await?;
+    Ok(chrono::Duration::days(i64::from(days)))
+}
+
 /// One round: captures a barrier when referrals may have expired and none is pending; once the
 /// engine's progress covers it, expires what had expired by then. Returns how many expired.
 pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<usize> {
@@ -48,7 +59,7 @@ pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E
             .fetch_optional(pool)
             .await?;
     let Some((captured_at, deposits, after_at, after_id)) = barrier else {
-        let cutoff = chrono::Duration::from_std(MIN_WINDOW).unwrap_or_default();
+        let cutoff = shortest_window(engine, pool).await?;
         let candidates: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM referrals WHERE status_group IN ('open', 'held') AND referee_registered_at < now() - $1::interval)",
         )
@@ -79,8 +90,8 @@ pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E
     if !covers(&progress, &from_json(&deposits)) {
         return Ok(0);
     }
+    let cutoff = captured_at - shortest_window(engine, pool).await?;
     let mut tx = pool.begin().await?;
-    let cutoff = captured_at - chrono::Duration::from_std(MIN_WINDOW).unwrap_or_default();
     // The next page after the cursor of the referrals whose window (their campaign version's, or
     // the default campaign's) had ended at the barrier; those that cannot expire yet are passed
     // over by the cursor, so a page of them never blocks the rest.

@@ -94,6 +94,8 @@ pub struct RewardEngine {
     pub(crate) gate_alert: Duration,
     /// Wakes the settlement sweep when a batch scheduled a payout.
     pub(crate) wake: Arc<Notify>,
+    /// Per campaign with capped referrals: what the last walk of them saw ([`limits::uncap`]).
+    pub(crate) uncap_walks: std::sync::Mutex<std::collections::HashMap<String, limits::Walked>>,
 }
 
 impl RewardEngine {
@@ -122,6 +124,7 @@ impl RewardEngine {
             busy_sweep: Duration::from_millis(s.busy_sweep_ms),
             gate_alert: Duration::from_secs(s.gate_alert_secs),
             wake: Arc::new(Notify::new()),
+            uncap_walks: std::sync::Mutex::default(),
         })
     }
 }

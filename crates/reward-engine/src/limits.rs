@@ -106,69 +106,138 @@ impl Admission {
 /// Capped referrals released per transaction.
 const PAGE: i64 = 200;
 
+/// How often a campaign whose limits and reversals did not change has one page of its capped
+/// referrals looked at again anyway (a payment's cost can fall as others are paid: a tier or a
+/// milestone another referral took), so a referral such a change makes payable waits at most
+/// one walk of the campaign's capped referrals, a page per this interval, without the sweep
+/// reading all of them every second.
+const SLOW_WALK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What can make a capped referral of a campaign payable: a new version (limits raised) and a
+/// reversal of one of its rewards (the room it used is free again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    version: i32,
+    reversed: i64,
+}
+
+/// Per campaign: the mark the last complete walk of its capped referrals saw, and where the
+/// slow walk is.
+#[derive(Debug)]
+pub(crate) struct Walked {
+    mark: Mark,
+    slow_after: Uuid,
+    slow_at: std::time::Instant,
+}
+
+/// The campaigns with capped referrals: a skip scan of the capped referrals' index, one probe
+/// per campaign instead of a read of every capped referral.
+const CAPPED_CAMPAIGNS: &str = "WITH RECURSIVE c AS ( \
+       (SELECT campaign_id FROM referrals WHERE status_group = 'capped' ORDER BY campaign_id LIMIT 1) \
+       UNION ALL \
+       SELECT (SELECT r.campaign_id FROM referrals r WHERE r.status_group = 'capped' AND r.campaign_id > c.campaign_id \
+               ORDER BY r.campaign_id LIMIT 1) FROM c WHERE c.campaign_id IS NOT NULL) \
+     SELECT campaign_id FROM c WHERE campaign_id IS NOT NULL";
+
 /// Pays the referrals a campaign capped once a later version raised the limit and says
-/// `pay_capped_when_raised`: in referral order, those the new limits admit (at their whole cost,
-/// levels and milestones included, as settlement will admit them) go back to
-/// `eligible` and get their payout scheduled (settlement checks the limits again when it pays).
-/// Returns how many were released.
+/// `pay_capped_when_raised`, or a reversal freed room: in referral order, those the limits
+/// admit (at their whole cost, levels and milestones included, as settlement will admit them)
+/// go back to `eligible` and get their payout scheduled (settlement checks the limits again
+/// when it pays). A campaign's capped referrals are walked whole only when its latest version
+/// or its count of reversed rewards changed since the last complete walk (or this engine
+/// started); otherwise one page every [`SLOW_WALK_EVERY`]. Returns how many were released.
 pub(crate) async fn uncap(engine: &RewardEngine, pool: &sqlx::PgPool) -> sqlx::Result<usize> {
-    let campaigns: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT campaign_id FROM referrals WHERE status_group = 'capped'").fetch_all(pool).await?;
+    let campaigns: Vec<String> = sqlx::query_scalar(CAPPED_CAMPAIGNS).fetch_all(pool).await?;
     if campaigns.is_empty() {
         return Ok(0);
     }
-    let definitions = campaign_store::latest_definitions(&mut *pool.acquire().await?, Some(&campaigns)).await?;
+    let latest: Vec<(String, i32, sqlx::types::Json<refstream_core::campaigns::Definition>, i64)> = sqlx::query_as(
+        "SELECT DISTINCT ON (v.campaign_id) v.campaign_id, v.version, v.definition, \
+                (SELECT count(*) FROM rewards w WHERE w.campaign_id = v.campaign_id AND w.reversed_at IS NOT NULL) \
+         FROM campaign_versions v WHERE v.campaign_id = ANY($1) ORDER BY v.campaign_id, v.version DESC",
+    )
+    .bind(&campaigns)
+    .fetch_all(pool)
+    .await?;
     let mut released = 0;
-    for (campaign, definition) in definitions {
-        let Ok(limits) = definition.limits() else { continue };
+    for (campaign, version, definition, reversed) in latest {
+        let Ok(limits) = definition.0.limits() else { continue };
         if !limits.pay_capped_when_raised {
             continue;
         }
-        // Page through every capped referral of the campaign: one the new limits still refuse
-        // never hides the ones behind it.
-        let mut after = Uuid::nil();
-        loop {
-            let mut tx = pool.begin().await?;
-            let ids: Vec<Uuid> = sqlx::query_scalar(
-                "SELECT referral_id FROM referrals WHERE status_group = 'capped' AND campaign_id = $1 AND referral_id > $2 \
-                 ORDER BY referral_id LIMIT $3 FOR UPDATE SKIP LOCKED",
-            )
-            .bind(&campaign)
-            .bind(after)
-            .bind(PAGE)
-            .fetch_all(&mut *tx)
-            .await?;
-            let Some(last) = ids.last().copied() else { break };
-            let mut referrals = crate::store::lock_by_id(&mut tx, engine, &ids).await?;
-            // Admitted exactly as settlement will admit them (levels and milestones included):
-            // one it would cap again is never released.
-            let mut planner = Planner::load(&mut tx, engine, &referrals.values().collect::<Vec<_>>()).await?;
-            let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
-            let deposits = crate::store::deposits_of(&mut tx, &referees).await?;
-            let rates = crate::store::rates_for(&mut tx, engine, referrals.values(), &deposits).await?;
-            let mut moves = Vec::new();
-            for referral in referrals.values_mut() {
-                let Some(d) = deposits.get(&referral.referee_id).and_then(|d| crate::store::qualifying(engine, referral, d, &rates)) else {
+        let mark = Mark { version, reversed };
+        let walked = engine.uncap_walks.lock().unwrap_or_else(|e| e.into_inner()).get(&campaign).map(|w| (w.mark, w.slow_after, w.slow_at));
+        match walked {
+            // Nothing changed: a page of the slow walk, when it is due.
+            Some((seen, after, at)) if seen == mark => {
+                if at.elapsed() < SLOW_WALK_EVERY {
                     continue;
-                };
-                let Some(terms) = engine.terms.of(referral) else { continue };
-                if planner.next(&terms, referral, d.amount, d.recorded.deposit.occurred_at).is_ok() {
-                    moves.extend(crate::store::Move::of(referral, refstream_core::lifecycle::UNCAP, "the campaign raised its limits"));
+                }
+                let (n, last) = release_page(engine, pool, &campaign, after).await?;
+                released += n;
+                if let Some(w) = engine.uncap_walks.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&campaign) {
+                    w.slow_after = last.unwrap_or(Uuid::nil());
+                    w.slow_at = std::time::Instant::now();
                 }
             }
-            let uncapped: Vec<&crate::store::Referral> = referrals.values().filter(|r| r.status == "eligible").collect();
-            released += uncapped.len();
-            crate::store::schedule_if_qualifying(&mut tx, engine, &uncapped).await?;
-            crate::store::apply_moves(&mut tx, &moves).await?;
-            tx.commit().await?;
-            if i64::try_from(ids.len()).unwrap_or(i64::MAX) < PAGE {
-                break;
+            // Changed, or never walked by this engine: every capped referral, page by page
+            // (one the limits still refuse never hides the ones behind it).
+            _ => {
+                let mut after = Uuid::nil();
+                loop {
+                    let (n, last) = release_page(engine, pool, &campaign, after).await?;
+                    released += n;
+                    let Some(last) = last else { break };
+                    after = last;
+                }
+                let walked = Walked { mark, slow_after: Uuid::nil(), slow_at: std::time::Instant::now() };
+                engine.uncap_walks.lock().unwrap_or_else(|e| e.into_inner()).insert(campaign, walked);
             }
-            after = last;
         }
     }
     if released > 0 {
         engine.wake.notify_one();
     }
     Ok(released)
+}
+
+/// One transaction: the next page of the campaign's capped referrals after `after`, those the
+/// limits admit released. Returns how many were released and the page's last referral when the
+/// page was full (there may be more).
+async fn release_page(engine: &RewardEngine, pool: &sqlx::PgPool, campaign: &str, after: Uuid) -> sqlx::Result<(usize, Option<Uuid>)> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT referral_id FROM referrals WHERE status_group = 'capped' AND campaign_id = $1 AND referral_id > $2 \
+         ORDER BY referral_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(campaign)
+    .bind(after)
+    .bind(PAGE)
+    .fetch_all(&mut *tx)
+    .await?;
+    let Some(last) = ids.last().copied() else { return Ok((0, None)) };
+    let mut referrals = crate::store::lock_by_id(&mut tx, engine, &ids).await?;
+    // Admitted exactly as settlement will admit them (levels and milestones included): one it
+    // would cap again is never released.
+    let mut planner = Planner::load(&mut tx, engine, &referrals.values().collect::<Vec<_>>()).await?;
+    let referees: Vec<String> = referrals.values().map(|r| r.referee_id.clone()).collect();
+    let deposits = crate::store::deposits_of(&mut tx, &referees).await?;
+    let rates = crate::store::rates_for(&mut tx, engine, referrals.values(), &deposits).await?;
+    let mut moves = Vec::new();
+    for referral in referrals.values_mut() {
+        let Some(d) = deposits.get(&referral.referee_id).and_then(|d| crate::store::qualifying(engine, referral, d, &rates)) else {
+            continue;
+        };
+        let Some(terms) = engine.terms.of(referral) else { continue };
+        if planner.next(&terms, referral, d.amount, d.recorded.deposit.occurred_at).is_ok() {
+            moves.extend(crate::store::Move::of(referral, refstream_core::lifecycle::UNCAP, "the campaign's limits admit it now"));
+        }
+    }
+    let uncapped: Vec<&crate::store::Referral> = referrals.values().filter(|r| r.status == "eligible").collect();
+    let released = uncapped.len();
+    crate::store::schedule_if_qualifying(&mut tx, engine, &uncapped).await?;
+    crate::store::apply_moves(&mut tx, &moves).await?;
+    tx.commit().await?;
+    let full = i64::try_from(ids.len()).unwrap_or(i64::MAX) >= PAGE;
+    Ok((released, full.then_some(last)))
 }
