@@ -1149,3 +1149,37 @@ async fn a_campaign_with_a_window_shorter_than_the_defaults_expires_its_referral
     .unwrap();
     assert!(cause.starts_with("window of 1 days ended"), "{cause}");
 }
+
+#[tokio::test]
+async fn a_foreign_deposit_converts_at_the_latest_rate_of_either_direction_in_force_at_its_time() {
+    let mut h = Harness::new().await;
+    h.referral("fr", "fe").await;
+    h.score("fe", "fr", Decision::Approve).await;
+    // EUR/USD 1.00 long before the deposit, USD/EUR 0.80 (1.25 the other way) just before it,
+    // EUR/USD 0.50 after it: the deposit's 18 EUR are 22.50 USD, over the 20 USD threshold.
+    for (base, quote, rate, at) in [
+        ("EUR", "USD", "1.00", t0() - Duration::days(10)),
+        ("USD", "EUR", "0.80", t0() + Duration::hours(12)),
+        ("EUR", "USD", "0.50", t0() + Duration::days(5)),
+    ] {
+        sqlx::query("INSERT INTO fx_rates (base, quote, rate, effective_at, recorded_by) VALUES ($1, $2, $3::numeric, $4, 'test')")
+            .bind(base)
+            .bind(quote)
+            .bind(rate)
+            .bind(at)
+            .execute(&h.db.pool)
+            .await
+            .unwrap();
+    }
+    let mut eur = deposit("fe", "d-eur", "18", t0() + Duration::days(1), "c");
+    eur.amount.currency = Currency::parse("EUR").unwrap();
+    h.deposit_event(&eur, 1).await;
+    assert_eq!(h.status_of("fe").await, "rewarded");
+    let (rate, rate_at): (Decimal, DateTime<Utc>) =
+        sqlx::query_as("SELECT fx_rate, fx_rate_at FROM rewards WHERE qualifying_deposit_id = 'd-eur'")
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rate, Decimal::new(125, 2));
+    assert!((rate_at - (t0() + Duration::hours(12))).num_seconds().abs() < 5, "{rate_at}");
+}

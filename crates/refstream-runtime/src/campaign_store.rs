@@ -10,10 +10,47 @@ use rust_decimal::Decimal;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 
-/// Every recorded exchange rate (a small table).
+/// Every recorded exchange rate (for the audit, which reads them once).
 pub async fn exchange_rates(conn: &mut PgConnection) -> sqlx::Result<Rates> {
     let rows: Vec<(String, String, Decimal, DateTime<Utc>)> =
         sqlx::query_as("SELECT base::text, quote::text, rate, effective_at FROM fx_rates").fetch_all(&mut *conn).await?;
+    Ok(Rates(
+        rows.into_iter()
+            .filter_map(|(b, q, rate, effective_at)| {
+                Some(Rate { base: Currency::parse(b.trim()).ok()?, quote: Currency::parse(q.trim()).ok()?, rate, effective_at })
+            })
+            .collect(),
+    ))
+}
+
+/// The rates a set of conversions needs: for each `(from, to, at)`, the latest rate of each
+/// direction in force at `at` (what [`Rates::convert`] picks from), looked up through the
+/// table's key instead of reading every rate ever recorded, which grows by a row per pair and
+/// day (or hour) forever.
+pub async fn rates_in_force(conn: &mut PgConnection, needs: &[(Currency, Currency, DateTime<Utc>)]) -> sqlx::Result<Rates> {
+    if needs.is_empty() {
+        return Ok(Rates::default());
+    }
+    let from: Vec<&str> = needs.iter().map(|(f, _, _)| f.as_str()).collect();
+    let to: Vec<&str> = needs.iter().map(|(_, t, _)| t.as_str()).collect();
+    let at: Vec<DateTime<Utc>> = needs.iter().map(|(_, _, a)| *a).collect();
+    // The pair's key columns are char(3): the arrays' elements are cast to it, not the columns
+    // to text, so the lookups use the primary key.
+    let rows: Vec<(String, String, Decimal, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT DISTINCT x.base::text, x.quote::text, x.rate, x.effective_at \
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(f, t, at) \
+         CROSS JOIN LATERAL ( \
+           (SELECT base, quote, rate, effective_at FROM fx_rates \
+            WHERE base = n.f::bpchar AND quote = n.t::bpchar AND effective_at <= n.at ORDER BY effective_at DESC LIMIT 1) \
+           UNION ALL \
+           (SELECT base, quote, rate, effective_at FROM fx_rates \
+            WHERE base = n.t::bpchar AND quote = n.f::bpchar AND effective_at <= n.at ORDER BY effective_at DESC LIMIT 1)) AS x",
+    )
+    .bind(&from)
+    .bind(&to)
+    .bind(&at)
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(Rates(
         rows.into_iter()
             .filter_map(|(b, q, rate, effective_at)| {

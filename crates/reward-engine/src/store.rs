@@ -263,25 +263,28 @@ pub fn qualifying<'a>(engine: &RewardEngine, referral: &Referral, deposits: &'a 
 }
 
 /// The exchange rates that deciding `referrals` on `deposits` (their referees', by user) may
-/// need, read in the caller's transaction: every recorded rate when a deposit is in another
-/// currency than its referral's campaign, else none, without a read — a deposit in its
-/// campaign's own currency is never converted ([`refstream_core::fx::Rates::convert`]), so the
-/// decision is the same either way.
+/// need, read in the caller's transaction: for each deposit in another currency than its
+/// referral's campaign, the rates of that pair in force at the deposit's time (both directions);
+/// none, without a read, when there is no such deposit — a deposit in its campaign's own
+/// currency is never converted ([`refstream_core::fx::Rates::convert`]).
 pub async fn rates_for<'a>(
     conn: &mut PgConnection,
     engine: &RewardEngine,
     referrals: impl IntoIterator<Item = &'a Referral>,
     deposits: &BTreeMap<String, Vec<Recorded>>,
 ) -> sqlx::Result<Rates> {
-    let converts = referrals.into_iter().any(|r| {
-        let Some(campaign) = engine.terms.of(r) else { return false };
-        deposits.get(&r.referee_id).is_some_and(|ds| ds.iter().any(|d| d.deposit.amount.currency != campaign.currency))
-    });
-    if converts {
-        refstream_runtime::campaign_store::exchange_rates(conn).await
-    } else {
-        Ok(Rates::default())
+    // Every conversion a deposit of these referrals may need: its currency to its campaign's, at
+    // its time (none when every deposit is in its campaign's currency: no query).
+    let mut needs = Vec::new();
+    for r in referrals {
+        let Some(campaign) = engine.terms.of(r) else { continue };
+        for d in deposits.get(&r.referee_id).into_iter().flatten() {
+            if d.deposit.amount.currency != campaign.currency {
+                needs.push((d.deposit.amount.currency, campaign.currency, d.deposit.occurred_at));
+            }
+        }
     }
+    refstream_runtime::campaign_store::rates_in_force(conn, &needs).await
 }
 
 /// One status change of a locked referral.
