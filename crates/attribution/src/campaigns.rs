@@ -35,6 +35,31 @@ pub async fn versions(conn: &mut PgConnection) -> sqlx::Result<Vec<Version>> {
         .collect())
 }
 
+/// The stored versions as last read, with how many rows `campaign_versions` had then. The
+/// table is append-only (its triggers refuse updates and deletes), so the same count means the
+/// same rows: a batch reads the count (one index-only count) and decodes and validates every
+/// version again only when it grew — not each batch, which at a low load is each registration,
+/// however many versions years of edits, pauses and resumes left.
+#[derive(Default)]
+pub struct VersionCache(std::sync::Mutex<Option<(i64, std::sync::Arc<Vec<Version>>)>>);
+
+impl VersionCache {
+    /// The stored versions, as of the caller's transaction's snapshot.
+    pub async fn get(&self, conn: &mut PgConnection) -> sqlx::Result<std::sync::Arc<Vec<Version>>> {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM campaign_versions").fetch_one(&mut *conn).await?;
+        if let Some((n, cached)) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if *n == rows {
+                return Ok(cached.clone());
+            }
+        }
+        // Read after the count, so at least the rows counted (the table only grows); one added
+        // in between is read now, and the next batch's count differs and reads them again.
+        let fresh = std::sync::Arc::new(versions(conn).await?);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((rows, fresh.clone()));
+        Ok(fresh)
+    }
+}
+
 /// Country and platform by user id.
 pub(crate) type Profiles = HashMap<String, (Option<String>, String)>;
 
@@ -43,6 +68,7 @@ pub(crate) type Profiles = HashMap<String, (Option<String>, String)>;
 /// are read from `users`.
 pub(crate) async fn bind_all(
     conn: &mut PgConnection,
+    cache: &VersionCache,
     referrals: Vec<&mut Referral>,
     default_id: &str,
     known: &Profiles,
@@ -50,7 +76,7 @@ pub(crate) async fn bind_all(
     if referrals.is_empty() {
         return Ok(());
     }
-    let versions = versions(conn).await?;
+    let versions = cache.get(conn).await?;
     let referees: Vec<String> = referrals.iter().map(|r| r.event.referee_id.to_string()).filter(|u| !known.contains_key(u)).collect();
     let rows: Vec<(String, Option<String>, String)> = if referees.is_empty() {
         Vec::new()

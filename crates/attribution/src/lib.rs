@@ -50,6 +50,8 @@ pub struct Attribution {
     code_validity: Option<chrono::Duration>,
     /// Key of the HMAC that turns emails and IPs into stored hashes.
     hash_key: SecretString,
+    /// The campaigns' stored versions, read again only when one was added.
+    versions: campaigns::VersionCache,
 }
 
 /// One input of the attribution worker.
@@ -91,6 +93,7 @@ impl Attribution {
             rules: settings.touch_rules()?,
             code_validity: settings.code_validity(),
             hash_key: settings.fraud.hash_key.clone(),
+            versions: campaigns::VersionCache::default(),
         })
     }
 
@@ -240,7 +243,14 @@ impl Attribution {
             };
             decided.insert(p.user_id.clone(), outcome);
         }
-        campaigns::bind_all(conn, decided.values_mut().filter_map(|d| d.as_mut().ok()).collect(), &self.campaign_id, profiles).await?;
+        campaigns::bind_all(
+            conn,
+            &self.versions,
+            decided.values_mut().filter_map(|d| d.as_mut().ok()).collect(),
+            &self.campaign_id,
+            profiles,
+        )
+        .await?;
         Ok(decided)
     }
 
