@@ -186,6 +186,36 @@ async fn score_then_deposit_pays_once_and_books_balance() {
     h.assert_books_balance().await;
 }
 
+/// Past `kafka.dedupe_retention_hours` the runtime forgets an event id: a redelivered deposit
+/// is applied again, and the deposit's own key stops a second reward.
+#[tokio::test]
+async fn a_deposit_redelivered_after_its_id_was_forgotten_pays_nothing_more() {
+    let mut h = Harness::new().await;
+    h.referral("r1", "e1").await;
+    h.score("e1", "r1", Decision::Approve).await;
+    let d = deposit("e1", "d1", "25.00", t0() + Duration::days(1), "card-e1");
+    h.deposit_event(&d, 1).await;
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 1);
+    let retention = h.settings.kafka.dedupe_retention_hours;
+    sqlx::query("UPDATE processed_events SET processed_at = now() - make_interval(hours => $1 + 1) WHERE consumer = 'reward-engine'")
+        .bind(retention)
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    let pruned = refstream_runtime::consumer::prune_processed_events(&h.db.pool, "reward-engine", retention, None).await.unwrap();
+    assert_eq!(pruned.deleted, 2, "the score's and the deposit's ids");
+    let remembered = format!("SELECT count(*) FROM processed_events WHERE consumer = 'reward-engine' AND event_id = '{}'", d.event_id);
+    assert_eq!(h.db.scalar_i64(&remembered).await, 0);
+
+    h.deposit_event(&d, 1).await;
+    assert_eq!(h.db.scalar_i64(&remembered).await, 1, "applied again: the runtime no longer knew it");
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM deposits").await, 1);
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM rewards").await, 1);
+    assert_eq!(h.balance("user:r1").await, usd("10"));
+    assert_eq!(h.db.scalar_i64("SELECT count(*) FROM outbox WHERE topic = 'reward-granted'").await, 1);
+    h.assert_books_balance().await;
+}
+
 #[tokio::test]
 async fn deposit_before_score_pays_when_approved() {
     let mut h = Harness::new().await;

@@ -15,6 +15,12 @@ fn a_bad_setting_stops_every_binary_naming_the_setting() {
         assert!(p.log_text().contains("metrics.listen"), "{w}: {}", p.log_text());
         assert!(p.log_text().contains("REFSTREAM__METRICS__LISTEN"), "{w}: {}", p.log_text());
     }
+    for (w, hours) in WORKERS.iter().zip(["0", "-1", "0", "-336"]) {
+        let env = vec![("REFSTREAM__KAFKA__DEDUPE_RETENTION_HOURS".to_owned(), hours.to_owned())];
+        let mut p = spawn(w, &[], &env);
+        assert_eq!(p.child.wait().unwrap().code(), Some(2), "{w} with {hours}: {}", p.log_text());
+        assert!(p.log_text().contains("kafka.dedupe_retention_hours"), "{w}: {}", p.log_text());
+    }
     let env = vec![("REFSTREAM__CAMPAIGN__MIN_DEPOSIT".to_owned(), "twenty".to_owned())];
     let mut p = spawn("reward-engine", &[], &env);
     assert_eq!(p.child.wait().unwrap().code(), Some(2));

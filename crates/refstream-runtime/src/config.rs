@@ -93,6 +93,9 @@ pub struct KafkaSettings {
     /// The consumers' `fetch.wait.max.ms`: how long a broker may hold a fetch that found nothing.
     pub fetch_wait_max_ms: u32,
     pub session_timeout_ms: u32,
+    /// How long a worker remembers an event id it applied (`processed_events`): older ids are
+    /// deleted (`consumer::prune_processed_events`).
+    pub dedupe_retention_hours: i32,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }
@@ -313,6 +316,12 @@ impl Settings {
         }
         if self.kafka.fetch_wait_max_ms > 300_000 {
             return Err(ConfigError::new("kafka.fetch_wait_max_ms", "must be at most 300000 (librdkafka's limit)"));
+        }
+        if !(1..=87_600).contains(&self.kafka.dedupe_retention_hours) {
+            return Err(ConfigError::new(
+                "kafka.dedupe_retention_hours",
+                "must be between 1 and 87600 (ten years), and at least the input topics' retention",
+            ));
         }
         if !self.metrics.listen.is_empty() {
             self.metrics_addr(0)?;
@@ -569,6 +578,7 @@ mod tests {
     fn defaults_load() {
         let s = Settings::load_dev(vec![]).unwrap();
         assert_eq!(s.topics.user_registered, "user-registered");
+        assert_eq!(s.kafka.dedupe_retention_hours, 336, "14 days: twice Kafka's default topic retention");
         let c = s.campaign().unwrap();
         assert_eq!(c.rewards[0].amount.to_string(), "10.00 USD");
         assert_eq!(c.min_deposit, Decimal::new(20, 0));
@@ -600,6 +610,9 @@ mod tests {
             ("REFSTREAM__TELEMETRY__FORMAT", "xml", "telemetry.format"),
             ("REFSTREAM__KAFKA__BATCH_MAX_RECORDS", "many", "kafka.batch_max_records"),
             ("REFSTREAM__KAFKA__FETCH_WAIT_MAX_MS", "400000", "kafka.fetch_wait_max_ms"),
+            ("REFSTREAM__KAFKA__DEDUPE_RETENTION_HOURS", "0", "kafka.dedupe_retention_hours"),
+            ("REFSTREAM__KAFKA__DEDUPE_RETENTION_HOURS", "-24", "kafka.dedupe_retention_hours"),
+            ("REFSTREAM__KAFKA__DEDUPE_RETENTION_HOURS", "two weeks", "kafka.dedupe_retention_hours"),
             ("REFSTREAM__DATABASE__SESSION__JIT", "off -c x=y", "database.session.jit"),
             ("REFSTREAM__CAMPAIGN__TOUCH", "middle", "campaign.touch"),
             ("REFSTREAM__LINKS__LISTEN", "port 80", "links.listen"),

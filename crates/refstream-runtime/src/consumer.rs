@@ -4,7 +4,11 @@
 //!   durable progress on that partition (`consumer_progress`); different partitions are applied
 //!   concurrently, each by its own task;
 //! - an event id is applied at most once per worker (`processed_events`), so redelivery after
-//!   a crash, a rebalance or a replay is a no-op;
+//!   a crash, a rebalance or a replay is a no-op; that memory lasts `kafka.dedupe_retention_hours`
+//!   (a task beside the poll loop deletes older ids, [`prune_processed_events`]), which must be
+//!   at least the input topics' retention: an older record is no longer there to be redelivered,
+//!   and one redelivered anyway (a group's offsets reset by hand) is stopped only by the
+//!   worker's own keys;
 //! - an offset is stored only after the transaction that covers it committed, never past an
 //!   unprocessed record, and never behind an offset already stored; stored offsets are
 //!   committed on an interval, on revoke and at shutdown;
@@ -40,6 +44,12 @@ use crate::metrics;
 /// How long an idle, error-free poll must last before a worker that reported a broker error
 /// reports itself ready again.
 const IDLE_READY_AFTER: Duration = Duration::from_secs(5);
+
+/// How often a worker deletes its event ids older than `kafka.dedupe_retention_hours`.
+const PRUNE_EVERY: Duration = Duration::from_secs(300);
+
+/// Rows one statement of [`prune_processed_events`] deletes at most.
+const PRUNE_CHUNK: i64 = 5000;
 
 /// A record as received, before decoding.
 #[derive(Debug, Clone, Copy)]
@@ -177,7 +187,9 @@ pub fn client_config(settings: &Settings) -> ClientConfig {
 /// more), so a quiet stream is applied record by record at once and a backlog in large batches.
 /// A transient failure retries the same records with backoff, in the task, so the partition
 /// never moves past them; the other partitions keep flowing. A full queue makes the poll loop
-/// wait: memory stays bounded by the partitions' queues.
+/// wait: memory stays bounded by the partitions' queues. Beside the loop a task deletes the
+/// worker's event ids older than `kafka.dedupe_retention_hours` every five minutes
+/// ([`prune_processed_events`]); it stops with the loop.
 pub async fn run<W: Worker>(
     worker: Arc<W>,
     settings: &Settings,
@@ -224,6 +236,8 @@ pub async fn run<W: Worker>(
         linger: Duration::from_millis(settings.kafka.batch_linger_ms),
         stop: stop.clone(),
     });
+    let prune_stop = stop.child_token();
+    let prune = tokio::spawn(prune_task(shared.pool.clone(), name, settings.kafka.dedupe_retention_hours, prune_stop.clone()));
     let mut partitions: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -266,7 +280,9 @@ pub async fn run<W: Worker>(
 
     // Closing the queues ends each task after the batch in hand.
     partitions.clear();
+    prune_stop.cancel();
     while tasks.join_next().await.is_some() {}
+    prune.await.ok();
     tracing::info!(worker = name, "draining: committing offsets");
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "final commit: nothing to commit");
@@ -522,6 +538,90 @@ async fn dedupe_and_record_progress(
     }
     let fresh: Vec<Uuid> = q.fetch_all(conn).await?;
     Ok(fresh.into_iter().collect())
+}
+
+/// Deletes `worker`'s event ids older than `retention_hours` every [`PRUNE_EVERY`], the first
+/// time 10 to 60 s after start (spread, so instances of a worker started together do not prune
+/// in step), until `stop`. A failure is logged and the next run tries again; it never stops
+/// the worker. Each run starts where the last one finished, so it reads only the ids that aged
+/// out since, not the deleted ones a vacuum has not cleaned up yet.
+async fn prune_task(pool: PgPool, worker: &'static str, retention_hours: i32, stop: CancellationToken) {
+    let mut wait = Duration::from_secs(rand::random_range(10..=60));
+    let mut from = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = PRUNE_EVERY;
+        // Stopping abandons at most the statement in hand, which commits whole or not at all.
+        let pruned = tokio::select! {
+            () = stop.cancelled() => return,
+            pruned = prune_processed_events(&pool, worker, retention_hours, from) => pruned,
+        };
+        match pruned {
+            Ok(p) => {
+                tracing::debug!(worker, deleted = p.deleted, before = %p.done_before, "forgot old event ids");
+                from = Some(p.done_before);
+            }
+            Err(e) => tracing::warn!(worker, error = %e, "could not delete old event ids: trying again at the next run"),
+        }
+    }
+}
+
+/// What one [`prune_processed_events`] run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Rows deleted.
+    pub deleted: u64,
+    /// Every row of the consumer processed before this moment is gone (unless another instance
+    /// of the worker, pruning at the same time, stopped half-way): where the next run may start.
+    pub done_before: DateTime<Utc>,
+}
+
+/// Deletes `consumer`'s `processed_events` rows older than `retention_hours` (by the database's
+/// clock, which stamped them) and, when `from` is given (the previous run's
+/// [`Pruned::done_before`]), processed at or after it. Oldest first, at most 5,000
+/// rows a statement, each statement its own transaction, until one comes back short: no lock is
+/// held long, and a partition's batch waits for one statement at most, only when it dedupes an
+/// id being deleted. Each statement reads the `(consumer, processed_at)` index in order from
+/// where the previous one stopped. The statements are not prepared, so each is planned with its
+/// own bounds: a generic plan cannot tell a few rows from a backlog, and sorted the whole
+/// backlog for every chunk.
+pub async fn prune_processed_events(
+    pool: &PgPool,
+    consumer: &str,
+    retention_hours: i32,
+    from: Option<DateTime<Utc>>,
+) -> sqlx::Result<Pruned> {
+    let cutoff: DateTime<Utc> =
+        sqlx::query_scalar("SELECT now() - make_interval(hours => $1)").bind(retention_hours).fetch_one(pool).await?;
+    let mut lower = from;
+    let mut deleted = 0;
+    loop {
+        let (n, newest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+            "WITH gone AS ( \
+               DELETE FROM processed_events WHERE ctid = ANY (ARRAY( \
+                 SELECT ctid FROM processed_events \
+                 WHERE consumer = $1 AND processed_at >= COALESCE($2, '-infinity') AND processed_at < $3 \
+                 ORDER BY processed_at LIMIT $4)) \
+               RETURNING processed_at) \
+             SELECT count(*), max(processed_at) FROM gone",
+        )
+        .bind(consumer)
+        .bind(lower)
+        .bind(cutoff)
+        .bind(PRUNE_CHUNK)
+        .persistent(false)
+        .fetch_one(pool)
+        .await?;
+        deleted += n as u64;
+        metrics::PRUNED.with_label_values(&[consumer]).inc_by(n as u64);
+        if n < PRUNE_CHUNK {
+            return Ok(Pruned { deleted, done_before: cutoff });
+        }
+        lower = newest;
+    }
 }
 
 /// Exponential backoff from 100 ms to 5 s.

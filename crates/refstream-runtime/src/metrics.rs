@@ -19,6 +19,15 @@ pub static DEDUPLICATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!("refstream_records_deduplicated_total", "Redeliveries skipped by event-id dedupe", &["worker", "topic"])
         .expect("metric")
 });
+/// Event ids forgotten: `processed_events` rows older than `kafka.dedupe_retention_hours`.
+pub static PRUNED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "refstream_processed_events_pruned_total",
+        "Event ids deleted from processed_events after kafka.dedupe_retention_hours",
+        &["worker"]
+    )
+    .expect("metric")
+});
 /// Records turned into dead letters, by reason label.
 pub static DEAD_LETTERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
