@@ -48,11 +48,12 @@ async fn usage(conn: &mut PgConnection, campaign: &str, limits: &Limits, referre
         usage.spent = spent;
     }
     if limits.per_referrer.is_some() || limits.per_referrer_per_period.is_some() {
-        // Lateral lookups from each referrer: the planner cannot hash every reward instead.
+        // Lateral lookups from each referrer's referrals in the campaign (a reward's campaign is
+        // its referral's): the planner cannot hash every reward instead.
         let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
             "SELECT DISTINCT ON (w.referral_id) r.referrer_id, d.occurred_at \
              FROM (SELECT DISTINCT b FROM unnest($2::text[]) AS b) AS b \
-             CROSS JOIN LATERAL (SELECT r.referral_id, r.referrer_id FROM referrals r WHERE r.referrer_id = b.b) AS r \
+             CROSS JOIN LATERAL (SELECT r.referral_id, r.referrer_id FROM referrals r WHERE r.referrer_id = b.b AND r.campaign_id = $1) AS r \
              CROSS JOIN LATERAL (SELECT w.referral_id, w.qualifying_deposit_id FROM rewards w \
                                  WHERE w.referral_id = r.referral_id AND w.campaign_id = $1 AND w.reversed_at IS NULL) AS w \
              CROSS JOIN LATERAL (SELECT d.occurred_at FROM deposits d WHERE d.deposit_id = w.qualifying_deposit_id) AS d \
