@@ -1213,3 +1213,31 @@ async fn a_foreign_deposit_converts_at_the_latest_rate_of_either_direction_in_fo
     assert_eq!(rate, Decimal::new(125, 2));
     assert!((rate_at - (t0() + Duration::hours(12))).num_seconds().abs() < 5, "{rate_at}");
 }
+
+#[tokio::test]
+async fn a_raise_releases_a_capped_referral_under_an_engine_that_already_walked_the_campaign() {
+    let mut h = Harness::new().await;
+    campaign_in_force(&h, ONE_REWARD).await;
+    h.register("vr", None, "dev-vr").await;
+    let code = h.code_of("vr").await;
+    for e in ["v1", "v2"] {
+        h.register(e, Some(&code), &format!("dev-{e}")).await;
+        h.score(e, "vr", Decision::Approve).await;
+        h.deposit(e, &format!("d-{e}"), "25").await;
+    }
+    assert_eq!(h.status_of("v2").await, "capped");
+    // One engine walks the campaign's capped referrals and keeps what it saw.
+    let (engine, pool) = (h.engine(), h.db.pool.clone());
+    for _ in 0..2 {
+        reward_engine::settlement::settle_all(&engine, &pool, &EmptyStream).await.unwrap();
+    }
+    assert_eq!(h.status_of("v2").await, "capped");
+    // A new version raises the cap: the same engine sees the version change and pays v2, once.
+    campaign_in_force(&h, &ONE_REWARD.replace("max_rewarded_referrals = 1", "max_rewarded_referrals = 2")).await;
+    for _ in 0..2 {
+        reward_engine::settlement::settle_all(&engine, &pool, &EmptyStream).await.unwrap();
+    }
+    assert_eq!(h.status_of("v2").await, "rewarded");
+    assert_eq!(h.balance("user:vr").await, usd("20"));
+    h.assert_books_balance().await;
+}

@@ -562,7 +562,10 @@ async fn prune_task(pool: PgPool, worker: &'static str, retention_hours: i32, st
         match pruned {
             Ok(p) => {
                 tracing::debug!(worker, deleted = p.deleted, before = %p.done_before, "forgot old event ids");
-                from = Some(p.done_before);
+                // An hour back from where the last run finished: rows another instance of the
+                // worker left when it stopped half-way (or a batch that committed late) are
+                // reached again, for an hour of deleted rows re-read.
+                from = Some(p.done_before - chrono::Duration::hours(1));
             }
             Err(e) => tracing::warn!(worker, error = %e, "could not delete old event ids: trying again at the next run"),
         }

@@ -40,14 +40,18 @@ fn from_json(v: &serde_json::Value) -> Position {
 /// version's (`window_days`, the default's where a version has none). A referral registered
 /// less than this before a moment cannot have expired by then, so the sweep never reads the
 /// open referrals still inside every window (with a floor of a day it read every open referral
-/// older than a day, each round, to expire none of those inside a 30-day window).
+/// older than a day, each round, to expire none of those inside a 30-day window). A version
+/// whose `window_days` is not a number (one inserted by hand: it does not load, so it neither
+/// pays nor expires) is left out rather than failing every round.
 async fn shortest_window(engine: &RewardEngine, pool: &PgPool) -> sqlx::Result<chrono::Duration> {
     let default = i32::try_from(engine.terms.default_campaign().window.num_days()).unwrap_or(i32::MAX);
-    let days: i32 =
-        sqlx::query_scalar("SELECT LEAST($1, COALESCE(min(COALESCE((definition->>'window_days')::int, $1)), $1)) FROM campaign_versions")
-            .bind(default)
-            .fetch_one(pool)
-            .await?;
+    let days: i32 = sqlx::query_scalar(
+        "SELECT LEAST($1, COALESCE(min(CASE WHEN jsonb_typeof(definition->'window_days') = 'number' \
+                                                THEN (definition->>'window_days')::numeric::int END), $1)) FROM campaign_versions",
+    )
+    .bind(default)
+    .fetch_one(pool)
+    .await?;
     Ok(chrono::Duration::days(i64::from(days)))
 }
 

@@ -152,10 +152,13 @@ pub(crate) async fn uncap(engine: &RewardEngine, pool: &sqlx::PgPool) -> sqlx::R
     if campaigns.is_empty() {
         return Ok(0);
     }
+    // The latest version of each first, then its reversed rewards: counted once per campaign,
+    // not once per version.
     let latest: Vec<(String, i32, sqlx::types::Json<refstream_core::campaigns::Definition>, i64)> = sqlx::query_as(
-        "SELECT DISTINCT ON (v.campaign_id) v.campaign_id, v.version, v.definition, \
-                (SELECT count(*) FROM rewards w WHERE w.campaign_id = v.campaign_id AND w.reversed_at IS NOT NULL) \
-         FROM campaign_versions v WHERE v.campaign_id = ANY($1) ORDER BY v.campaign_id, v.version DESC",
+        "SELECT l.campaign_id, l.version, l.definition, \
+                (SELECT count(*) FROM rewards w WHERE w.campaign_id = l.campaign_id AND w.reversed_at IS NOT NULL) \
+         FROM (SELECT DISTINCT ON (campaign_id) campaign_id, version, definition FROM campaign_versions \
+               WHERE campaign_id = ANY($1) ORDER BY campaign_id, version DESC) l",
     )
     .bind(&campaigns)
     .fetch_all(pool)
@@ -204,12 +207,14 @@ pub(crate) async fn uncap(engine: &RewardEngine, pool: &sqlx::PgPool) -> sqlx::R
 
 /// One transaction: the next page of the campaign's capped referrals after `after`, those the
 /// limits admit released. Returns how many were released and the page's last referral when the
-/// page was full (there may be more).
+/// page was full (there may be more). The page's referrals are locked in id order, waiting for
+/// a transaction that holds one (a deposit batch of its referee, a score): a walk that skipped
+/// a locked referral would count it as looked at, and leave it to the slow walk.
 async fn release_page(engine: &RewardEngine, pool: &sqlx::PgPool, campaign: &str, after: Uuid) -> sqlx::Result<(usize, Option<Uuid>)> {
     let mut tx = pool.begin().await?;
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "SELECT referral_id FROM referrals WHERE status_group = 'capped' AND campaign_id = $1 AND referral_id > $2 \
-         ORDER BY referral_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+         ORDER BY referral_id LIMIT $3 FOR UPDATE",
     )
     .bind(campaign)
     .bind(after)
