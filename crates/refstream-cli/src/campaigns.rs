@@ -214,11 +214,15 @@ async fn fund(conn: &mut PgConnection, d: &Definition) -> anyhow::Result<()> {
     let budget = limits.budget.map_or(Decimal::ZERO, |b| b.amount);
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('campaign-limits:' || $1, 2718))").bind(&d.id).execute(&mut *conn).await?;
     let account = campaign_account(&d.id);
+    // What was funded, from the funding account's entries (it holds nothing else; the campaign
+    // account also holds every grant and reversal, and reading all of them under the limits lock
+    // held the campaign's payouts that long), and what was paid, through the rewards' campaign
+    // index.
     let (funded, spent): (Decimal, Decimal) = sqlx::query_as(
-        "SELECT (SELECT COALESCE(sum(amount), 0) FROM ledger_entries WHERE account = $1 AND currency = $3 AND kind = 'fund'), \
+        "SELECT (SELECT COALESCE(-sum(amount), 0) FROM ledger_entries WHERE account = $1 AND currency = $3 AND kind = 'fund'), \
                 (SELECT COALESCE(sum(amount), 0) FROM rewards WHERE campaign_id = $2 AND currency = $3 AND reversed_at IS NULL)",
     )
-    .bind(&account)
+    .bind(funding_account(&d.id))
     .bind(&d.id)
     .bind(currency.as_str())
     .fetch_one(&mut *conn)
