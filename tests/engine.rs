@@ -934,20 +934,6 @@ async fn multi_level_milestone_and_bonus_rewards_are_paid_once_to_the_right_bala
     h.assert_books_balance().await;
 }
 
-const VERIFIED_ONLY: &str = r#"
-id = "verified-only"
-name = "Pays verified referees"
-currency = "USD"
-min_deposit = "20"
-window_days = 30
-[[rewards]]
-type = "referrer_bonus"
-role = "referrer"
-amount = "10"
-[kyc]
-referee = true
-"#;
-
 impl Harness {
     async fn verdict(&mut self, user: &str, verified: bool, hours_after_t0: i64) {
         let v = refstream_core::events::UserVerified {
@@ -962,10 +948,19 @@ impl Harness {
     }
 }
 
+/// A campaign paying 10 USD to the referrer on a first deposit of at least 20 within
+/// `window_days` of the referee's registration, with `tail` (its `[kyc]` or `[limits]`).
+fn referrer_bonus(id: &str, window_days: u32, tail: &str) -> String {
+    format!(
+        "id = \"{id}\"\nname = \"10 to the referrer\"\ncurrency = \"USD\"\nmin_deposit = \"20\"\nwindow_days = {window_days}\n\
+         [[rewards]]\ntype = \"referrer_bonus\"\nrole = \"referrer\"\namount = \"10\"\n{tail}"
+    )
+}
+
 #[tokio::test]
 async fn kyc_verdicts_arriving_in_any_order_end_the_same() {
     let mut h = Harness::new().await;
-    campaign_in_force(&h, VERIFIED_ONLY).await;
+    campaign_in_force(&h, &referrer_bonus("verified-only", 30, "[kyc]\nreferee = true\n")).await;
     h.referral("kr", "kx").await;
     let code = h.code_of("kr").await;
     h.register("ky", Some(&code), "dev-ky").await;
@@ -1051,24 +1046,10 @@ async fn a_capped_referral_is_released_only_when_its_whole_cost_fits_the_raised_
     h.assert_books_balance().await;
 }
 
-const REFERRER_CAP: &str = r#"
-id = "referrer-cap"
-name = "10 to the referrer, two referrals each"
-currency = "USD"
-min_deposit = "20"
-window_days = 30
-[[rewards]]
-type = "referrer_bonus"
-role = "referrer"
-amount = "10"
-[limits]
-per_referrer = 2
-"#;
-
 #[tokio::test]
 async fn a_referrers_third_referral_is_capped_from_what_was_paid_before_and_others_are_not() {
     let mut h = Harness::new().await;
-    campaign_in_force(&h, REFERRER_CAP).await;
+    campaign_in_force(&h, &referrer_bonus("referrer-cap", 30, "[limits]\nper_referrer = 2\n")).await;
     h.register("pr", None, "dev-pr").await;
     h.register("qr", None, "dev-qr").await;
     let (pr, qr) = (h.code_of("pr").await, h.code_of("qr").await);
@@ -1095,25 +1076,16 @@ async fn a_referrers_third_referral_is_capped_from_what_was_paid_before_and_othe
     h.assert_books_balance().await;
 }
 
-const ONE_REWARD: &str = r#"
-id = "one-reward"
-name = "10 to the referrer, one rewarded referral in all"
-currency = "USD"
-min_deposit = "20"
-window_days = 30
-[[rewards]]
-type = "referrer_bonus"
-role = "referrer"
-amount = "10"
-[limits]
-max_rewarded_referrals = 1
-pay_capped_when_raised = true
-"#;
+/// A campaign of [`referrer_bonus`] paying at most `max` rewarded referrals in all, releasing
+/// the capped ones when a version raises it.
+fn one_reward(max: u32) -> String {
+    referrer_bonus("one-reward", 30, &format!("[limits]\nmax_rewarded_referrals = {max}\npay_capped_when_raised = true\n"))
+}
 
 #[tokio::test]
 async fn a_capped_referral_is_paid_once_a_reversal_frees_the_room_it_needs_and_only_then() {
     let mut h = Harness::new().await;
-    campaign_in_force(&h, ONE_REWARD).await;
+    campaign_in_force(&h, &one_reward(1)).await;
     h.register("or", None, "dev-or").await;
     let code = h.code_of("or").await;
     for e in ["o1", "o2"] {
@@ -1160,7 +1132,7 @@ async fn a_campaign_with_a_window_shorter_than_the_defaults_expires_its_referral
     h.register("wr", None, "dev-wr").await;
     let code = h.code_of("wr").await;
     h.register("w-default", Some(&code), "dev-w-default").await;
-    campaign_in_force(&h, &REFERRER_CAP.replace("window_days = 30", "window_days = 1").replace("[limits]\nper_referrer = 2\n", "")).await;
+    campaign_in_force(&h, &referrer_bonus("short-window", 1, "")).await;
     h.register("w-short", Some(&code), "dev-w-short").await;
     for e in ["w-default", "w-short"] {
         h.score(e, "wr", Decision::Approve).await;
@@ -1217,7 +1189,7 @@ async fn a_foreign_deposit_converts_at_the_latest_rate_of_either_direction_in_fo
 #[tokio::test]
 async fn a_raise_releases_a_capped_referral_under_an_engine_that_already_walked_the_campaign() {
     let mut h = Harness::new().await;
-    campaign_in_force(&h, ONE_REWARD).await;
+    campaign_in_force(&h, &one_reward(1)).await;
     h.register("vr", None, "dev-vr").await;
     let code = h.code_of("vr").await;
     for e in ["v1", "v2"] {
@@ -1233,7 +1205,7 @@ async fn a_raise_releases_a_capped_referral_under_an_engine_that_already_walked_
     }
     assert_eq!(h.status_of("v2").await, "capped");
     // A new version raises the cap: the same engine sees the version change and pays v2, once.
-    campaign_in_force(&h, &ONE_REWARD.replace("max_rewarded_referrals = 1", "max_rewarded_referrals = 2")).await;
+    campaign_in_force(&h, &one_reward(2)).await;
     for _ in 0..2 {
         reward_engine::settlement::settle_all(&engine, &pool, &EmptyStream).await.unwrap();
     }

@@ -10,17 +10,25 @@ use rust_decimal::Decimal;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 
-/// Every recorded exchange rate (for the audit, which reads them once).
-pub async fn exchange_rates(conn: &mut PgConnection) -> sqlx::Result<Rates> {
-    let rows: Vec<(String, String, Decimal, DateTime<Utc>)> =
-        sqlx::query_as("SELECT base::text, quote::text, rate, effective_at FROM fx_rates").fetch_all(&mut *conn).await?;
-    Ok(Rates(
+/// A rate row as read: base, quote (char(3), read as text), rate, in force from.
+type RateRow = (String, String, Decimal, DateTime<Utc>);
+
+/// The rates of `rows`; a row whose currency does not parse (written by hand) converts nothing.
+fn rates_of(rows: Vec<RateRow>) -> Rates {
+    Rates(
         rows.into_iter()
             .filter_map(|(b, q, rate, effective_at)| {
                 Some(Rate { base: Currency::parse(b.trim()).ok()?, quote: Currency::parse(q.trim()).ok()?, rate, effective_at })
             })
             .collect(),
-    ))
+    )
+}
+
+/// Every recorded exchange rate (for the audit, which reads them once).
+pub async fn exchange_rates(conn: &mut PgConnection) -> sqlx::Result<Rates> {
+    let rows: Vec<RateRow> =
+        sqlx::query_as("SELECT base::text, quote::text, rate, effective_at FROM fx_rates").fetch_all(&mut *conn).await?;
+    Ok(rates_of(rows))
 }
 
 /// The rates a set of conversions needs: for each `(from, to, at)`, the latest rate of each
@@ -36,7 +44,7 @@ pub async fn rates_in_force(conn: &mut PgConnection, needs: &[(Currency, Currenc
     let at: Vec<DateTime<Utc>> = needs.iter().map(|(_, _, a)| *a).collect();
     // The pair's key columns are char(3): the arrays' elements are cast to it, not the columns
     // to text, so the lookups use the primary key.
-    let rows: Vec<(String, String, Decimal, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<RateRow> = sqlx::query_as(
         "SELECT DISTINCT x.base::text, x.quote::text, x.rate, x.effective_at \
          FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(f, t, at) \
          CROSS JOIN LATERAL ( \
@@ -51,13 +59,7 @@ pub async fn rates_in_force(conn: &mut PgConnection, needs: &[(Currency, Currenc
     .bind(&at)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(Rates(
-        rows.into_iter()
-            .filter_map(|(b, q, rate, effective_at)| {
-                Some(Rate { base: Currency::parse(b.trim()).ok()?, quote: Currency::parse(q.trim()).ok()?, rate, effective_at })
-            })
-            .collect(),
-    ))
+    Ok(rates_of(rows))
 }
 
 /// The current (latest) version's definition of each campaign of `campaigns`, or of every

@@ -44,15 +44,19 @@ fn from_json(v: &serde_json::Value) -> Position {
 /// whose `window_days` is not a number (one inserted by hand: it does not load, so it neither
 /// pays nor expires) is left out rather than failing every round.
 async fn shortest_window(engine: &RewardEngine, pool: &PgPool) -> sqlx::Result<chrono::Duration> {
-    let default = i32::try_from(engine.terms.default_campaign().window.num_days()).unwrap_or(i32::MAX);
     let days: i32 = sqlx::query_scalar(
         "SELECT LEAST($1, COALESCE(min(CASE WHEN jsonb_typeof(definition->'window_days') = 'number' \
                                                 THEN (definition->>'window_days')::numeric::int END), $1)) FROM campaign_versions",
     )
-    .bind(default)
+    .bind(default_window_days(engine))
     .fetch_one(pool)
     .await?;
     Ok(chrono::Duration::days(i64::from(days)))
+}
+
+/// The default campaign's window in days: the window of a referral bound to no stored version.
+fn default_window_days(engine: &RewardEngine) -> i32 {
+    i32::try_from(engine.terms.default_campaign().window.num_days()).unwrap_or(i32::MAX)
 }
 
 /// One round: captures a barrier when referrals may have expired and none is pending; once the
@@ -109,7 +113,7 @@ pub async fn sweep<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E
     )
     .bind(cutoff)
     .bind(BATCH)
-    .bind(i32::try_from(engine.terms.default_campaign().window.num_days()).unwrap_or(i32::MAX))
+    .bind(default_window_days(engine))
     .bind(after_at)
     .bind(after_id)
     .bind(captured_at)
