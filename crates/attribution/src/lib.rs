@@ -415,16 +415,20 @@ async fn mint_codes(
     Ok(())
 }
 
-/// Who owns each of `codes` (codes nobody owns are absent).
+/// Who owns each of `codes` (codes nobody owns are absent): a lookup per code (`OFFSET 0` keeps
+/// it one; as `code = ANY($1)` the planner read every code while its statistics called the
+/// table small).
 async fn code_owners(conn: &mut PgConnection, codes: Vec<String>) -> sqlx::Result<BTreeMap<String, CodeOwner>> {
     if codes.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let rows: Vec<(String, String, String, Option<DateTime<Utc>>)> =
-        sqlx::query_as("SELECT code, user_id, campaign_id, expires_at FROM referral_codes WHERE code = ANY($1)")
-            .bind(codes)
-            .fetch_all(&mut *conn)
-            .await?;
+    let rows: Vec<(String, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT c.code, c.user_id, c.campaign_id, c.expires_at FROM (SELECT DISTINCT k FROM unnest($1::text[]) AS k) AS b \
+         CROSS JOIN LATERAL (SELECT * FROM referral_codes WHERE code = b.k OFFSET 0) AS c",
+    )
+    .bind(codes)
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(rows.into_iter().map(|(code, user_id, campaign_id, expires_at)| (code, CodeOwner { user_id, campaign_id, expires_at })).collect())
 }
 

@@ -182,14 +182,16 @@ pub async fn capture<E: EndOffsets>(conn: &mut PgConnection, engine: &RewardEngi
     // progress and whether the outbox holds a referral-attributed row, from the statement's one
     // snapshot: every referral-attributed row committed with the progress read is either seen
     // in the outbox or was deleted (published) before it. Then (below) the ends, read after the
-    // moment and after that snapshot.
+    // moment and after that snapshot. Whether a covered payout waits is the oldest payout's due
+    // time against the latest open barrier's moment (one index probe): as an EXISTS, the planner
+    // read the queue from its start until it met a covered payout, all of it when none was.
     let t = &engine.topics;
     let found: Vec<DueAndProgress> = sqlx::query_as(
         "WITH c AS (SELECT n.now, \
                   EXISTS (SELECT 1 FROM pending_payouts WHERE due_at <= n.now AND due_at > \
                           (SELECT COALESCE(max(hold_ended_at), '-infinity') FROM settlement_barriers)) AS due, \
-                  EXISTS (SELECT 1 FROM pending_payouts WHERE due_at <= \
-                          (SELECT max(hold_ended_at) FROM settlement_barriers WHERE stage = 'open')) AS covered \
+                  COALESCE((SELECT min(due_at) FROM pending_payouts) <= \
+                          (SELECT max(hold_ended_at) FROM settlement_barriers WHERE stage = 'open'), false) AS covered \
                   FROM (SELECT clock_timestamp() AS now) n) \
          SELECT c.now, c.due, c.covered, o.unpublished, p.topic, p.partition, p.next_offset FROM c \
          LEFT JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM outbox WHERE topic = $2) AS unpublished WHERE c.due) o ON true \

@@ -121,6 +121,10 @@ pub struct RecordedAndLocked {
 /// reads the deposits of those whose referral may still pay, in one statement (one round trip:
 /// at a low load a batch is one deposit).
 ///
+/// The referees' deposits are a lookup per referee (`OFFSET 0` keeps it one): as
+/// `IN (SELECT ...)` the planner hashed the whole deposits table for each batch while it looked
+/// small enough (26,000 rows: 3.5 ms of a batch's 9, against 1 ms).
+///
 /// The referrals are locked before anything is decided: the expiry sweep locks them too, so a
 /// referral it expires concurrently is returned expired (a row waited for is returned as
 /// committed) and revived, and one locked here is skipped by it; a deposit and an expiry never
@@ -147,8 +151,9 @@ pub async fn record_deposits_and_lock(
          SELECT 'inserted' AS kind, deposit_id, user_id, amount, currency, occurred_at, reversed_at IS NOT NULL AS reversed, recorded_at, \
                 {NO_REFERRAL} FROM ins \
          UNION ALL \
-         SELECT 'deposit', deposit_id, user_id, amount, currency, occurred_at, reversed_at IS NOT NULL, recorded_at, {NO_REFERRAL} \
-         FROM deposits WHERE user_id IN (SELECT referee_id FROM locked WHERE status IN ('pending', 'held', 'eligible')) \
+         SELECT 'deposit', d.deposit_id, d.user_id, d.amount, d.currency, d.occurred_at, d.reversed_at IS NOT NULL, d.recorded_at, {NO_REFERRAL} \
+         FROM locked l CROSS JOIN LATERAL (SELECT * FROM deposits WHERE user_id = l.referee_id OFFSET 0) AS d \
+         WHERE l.status IN ('pending', 'held', 'eligible') \
          UNION ALL \
          SELECT 'referral', NULL, NULL, NULL, NULL, NULL, NULL, NULL, {REFERRAL_COLUMNS} FROM locked"
     ))
@@ -214,11 +219,14 @@ struct DepositRow {
     recorded_at: DateTime<Utc>,
 }
 
-/// Every recorded deposit of `users`, by user.
+/// Every recorded deposit of `users`, by user: a lookup per user (`OFFSET 0` keeps it one; as
+/// `user_id = ANY($1)` the planner read the whole table for a settlement's 1,000 users while its
+/// statistics called it small).
 pub async fn deposits_of(conn: &mut PgConnection, users: &[String]) -> sqlx::Result<BTreeMap<String, Vec<Recorded>>> {
     let rows: Vec<DepositRow> = sqlx::query_as(
-        "SELECT deposit_id, user_id, amount, currency, occurred_at, reversed_at IS NOT NULL AS reversed, recorded_at \
-         FROM deposits WHERE user_id = ANY($1)",
+        "SELECT d.deposit_id, d.user_id, d.amount, d.currency, d.occurred_at, d.reversed_at IS NOT NULL AS reversed, d.recorded_at \
+         FROM (SELECT DISTINCT u FROM unnest($1::text[]) AS u) AS b \
+         CROSS JOIN LATERAL (SELECT * FROM deposits WHERE user_id = b.u OFFSET 0) AS d",
     )
     .bind(users)
     .fetch_all(&mut *conn)
