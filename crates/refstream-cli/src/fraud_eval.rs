@@ -92,12 +92,22 @@ struct Tally {
     traced: u64,
 }
 
+impl Outcome {
+    /// The scorer's latest assessment flags it, or the referral is held or rejected.
+    fn flagged(&self) -> bool {
+        self.scored_flag() || matches!(self.status.as_str(), "held" | "rejected")
+    }
+
+    fn scored_flag(&self) -> bool {
+        self.decision.as_deref().is_some_and(|d| d != "APPROVE")
+    }
+}
+
 impl Tally {
     fn add(&mut self, o: &Outcome, known_since: &HashMap<Uuid, DateTime<Utc>>) {
         self.referrals += 1;
-        let scored_flag = o.decision.as_deref().is_some_and(|d| d != "APPROVE");
-        let status_flag = matches!(o.status.as_str(), "held" | "rejected");
-        if scored_flag || status_flag {
+        let scored_flag = o.scored_flag();
+        if o.flagged() {
             self.flagged += 1;
             if o.paid {
                 self.flagged_after_payment += 1;
@@ -201,6 +211,7 @@ pub async fn run(args: Args, settings: &Settings) -> anyhow::Result<()> {
     let labels: HashMap<&str, Kind> = plan.accounts.iter().filter(|a| a.referrer.is_some()).map(|a| (a.id.as_str(), a.kind)).collect();
     let mut tallies: BTreeMap<Kind, Tally> = BTreeMap::new();
     let mut fraud_reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let mut legit_flags: BTreeMap<String, u64> = BTreeMap::new();
     for o in &outcomes {
         let Some(kind) = labels.get(o.referee_id.as_str()) else { continue };
         tallies.entry(*kind).or_default().add(o, &known_since);
@@ -208,11 +219,16 @@ pub async fn run(args: Args, settings: &Settings) -> anyhow::Result<()> {
             for r in o.reasons.iter().flatten() {
                 *fraud_reasons.entry(r.clone()).or_default() += 1;
             }
+        } else if o.flagged() {
+            let why = o.reasons.as_deref().unwrap_or_default().join("+");
+            *legit_flags
+                .entry(format!("{} {why} ({}, {})", kind.key(), o.decision.as_deref().unwrap_or("unscored"), o.status))
+                .or_default() += 1;
         }
     }
     let missing = labels.len().saturating_sub(outcomes.len());
     let sizes = Sizes { registrations: plan.accounts.len(), deposits: produced.deposits.len(), produced: produced_in, settled, missing };
-    report(&tallies, &fraud_reasons, &sizes, args.seed, args.json)
+    report(&tallies, &fraud_reasons, &legit_flags, &sizes, args.seed, args.json)
 }
 
 /// What the run produced and how long it took.
@@ -245,6 +261,7 @@ fn row(name: &str, t: &Tally, rates: [String; 3]) {
 fn report(
     tallies: &BTreeMap<Kind, Tally>,
     fraud_reasons: &BTreeMap<String, u64>,
+    legit_flags: &BTreeMap<String, u64>,
     sizes: &Sizes,
     seed: u64,
     json: bool,
@@ -303,6 +320,10 @@ fn report(
     reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     let top: Vec<String> = reasons.iter().take(8).map(|(r, n)| format!("{r} ({n})")).collect();
     println!("reasons on fraud referrals: {}", top.join(", "));
+    if !legit_flags.is_empty() {
+        let each: Vec<String> = legit_flags.iter().map(|(why, n)| format!("{n} × {why}")).collect();
+        println!("flagged legitimate referrals (kind, reasons, decision, status): {}", each.join("; "));
+    }
     println!(
         "referrals the scorer flagged whose flagging input is traced to this stream (paid-known judges these): {} of {}",
         fraud.traced + legit.traced,
