@@ -320,12 +320,19 @@ fn attributed(p: &Waiting, won: &Won) -> Option<ReferralAttributed> {
     })
 }
 
-/// The users of `ids` already stored.
+/// The users of `ids` already stored: a lookup per id (`OFFSET 0` keeps it one, as in
+/// [`code_owners`]).
 async fn existing_users(conn: &mut PgConnection, ids: &[&str]) -> sqlx::Result<HashSet<String>> {
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
-    let found: Vec<String> = sqlx::query_scalar("SELECT user_id FROM users WHERE user_id = ANY($1)").bind(ids).fetch_all(conn).await?;
+    let found: Vec<String> = sqlx::query_scalar(
+        "SELECT u.user_id FROM (SELECT DISTINCT i FROM unnest($1::text[]) AS i) AS b \
+         CROSS JOIN LATERAL (SELECT user_id FROM users WHERE user_id = b.i OFFSET 0) AS u",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
     Ok(found.into_iter().collect())
 }
 

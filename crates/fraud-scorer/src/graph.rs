@@ -116,13 +116,17 @@ impl Components {
 /// The accounts of `accounts` the scorer meets for the first time: neither the referee nor the
 /// referrer of a referral it has assessed. An account's device and mailbox are in the graph once
 /// it is met (see [`components`]), so a batch that meets one locks its identifiers and walks from
-/// it ([`crate::locks`]). Index probes per account, whatever the tables' size (`OFFSET 0` keeps
-/// them probes: as anti-joins, the planner hashed every referral and assessment for a batch).
+/// it ([`crate::locks`]). Index probes per account and per referral, whatever the tables'
+/// statistics (`OFFSET 0` keeps them probes: as anti-joins, or as a join inside the `EXISTS`,
+/// the planner hashed every referral or assessment for a batch while the tables filled up).
 pub async fn newly_met(conn: &mut PgConnection, accounts: &[&str]) -> sqlx::Result<BTreeSet<String>> {
     let first: Vec<String> = sqlx::query_scalar(
         "SELECT b.u FROM (SELECT DISTINCT u FROM unnest($1::text[]) AS u) AS b \
-         CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referrer_id = b.u) \
-           OR EXISTS (SELECT 1 FROM referrals rf JOIN assessments a USING (referral_id) WHERE rf.referee_id = b.u) AS met OFFSET 0) AS m \
+         CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM referrals rf \
+               CROSS JOIN LATERAL (SELECT 1 FROM assessments a WHERE a.referral_id = rf.referral_id OFFSET 0) AS a WHERE rf.referrer_id = b.u) \
+           OR EXISTS (SELECT 1 FROM referrals rf \
+               CROSS JOIN LATERAL (SELECT 1 FROM assessments a WHERE a.referral_id = rf.referral_id OFFSET 0) AS a WHERE rf.referee_id = b.u) \
+           AS met OFFSET 0) AS m \
          WHERE NOT m.met",
     )
     .bind(accounts)

@@ -59,20 +59,21 @@ const MAX_ROUNDS: usize = 4;
 /// has: a card another account paid with, or a device or mailbox on another `users` row, met
 /// or not (a seed no other account shares anything with is its whole component; one that
 /// shares only with accounts not met yet is walked, and the walk finds it alone). One read of
-/// each seed's `users` row, a lookup of each seed's links (`OFFSET 0` keeps it one: as
-/// `user_id = ANY($1)` the planner read every link while its statistics called the table small);
-/// the keys are deduplicated here, not by Postgres.
+/// each seed's `users` row and of its links, each a lookup (`OFFSET 0` keeps it one: as
+/// `user_id = ANY($1)` the planner read every user or link while its statistics called the
+/// table small); the keys are deduplicated here, not by Postgres.
 async fn own_identifiers(conn: &mut PgConnection, seeds: &[String]) -> sqlx::Result<(BTreeSet<String>, Vec<String>)> {
     let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT x.kind || ':' || x.value, CASE WHEN x.shared THEN u.user_id END FROM users u, LATERAL (VALUES \
+        "WITH b AS (SELECT DISTINCT s FROM unnest($1::text[]) AS s) \
+         SELECT x.kind || ':' || x.value, CASE WHEN x.shared THEN u.user_id END \
+         FROM b CROSS JOIN LATERAL (SELECT * FROM users WHERE user_id = b.s OFFSET 0) AS u, LATERAL (VALUES \
              ('device', u.device_id, EXISTS (SELECT 1 FROM users o WHERE o.device_id = u.device_id AND o.user_id <> u.user_id)), \
              ('email', u.email_hash, EXISTS (SELECT 1 FROM users o WHERE o.email_hash = u.email_hash AND o.user_id <> u.user_id))) \
              AS x(kind, value, shared) \
-           WHERE u.user_id = ANY($1) AND x.value IS NOT NULL \
+           WHERE x.value IS NOT NULL \
          UNION ALL SELECT l.kind || ':' || l.value, CASE WHEN EXISTS (SELECT 1 FROM identity_links o \
                   WHERE o.kind = l.kind AND o.value = l.value AND o.user_id <> l.user_id) THEN l.user_id END \
-           FROM (SELECT DISTINCT s FROM unnest($1::text[]) AS s) AS b \
-           CROSS JOIN LATERAL (SELECT * FROM identity_links WHERE user_id = b.s OFFSET 0) AS l",
+           FROM b CROSS JOIN LATERAL (SELECT * FROM identity_links WHERE user_id = b.s OFFSET 0) AS l",
     )
     .bind(seeds)
     .fetch_all(conn)
