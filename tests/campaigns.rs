@@ -290,6 +290,17 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
         let refused = sqlx::query(sql).execute(&db.pool).await.unwrap_err().to_string();
         assert!(refused.contains("are never deleted"), "{sql}: {refused}");
     }
+    // Nor do their keys change: rewards name their referral and deposit, ledger entries their
+    // reward (by the code that writes them, not by foreign keys).
+    let rekeys = [
+        "UPDATE referrals SET referral_id = gen_random_uuid() WHERE referee_id = 'eu-web'".to_owned(),
+        "UPDATE deposits SET deposit_id = 'dep-renamed' WHERE deposit_id = 'dep-eu-web'".to_owned(),
+        format!("UPDATE rewards SET reward_id = gen_random_uuid() WHERE reward_id = '{tampered}'"),
+    ];
+    for sql in &rekeys {
+        let refused = sqlx::query(sql).execute(&db.pool).await.unwrap_err().to_string();
+        assert!(refused.contains("keys never change"), "{sql}: {refused}");
+    }
     // A booking that names no recorded reward (balanced, and balances moved with it) is caught
     // by the audit, naming the entry.
     let orphan = Uuid::new_v4();
@@ -311,6 +322,27 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
     );
     assert!(
         report.contains("ok    every balance equals its ledger") && report.contains("ok    no reward exceeds its campaign's terms"),
+        "{report}"
+    );
+    // A reward whose referral and deposit were never recorded (only settlement writes rewards,
+    // from rows it holds; nothing in the schema stops a hand-written one) is caught by the audit.
+    let stray = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO rewards (reward_id, referral_id, reward_type, beneficiary_id, role, amount, currency, campaign_id, \
+                              qualifying_deposit_id, terms_version, kind) \
+         SELECT $1, gen_random_uuid(), reward_type, beneficiary_id, role, amount, currency, campaign_id, 'dep-never-recorded', \
+                terms_version, kind FROM rewards WHERE reward_id = $2",
+    )
+    .bind(stray)
+    .bind(tampered)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (passed, report) = audit(&db.url, &broker.bootstrap);
+    assert!(!passed, "{report}");
+    assert!(
+        report.contains("FAIL  every reward maps to one referral and one deposit of its referee")
+            && report.contains(&format!("{stray}: no referral")),
         "{report}"
     );
 

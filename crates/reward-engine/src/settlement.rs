@@ -22,6 +22,7 @@ use refstream_runtime::metrics::OUTCOMES;
 use refstream_runtime::outbox::enqueue;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -57,8 +58,9 @@ struct ToPay {
 }
 
 /// Settles up to `limit` payouts whose barrier is open; returns how many were settled (paid
-/// or not).
-pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sqlx::Result<usize> {
+/// or not). `claimed_full`, when given, is told as soon as the claim returns whether it took
+/// `limit` payouts (a backlog: more are likely waiting), before the rest of the transaction.
+async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64, claimed_full: Option<oneshot::Sender<bool>>) -> sqlx::Result<usize> {
     let mut tx = pool.begin().await?;
     // The claim takes the payouts an open barrier covers (due by the latest open barrier's
     // moment), oldest first, deletes them, names the first open barrier that covered each, and
@@ -82,6 +84,10 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
+    if let Some(told) = claimed_full {
+        // The receiver may have stopped listening; nothing to do then.
+        let _ = told.send(i64::try_from(rows.len()).is_ok_and(|n| n >= limit));
+    }
     if rows.is_empty() {
         return Ok(0);
     }
@@ -101,21 +107,25 @@ pub async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64) -> sq
         )));
     }
     // The scorer's latest verdict on each, and whether its referrer and referee have paid with
-    // one instrument, in one statement (after the referrals' locks, as everything below). The
-    // instrument check is a lateral lookup per referral, by each user's deposits: as an EXISTS
-    // in the select list, the planner could hash every deposit instead (33 ms a call). The
-    // verdict is a lookup per referral too (`OFFSET 0` keeps it one): joined, the planner hashed
-    // every assessment for each batch (10 ms of 1,000 payouts at 26,000 assessments).
+    // one instrument, in one statement (after the referrals' locks, as everything below), from
+    // the claimed referrals' ids and users (the claim read them; read again by key they cost a
+    // lookup each). The instrument check is a lateral lookup per referral, by each user's
+    // deposits: as an EXISTS in the select list, the planner could hash every deposit instead
+    // (33 ms a call). The verdict is a lookup per referral too (`OFFSET 0` keeps it one):
+    // joined, the planner hashed every assessment for each batch (10 ms of 1,000 payouts at
+    // 26,000 assessments).
     let mut verdicts: BTreeMap<Uuid, Verdict> = BTreeMap::new();
     let mut shared: BTreeSet<Uuid> = BTreeSet::new();
     let found: Vec<(Uuid, Option<String>, Option<i32>, bool)> = sqlx::query_as(
-        "SELECT r.referral_id, a.decision, a.revision, s.shared IS NOT NULL \
-         FROM referrals r LEFT JOIN LATERAL (SELECT decision, revision FROM assessments WHERE referral_id = r.referral_id OFFSET 0) a ON true \
+        "SELECT c.id, a.decision, a.revision, s.shared IS NOT NULL \
+         FROM unnest($1::uuid[], $2::text[], $3::text[]) AS c(id, referrer, referee) \
+         LEFT JOIN LATERAL (SELECT decision, revision FROM assessments WHERE referral_id = c.id OFFSET 0) a ON true \
          LEFT JOIN LATERAL (SELECT true AS shared FROM deposits x JOIN deposits y ON y.payment_fingerprint = x.payment_fingerprint \
-                            WHERE x.user_id = r.referrer_id AND y.user_id = r.referee_id LIMIT 1) s ON true \
-         WHERE r.referral_id = ANY($1)",
+                            WHERE x.user_id = c.referrer AND y.user_id = c.referee LIMIT 1) s ON true",
     )
     .bind(&ids)
+    .bind(ids.iter().map(|id| referrals.get(id).map(|r| r.referrer_id.clone()).unwrap_or_default()).collect::<Vec<_>>())
+    .bind(ids.iter().map(|id| referrals.get(id).map(|r| r.referee_id.clone()).unwrap_or_default()).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     for (id, decision, revision, same_instrument) in found {
@@ -244,37 +254,39 @@ async fn round<E: EndOffsets>(
     if waiting.opened == 0 && !waiting.covered && !rare_steps && !settle_anyway {
         return Ok(Round { settled: 0, closed: waiting.closed, opened_while_draining: false });
     }
-    let full = usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX);
-    // One batch first: a quiet stream's few payouts take one transaction.
-    let settled = settle_open(engine, pool, engine.settlement_batch).await?;
-    if settled < full {
-        return Ok(Round { settled, closed: waiting.closed, opened_while_draining: false });
-    }
     // A round drains once and returns, so the loop's other duties (vacuum, expiry, metrics)
     // keep their pace under a sustained backlog.
-    let (drained, waiting, opened) = drain(engine, pool, ends, full).await?;
-    Ok(Round { settled: settled + drained, closed: waiting.closed, opened_while_draining: opened })
+    let (settled, gate) = drain(engine, pool, ends).await?;
+    Ok(match gate {
+        Some((waiting, opened)) => Round { settled, closed: waiting.closed, opened_while_draining: opened },
+        None => Round { settled, closed: waiting.closed, opened_while_draining: false },
+    })
 }
 
 /// How often the gate's two steps run while a backlog drains.
 const DRAIN_GATE_EVERY: Duration = Duration::from_millis(20);
 
 /// Drains a backlog of open payouts: `settlement.concurrency` lanes, each settling batch after
-/// batch (a transaction each) until one comes back short of `full`. A lane starts its next
-/// batch as soon as its last commits, never waiting for the others: concurrent settlements wait
-/// on each other only for the tail of their transactions (the balances and outbox keys they
-/// share), so the lanes overlap one's tail with the others' work. Meanwhile the gate's two steps run every
-/// [`DRAIN_GATE_EVERY`]: payouts whose hold ends while the backlog drains get a barrier and
-/// join the drain once it opens, instead of waiting for the whole drain (seconds, in a
-/// burst) for the next round's capture. Returns the payouts settled, the gate's last view, and
-/// whether the gate opened a barrier meanwhile.
-async fn drain<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, full: usize) -> anyhow::Result<(usize, gate::Waiting, bool)> {
-    let lanes_left = AtomicUsize::new(engine.settlement_concurrency);
-    let lane = || async {
+/// batch (a transaction each) until one comes back short of `settlement.batch_size`. The first
+/// lane starts alone: a quiet stream's few payouts take one transaction. The other lanes start
+/// as soon as its first claim comes back full (a backlog), not after its transaction: alone, a
+/// batch of 1,000 left a core idle for its whole length at the start of every drain. A lane
+/// starts its next batch as soon as its last commits, never waiting for the others: concurrent
+/// settlements wait on each other only for the tail of their transactions (the balances and
+/// outbox keys they share), so the lanes overlap one's tail with the others' work. Meanwhile
+/// the gate's two steps run every [`DRAIN_GATE_EVERY`]: payouts whose hold ends while the
+/// backlog drains get a barrier and join the drain once it opens, instead of waiting for the
+/// whole drain (seconds, in a burst) for the next round's capture. Returns the payouts settled
+/// and, when there was a backlog, the gate's last view and whether it opened a barrier meanwhile.
+async fn drain<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<(usize, Option<(gate::Waiting, bool)>)> {
+    let full = usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX);
+    let lanes_left = &AtomicUsize::new(engine.settlement_concurrency);
+    let lane = |claimed_full: Option<oneshot::Sender<bool>>| async move {
         let outcome: sqlx::Result<usize> = async {
+            let mut claimed_full = claimed_full;
             let mut settled = 0;
             loop {
-                let n = settle_open(engine, pool, engine.settlement_batch).await?;
+                let n = settle_open(engine, pool, engine.settlement_batch, claimed_full.take()).await?;
                 settled += n;
                 if n < full {
                     return Ok(settled);
@@ -285,25 +297,39 @@ async fn drain<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E, fu
         lanes_left.fetch_sub(1, Ordering::Release);
         outcome
     };
-    let gate_steps = async {
-        let mut opened = false;
-        loop {
-            let waiting = capture_and_advance(engine, pool, ends).await?;
-            opened |= waiting.opened > 0;
-            if lanes_left.load(Ordering::Acquire) == 0 {
-                return anyhow::Ok((waiting, opened));
-            }
-            tokio::time::sleep(DRAIN_GATE_EVERY).await;
+    let (backlog_tx, backlog_rx) = oneshot::channel();
+    let others = async {
+        // No backlog (or the first batch failed before its claim answered): the first lane is
+        // the whole drain, and the gate's steps are left to the next round.
+        if !backlog_rx.await.unwrap_or(false) {
+            return anyhow::Ok(None);
         }
+        let gate_steps = async {
+            let mut opened = false;
+            loop {
+                let waiting = capture_and_advance(engine, pool, ends).await?;
+                opened |= waiting.opened > 0;
+                if lanes_left.load(Ordering::Acquire) == 0 {
+                    return anyhow::Ok((waiting, opened));
+                }
+                tokio::time::sleep(DRAIN_GATE_EVERY).await;
+            }
+        };
+        let (lanes, gate) =
+            futures_util::future::join(futures_util::future::join_all((1..engine.settlement_concurrency).map(|_| lane(None))), gate_steps)
+                .await;
+        let mut settled = 0;
+        for n in lanes {
+            settled += n?;
+        }
+        Ok(Some((settled, gate?)))
     };
-    let (lanes, gate) =
-        futures_util::future::join(futures_util::future::join_all((0..engine.settlement_concurrency).map(|_| lane())), gate_steps).await;
-    let mut settled = 0;
-    for n in lanes {
-        settled += n?;
-    }
-    let (waiting, opened) = gate?;
-    Ok((settled, waiting, opened))
+    let (first, others) = futures_util::future::join(lane(Some(backlog_tx)), others).await;
+    let first = first?;
+    Ok(match others? {
+        Some((settled, gate)) => (first + settled, Some(gate)),
+        None => (first, None),
+    })
 }
 
 /// The gate's two steps on one connection: a barrier for the payouts whose hold ended, and the
