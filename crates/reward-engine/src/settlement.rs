@@ -22,7 +22,7 @@ use refstream_runtime::metrics::OUTCOMES;
 use refstream_runtime::outbox::enqueue;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -266,11 +266,97 @@ async fn round<E: EndOffsets>(
 /// How often the gate's two steps run while a backlog drains.
 const DRAIN_GATE_EVERY: Duration = Duration::from_millis(20);
 
+/// The lanes of one drain: how many wait for work, how many full batches they have taken (a
+/// full batch says a backlog is left, and wakes the waiting lanes), and whether the drain is
+/// over (every lane waiting, or one failed).
+struct Crew {
+    lanes: usize,
+    state: std::sync::Mutex<CrewState>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct CrewState {
+    waiting: usize,
+    full_batches: u64,
+    over: bool,
+}
+
+impl Crew {
+    fn new(lanes: usize) -> Self {
+        Self { lanes, state: std::sync::Mutex::new(CrewState::default()), wake: Notify::new() }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, CrewState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many full batches the lanes have taken so far.
+    fn full_batches(&self) -> u64 {
+        self.state().full_batches
+    }
+
+    /// A lane took a full batch: the waiting lanes claim again.
+    fn took_full(&self) {
+        self.state().full_batches += 1;
+        self.wake.notify_waiters();
+    }
+
+    /// A lane failed: the drain is over for every lane.
+    fn fail(&self) {
+        self.state().over = true;
+        self.wake.notify_waiters();
+    }
+
+    /// A lane's batch came back short; `seen`: [`Crew::full_batches`] when it began. True when
+    /// the lane should claim again: another lane has taken a full batch since (at once, or
+    /// after waiting for one); false when the drain is over: every lane is waiting.
+    async fn came_back_short(&self, seen: u64) -> bool {
+        let woken = self.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        {
+            let mut state = self.state();
+            if state.over {
+                return false;
+            }
+            if state.full_batches != seen {
+                return true;
+            }
+            state.waiting += 1;
+            if state.waiting == self.lanes {
+                state.over = true;
+                drop(state);
+                self.wake.notify_waiters();
+                return false;
+            }
+        }
+        loop {
+            woken.as_mut().await;
+            let mut state = self.state();
+            if state.over {
+                return false;
+            }
+            if state.full_batches != seen {
+                state.waiting -= 1;
+                return true;
+            }
+            // Woken for nothing new: wait again.
+            drop(state);
+            woken.set(self.wake.notified());
+            woken.as_mut().enable();
+        }
+    }
+}
+
 /// Drains a backlog of open payouts: `settlement.concurrency` lanes, each settling batch after
-/// batch (a transaction each) until one comes back short of `settlement.batch_size`. The first
-/// lane starts alone: a quiet stream's few payouts take one transaction. The other lanes start
-/// as soon as its first claim comes back full (a backlog), not after its transaction: alone, a
-/// batch of 1,000 left a core idle for its whole length at the start of every drain. A lane
+/// batch (a transaction each). The first lane starts alone: a quiet stream's few payouts take
+/// one transaction. The other lanes start as soon as its first claim comes back full (a
+/// backlog), not after its transaction: alone, a batch of 1,000 left a core idle for its whole
+/// length at the start of every drain. A lane whose batch comes back short waits until another
+/// lane takes a full batch, then claims again; the drain is over when every lane waits. (A lane
+/// that stopped at its first short batch left the rest of a burst to one lane whenever a
+/// barrier opened after that batch: a third of the burst's runs drained at half speed.) A lane
 /// starts its next batch as soon as its last commits, never waiting for the others: concurrent
 /// settlements wait on each other only for the tail of their transactions (the balances and
 /// outbox keys they share), so the lanes overlap one's tail with the others' work. Meanwhile
@@ -281,19 +367,29 @@ const DRAIN_GATE_EVERY: Duration = Duration::from_millis(20);
 async fn drain<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) -> anyhow::Result<(usize, Option<(gate::Waiting, bool)>)> {
     let full = usize::try_from(engine.settlement_batch).unwrap_or(usize::MAX);
     let lanes_left = &AtomicUsize::new(engine.settlement_concurrency);
+    let crew = &Crew::new(engine.settlement_concurrency);
     let lane = |claimed_full: Option<oneshot::Sender<bool>>| async move {
         let outcome: sqlx::Result<usize> = async {
+            // The first lane's first batch decides whether the others start.
+            let mut alone = claimed_full.is_some();
             let mut claimed_full = claimed_full;
             let mut settled = 0;
             loop {
+                let seen = crew.full_batches();
                 let n = settle_open(engine, pool, engine.settlement_batch, claimed_full.take()).await?;
                 settled += n;
-                if n < full {
+                if n >= full {
+                    alone = false;
+                    crew.took_full();
+                } else if alone || !crew.came_back_short(seen).await {
                     return Ok(settled);
                 }
             }
         }
         .await;
+        if outcome.is_err() {
+            crew.fail();
+        }
         lanes_left.fetch_sub(1, Ordering::Release);
         outcome
     };
@@ -468,5 +564,73 @@ async fn housekeeping<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends:
             }
             last_cleanup = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Crew;
+
+    /// Whether `f` finishes within a short while (a lane left waiting does not).
+    async fn finishes<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::time::timeout(Duration::from_millis(100), f).await.ok()
+    }
+
+    #[tokio::test]
+    async fn a_short_lane_waits_and_claims_again_when_another_takes_a_full_batch() {
+        let crew = std::sync::Arc::new(Crew::new(2));
+        let seen = crew.full_batches();
+        let waiting = tokio::spawn({
+            let crew = crew.clone();
+            async move { crew.came_back_short(seen).await }
+        });
+        assert!(
+            finishes(async {
+                while !waiting.is_finished() {
+                    tokio::task::yield_now().await
+                }
+            })
+            .await
+            .is_none(),
+            "waits while the other lane works"
+        );
+        crew.took_full();
+        assert_eq!(finishes(waiting).await.map(Result::unwrap), Some(true), "claims again");
+    }
+
+    #[tokio::test]
+    async fn a_lane_claims_again_at_once_when_a_full_batch_came_during_its_own() {
+        let crew = Crew::new(2);
+        let seen = crew.full_batches();
+        crew.took_full();
+        assert_eq!(finishes(crew.came_back_short(seen)).await, Some(true));
+    }
+
+    #[tokio::test]
+    async fn the_drain_is_over_when_every_lane_waits() {
+        let crew = std::sync::Arc::new(Crew::new(2));
+        let seen = crew.full_batches();
+        let first = tokio::spawn({
+            let crew = crew.clone();
+            async move { crew.came_back_short(seen).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(finishes(crew.came_back_short(seen)).await, Some(false), "the last lane to wait ends the drain");
+        assert_eq!(finishes(first).await.map(Result::unwrap), Some(false), "and the waiting lane stops");
+    }
+
+    #[tokio::test]
+    async fn a_failed_lane_stops_the_waiting_ones() {
+        let crew = std::sync::Arc::new(Crew::new(3));
+        let seen = crew.full_batches();
+        let waiting = tokio::spawn({
+            let crew = crew.clone();
+            async move { crew.came_back_short(seen).await }
+        });
+        tokio::task::yield_now().await;
+        crew.fail();
+        assert_eq!(finishes(waiting).await.map(Result::unwrap), Some(false));
     }
 }
