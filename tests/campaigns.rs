@@ -280,26 +280,20 @@ async fn two_campaigns_live_at_once_pay_exactly_their_terms_by_the_version_in_fo
     assert!(report.contains("FAIL  every reward is booked once, and every reversal books its exact negation"), "{report}");
     assert!(report.contains(&format!("{tampered}: grant entries Some(7.0000) / Some(-7.0000) for 12")), "{report}");
     sqlx::query("UPDATE rewards SET amount = 7 WHERE reward_id = $1").bind(tampered).execute(&db.pool).await.unwrap();
-    // The rows every reward is explained by are never deleted: the schema refuses it.
-    let deletes = [
-        format!("DELETE FROM rewards WHERE reward_id = '{tampered}'"),
-        "DELETE FROM deposits WHERE deposit_id = 'dep-eu-web'".to_owned(),
-        "TRUNCATE referrals, users CASCADE".to_owned(),
+    // The rows every reward is explained by are never deleted, nor do their keys change
+    // (rewards name their referral and deposit, ledger entries their reward, by the code that
+    // writes them, not by foreign keys): the schema refuses both.
+    let refusals = [
+        (format!("DELETE FROM rewards WHERE reward_id = '{tampered}'"), "are never deleted"),
+        ("DELETE FROM deposits WHERE deposit_id = 'dep-eu-web'".to_owned(), "are never deleted"),
+        ("TRUNCATE referrals, users CASCADE".to_owned(), "are never deleted"),
+        ("UPDATE referrals SET referral_id = gen_random_uuid() WHERE referee_id = 'eu-web'".to_owned(), "keys never change"),
+        ("UPDATE deposits SET deposit_id = 'dep-renamed' WHERE deposit_id = 'dep-eu-web'".to_owned(), "keys never change"),
+        (format!("UPDATE rewards SET reward_id = gen_random_uuid() WHERE reward_id = '{tampered}'"), "keys never change"),
     ];
-    for sql in &deletes {
+    for (sql, why) in &refusals {
         let refused = sqlx::query(sql).execute(&db.pool).await.unwrap_err().to_string();
-        assert!(refused.contains("are never deleted"), "{sql}: {refused}");
-    }
-    // Nor do their keys change: rewards name their referral and deposit, ledger entries their
-    // reward (by the code that writes them, not by foreign keys).
-    let rekeys = [
-        "UPDATE referrals SET referral_id = gen_random_uuid() WHERE referee_id = 'eu-web'".to_owned(),
-        "UPDATE deposits SET deposit_id = 'dep-renamed' WHERE deposit_id = 'dep-eu-web'".to_owned(),
-        format!("UPDATE rewards SET reward_id = gen_random_uuid() WHERE reward_id = '{tampered}'"),
-    ];
-    for sql in &rekeys {
-        let refused = sqlx::query(sql).execute(&db.pool).await.unwrap_err().to_string();
-        assert!(refused.contains("keys never change"), "{sql}: {refused}");
+        assert!(refused.contains(why), "{sql}: {refused}");
     }
     // A booking that names no recorded reward (balanced, and balances moved with it) is caught
     // by the audit, naming the entry.

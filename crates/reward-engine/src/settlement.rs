@@ -95,7 +95,6 @@ async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64, claimed_f
         .iter()
         .map(|r| Claimed { referral_id: r.referral.referral_id, barrier_id: r.barrier_id, hold_ended_at: r.hold_ended_at })
         .collect();
-    let ids: Vec<Uuid> = claimed.iter().map(|c| c.referral_id).collect();
     engine.terms.load(&mut tx, rows.iter().map(|r| &r.referral)).await?;
     let mut referrals: BTreeMap<Uuid, store::Referral> = rows.into_iter().map(|r| (r.referral.referral_id, r.referral)).collect();
     // A payout is never settled without the terms it pays by: rolled back (the payout stays)
@@ -123,9 +122,9 @@ async fn settle_open(engine: &RewardEngine, pool: &PgPool, limit: i64, claimed_f
          LEFT JOIN LATERAL (SELECT true AS shared FROM deposits x JOIN deposits y ON y.payment_fingerprint = x.payment_fingerprint \
                             WHERE x.user_id = c.referrer AND y.user_id = c.referee LIMIT 1) s ON true",
     )
-    .bind(&ids)
-    .bind(ids.iter().map(|id| referrals.get(id).map(|r| r.referrer_id.clone()).unwrap_or_default()).collect::<Vec<_>>())
-    .bind(ids.iter().map(|id| referrals.get(id).map(|r| r.referee_id.clone()).unwrap_or_default()).collect::<Vec<_>>())
+    .bind(referrals.values().map(|r| r.referral_id).collect::<Vec<_>>())
+    .bind(referrals.values().map(|r| r.referrer_id.as_str()).collect::<Vec<_>>())
+    .bind(referrals.values().map(|r| r.referee_id.as_str()).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
     for (id, decision, revision, same_instrument) in found {
@@ -257,10 +256,8 @@ async fn round<E: EndOffsets>(
     // A round drains once and returns, so the loop's other duties (vacuum, expiry, metrics)
     // keep their pace under a sustained backlog.
     let (settled, gate) = drain(engine, pool, ends).await?;
-    Ok(match gate {
-        Some((waiting, opened)) => Round { settled, closed: waiting.closed, opened_while_draining: opened },
-        None => Round { settled, closed: waiting.closed, opened_while_draining: false },
-    })
+    let (closed, opened_while_draining) = gate.map_or((waiting.closed, false), |(last, opened)| (last.closed, opened));
+    Ok(Round { settled, closed, opened_while_draining })
 }
 
 /// How often the gate's two steps run while a backlog drains.
@@ -370,16 +367,16 @@ async fn drain<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends: &E) ->
     let crew = &Crew::new(engine.settlement_concurrency);
     let lane = |claimed_full: Option<oneshot::Sender<bool>>| async move {
         let outcome: sqlx::Result<usize> = async {
-            // The first lane's first batch decides whether the others start.
-            let mut alone = claimed_full.is_some();
             let mut claimed_full = claimed_full;
             let mut settled = 0;
             loop {
+                // The first lane's first batch (the one that tells whether the others start)
+                // is alone: short, it ends the drain without waiting for lanes never started.
+                let alone = claimed_full.is_some();
                 let seen = crew.full_batches();
                 let n = settle_open(engine, pool, engine.settlement_batch, claimed_full.take()).await?;
                 settled += n;
                 if n >= full {
-                    alone = false;
                     crew.took_full();
                 } else if alone || !crew.came_back_short(seen).await {
                     return Ok(settled);
@@ -569,9 +566,16 @@ async fn housekeeping<E: EndOffsets>(engine: &RewardEngine, pool: &PgPool, ends:
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::Crew;
+
+    /// A lane whose batch came back short, waiting on its own task.
+    fn wait_in(crew: &Arc<Crew>, seen: u64) -> tokio::task::JoinHandle<bool> {
+        let crew = Arc::clone(crew);
+        tokio::spawn(async move { crew.came_back_short(seen).await })
+    }
 
     /// Whether `f` finishes within a short while (a lane left waiting does not).
     async fn finishes<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
@@ -580,12 +584,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_short_lane_waits_and_claims_again_when_another_takes_a_full_batch() {
-        let crew = std::sync::Arc::new(Crew::new(2));
+        let crew = Arc::new(Crew::new(2));
         let seen = crew.full_batches();
-        let waiting = tokio::spawn({
-            let crew = crew.clone();
-            async move { crew.came_back_short(seen).await }
-        });
+        let waiting = wait_in(&crew, seen);
         assert!(
             finishes(async {
                 while !waiting.is_finished() {
@@ -610,12 +611,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_drain_is_over_when_every_lane_waits() {
-        let crew = std::sync::Arc::new(Crew::new(2));
+        let crew = Arc::new(Crew::new(2));
         let seen = crew.full_batches();
-        let first = tokio::spawn({
-            let crew = crew.clone();
-            async move { crew.came_back_short(seen).await }
-        });
+        let first = wait_in(&crew, seen);
         tokio::task::yield_now().await;
         assert_eq!(finishes(crew.came_back_short(seen)).await, Some(false), "the last lane to wait ends the drain");
         assert_eq!(finishes(first).await.map(Result::unwrap), Some(false), "and the waiting lane stops");
@@ -623,12 +621,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_lane_stops_the_waiting_ones() {
-        let crew = std::sync::Arc::new(Crew::new(3));
+        let crew = Arc::new(Crew::new(3));
         let seen = crew.full_batches();
-        let waiting = tokio::spawn({
-            let crew = crew.clone();
-            async move { crew.came_back_short(seen).await }
-        });
+        let waiting = wait_in(&crew, seen);
         tokio::task::yield_now().await;
         crew.fail();
         assert_eq!(finishes(waiting).await.map(Result::unwrap), Some(false));
