@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use clap::Parser;
+use refstream_core::events::DepositCompleted;
 use refstream_runtime::codec::encode;
 use refstream_runtime::consumer::client_config;
 use refstream_runtime::Settings;
@@ -260,30 +261,46 @@ impl<'a> PhaseCpu<'a> {
     }
 }
 
-/// Produces the deposits of `people`, `gap` apart (all at once when `gap` is zero), while a
-/// reader thread collects their rewards; returns the send times and what arrived.
-async fn deposits(
+/// A referee's deposit, built and Avro-encoded.
+type Encoded<'p> = (&'p Person, DepositCompleted, Vec<u8>);
+
+fn encoded(p: &Person) -> anyhow::Result<Encoded<'_>> {
+    let d = deposit(p)?;
+    let payload = encode(&d);
+    Ok((p, d, payload))
+}
+
+/// Produces `want` deposits from `records`, `gap` apart (all at once when `gap` is zero), while
+/// a reader thread collects their rewards; returns the send times and what arrived. Prints how
+/// long handing them to the producer and their delivery to the broker took.
+async fn deposits<'p>(
     sender: &mut Sender,
     settings: &Settings,
-    people: &[Person],
+    want: usize,
+    records: impl Iterator<Item = anyhow::Result<Encoded<'p>>>,
     gap: Duration,
 ) -> anyhow::Result<(HashMap<String, DateTime<Utc>>, rewards::Arrivals)> {
     let consumer = rewards::reader(settings)?;
-    let want = people.len();
     // Fifteen minutes for the rewards after the last deposit is sent.
-    let timeout = Duration::from_secs(900) + gap * u32::try_from(people.len())?;
+    let timeout = Duration::from_secs(900) + gap * u32::try_from(want)?;
     let reading = std::thread::spawn(move || rewards::read(&consumer, want, timeout));
-    let mut sent = HashMap::with_capacity(people.len());
+    let mut sent = HashMap::with_capacity(want);
     let started = tokio::time::Instant::now();
-    for (i, p) in people.iter().enumerate() {
+    for (i, record) in records.enumerate() {
+        let (p, d, payload) = record?;
         if !gap.is_zero() {
             tokio::time::sleep_until(started + gap * u32::try_from(i)?).await;
         }
-        let d = deposit(p)?;
-        sender.send(&settings.topics.deposit_completed, &p.id, &encode(&d), d.event_id).await?;
+        sender.send(&settings.topics.deposit_completed, &p.id, &payload, d.event_id).await?;
         sent.insert(d.deposit_id, sender.sent_at(&d.event_id).unwrap_or_else(Utc::now));
     }
+    let handed = started.elapsed();
     sender.flush().await?;
+    println!(
+        "deposits: {} handed to the producer in {handed:.1?}, all acknowledged by the broker after {:.1?}",
+        sent.len(),
+        started.elapsed()
+    );
     let got = tokio::task::spawn_blocking(move || reading.join()).await?.map_err(|_| anyhow::anyhow!("reward reader panicked"))?;
     Ok((sent, got))
 }
@@ -335,13 +352,21 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 2. The burst: qualifying deposits pushed at once.
+    // Each measured phase of writes (the burst, pgbench) starts from a checkpoint, as a long-
+    // running Postgres is: the WAL files the phases before wrote are recycled instead of new
+    // ones created (on this VM a new file's pages cost Postgres a tenth of its burst CPU), and
+    // no phase pays for another's dirty buffers.
+    sqlx::query("CHECKPOINT").execute(&pool).await?;
+    // Built and encoded before the clock starts: the bench measures the fleet, not the workload.
+    let records = shape.referees[..args.burst].iter().map(encoded).collect::<anyhow::Result<Vec<_>>>()?;
     let mut burst_cpu = PhaseCpu::new(root, postgres, &pool);
     burst_cpu.start();
-    let burst_started = Utc::now();
-    let (burst_sent, burst) = deposits(&mut sender, &settings, &shape.referees[..args.burst], Duration::ZERO).await?;
+    let (burst_sent, burst) = deposits(&mut sender, &settings, args.burst, records.into_iter().map(Ok), Duration::ZERO).await?;
     burst_cpu.stop().await?;
+    // From the first deposit handed to the producer to the last reward read back.
+    let first = burst_sent.values().min().copied().unwrap_or_else(Utc::now);
     let last = burst.by_deposit.values().max().copied().unwrap_or_else(Utc::now);
-    let burst_time = (last - burst_started).to_std().unwrap_or_default();
+    let burst_time = (last - first).to_std().unwrap_or_default();
     println!("burst: {} of {} rewards back in {burst_time:.1?}", burst.by_deposit.len(), args.burst);
     if profiling {
         profile::report_and_reset(&pool, "the burst", 25).await?;
@@ -353,7 +378,8 @@ async fn main() -> anyhow::Result<()> {
     let sampler = soak_window.map(|every| soak::Sampler::start(root.to_path_buf(), postgres, pool.clone(), every));
     let mut paced_cpu = PhaseCpu::new(root, postgres, &pool);
     paced_cpu.start();
-    let (paced_sent, paced) = deposits(&mut sender, &settings, &shape.referees[args.burst..], gap).await?;
+    let (paced_sent, paced) =
+        deposits(&mut sender, &settings, referees - args.burst, shape.referees[args.burst..].iter().map(encoded), gap).await?;
     paced_cpu.stop().await?;
     let soak_samples = match sampler {
         Some(s) => Some(s.stop().await),
@@ -383,6 +409,7 @@ async fn main() -> anyhow::Result<()> {
         count(&pool, "SELECT count(*) FROM (SELECT 1 FROM rewards GROUP BY referral_id, reward_type HAVING count(*) > 1) d").await?;
 
     // pgbench on the same Postgres, after the fleet is done with it.
+    sqlx::query("CHECKPOINT").execute(&pool).await?;
     let baseline = match &args.pgbench_url {
         Some(url) => Some(pgbench::run(url, &Path::new(root).join("bench/pgbench"))?),
         None => None,
