@@ -264,22 +264,23 @@ impl<'a> PhaseCpu<'a> {
 /// A referee's deposit, built and Avro-encoded.
 type Encoded<'p> = (&'p Person, DepositCompleted, Vec<u8>);
 
+/// Builds and encodes `p`'s deposit.
 fn encoded(p: &Person) -> anyhow::Result<Encoded<'_>> {
     let d = deposit(p)?;
     let payload = encode(&d);
     Ok((p, d, payload))
 }
 
-/// Produces `want` deposits from `records`, `gap` apart (all at once when `gap` is zero), while
+/// Produces the deposits of `records`, `gap` apart (all at once when `gap` is zero), while
 /// a reader thread collects their rewards; returns the send times and what arrived. Prints how
 /// long handing them to the producer and their delivery to the broker took.
 async fn deposits<'p>(
     sender: &mut Sender,
     settings: &Settings,
-    want: usize,
-    records: impl Iterator<Item = anyhow::Result<Encoded<'p>>>,
+    records: impl ExactSizeIterator<Item = anyhow::Result<Encoded<'p>>>,
     gap: Duration,
 ) -> anyhow::Result<(HashMap<String, DateTime<Utc>>, rewards::Arrivals)> {
+    let want = records.len();
     let consumer = rewards::reader(settings)?;
     // Fifteen minutes for the rewards after the last deposit is sent.
     let timeout = Duration::from_secs(900) + gap * u32::try_from(want)?;
@@ -303,6 +304,15 @@ async fn deposits<'p>(
     );
     let got = tokio::task::spawn_blocking(move || reading.join()).await?.map_err(|_| anyhow::anyhow!("reward reader panicked"))?;
     Ok((sent, got))
+}
+
+/// Each measured phase of writes (the burst, pgbench) starts from a checkpoint, as in a
+/// long-running Postgres: the WAL files the phases before wrote are recycled instead of new
+/// ones created (on this VM a new file's pages cost Postgres a tenth of its burst CPU), and no
+/// phase pays for another's dirty buffers.
+async fn checkpoint(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("CHECKPOINT").execute(pool).await?;
+    Ok(())
 }
 
 /// The postmaster of the Postgres behind `pool` (the parent of our backend).
@@ -352,16 +362,12 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 2. The burst: qualifying deposits pushed at once.
-    // Each measured phase of writes (the burst, pgbench) starts from a checkpoint, as a long-
-    // running Postgres is: the WAL files the phases before wrote are recycled instead of new
-    // ones created (on this VM a new file's pages cost Postgres a tenth of its burst CPU), and
-    // no phase pays for another's dirty buffers.
-    sqlx::query("CHECKPOINT").execute(&pool).await?;
+    checkpoint(&pool).await?;
     // Built and encoded before the clock starts: the bench measures the fleet, not the workload.
     let records = shape.referees[..args.burst].iter().map(encoded).collect::<anyhow::Result<Vec<_>>>()?;
     let mut burst_cpu = PhaseCpu::new(root, postgres, &pool);
     burst_cpu.start();
-    let (burst_sent, burst) = deposits(&mut sender, &settings, args.burst, records.into_iter().map(Ok), Duration::ZERO).await?;
+    let (burst_sent, burst) = deposits(&mut sender, &settings, records.into_iter().map(Ok), Duration::ZERO).await?;
     burst_cpu.stop().await?;
     // From the first deposit handed to the producer to the last reward read back.
     let first = burst_sent.values().min().copied().unwrap_or_else(Utc::now);
@@ -378,8 +384,7 @@ async fn main() -> anyhow::Result<()> {
     let sampler = soak_window.map(|every| soak::Sampler::start(root.to_path_buf(), postgres, pool.clone(), every));
     let mut paced_cpu = PhaseCpu::new(root, postgres, &pool);
     paced_cpu.start();
-    let (paced_sent, paced) =
-        deposits(&mut sender, &settings, referees - args.burst, shape.referees[args.burst..].iter().map(encoded), gap).await?;
+    let (paced_sent, paced) = deposits(&mut sender, &settings, shape.referees[args.burst..].iter().map(encoded), gap).await?;
     paced_cpu.stop().await?;
     let soak_samples = match sampler {
         Some(s) => Some(s.stop().await),
@@ -409,7 +414,7 @@ async fn main() -> anyhow::Result<()> {
         count(&pool, "SELECT count(*) FROM (SELECT 1 FROM rewards GROUP BY referral_id, reward_type HAVING count(*) > 1) d").await?;
 
     // pgbench on the same Postgres, after the fleet is done with it.
-    sqlx::query("CHECKPOINT").execute(&pool).await?;
+    checkpoint(&pool).await?;
     let baseline = match &args.pgbench_url {
         Some(url) => Some(pgbench::run(url, &Path::new(root).join("bench/pgbench"))?),
         None => None,
