@@ -90,6 +90,9 @@ pub struct KafkaSettings {
     pub group_prefix: String,
     pub batch_max_records: usize,
     pub batch_linger_ms: u64,
+    /// How many partitions' batches a worker applies at once, each in its own transaction; the
+    /// other partitions' records queue up meanwhile and go in larger batches.
+    pub batches_in_flight: usize,
     /// The consumers' `fetch.wait.max.ms`: how long a broker may hold a fetch that found nothing.
     pub fetch_wait_max_ms: u32,
     pub session_timeout_ms: u32,
@@ -334,6 +337,9 @@ impl Settings {
         }
         self.campaign()?;
         self.fraud_after_payment()?;
+        if !(1..=64).contains(&self.kafka.batches_in_flight) {
+            return Err(ConfigError::new("kafka.batches_in_flight", "must be between 1 and 64"));
+        }
         if self.fraud.attributed_batches_in_flight < 1 {
             return Err(ConfigError::new("fraud.attributed_batches_in_flight", "must be at least 1"));
         }
@@ -610,6 +616,7 @@ mod tests {
             ("REFSTREAM__TELEMETRY__FORMAT", "xml", "telemetry.format"),
             ("REFSTREAM__KAFKA__BATCH_MAX_RECORDS", "many", "kafka.batch_max_records"),
             ("REFSTREAM__KAFKA__FETCH_WAIT_MAX_MS", "400000", "kafka.fetch_wait_max_ms"),
+            ("REFSTREAM__KAFKA__BATCHES_IN_FLIGHT", "0", "kafka.batches_in_flight"),
             ("REFSTREAM__KAFKA__DEDUPE_RETENTION_HOURS", "0", "kafka.dedupe_retention_hours"),
             ("REFSTREAM__KAFKA__DEDUPE_RETENTION_HOURS", "-24", "kafka.dedupe_retention_hours"),
             ("REFSTREAM__KAFKA__DEDUPE_RETENTION_HOURS", "two weeks", "kafka.dedupe_retention_hours"),

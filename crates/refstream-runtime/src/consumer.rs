@@ -2,7 +2,7 @@
 //! - records of one partition are applied in offset order, a batch of one partition in ONE
 //!   Postgres transaction, together with its dead letters, its outbox rows and the worker's
 //!   durable progress on that partition (`consumer_progress`); different partitions are applied
-//!   concurrently, each by its own task;
+//!   concurrently, each by its own task, at most `kafka.batches_in_flight` at once;
 //! - an event id is applied at most once per worker (`processed_events`), so redelivery after
 //!   a crash, a rebalance or a replay is a no-op; that memory lasts `kafka.dedupe_retention_hours`
 //!   (a task beside the poll loop deletes older ids, [`prune_processed_events`]), which must be
@@ -31,7 +31,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -182,7 +182,8 @@ pub fn client_config(settings: &Settings) -> ClientConfig {
 ///
 /// One poll loop hands records to a task per partition (spawned when the partition's first
 /// record arrives) over a bounded queue: partitions are applied concurrently, each strictly in
-/// offset order. A partition task takes the first record it is given and whatever else is
+/// offset order, at most `kafka.batches_in_flight` at once (a partition waiting for a slot keeps
+/// queueing, so its next batch is larger). A partition task takes the first record it is given and whatever else is
 /// already queued (up to `kafka.batch_max_records`, waiting at most `kafka.batch_linger_ms` for
 /// more), so a quiet stream is applied record by record at once and a backlog in large batches.
 /// A transient failure retries the same records with backoff, in the task, so the partition
@@ -235,6 +236,7 @@ pub async fn run<W: Worker>(
         max: settings.kafka.batch_max_records,
         linger: Duration::from_millis(settings.kafka.batch_linger_ms),
         stop: stop.clone(),
+        slots: Semaphore::new(settings.kafka.batches_in_flight),
     });
     let prune_stop = stop.child_token();
     let prune = tokio::spawn(prune_task(shared.pool.clone(), name, settings.kafka.dedupe_retention_hours, prune_stop.clone()));
@@ -305,6 +307,25 @@ struct Shared {
     max: usize,
     linger: Duration,
     stop: CancellationToken,
+    /// One per batch being applied: at most `kafka.batches_in_flight` partitions at once.
+    slots: Semaphore,
+}
+
+impl Shared {
+    /// Waits for a slot to apply a batch in; `None` once `stop` is cancelled.
+    async fn slot(&self, worker: &'static str) -> Option<SemaphorePermit<'_>> {
+        if let Ok(slot) = self.slots.try_acquire() {
+            return Some(slot);
+        }
+        let waiting = metrics::BATCHES_WAITING.with_label_values(&[worker]);
+        waiting.inc();
+        let slot = tokio::select! {
+            () = self.stop.cancelled() => None,
+            slot = self.slots.acquire() => slot.ok(),
+        };
+        waiting.dec();
+        slot
+    }
 }
 
 /// Applies one partition's records in offset order until its queue closes or `stop`. Records
@@ -325,6 +346,9 @@ async fn partition_task<W: Worker>(
             () = shared.stop.cancelled() => return,
             first = queue.recv() => match first { Some(m) => m, None => return },
         };
+        // The slot is taken before the batch is: records that arrive while the partition waits
+        // for one join its batch.
+        let Some(mut slot) = shared.slot(name).await else { return };
         let mut records = vec![first];
         let deadline = tokio::time::Instant::now() + shared.linger;
         while records.len() < shared.max {
@@ -356,12 +380,16 @@ async fn partition_task<W: Worker>(
                         shared.failing.fetch_add(1, Ordering::SeqCst);
                     }
                     shared.health.not_ready(why);
-                    if backoff.wait(&shared.stop).await {
+                    // The other partitions may apply meanwhile: the slot is given back for the wait.
+                    drop(slot);
+                    let again = if backoff.wait(&shared.stop).await { None } else { shared.slot(name).await };
+                    let Some(again) = again else {
                         if backoff.failing {
                             shared.failing.fetch_sub(1, Ordering::SeqCst);
                         }
                         return;
-                    }
+                    };
+                    slot = again;
                 }
             }
         }

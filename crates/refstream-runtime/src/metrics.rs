@@ -51,6 +51,16 @@ pub static BATCH_SIZE: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
     .expect("metric")
 });
+/// Partitions waiting for a slot to apply their batch in: a worker whose partitions often wait
+/// is bound by its database (or by `kafka.batches_in_flight`).
+pub static BATCHES_WAITING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "refstream_batches_waiting",
+        "Partitions whose records wait for one of the worker's kafka.batches_in_flight slots",
+        &["worker"]
+    )
+    .expect("metric")
+});
 /// Seconds from the first record of a batch received to its commit.
 pub static BATCH_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
