@@ -183,9 +183,10 @@ pub fn client_config(settings: &Settings) -> ClientConfig {
 /// One poll loop hands records to a task per partition (spawned when the partition's first
 /// record arrives) over a bounded queue: partitions are applied concurrently, each strictly in
 /// offset order, at most `kafka.batches_in_flight` at once (a partition waiting for a slot keeps
-/// queueing, so its next batch is larger). A partition task takes the first record it is given and whatever else is
-/// already queued (up to `kafka.batch_max_records`, waiting at most `kafka.batch_linger_ms` for
-/// more), so a quiet stream is applied record by record at once and a backlog in large batches.
+/// queueing, so its next batch is larger). A partition task takes the first record it is given
+/// and whatever else is already queued (up to `kafka.batch_max_records`, waiting at most
+/// `kafka.batch_linger_ms` for more), so a quiet stream is applied record by record at once and
+/// a backlog in large batches.
 /// A transient failure retries the same records with backoff, in the task, so the partition
 /// never moves past them; the other partitions keep flowing. A full queue makes the poll loop
 /// wait: memory stays bounded by the partitions' queues. Beside the loop a task deletes the
