@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rdkafka::producer::FutureRecord;
-use refstream_e2e::{producer, Broker, TestDb};
+use refstream_e2e::{eventually, producer, Broker, TestDb};
 use refstream_runtime::consumer::{self, Batch, Inbound, Rejection, Worker};
 use refstream_runtime::http::Health;
 use tokio_util::sync::CancellationToken;
@@ -94,11 +94,11 @@ async fn most_in_flight(slots: usize) -> usize {
         let (probe, settings, pool, stop) = (probe.clone(), settings.clone(), db.pool.clone(), stop.clone());
         async move { consumer::run(probe, &settings, pool, Health::starting(), stop).await }
     });
-    let started = std::time::Instant::now();
-    while probe.applied.lock().unwrap().len() < sent.len() {
-        assert!(started.elapsed() < Duration::from_secs(120), "applied {} of {}", probe.applied.lock().unwrap().len(), sent.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(120), "every event applied", || {
+        let (probe, want) = (probe.clone(), sent.len());
+        async move { probe.applied.lock().unwrap().len() >= want }
+    })
+    .await;
     stop.cancel();
     run.await.expect("runtime task").expect("runtime");
 
@@ -106,10 +106,7 @@ async fn most_in_flight(slots: usize) -> usize {
     applied.sort();
     sent.sort();
     assert_eq!(applied, sent, "every event applied exactly once");
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer = 'probe'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let recorded = db.scalar_i64("SELECT count(*) FROM processed_events WHERE consumer = 'probe'").await;
     assert_eq!(recorded, sent.len() as i64, "every event's id recorded once");
     probe.most_inside.load(Ordering::SeqCst)
 }
